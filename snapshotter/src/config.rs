@@ -1,0 +1,121 @@
+//! Veil's configuration file (TOML) and its defaults.
+//!
+//! The daemon reads `--config FILE` when given, else `/etc/veil/config.toml` when it
+//! exists, else runs on the defaults. Command-line flags override the file. Unknown keys
+//! are an error, so that a typo does not silently leave a default in force.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/veil/config.toml";
+/// Default root directory: snapshot directories and the metadata store.
+pub const DEFAULT_ROOT: &str = "/var/lib/veil";
+/// Default socket containerd connects to.
+pub const DEFAULT_ADDRESS: &str = "/run/veil/snapshotter.sock";
+
+/// The daemon's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Root directory for snapshots and metadata.
+    pub root: PathBuf,
+    /// Unix socket the snapshots API is served on.
+    pub address: PathBuf,
+    /// Log filter (`tracing` env-filter syntax) used when `RUST_LOG` is not set.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from(DEFAULT_ROOT),
+            address: PathBuf::from(DEFAULT_ADDRESS),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses a configuration from TOML text; `path` is only used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Loads `explicit` if given (it must exist), else [`DEFAULT_CONFIG_PATH`] if it
+    /// exists, else the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+                if !p.exists() {
+                    return Ok(Self::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_toml("", Path::new("x")).unwrap();
+        assert_eq!(c, Config::default());
+        let c = Config::from_toml("root = \"/srv/veil\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/veil"));
+        assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
+    }
+
+    #[test]
+    fn typos_are_named() {
+        let e = Config::from_toml("rooot = \"/x\"\n", Path::new("/etc/veil/config.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/veil/config.toml") && e.contains("rooot"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/veil.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/veil.toml"));
+    }
+}

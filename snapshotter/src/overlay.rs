@@ -1,0 +1,311 @@
+//! The overlay snapshotter: snapshot directories on disk and the mounts that present them.
+//!
+//! Layout under the root, the same as containerd's overlayfs snapshotter:
+//!
+//! ```text
+//! <root>/metadata.redb        the metadata store
+//! <root>/snapshots/<id>/fs    a snapshot's own files (the overlay upper dir)
+//! <root>/snapshots/<id>/work  overlay's work dir (active snapshots only)
+//! ```
+//!
+//! A new snapshot's directory is built under a temporary name and renamed into place
+//! inside the metadata transaction that records it; a removed snapshot's record goes
+//! first and its directory after. A crash can therefore leave only directories without
+//! records, never records without directories; those orphans are removed at start-up
+//! and by `Cleanup`. This file knows nothing of gRPC: see `service.rs`.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use containerd_snapshots::api::types::Mount;
+
+use crate::error::{Error, Result};
+use crate::metadata::{Kind, MetaStore, Record, Usage};
+use crate::usage::disk_usage;
+
+/// A snapshot as callers see it: its key, record and parent chain.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Key (active, view) or name (committed).
+    pub key: String,
+    /// The stored record.
+    pub record: Record,
+}
+
+/// Snapshots on a local filesystem, presented with overlayfs.
+pub struct OverlaySnapshotter {
+    root: PathBuf,
+    store: MetaStore,
+    index_off: bool,
+}
+
+impl OverlaySnapshotter {
+    /// Opens the snapshotter rooted at `root`, creating it if needed, and removes any
+    /// snapshot directory left without a record by an earlier crash.
+    pub fn open(root: &Path) -> Result<Self> {
+        let snapshots = root.join("snapshots");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&snapshots)
+            .map_err(|e| Error::io("creating", &snapshots, e))?;
+        let store = MetaStore::open(&root.join("metadata.redb"))?;
+        let sn = Self {
+            root: root.to_path_buf(),
+            store,
+            index_off: overlay_index_enabled(),
+        };
+        let removed = sn.cleanup()?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed snapshot directories left without metadata"
+            );
+        }
+        Ok(sn)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    fn upper(&self, id: u64) -> PathBuf {
+        self.snapshot_dir(id).join("fs")
+    }
+
+    fn work(&self, id: u64) -> PathBuf {
+        self.snapshot_dir(id).join("work")
+    }
+
+    /// Metadata of `key`.
+    pub fn stat(&self, key: &str) -> Result<Snapshot> {
+        Ok(Snapshot {
+            key: key.to_string(),
+            record: self.store.get(key)?,
+        })
+    }
+
+    /// Updates the labels of `key` (see [`MetaStore::update_labels`]).
+    pub fn update(
+        &self,
+        key: &str,
+        labels: &HashMap<String, String>,
+        fieldpaths: &[String],
+    ) -> Result<Snapshot> {
+        Ok(Snapshot {
+            key: key.to_string(),
+            record: self.store.update_labels(key, labels, fieldpaths)?,
+        })
+    }
+
+    /// Usage of `key`: measured now for an active snapshot, as recorded at commit
+    /// otherwise.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let rec = self.store.get(key)?;
+        if rec.kind == Kind::Active {
+            disk_usage(&self.upper(rec.id))
+        } else {
+            Ok(rec.usage)
+        }
+    }
+
+    /// Creates an active (`Kind::Active`) or view snapshot and returns its mounts.
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let made = self
+            .store
+            .create(kind, key, parent, labels, |id, parent_ids| {
+                self.make_snapshot_dir(kind, id, parent_ids)
+            })?;
+        tracing::debug!(
+            key,
+            parent,
+            id = made.record.id,
+            kind = kind.as_str(),
+            "created snapshot"
+        );
+        Ok(self.mounts_for(kind, made.record.id, &made.parent_ids))
+    }
+
+    fn make_snapshot_dir(&self, kind: Kind, id: u64, parent_ids: &[u64]) -> Result<()> {
+        let final_dir = self.snapshot_dir(id);
+        let tmp = self.root.join("snapshots").join(format!("new-{id}"));
+        // A leftover from a crash under the same temporary name is ours to replace.
+        let _ = std::fs::remove_dir_all(&tmp);
+        let result = (|| {
+            mkdir(&tmp, 0o700)?;
+            let fs = tmp.join("fs");
+            mkdir(&fs, 0o755)?;
+            if kind == Kind::Active {
+                mkdir(&tmp.join("work"), 0o711)?;
+            }
+            if let Some(&pid) = parent_ids.first() {
+                // The new upper dir takes the owner of the parent's root, so that a
+                // container sees the root it expects.
+                let parent_fs = self.upper(pid);
+                let meta = std::fs::metadata(&parent_fs)
+                    .map_err(|e| Error::io("reading parent", &parent_fs, e))?;
+                std::os::unix::fs::lchown(&fs, Some(meta.uid()), Some(meta.gid()))
+                    .map_err(|e| Error::io("changing owner of", &fs, e))?;
+            }
+            if final_dir.exists() {
+                // Only an orphan (no record: its ID is being handed out again) can be here.
+                std::fs::remove_dir_all(&final_dir)
+                    .map_err(|e| Error::io("removing orphan", &final_dir, e))?;
+            }
+            std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io("renaming", &tmp, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Mounts of an active or view snapshot.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let (rec, parent_ids) = self.store.get_with_chain(key)?;
+        if rec.kind == Kind::Committed {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is committed: only active and view snapshots have mounts"
+            )));
+        }
+        Ok(self.mounts_for(rec.kind, rec.id, &parent_ids))
+    }
+
+    /// Mounts the way containerd's overlayfs snapshotter builds them: a bind mount when
+    /// there is nothing to overlay, else overlay with the parents as lower dirs (nearest
+    /// first).
+    fn mounts_for(&self, kind: Kind, id: u64, parent_ids: &[u64]) -> Vec<Mount> {
+        let bind = |source: PathBuf, ro: bool| Mount {
+            r#type: "bind".into(),
+            source: source.to_string_lossy().into_owned(),
+            target: String::new(),
+            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+        };
+        if parent_ids.is_empty() {
+            return vec![bind(self.upper(id), kind == Kind::View)];
+        }
+        if kind != Kind::Active && parent_ids.len() == 1 {
+            return vec![bind(self.upper(parent_ids[0]), true)];
+        }
+        let mut options = Vec::new();
+        if self.index_off {
+            options.push("index=off".to_string());
+        }
+        if kind == Kind::Active {
+            options.push(format!("workdir={}", self.work(id).display()));
+            options.push(format!("upperdir={}", self.upper(id).display()));
+        }
+        let lower: Vec<String> = parent_ids
+            .iter()
+            .map(|&p| self.upper(p).to_string_lossy().into_owned())
+            .collect();
+        options.push(format!("lowerdir={}", lower.join(":")));
+        vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        }]
+    }
+
+    /// Commits the active snapshot `key` as `name`.
+    pub fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        let rec = self
+            .store
+            .commit(key, name, labels, |id| disk_usage(&self.upper(id)))?;
+        tracing::debug!(key, name, id = rec.id, "committed snapshot");
+        Ok(())
+    }
+
+    /// Removes `key` and its directory.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let rec = self.store.remove(key)?;
+        tracing::debug!(key, id = rec.id, "removed snapshot");
+        self.remove_dir(rec.id);
+        Ok(())
+    }
+
+    fn remove_dir(&self, id: u64) {
+        let dir = self.snapshot_dir(id);
+        // Rename first so a half-removed directory is never mistaken for a snapshot.
+        let doomed = self.root.join("snapshots").join(format!("rm-{id}"));
+        let target = match std::fs::rename(&dir, &doomed) {
+            Ok(()) => doomed,
+            Err(_) => dir,
+        };
+        if let Err(e) = std::fs::remove_dir_all(&target) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %target.display(), error = %e, "could not remove snapshot directory; Cleanup will retry");
+            }
+        }
+    }
+
+    /// Every snapshot.
+    pub fn list(&self) -> Result<Vec<Snapshot>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|(key, record)| Snapshot { key, record })
+            .collect())
+    }
+
+    /// Removes directories under `snapshots/` that no record refers to. Returns how
+    /// many were removed.
+    pub fn cleanup(&self) -> Result<usize> {
+        let ids = self.store.ids()?;
+        let dir = self.root.join("snapshots");
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("listing", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = name
+                .parse::<u64>()
+                .map(|id| ids.contains(&id))
+                .unwrap_or(false);
+            if !keep {
+                let path = entry.path();
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cleanup could not remove")
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|e| Error::io("creating", path, e))?;
+    // The umask may have narrowed the mode; the layout needs it exact.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("setting mode of", path, e))
+}
+
+/// Whether the kernel's overlay module has `index` on by default, in which case mounts
+/// pass `index=off` as containerd does (re-using a lower dir under another upper would
+/// otherwise fail).
+fn overlay_index_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/overlay/parameters/index")
+        .map(|s| s.trim() == "Y")
+        .unwrap_or(false)
+}

@@ -1,0 +1,77 @@
+//! Running the daemon: the unix socket, the gRPC server, signals and systemd readiness.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::overlay::OverlaySnapshotter;
+use crate::service::Service;
+
+/// Binds `address`, replacing a stale socket file but refusing to take over a socket
+/// that another process still answers on.
+async fn bind(address: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+    }
+    if address.exists() {
+        if tokio::net::UnixStream::connect(address).await.is_ok() {
+            bail!(
+                "{} is in use: another snapshotter is already listening there",
+                address.display()
+            );
+        }
+        std::fs::remove_file(address)
+            .with_context(|| format!("removing stale socket {}", address.display()))?;
+    }
+    let listener = UnixListener::bind(address)
+        .with_context(|| format!("listening on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode of {}", address.display()))?;
+    Ok(listener)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Serves the snapshots API for `config` until SIGTERM or SIGINT.
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let root = config.root.clone();
+    let snapshotter = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root))
+        .await?
+        .with_context(|| format!("opening snapshotter root {}", config.root.display()))?;
+    let listener = bind(&config.address).await?;
+    tracing::info!(
+        root = %config.root.display(),
+        address = %config.address.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "veil-snapshotter ready"
+    );
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
+    let service = Arc::new(Service::new(snapshotter));
+    let result = tonic::transport::Server::builder()
+        .add_service(containerd_snapshots::server(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&config.address);
+    result.context("serving the snapshots API")?;
+    tracing::info!("stopped");
+    Ok(())
+}

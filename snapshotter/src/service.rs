@@ -1,0 +1,170 @@
+//! containerd's snapshots API on top of [`OverlaySnapshotter`].
+//!
+//! Converts between the `containerd-snapshots` crate's types and ours, runs the blocking
+//! filesystem and database work off the async runtime, applies `List` filters and logs
+//! every failed request with the error containerd will see.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::{Info, Kind as ApiKind, Usage as ApiUsage};
+
+use crate::error::{Error, Result};
+use crate::filters::{Fields, Filter};
+use crate::metadata::Kind;
+use crate::overlay::{OverlaySnapshotter, Snapshot};
+
+/// The gRPC-facing snapshotter.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<OverlaySnapshotter>,
+}
+
+impl Service {
+    /// Serves `inner`.
+    pub fn new(inner: OverlaySnapshotter) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    async fn run<T, F>(&self, op: &'static str, key: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&OverlaySnapshotter) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .unwrap_or_else(|e| Err(Error::Store(format!("{op} task failed: {e}"))));
+        match &result {
+            Ok(_) => tracing::debug!(op, key, "ok"),
+            Err(e) => tracing::warn!(op, key, error = %e, "request failed"),
+        }
+        result
+    }
+}
+
+fn to_info(s: Snapshot) -> Info {
+    Info {
+        kind: match s.record.kind {
+            Kind::View => ApiKind::View,
+            Kind::Active => ApiKind::Active,
+            Kind::Committed => ApiKind::Committed,
+        },
+        name: s.key,
+        parent: s.record.parent.clone(),
+        created_at: s.record.created(),
+        updated_at: s.record.updated(),
+        labels: s.record.labels.into_iter().collect(),
+    }
+}
+
+impl Fields for Snapshot {
+    fn field(&self, path: &[String]) -> Option<String> {
+        match path.first().map(String::as_str)? {
+            "kind" => Some(self.record.kind.as_str().to_string()),
+            "name" => Some(self.key.clone()),
+            "parent" => Some(self.record.parent.clone()),
+            "labels" => self.record.labels.get(&path[1..].join(".")).cloned(),
+            _ => None,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl containerd_snapshots::Snapshotter for Service {
+    type Error = Error;
+
+    async fn stat(&self, key: String) -> Result<Info> {
+        let k = key.clone();
+        self.run("stat", &key, move |s| s.stat(&k))
+            .await
+            .map(to_info)
+    }
+
+    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
+        let key = info.name.clone();
+        self.run("update", &key, move |s| {
+            s.update(&info.name, &info.labels, &fieldpaths.unwrap_or_default())
+        })
+        .await
+        .map(to_info)
+    }
+
+    async fn usage(&self, key: String) -> Result<ApiUsage> {
+        let k = key.clone();
+        let u = self.run("usage", &key, move |s| s.usage(&k)).await?;
+        Ok(ApiUsage {
+            inodes: u.inodes,
+            size: u.size,
+        })
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>> {
+        let k = key.clone();
+        self.run("mounts", &key, move |s| s.mounts(&k)).await
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let k = key.clone();
+        self.run("prepare", &key, move |s| {
+            s.create(Kind::Active, &k, &parent, labels)
+        })
+        .await
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let k = key.clone();
+        self.run("view", &key, move |s| {
+            s.create(Kind::View, &k, &parent, labels)
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let k = key.clone();
+        self.run("commit", &key, move |s| s.commit(&name, &k, labels))
+            .await
+    }
+
+    async fn remove(&self, key: String) -> Result<()> {
+        let k = key.clone();
+        self.run("remove", &key, move |s| s.remove(&k)).await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let removed = self.run("cleanup", "", |s| s.cleanup()).await?;
+        tracing::info!(removed, "cleanup removed unreferenced snapshot directories");
+        Ok(())
+    }
+
+    type InfoStream = futures::stream::Iter<std::vec::IntoIter<Result<Info>>>;
+
+    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<Self::InfoStream> {
+        let filter = Filter::parse_all(&filters)?;
+        let all = self.run("list", "", |s| s.list()).await?;
+        let infos: Vec<Result<Info>> = all
+            .into_iter()
+            .filter(|s| filter.matches(s))
+            .map(|s| Ok(to_info(s)))
+            .collect();
+        Ok(futures::stream::iter(infos))
+    }
+}

@@ -1,0 +1,19 @@
+//! Test support for Veil's integration tests.
+//!
+//! Integration tests use real parts (containerd, runc, Debian's registry, FUSE). This crate
+//! gives them the plumbing to do so safely: building and locating Veil's own binaries,
+//! starting processes that are stopped again by PID when the test ends, and unmounting
+//! every mount a test made below its own directory. Nothing here stops a process or
+//! unmounts a path that the test did not start or make itself.
+
+pub mod binaries;
+pub mod containerd;
+pub mod gosuite;
+pub mod image;
+pub mod mounts;
+pub mod process;
+pub mod scenario;
+
+pub use binaries::{require_root, veil_binary};
+pub use mounts::unmount_below;
+pub use process::ChildGuard;
