@@ -1,5 +1,10 @@
-//! `veil-fusefs`: layer formats (eStargz, zstd:chunked), the ocicrypt layer cipher, the
-//! chunk pipeline with its caches, and the FUSE filesystem that serves a layer.
+//! `veil-fusefs`: layer formats (eStargz, zstd:chunked), the chunk pipeline with its
+//! caches, and the FUSE filesystem that serves a layer.
 //!
-//! Nothing is implemented here yet: lazy layers are tracked as their own issue. This crate
-//! will know nothing of registries, keys or containerd; the snapshotter glues them.
+//! This crate knows nothing of registries, keys or containerd. It reads blob bytes through
+//! the [`source::BlobSource`] seam, describes a layer with the format-neutral
+//! [`toc::LayerToc`], and serves that through FUSE; the snapshotter glues a registry (and,
+//! later, a decrypting source) to it.
+
+pub mod source;
+pub mod toc;

@@ -1,0 +1,42 @@
+//! Where blob bytes come from: the seam between the filesystem and the network.
+//!
+//! A [`BlobSource`] returns byte ranges of one layer blob exactly as stored (compressed,
+//! and for encrypted layers still encrypted until a decrypting source wraps it). The
+//! registry client implements it in the snapshotter; tests use a file or memory.
+
+use std::io;
+use std::ops::Range;
+
+use futures::future::BoxFuture;
+
+/// Random access to one blob's bytes.
+pub trait BlobSource: Send + Sync {
+    /// The blob's size in bytes.
+    fn size(&self) -> u64;
+
+    /// The bytes in `range` (which lies inside `0..size()`), all of them or an error.
+    fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>>;
+}
+
+/// A blob held in memory.
+pub struct MemoryBlob(pub Vec<u8>);
+
+impl BlobSource for MemoryBlob {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        let result = usize::try_from(range.end)
+            .ok()
+            .and_then(|end| self.0.get(range.start as usize..end))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("range {range:?} is outside the {}-byte blob", self.0.len()),
+                )
+            });
+        Box::pin(async move { result })
+    }
+}
