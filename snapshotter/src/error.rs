@@ -33,6 +33,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A lazily served layer could not be mounted.
+    #[error("layer: {0}")]
+    Layer(String),
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Store(String),
@@ -76,7 +79,7 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => tonic::Status::already_exists(msg),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            Error::Io { .. } | Error::Store(_) => tonic::Status::internal(msg),
+            Error::Io { .. } | Error::Store(_) | Error::Layer(_) => tonic::Status::internal(msg),
         }
     }
 }

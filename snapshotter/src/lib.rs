@@ -12,6 +12,7 @@ pub mod error;
 pub mod filters;
 pub mod metadata;
 pub mod overlay;
+pub mod remote;
 pub mod server;
 pub mod service;
 pub mod usage;

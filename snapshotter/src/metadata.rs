@@ -20,6 +20,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::remote::RemoteLayer;
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const CHILDREN: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("children");
@@ -75,6 +76,9 @@ pub struct Record {
     pub updated_ns: u64,
     /// Usage recorded at commit (committed snapshots only).
     pub usage: Usage,
+    /// For a layer Veil serves lazily: which layer it is, so it can be mounted again.
+    #[serde(default)]
+    pub remote: Option<RemoteLayer>,
 }
 
 impl Record {
@@ -203,6 +207,39 @@ impl MetaStore {
                 "only active or view snapshots can be created".into(),
             ));
         }
+        self.insert_new(kind, key, parent, labels, None, make_dirs)
+    }
+
+    /// Creates the committed snapshot `name` for a lazily served layer. `make_layer` is
+    /// given the new ID and parent chain and must create and mount its directory; if it
+    /// fails, nothing is recorded.
+    pub fn create_remote(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        remote: RemoteLayer,
+        make_layer: impl FnOnce(u64, &[u64]) -> Result<()>,
+    ) -> Result<Created> {
+        self.insert_new(
+            Kind::Committed,
+            name,
+            parent,
+            labels,
+            Some(remote),
+            make_layer,
+        )
+    }
+
+    fn insert_new(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        remote: Option<RemoteLayer>,
+        make_dirs: impl FnOnce(u64, &[u64]) -> Result<()>,
+    ) -> Result<Created> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
         }
@@ -238,6 +275,7 @@ impl MetaStore {
                 created_ns: now,
                 updated_ns: now,
                 usage: Usage::default(),
+                remote,
             };
             table.insert(key, serde_json::to_vec(&record)?.as_slice())?;
             if !parent.is_empty() {

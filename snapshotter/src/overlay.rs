@@ -17,11 +17,13 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use containerd_snapshots::api::types::Mount;
 
 use crate::error::{Error, Result};
 use crate::metadata::{Kind, MetaStore, Record, Usage};
+use crate::remote::{LiveMount, MountableLayer, RemoteLayer};
 use crate::usage::disk_usage;
 
 /// A snapshot as callers see it: its key, record and parent chain.
@@ -38,6 +40,8 @@ pub struct OverlaySnapshotter {
     root: PathBuf,
     store: MetaStore,
     index_off: bool,
+    /// Filesystems mounted for remote snapshots, by snapshot ID.
+    live: Mutex<HashMap<u64, Box<dyn LiveMount>>>,
 }
 
 impl OverlaySnapshotter {
@@ -51,10 +55,14 @@ impl OverlaySnapshotter {
             .create(&snapshots)
             .map_err(|e| Error::io("creating", &snapshots, e))?;
         let store = MetaStore::open(&root.join("metadata.redb"))?;
+        // Layer filesystems served by an earlier run of the daemon died with it; their
+        // mount points answer ENOTCONN until unmounted.
+        detach_mounts_below(&snapshots);
         let sn = Self {
             root: root.to_path_buf(),
             store,
             index_off: overlay_index_enabled(),
+            live: Mutex::new(HashMap::new()),
         };
         let removed = sn.cleanup()?;
         if removed > 0 {
@@ -172,6 +180,61 @@ impl OverlaySnapshotter {
         result
     }
 
+    /// Records the committed snapshot `name` for a lazily served layer, mounting `layer`
+    /// as its directory. Nothing is recorded unless the mount succeeded.
+    pub fn create_remote(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        remote: RemoteLayer,
+        layer: Box<dyn MountableLayer>,
+    ) -> Result<()> {
+        let mut mounted = None;
+        let made = self
+            .store
+            .create_remote(name, parent, labels, remote, |id, parent_ids| {
+                self.make_snapshot_dir(Kind::Committed, id, parent_ids)?;
+                mounted = Some(self.mount_layer(id, layer)?);
+                Ok(())
+            })?;
+        if let Some(m) = mounted {
+            self.live_mounts().insert(made.record.id, m);
+        }
+        tracing::info!(name, id = made.record.id, "committed remote snapshot");
+        Ok(())
+    }
+
+    fn mount_layer(&self, id: u64, layer: Box<dyn MountableLayer>) -> Result<Box<dyn LiveMount>> {
+        let dir = self.upper(id);
+        layer
+            .mount(&dir)
+            .map_err(|e| Error::Layer(format!("mounting at {}: {e:#}", dir.display())))
+    }
+
+    fn live_mounts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Box<dyn LiveMount>>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The remote snapshots on record, as (name, ID, layer), for mounting again after a
+    /// restart.
+    pub fn remote_snapshots(&self) -> Result<Vec<(String, u64, RemoteLayer)>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .filter_map(|(name, r)| r.remote.map(|l| (name, r.id, l)))
+            .collect())
+    }
+
+    /// Mounts `layer` again for the recorded remote snapshot `id`.
+    pub fn attach(&self, id: u64, layer: Box<dyn MountableLayer>) -> Result<()> {
+        let m = self.mount_layer(id, layer)?;
+        self.live_mounts().insert(id, m);
+        Ok(())
+    }
+
     /// Mounts of an active or view snapshot.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let (rec, parent_ids) = self.store.get_with_chain(key)?;
@@ -233,6 +296,8 @@ impl OverlaySnapshotter {
     pub fn remove(&self, key: &str) -> Result<()> {
         let rec = self.store.remove(key)?;
         tracing::debug!(key, id = rec.id, "removed snapshot");
+        // Unmount a lazily served layer before its directory goes.
+        drop(self.live_mounts().remove(&rec.id));
         self.remove_dir(rec.id);
         Ok(())
     }
@@ -299,6 +364,30 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("setting mode of", path, e))
+}
+
+/// Lazily unmounts every mount at or below `dir` (deepest first).
+fn detach_mounts_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = format!("{}/", dir.display());
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p.as_str()) {
+            // SAFETY: umount2 with a valid NUL-terminated path.
+            let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            if rc == 0 {
+                tracing::info!(path = %p, "detached a mount left by an earlier run");
+            }
+        }
+    }
 }
 
 /// Whether the kernel's overlay module has `index` on by default, in which case mounts

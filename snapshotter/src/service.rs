@@ -14,18 +14,96 @@ use crate::error::{Error, Result};
 use crate::filters::{Fields, Filter};
 use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
+use crate::remote::{LayerResolver, RemoteRequest, Resolved, REMOTE_LABEL, REMOTE_LABEL_VALUE};
 
 /// The gRPC-facing snapshotter.
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<OverlaySnapshotter>,
+    resolver: Option<Arc<dyn LayerResolver>>,
 }
 
 impl Service {
-    /// Serves `inner`.
+    /// Serves `inner`; every layer is unpacked by containerd (no lazy layers).
     pub fn new(inner: OverlaySnapshotter) -> Self {
         Self {
             inner: Arc::new(inner),
+            resolver: None,
+        }
+    }
+
+    /// Serves `inner`, serving layers lazily through `resolver` where it can.
+    pub fn with_resolver(inner: OverlaySnapshotter, resolver: Arc<dyn LayerResolver>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            resolver: Some(resolver),
+        }
+    }
+
+    /// Mounts again every remote snapshot on record (after a restart). A layer that
+    /// cannot be mounted is logged and left unmounted; its reads fail until it is removed.
+    pub async fn attach_remote_layers(&self) -> Result<usize> {
+        let Some(resolver) = self.resolver.clone() else {
+            return Ok(0);
+        };
+        let layers = self.run("list", "", |s| s.remote_snapshots()).await?;
+        let mut attached = 0;
+        for (name, id, layer) in layers {
+            let mounted = match resolver.resolve(&layer).await {
+                Ok(Resolved::Lazy(m)) => self.run("attach", &name, move |s| s.attach(id, m)).await,
+                Ok(Resolved::NotLazy(why)) => Err(Error::Layer(why)),
+                Err(e) => Err(Error::Layer(format!("{e:#}"))),
+            };
+            match mounted {
+                Ok(()) => attached += 1,
+                Err(e) => {
+                    tracing::error!(snapshot = %name, layer = %layer.layer_digest, error = %e, "could not mount remote layer again")
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Tries to serve the layer `req` names lazily as the committed snapshot
+    /// `req.target`. `Ok(true)`: done; `Ok(false)`: containerd should unpack it.
+    async fn prepare_remote(
+        &self,
+        req: RemoteRequest,
+        parent: &str,
+        mut labels: HashMap<String, String>,
+    ) -> Result<bool> {
+        let Some(resolver) = self.resolver.clone() else {
+            return Ok(false);
+        };
+        let layer = &req.layer;
+        let mountable = match resolver.resolve(layer).await {
+            Ok(Resolved::Lazy(m)) => m,
+            Ok(Resolved::NotLazy(why)) => {
+                tracing::info!(layer = %layer.layer_digest, image = %layer.image_ref, reason = %why, "layer not served lazily: containerd unpacks it");
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::warn!(layer = %layer.layer_digest, image = %layer.image_ref, error = %format!("{e:#}"), "resolving layer failed: containerd unpacks it");
+                return Ok(false);
+            }
+        };
+        labels.insert(REMOTE_LABEL.into(), REMOTE_LABEL_VALUE.into());
+        let (target, parent, remote) = (req.target.clone(), parent.to_string(), req.layer.clone());
+        match self
+            .run("prepare-remote", &req.target, move |s| {
+                s.create_remote(&target, &parent, labels, remote, mountable)
+            })
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(layer = %layer.layer_digest, snapshot = %req.target, "layer served lazily");
+                Ok(true)
+            }
+            Err(Error::AlreadyExists(_)) => Ok(true),
+            Err(e) => {
+                tracing::warn!(layer = %layer.layer_digest, error = %e, "mounting layer failed: containerd unpacks it");
+                Ok(false)
+            }
         }
     }
 
@@ -113,6 +191,15 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        if let Some(req) = RemoteRequest::from_labels(&labels) {
+            let target = req.target.clone();
+            // containerd's handshake: ALREADY_EXISTS means "the target is there, skip
+            // fetching and unpacking this layer".
+            let exists = self.inner.stat(&target).is_ok();
+            if exists || self.prepare_remote(req, &parent, labels.clone()).await? {
+                return Err(Error::AlreadyExists(format!("target snapshot {target:?}")));
+            }
+        }
         let k = key.clone();
         self.run("prepare", &key, move |s| {
             s.create(Kind::Active, &k, &parent, labels)

@@ -28,11 +28,18 @@ fn containerd_snippet_points_at_the_default_socket() {
 
 #[test]
 fn systemd_unit_verifies() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         panic!("systemd-analyze is needed to check the unit file (Debian package systemd)");
     }
     let unit = std::fs::read_to_string(systemd_dir().join("veil-snapshotter.service")).unwrap();
-    assert!(unit.contains("Type=notify"), "the daemon notifies readiness");
+    assert!(
+        unit.contains("Type=notify"),
+        "the daemon notifies readiness"
+    );
     // Point ExecStart at the binary just built, since nothing is installed here.
     let unit = unit.replace(
         "/usr/local/bin/veil-snapshotter",
