@@ -6,5 +6,14 @@
 //! [`toc::LayerToc`], and serves that through FUSE; the snapshotter glues a registry (and,
 //! later, a decrypting source) to it.
 
+pub mod cache;
+pub mod codec;
+pub mod estargz;
+pub mod fs;
+pub mod mount;
+pub mod pipeline;
 pub mod source;
+pub mod tar_index;
 pub mod toc;
+pub mod tree;
+pub mod zstdchunked;

@@ -1,0 +1,591 @@
+//! The FUSE filesystem of one layer: [`LayerFs`] implements [`fuser::Filesystem`].
+//!
+//! Metadata comes from the immutable [`LayerTree`], file contents from the
+//! [`ChunkReader`]. Because nothing ever changes, the kernel is told to cache hard: long
+//! attribute and entry TTLs, negative lookups cached too, `FOPEN_KEEP_CACHE` on files
+//! (the page cache survives close/open) and `FOPEN_CACHE_DIR` on directories.
+//!
+//! Reads never block the FUSE session thread: each is handed to a tokio runtime and
+//! answered from its task, so a cached chunk is never stuck behind a slow fetch. A read
+//! that fails (fetch error, digest mismatch) is answered with `EIO`.
+//!
+//! The filesystem is read-only: opening for writing and every modifying operation gets
+//! `EROFS`. It knows nothing of registries, keys or containerd.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::pipeline::ChunkReader;
+use crate::tree::{LayerTree, Node, NodeKind};
+
+/// Block size reported by `stat` and `statfs`.
+const BLOCK_SIZE: u32 = 4096;
+
+/// How long the kernel may cache what this filesystem tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsOptions {
+    /// Attribute TTL.
+    pub attr_ttl: Duration,
+    /// Name-to-inode TTL.
+    pub entry_ttl: Duration,
+    /// TTL of "no such name" answers; zero disables negative caching.
+    pub negative_ttl: Duration,
+}
+
+impl Default for FsOptions {
+    /// A year for everything: layers are immutable.
+    fn default() -> Self {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        Self {
+            attr_ttl: year,
+            entry_ttl: year,
+            negative_ttl: year,
+        }
+    }
+}
+
+/// One mounted layer.
+pub struct LayerFs {
+    tree: Arc<LayerTree>,
+    reader: Arc<ChunkReader>,
+    runtime: Handle,
+    options: FsOptions,
+}
+
+impl std::fmt::Debug for LayerFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerFs")
+            .field("reader", &self.reader)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl LayerFs {
+    /// A filesystem serving `reader`'s layer, running reads on `runtime`.
+    pub fn new(reader: Arc<ChunkReader>, runtime: Handle, options: FsOptions) -> Self {
+        Self {
+            tree: reader.tree().clone(),
+            reader,
+            runtime,
+            options,
+        }
+    }
+
+    /// The reader behind it (for stats).
+    pub fn reader(&self) -> &Arc<ChunkReader> {
+        &self.reader
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        self.tree.node(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn dir(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            Ok(node)
+        } else {
+            Err(Errno::ENOTDIR)
+        }
+    }
+
+    /// Directory entries from index `start`: `.`, `..`, then the children.
+    fn dir_entries<'a>(
+        &'a self,
+        dir: &'a Node,
+        start: u64,
+    ) -> impl Iterator<Item = (u64, &'a str, &'a Node)> + 'a {
+        let dots = [(".", dir.ino), ("..", dir.parent)];
+        let children = dir
+            .children()
+            .iter()
+            .map(|(name, ino)| (name.as_str(), *ino));
+        dots.into_iter()
+            .chain(children)
+            .enumerate()
+            .skip(usize::try_from(start).unwrap_or(usize::MAX))
+            .filter_map(|(index, (name, ino))| {
+                let node = self.tree.node(ino)?;
+                Some((index as u64 + 1, name, node))
+            })
+    }
+}
+
+/// The kernel's view of a node.
+pub fn file_attr(node: &Node) -> FileAttr {
+    let mtime = system_time(node.mtime, node.mtime_nsec);
+    FileAttr {
+        ino: INodeNo(node.ino),
+        size: node.size,
+        blocks: node.size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind: file_type(node.kind),
+        perm: (node.mode & 0o7777) as u16,
+        nlink: node.nlink,
+        uid: node.uid,
+        gid: node.gid,
+        rdev: node.rdev(),
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Reg => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Char => FileType::CharDevice,
+        NodeKind::Block => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+/// Seconds and nanoseconds since the epoch, saturating at the representable range.
+fn system_time(secs: i64, nsec: u32) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
+    let base = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+    };
+    base.and_then(|t| t.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
+}
+
+/// Answers an xattr request: the size when `size` is 0, else the bytes (or `ERANGE`).
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    let Ok(len) = u32::try_from(data.len()) else {
+        return reply.error(Errno::E2BIG);
+    };
+    if size == 0 {
+        reply.size(len);
+    } else if len > size {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+/// Whether `uid`/`gid` may access `node` for `mask` (root may do anything but execute
+/// a file no one may execute).
+fn may_access(node: &Node, uid: u32, gid: u32, mask: AccessFlags) -> bool {
+    let mode = node.mode;
+    if uid == 0 {
+        return !mask.contains(AccessFlags::X_OK) || node.is_dir() || mode & 0o111 != 0;
+    }
+    let bits = if uid == node.uid {
+        (mode >> 6) & 7
+    } else if gid == node.gid {
+        (mode >> 3) & 7
+    } else {
+        mode & 7
+    };
+    let need = [
+        (AccessFlags::R_OK, 4),
+        (AccessFlags::W_OK, 2),
+        (AccessFlags::X_OK, 1),
+    ];
+    need.iter()
+        .all(|(flag, bit)| !mask.contains(*flag) || bits & bit != 0)
+}
+
+impl Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is optional: ask for what the kernel has.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(err) = self.dir(parent) {
+            return reply.error(err);
+        }
+        let found = std::str::from_utf8(name.as_bytes())
+            .ok()
+            .and_then(|name| self.tree.lookup(parent.0, name));
+        match found {
+            Some(node) => reply.entry_with_ttls(
+                &self.options.attr_ttl,
+                &self.options.entry_ttl,
+                &file_attr(node),
+                Generation(0),
+            ),
+            None if !self.options.negative_ttl.is_zero() => {
+                // Node id 0 with a TTL: the kernel caches the name as absent.
+                let mut attr = file_attr(self.tree.root());
+                attr.ino = INodeNo(0);
+                reply.entry(&self.options.negative_ttl, &attr, Generation(0));
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        // Inodes live as long as the tree; nothing to release.
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(node) => reply.attr(&self.options.attr_ttl, &file_attr(node)),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino) {
+            Ok(node) if node.kind == NodeKind::Symlink => reply.data(node.link_target.as_bytes()),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
+            Ok(_) if flags.0 & libc::O_TRUNC != 0 => reply.error(Errno::EROFS),
+            Ok(node) if node.is_dir() => reply.error(Errno::EISDIR),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let reader = self.reader.clone();
+        self.runtime.spawn(async move {
+            match reader.read(ino.0, offset, u64::from(size)).await {
+                Ok(data) => reply.data(&data),
+                Err(err) => {
+                    tracing::debug!(ino = ino.0, offset, size, error = %err, "read failed");
+                    reply.error(Errno::from_i32(err.errno()));
+                }
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir(ino) {
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dir = match self.dir(ino) {
+            Ok(dir) => dir,
+            Err(err) => return reply.error(err),
+        };
+        for (next, name, node) in self.dir_entries(dir, offset) {
+            if reply.add(INodeNo(node.ino), next, file_type(node.kind), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = match self.dir(ino) {
+            Ok(dir) => dir,
+            Err(err) => return reply.error(err),
+        };
+        for (next, name, node) in self.dir_entries(dir, offset) {
+            let attr = file_attr(node);
+            if reply.add(
+                INodeNo(node.ino),
+                next,
+                name,
+                &self.options.entry_ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.tree.file_bytes().div_ceil(u64::from(BLOCK_SIZE));
+        let files = self.tree.len() as u64;
+        reply.statfs(blocks, 0, 0, files, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(err) => return reply.error(err),
+        };
+        let value = std::str::from_utf8(name.as_bytes())
+            .ok()
+            .and_then(|name| node.xattrs.get(name));
+        match value {
+            Some(value) => reply_xattr(reply, size, value),
+            None => reply.error(Errno::NO_XATTR),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(err) => return reply.error(err),
+        };
+        let mut names = Vec::new();
+        for name in node.xattrs.keys() {
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+        }
+        reply_xattr(reply, size, &names);
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.node(ino) {
+            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(node) if may_access(node, req.uid(), req.gid(), mask) => reply.ok(),
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    // Everything that would change the layer: read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(mode: u32, uid: u32, gid: u32) -> Node {
+        let toc = crate::toc::LayerToc {
+            format: crate::toc::Format::Estargz,
+            entries: Vec::new(),
+            prefetch_end: None,
+            blob_size: 0,
+        };
+        let tree = LayerTree::build(&toc).unwrap();
+        let mut node = tree.root().clone();
+        node.kind = NodeKind::Reg;
+        node.mode = mode;
+        node.uid = uid;
+        node.gid = gid;
+        node
+    }
+
+    #[test]
+    fn access_checks_owner_group_other_and_root() {
+        let n = node(0o750, 10, 20);
+        assert!(may_access(
+            &n,
+            10,
+            99,
+            AccessFlags::R_OK | AccessFlags::X_OK
+        ));
+        assert!(may_access(
+            &n,
+            11,
+            20,
+            AccessFlags::R_OK | AccessFlags::X_OK
+        ));
+        assert!(!may_access(&n, 11, 20, AccessFlags::W_OK));
+        assert!(!may_access(&n, 11, 21, AccessFlags::R_OK));
+        assert!(may_access(&n, 0, 0, AccessFlags::R_OK | AccessFlags::W_OK));
+        assert!(!may_access(&node(0o644, 0, 0), 0, 0, AccessFlags::X_OK));
+    }
+
+    #[test]
+    fn times_and_attrs() {
+        assert_eq!(system_time(0, 0), UNIX_EPOCH);
+        assert_eq!(
+            system_time(1, 5),
+            UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(5)
+        );
+        assert!(system_time(-10, 0) < UNIX_EPOCH);
+        // Absurd values saturate instead of panicking.
+        let _ = system_time(i64::MAX, u32::MAX);
+        let _ = system_time(i64::MIN, u32::MAX);
+        let attr = file_attr(&node(0o4755, 1, 2));
+        assert_eq!(attr.perm, 0o4755);
+        assert_eq!((attr.uid, attr.gid), (1, 2));
+        assert_eq!(attr.kind, FileType::RegularFile);
+    }
+}

@@ -1,0 +1,386 @@
+//! Mounting a [`LayerFs`] at a directory, and unmounting it again.
+//!
+//! [`mount`] mounts read-only with fsname and subtype `veil` (so `/proc/mounts` shows
+//! `veil <dir> fuse.veil ro,...`), by default `allow_other` (containers run as other
+//! users), `default_permissions` (the kernel enforces mode bits) and with `dev`/`suid`
+//! kept, so the layer behaves like the unpacked directory it replaces. The mount is done
+//! in pure Rust by fuser: the `mount(2)` syscall when running as root, `fusermount3`
+//! otherwise; no libfuse is linked.
+//!
+//! The returned [`LayerMount`] unmounts when dropped or on [`LayerMount::unmount`]; a
+//! busy mount (overlayfs still using it, a process with an open file) is detached lazily
+//! instead, and the session ends once the last user lets go. [`unmount_path`] and
+//! [`veil_mounts`] recover mounts left behind by a previous process.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+
+use crate::fs::LayerFs;
+
+/// The fsname and subtype of Veil's mounts.
+pub const FS_NAME: &str = "veil";
+
+/// How long an unmount waits for the FUSE session to end before leaving it to end on its
+/// own (it outlives the unmount when the mount is still visible elsewhere, e.g. in another
+/// mount namespace).
+pub const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+
+/// How to mount a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Let every user (not only the mounter) use the mount.
+    pub allow_other: bool,
+    /// Let the kernel check permissions from the mode bits.
+    pub default_permissions: bool,
+    /// Honour device files (`dev`); otherwise `nodev`.
+    pub dev: bool,
+    /// Honour setuid/setgid bits (`suid`); otherwise `nosuid`.
+    pub suid: bool,
+    /// Shown as the mount's source (`fsname`).
+    pub fsname: String,
+    /// Shown in the type as `fuse.<subtype>`.
+    pub subtype: String,
+    /// Threads reading FUSE requests (reads themselves run on the tokio runtime).
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            allow_other: true,
+            default_permissions: true,
+            dev: true,
+            suid: true,
+            fsname: FS_NAME.to_string(),
+            subtype: FS_NAME.to_string(),
+            threads: 1,
+        }
+    }
+}
+
+/// Why mounting or unmounting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The mount point is not a directory.
+    #[error("mount point {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// Mounting failed.
+    #[error("mounting at {path} failed: {source}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// Unmounting failed.
+    #[error("unmounting {path} failed: {source}")]
+    Unmount {
+        /// The mount point.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A mounted layer. Dropping it unmounts.
+#[derive(Debug)]
+pub struct LayerMount {
+    mountpoint: PathBuf,
+    unmounter: Option<SessionUnmounter>,
+    session: Option<JoinHandle<()>>,
+    session_done: Option<mpsc::Receiver<io::Result<()>>>,
+}
+
+/// Mounts `fs` at `mountpoint` (an existing directory).
+pub fn mount(
+    fs: LayerFs,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<LayerMount, MountError> {
+    let mount_err = |source| MountError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
+    // A dead FUSE mount left behind answers ENOTCONN here: unmount_path() clears it.
+    let metadata = std::fs::metadata(mountpoint).map_err(mount_err)?;
+    if !metadata.is_dir() {
+        return Err(MountError::NotADirectory(mountpoint.to_path_buf()));
+    }
+    let mut session = Session::new(fs, mountpoint, &fuser_config(options)).map_err(mount_err)?;
+    let unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("veil-fuse".to_string())
+        .spawn(move || {
+            let _ = done_tx.send(session.run());
+        })
+        .map_err(mount_err)?;
+    Ok(LayerMount {
+        mountpoint: mountpoint.to_path_buf(),
+        unmounter: Some(unmounter),
+        session: Some(thread),
+        session_done: Some(done_rx),
+    })
+}
+
+fn fuser_config(options: &MountOptions) -> Config {
+    let mut mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(options.fsname.clone()),
+        if options.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if options.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+    ];
+    // The kernel takes `subtype=` itself when we mount(2) as root; fusermount3 wants it
+    // as its own option.
+    if is_root() {
+        mount_options.push(MountOption::CUSTOM(format!("subtype={}", options.subtype)));
+    } else {
+        mount_options.push(MountOption::Subtype(options.subtype.clone()));
+    }
+    if options.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads.max(1));
+    config
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl LayerMount {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts; a busy mount is detached lazily instead (and still counts as success).
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), MountError> {
+        let Some(mut unmounter) = self.unmounter.take() else {
+            return Ok(());
+        };
+        let session = self.session.take();
+        let session_done = self.session_done.take();
+        match unmounter.unmount() {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "layer mount is busy; detaching it lazily");
+                // The session keeps serving open files until the last user lets go.
+                return detach(&self.mountpoint);
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                // Already unmounted (by path, from outside): nothing more to do here.
+                tracing::debug!(mountpoint = %self.mountpoint.display(),
+                    "layer was already unmounted");
+            }
+            Err(source) => {
+                return Err(MountError::Unmount {
+                    path: self.mountpoint.clone(),
+                    source,
+                })
+            }
+        }
+        // Normally the kernel has ended the connection and the session thread is exiting;
+        // wait for that, but only so long.
+        match session_done.map(|done| done.recv_timeout(SESSION_END_WAIT)) {
+            Some(Ok(result)) => {
+                if let Err(err) = result {
+                    tracing::debug!(mountpoint = %self.mountpoint.display(), error = %err,
+                        "FUSE session ended with an error");
+                }
+                if let Some(session) = session {
+                    let _ = session.join();
+                }
+            }
+            Some(Err(mpsc::RecvTimeoutError::Timeout)) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "FUSE session still running after unmount (mounted elsewhere?); \
+                     leaving it to end when the kernel releases it");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LayerMount {
+    fn drop(&mut self) {
+        if let Err(err) = self.unmount_inner() {
+            tracing::error!(error = %err, "could not unmount layer");
+        }
+    }
+}
+
+/// Unmounts whatever is mounted at `path`, lazily (`MNT_DETACH`); for recovery.
+///
+/// Falls back to `fusermount3 -u -z` when not privileged.
+pub fn unmount_path(path: &Path) -> Result<(), MountError> {
+    detach(path)
+}
+
+fn detach(path: &Path) -> Result<(), MountError> {
+    let unmount_err = |source| MountError::Unmount {
+        path: path.to_path_buf(),
+        source,
+    };
+    let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|e| unmount_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(unmount_err(err));
+    }
+    let output = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(path)
+        .output()
+        .map_err(unmount_err)?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(unmount_err(io::Error::other(format!(
+            "fusermount3 -u -z: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))))
+    }
+}
+
+/// Mount points of Veil FUSE mounts visible to this process (fstype `fuse.veil` or
+/// source `veil`), from `/proc/self/mountinfo`.
+pub fn veil_mounts() -> io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&info)
+        .into_iter()
+        .filter(|m| {
+            m.fstype == format!("fuse.{FS_NAME}")
+                || (m.fstype.starts_with("fuse") && m.source == FS_NAME)
+        })
+        .map(|m| m.mountpoint)
+        .collect())
+}
+
+/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
+pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&info).iter().any(|m| m.mountpoint == path))
+}
+
+struct MountInfo {
+    mountpoint: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+/// Parses mountinfo lines: `id parent major:minor root mountpoint opts [tags] - type source superopts`.
+fn parse_mountinfo(info: &str) -> Vec<MountInfo> {
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let source = right.next()?;
+            Some(MountInfo {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                fstype: unescape(fstype),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parsing_and_unescaping() {
+        let info = "\
+36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext4 /dev/root rw
+99 36 0:55 / /run/veil/l1 ro,nosuid - fuse.veil veil ro,user_id=0
+100 36 0:56 / /run/other rw - fuse veil rw
+garbage line
+";
+        let mounts = parse_mountinfo(info);
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[0].mountpoint, PathBuf::from("/mnt/a b"));
+        assert_eq!(mounts[1].fstype, "fuse.veil");
+        assert_eq!(mounts[2].source, "veil");
+        assert_eq!(unescape("\\134x\\"), "\\x\\");
+    }
+
+    #[test]
+    fn options_map_to_fuser() {
+        let config = fuser_config(&MountOptions::default());
+        assert!(config.mount_options.contains(&MountOption::RO));
+        assert!(config
+            .mount_options
+            .contains(&MountOption::DefaultPermissions));
+        assert_eq!(config.acl, SessionACL::All);
+        let config = fuser_config(&MountOptions {
+            allow_other: false,
+            dev: false,
+            suid: false,
+            ..MountOptions::default()
+        });
+        assert!(config.mount_options.contains(&MountOption::NoDev));
+        assert!(config.mount_options.contains(&MountOption::NoSuid));
+        assert_eq!(config.acl, SessionACL::Owner);
+    }
+}

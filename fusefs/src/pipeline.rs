@@ -1,0 +1,516 @@
+//! The chunk pipeline: a byte range of a file in, verified plaintext out.
+//!
+//! [`ChunkReader::read`] maps the range to the file's chunks, takes what the plaintext
+//! [`ChunkCache`] holds, waits for chunks another reader is already fetching, and fetches
+//! the rest through the layer's [`BlobSource`]: chunks that are adjacent in the blob are
+//! coalesced into one range request (up to [`ReaderOptions::max_request`] bytes). Fetched
+//! bytes are decoded and verified by [`codec::decode_chunk`] on a blocking thread, cached,
+//! and the requested bytes assembled.
+//!
+//! Fail closed: a chunk whose digest does not match (or that does not decompress) fails
+//! the read with [`ReadError::Verify`], which the filesystem answers with `EIO`, and is
+//! logged with `tracing::error!` naming the layer, file and chunk. Wrong bytes are never
+//! returned. Fetch errors surface after the source's own bounded retries; the pipeline
+//! does not retry.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::cache::{ChunkCache, ChunkData, ChunkKey, FetchGuard, Lookup, WaitError, Waiter};
+use crate::codec::{self, CodecError};
+use crate::source::BlobSource;
+use crate::tree::{LayerTree, Node, NodeKind};
+
+/// Default cap on one coalesced range request: 16 MiB.
+pub const DEFAULT_MAX_REQUEST: u64 = 16 << 20;
+
+/// Tuning of a [`ChunkReader`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderOptions {
+    /// The most bytes one coalesced range request may span (a single chunk bigger than
+    /// this is still fetched, alone).
+    pub max_request: u64,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        Self {
+            max_request: DEFAULT_MAX_REQUEST,
+        }
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No such inode.
+    #[error("no inode {0}")]
+    NoSuchInode(u64),
+    /// The inode is not a regular file.
+    #[error("inode {0} is not a regular file")]
+    NotAFile(u64),
+    /// The blob source failed (after its own retries) or returned the wrong length.
+    #[error("layer {layer}: fetching blob bytes {range:?} for {path:?} failed: {source}")]
+    Fetch {
+        /// Layer name.
+        layer: String,
+        /// The file being read.
+        path: String,
+        /// The blob range requested.
+        range: Range<u64>,
+        /// What the source said.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A chunk failed decompression or digest verification.
+    #[error("layer {layer}: chunk {chunk} of {path:?} failed verification: {source}")]
+    Verify {
+        /// Layer name.
+        layer: String,
+        /// The file being read.
+        path: String,
+        /// The chunk's layer-wide index.
+        chunk: u64,
+        /// What the codec said.
+        #[source]
+        source: Arc<CodecError>,
+    },
+    /// Another reader's fetch of a chunk this read needed failed.
+    #[error("layer {layer}: chunk {chunk} of {path:?}: {source}")]
+    Shared {
+        /// Layer name.
+        layer: String,
+        /// The file being read.
+        path: String,
+        /// The chunk's layer-wide index.
+        chunk: u64,
+        /// The shared failure.
+        #[source]
+        source: WaitError,
+    },
+    /// A decoding task died (panicked or was cancelled).
+    #[error("layer {layer}: chunk decoding task failed: {message}")]
+    Task {
+        /// Layer name.
+        layer: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl ReadError {
+    /// The errno the filesystem should answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ReadError::NoSuchInode(_) => libc::ENOENT,
+            ReadError::NotAFile(_) => libc::EISDIR,
+            _ => libc::EIO,
+        }
+    }
+}
+
+/// Counters of a reader, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Range requests sent to the source.
+    pub range_requests: u64,
+    /// Bytes received from the source.
+    pub bytes_fetched: u64,
+    /// Chunks served from the cache.
+    pub chunk_hits: u64,
+    /// Chunks this reader fetched and decoded.
+    pub chunks_fetched: u64,
+    /// Chunks taken from another reader's fetch.
+    pub chunk_waits: u64,
+    /// Chunks that failed verification.
+    pub verify_failures: u64,
+    /// Range requests that failed.
+    pub fetch_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    range_requests: AtomicU64,
+    bytes_fetched: AtomicU64,
+    chunk_hits: AtomicU64,
+    chunks_fetched: AtomicU64,
+    chunk_waits: AtomicU64,
+    verify_failures: AtomicU64,
+    fetch_failures: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Reads file ranges of one layer.
+pub struct ChunkReader {
+    layer_id: u64,
+    layer_name: String,
+    tree: Arc<LayerTree>,
+    source: Arc<dyn BlobSource>,
+    cache: Arc<ChunkCache>,
+    options: ReaderOptions,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for ChunkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkReader")
+            .field("layer_id", &self.layer_id)
+            .field("layer_name", &self.layer_name)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// One chunk this read must fetch itself.
+struct Claim<'a> {
+    /// Index into the file's chunk list.
+    local: usize,
+    guard: FetchGuard<'a>,
+}
+
+impl ChunkReader {
+    /// A reader of the layer `layer_name` (used in logs) described by `tree`, whose blob
+    /// is `source`, caching in `cache` under a fresh layer id.
+    pub fn new(
+        layer_name: impl Into<String>,
+        tree: Arc<LayerTree>,
+        source: Arc<dyn BlobSource>,
+        cache: Arc<ChunkCache>,
+        options: ReaderOptions,
+    ) -> Self {
+        Self {
+            layer_id: cache.new_layer_id(),
+            layer_name: layer_name.into(),
+            tree,
+            source,
+            cache,
+            options,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The layer's id in the cache.
+    pub fn layer_id(&self) -> u64 {
+        self.layer_id
+    }
+
+    /// The layer's name, as given.
+    pub fn layer_name(&self) -> &str {
+        &self.layer_name
+    }
+
+    /// The layer's tree.
+    pub fn tree(&self) -> &Arc<LayerTree> {
+        &self.tree
+    }
+
+    /// The cache it uses.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ReadStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ReadStats {
+            range_requests: load(&c.range_requests),
+            bytes_fetched: load(&c.bytes_fetched),
+            chunk_hits: load(&c.chunk_hits),
+            chunks_fetched: load(&c.chunks_fetched),
+            chunk_waits: load(&c.chunk_waits),
+            verify_failures: load(&c.verify_failures),
+            fetch_failures: load(&c.fetch_failures),
+        }
+    }
+
+    /// Up to `len` bytes of file `ino` from `offset` (fewer at end of file, none past it).
+    ///
+    /// The result is allocated whole: callers keep `len` modest (FUSE asks for at most a
+    /// few hundred KiB at a time).
+    pub async fn read(&self, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        let node = self.tree.node(ino).ok_or(ReadError::NoSuchInode(ino))?;
+        if node.kind != NodeKind::Reg {
+            return Err(ReadError::NotAFile(ino));
+        }
+        if offset >= node.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = offset.saturating_add(len).min(node.size);
+        let chunks = self.tree.file_chunks(node);
+        let first = chunks.partition_point(|c| c.file_offset + c.size <= offset);
+        let last = chunks.partition_point(|c| c.file_offset < end);
+        let wanted = first..last.max(first);
+
+        let mut parts: Vec<Option<ChunkData>> = vec![None; wanted.len()];
+        let mut waits: Vec<(usize, Waiter)> = Vec::new();
+        let mut claims: Vec<Claim<'_>> = Vec::new();
+        for local in wanted.clone() {
+            match self.cache.lookup(self.key(node, local)) {
+                Lookup::Hit(data) => {
+                    bump(&self.counters.chunk_hits, 1);
+                    parts[local - first] = Some(data);
+                }
+                Lookup::Wait(waiter) => waits.push((local, waiter)),
+                Lookup::Fetch(guard) => claims.push(Claim { local, guard }),
+            }
+        }
+
+        // Fetch our misses, adjacent ones coalesced, the runs concurrently.
+        let runs = self.coalesce(node, claims);
+        let mut first_error = None;
+        for result in join_all(runs.into_iter().map(|run| self.fetch_run(node, run))).await {
+            match result {
+                Ok(done) => {
+                    for (local, data) in done {
+                        parts[local - first] = Some(data);
+                    }
+                }
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = first_error {
+            return Err(err);
+        }
+        for (local, waiter) in waits {
+            parts[local - first] = Some(self.wait_for(node, local, waiter).await?);
+        }
+
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        for local in wanted {
+            let chunk = &chunks[local];
+            let data = parts[local - first].as_deref().unwrap_or(&[]);
+            let from = offset.max(chunk.file_offset) - chunk.file_offset;
+            let to = end.min(chunk.file_offset + chunk.size) - chunk.file_offset;
+            let piece = usize::try_from(from)
+                .ok()
+                .zip(usize::try_from(to).ok())
+                .and_then(|(from, to)| data.get(from..to));
+            match piece {
+                Some(piece) => out.extend_from_slice(piece),
+                None => {
+                    return Err(ReadError::Task {
+                        layer: self.layer_name.clone(),
+                        message: format!(
+                            "chunk {} of {:?} has {} bytes, expected {}",
+                            self.global(node, local),
+                            node.path,
+                            data.len(),
+                            chunk.size
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn global(&self, node: &Node, local: usize) -> u64 {
+        (node.chunks.start + local) as u64
+    }
+
+    fn key(&self, node: &Node, local: usize) -> ChunkKey {
+        ChunkKey {
+            layer: self.layer_id,
+            chunk: self.global(node, local),
+        }
+    }
+
+    /// Groups claims (in file order) into runs of chunks adjacent in the blob.
+    fn coalesce<'a>(&self, node: &Node, claims: Vec<Claim<'a>>) -> Vec<Vec<Claim<'a>>> {
+        let chunks = self.tree.file_chunks(node);
+        let mut runs: Vec<Vec<Claim<'a>>> = Vec::new();
+        let mut span = 0..0u64;
+        for claim in claims {
+            let chunk = &chunks[claim.local];
+            let joins = runs.last().is_some_and(|_| {
+                chunk.blob_offset >= span.start
+                    && chunk.blob_offset <= span.end
+                    && chunk.blob_end.max(span.end) - span.start <= self.options.max_request
+            });
+            if joins {
+                span.end = span.end.max(chunk.blob_end);
+                if let Some(run) = runs.last_mut() {
+                    run.push(claim);
+                }
+            } else {
+                span = chunk.blob_offset..chunk.blob_end;
+                runs.push(vec![claim]);
+            }
+        }
+        runs
+    }
+
+    /// Fetches one run with one range request, decodes, verifies and caches its chunks.
+    async fn fetch_run(
+        &self,
+        node: &Node,
+        run: Vec<Claim<'_>>,
+    ) -> Result<Vec<(usize, ChunkData)>, ReadError> {
+        let chunks = self.tree.file_chunks(node);
+        let start = run
+            .iter()
+            .map(|c| chunks[c.local].blob_offset)
+            .min()
+            .unwrap_or(0);
+        let end = run
+            .iter()
+            .map(|c| chunks[c.local].blob_end)
+            .max()
+            .unwrap_or(0);
+        bump(&self.counters.range_requests, 1);
+        let fetched = self.source.read_range(start..end).await.and_then(|bytes| {
+            bump(&self.counters.bytes_fetched, bytes.len() as u64);
+            if bytes.len() as u64 == end - start {
+                Ok(bytes)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "source returned {} bytes for a {}-byte range",
+                        bytes.len(),
+                        end - start
+                    ),
+                ))
+            }
+        });
+        let bytes = match fetched {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                bump(&self.counters.fetch_failures, 1);
+                tracing::error!(
+                    layer = %self.layer_name,
+                    file = %node.path,
+                    ino = node.ino,
+                    blob_range = ?(start..end),
+                    error = %err,
+                    "fetching chunks failed; the read fails with EIO"
+                );
+                let err = ReadError::Fetch {
+                    layer: self.layer_name.clone(),
+                    path: node.path.clone(),
+                    range: start..end,
+                    source: Arc::new(err),
+                };
+                for claim in run {
+                    claim.guard.fail(Arc::new(err.clone()));
+                }
+                return Err(err);
+            }
+        };
+
+        // Decompress and verify off the async threads.
+        let tree = self.tree.clone();
+        let globals: Vec<usize> = run.iter().map(|c| node.chunks.start + c.local).collect();
+        let decoded = tokio::task::spawn_blocking(move || {
+            globals
+                .iter()
+                .map(|&global| {
+                    let chunk = &tree.chunks()[global];
+                    let from = (chunk.blob_offset - start) as usize;
+                    let to = (chunk.blob_end - start) as usize;
+                    codec::decode_chunk(chunk, &bytes[from..to])
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|err| ReadError::Task {
+            layer: self.layer_name.clone(),
+            message: err.to_string(),
+        })?;
+
+        let mut done = Vec::with_capacity(run.len());
+        let mut first_error = None;
+        for (claim, result) in run.into_iter().zip(decoded) {
+            let global = self.global(node, claim.local);
+            match result {
+                Ok(data) => {
+                    bump(&self.counters.chunks_fetched, 1);
+                    done.push((claim.local, claim.guard.complete(data)));
+                }
+                Err(err) => {
+                    bump(&self.counters.verify_failures, 1);
+                    let chunk = &chunks[claim.local];
+                    tracing::error!(
+                        layer = %self.layer_name,
+                        file = %node.path,
+                        ino = node.ino,
+                        chunk = global,
+                        file_offset = chunk.file_offset,
+                        blob_range = ?(chunk.blob_offset..chunk.blob_end),
+                        error = %err,
+                        "chunk failed verification; the read fails with EIO"
+                    );
+                    let err = ReadError::Verify {
+                        layer: self.layer_name.clone(),
+                        path: node.path.clone(),
+                        chunk: global,
+                        source: Arc::new(err),
+                    };
+                    claim.guard.fail(Arc::new(err.clone()));
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(done),
+        }
+    }
+
+    /// Waits for another reader's fetch of chunk `local`, taking it over if abandoned.
+    async fn wait_for(
+        &self,
+        node: &Node,
+        local: usize,
+        mut waiter: Waiter,
+    ) -> Result<ChunkData, ReadError> {
+        loop {
+            match waiter.wait().await {
+                Ok(data) => {
+                    bump(&self.counters.chunk_waits, 1);
+                    return Ok(data);
+                }
+                Err(source @ WaitError::Failed(_)) => {
+                    return Err(ReadError::Shared {
+                        layer: self.layer_name.clone(),
+                        path: node.path.clone(),
+                        chunk: self.global(node, local),
+                        source,
+                    })
+                }
+                Err(WaitError::Abandoned) => {}
+            }
+            match self.cache.lookup(self.key(node, local)) {
+                Lookup::Hit(data) => {
+                    bump(&self.counters.chunk_hits, 1);
+                    return Ok(data);
+                }
+                Lookup::Wait(next) => waiter = next,
+                Lookup::Fetch(guard) => {
+                    let mut done = self.fetch_run(node, vec![Claim { local, guard }]).await?;
+                    return match done.pop() {
+                        Some((_, data)) => Ok(data),
+                        None => Err(ReadError::Task {
+                            layer: self.layer_name.clone(),
+                            message: "fetch returned no chunk".to_string(),
+                        }),
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
