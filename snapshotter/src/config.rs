@@ -25,6 +25,12 @@ pub struct Config {
     pub address: PathBuf,
     /// Log filter (`tracing` env-filter syntax) used when `RUST_LOG` is not set.
     pub log_level: String,
+    /// Lazy layers.
+    pub lazy: LazyConfig,
+    /// Registry access.
+    pub registry: RegistryConfig,
+    /// Caches.
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -33,6 +39,56 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             address: PathBuf::from(DEFAULT_ADDRESS),
             log_level: "info".into(),
+            lazy: LazyConfig::default(),
+            registry: RegistryConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+/// `[lazy]`: serving layers without downloading them first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LazyConfig {
+    /// Serve eStargz and zstd:chunked layers lazily (otherwise containerd unpacks every
+    /// layer).
+    pub enabled: bool,
+}
+
+impl Default for LazyConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[registry]`: how Veil reaches registries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP instead of HTTPS.
+    pub plain_http: Vec<String>,
+    /// containerd-style host configuration directory with `<host>/hosts.toml` files
+    /// (mirrors, CAs), e.g. `/etc/containerd/certs.d`.
+    pub hosts_dir: Option<PathBuf>,
+    /// docker `config.json` with credentials [default: `$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json`, else anonymous].
+    pub docker_config: Option<PathBuf>,
+    /// Extra CA certificates (PEM bundle) trusted for every registry.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// `[cache]`: the bounded caches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Byte budget of the in-memory cache of verified plaintext chunks.
+    pub memory_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
         }
     }
 }

@@ -10,8 +10,12 @@
 pub mod config;
 pub mod error;
 pub mod filters;
+pub mod image_mount;
+pub mod lazy;
 pub mod metadata;
 pub mod overlay;
+pub mod pull;
+pub mod registry;
 pub mod remote;
 pub mod server;
 pub mod service;

@@ -79,7 +79,7 @@ impl RemoteRequest {
 }
 
 /// A mounted layer filesystem. Dropping it unmounts.
-pub trait LiveMount: Send + Sync {}
+pub trait LiveMount: Send {}
 
 /// A layer that has been resolved and can be mounted.
 pub trait MountableLayer: Send {

@@ -10,8 +10,39 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
+use crate::lazy::LazyLayers;
 use crate::overlay::OverlaySnapshotter;
+use crate::registry::{ClientOptions, CredentialsSource, RegistryClient};
 use crate::service::Service;
+
+/// The registry client options the daemon's config asks for.
+pub fn registry_options(config: &Config) -> ClientOptions {
+    let r = &config.registry;
+    ClientOptions {
+        insecure_registries: r.plain_http.clone(),
+        hosts_dir: r.hosts_dir.clone(),
+        ca_bundle: r.ca_bundle.clone(),
+        credentials: match &r.docker_config {
+            Some(p) => CredentialsSource::DockerConfigFile(p.clone()),
+            None => CredentialsSource::DockerDefault,
+        },
+        ..ClientOptions::default()
+    }
+}
+
+/// The snapshots service for `config`: lazy layers when enabled.
+fn build_service(config: &Config, snapshotter: OverlaySnapshotter) -> anyhow::Result<Service> {
+    if !config.lazy.enabled {
+        return Ok(Service::new(snapshotter));
+    }
+    let registry =
+        RegistryClient::new(registry_options(config)).context("setting up the registry client")?;
+    let cache = Arc::new(veil_fusefs::cache::ChunkCache::new(
+        config.cache.memory_bytes,
+    ));
+    let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current());
+    Ok(Service::with_resolver(snapshotter, Arc::new(lazy)))
+}
 
 /// Binds `address`, replacing a stale socket file but refusing to take over a socket
 /// that another process still answers on.
@@ -55,6 +86,12 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let snapshotter = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root))
         .await?
         .with_context(|| format!("opening snapshotter root {}", config.root.display()))?;
+    let service = build_service(config, snapshotter)?;
+    // Remote layers are mounted again before containerd can ask for them.
+    let attached = service.attach_remote_layers().await?;
+    if attached > 0 {
+        tracing::info!(attached, "mounted remote layers again");
+    }
     let listener = bind(&config.address).await?;
     tracing::info!(
         root = %config.root.display(),
@@ -65,7 +102,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "could not notify systemd of readiness");
     }
-    let service = Arc::new(Service::new(snapshotter));
+    let service = Arc::new(service);
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
