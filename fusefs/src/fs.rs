@@ -294,6 +294,18 @@ impl Filesystem for LayerFs {
         });
     }
 
+    /// Nothing is buffered for writing: a flush (every close) has nothing to do.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.dir(ino) {
             Ok(_) => reply.opened(

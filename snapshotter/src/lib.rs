@@ -19,6 +19,7 @@ pub mod registry;
 pub mod remote;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod usage;
 
 pub use error::{Error, Result};

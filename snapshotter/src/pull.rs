@@ -165,6 +165,8 @@ pub async fn pull(
     let reference = Reference::parse(&opts.reference)
         .with_context(|| format!("image reference {:?}", opts.reference))?;
     let image_name = reference.to_string();
+    // Local mistakes (socket, namespace) first, before any network traffic.
+    let mut cd = Containerd::connect(&opts.address, &opts.namespace).await?;
     let registry =
         RegistryClient::new(opts.registry.clone()).context("setting up the registry client")?;
     let resolved = registry
@@ -201,7 +203,6 @@ pub async fn pull(
         .map(|l| l.digest.to_string())
         .collect();
 
-    let mut cd = Containerd::connect(&opts.address, &opts.namespace).await?;
     cd.begin_lease(&unique("veil-pull")).await?;
     let result = pull_into(
         &cd,
@@ -221,7 +222,9 @@ pub async fn pull(
     let ended = cd.end_lease().await;
     let layers = result?;
     if let Err(e) = ended {
-        tracing::warn!(error = %format!("{e:#}"), "could not delete the pull's lease (it expires in an hour)");
+        progress(&format!(
+            "warning: could not delete the pull's lease (it expires in an hour): {e:#}"
+        ));
     }
     Ok(PullReport {
         image: image_name,
@@ -323,10 +326,13 @@ async fn pull_into(
                         })
                     };
                     if let Err(e) = outcome {
-                        if let Err(re) = cd.remove(sn, &key).await {
-                            tracing::warn!(key, error = %format!("{re:#}"), "could not remove the active snapshot");
-                        }
-                        return Err(e);
+                        return Err(match cd.remove(sn, &key).await {
+                            Ok(()) => e,
+                            Err(re) => anyhow::anyhow!(
+                                "{e:#} (and removing the active snapshot {key:?} failed too: \
+                                 {re:#})"
+                            ),
+                        });
                     }
                     LayerState::Unpacked
                 }

@@ -99,6 +99,10 @@ pub enum Resolved {
 pub trait LayerResolver: Send + Sync {
     /// Resolves `layer`: fetches what is needed to index it (manifest, TOC).
     fn resolve<'a>(&'a self, layer: &'a RemoteLayer) -> BoxFuture<'a, anyhow::Result<Resolved>>;
+
+    /// Adds what the resolver knows (layers served, bytes fetched, cache use) to a status
+    /// report.
+    fn fill_status(&self, _report: &mut crate::status::StatusReport) {}
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ fn build_service(config: &Config, snapshotter: OverlaySnapshotter) -> anyhow::Re
     let cache = Arc::new(veil_fusefs::cache::ChunkCache::new(
         config.cache.memory_bytes,
     ));
-    let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current());
+    let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
+        .with_options(crate::lazy::LazyOptions::from_config(config));
     Ok(Service::with_resolver(snapshotter, Arc::new(lazy)))
 }
 
@@ -68,6 +69,11 @@ async fn bind(address: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The status socket (`veil status`): `status.sock` beside the snapshots socket.
+pub fn status_address(address: &Path) -> std::path::PathBuf {
+    address.with_file_name("status.sock")
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
@@ -92,6 +98,8 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     if attached > 0 {
         tracing::info!(attached, "mounted remote layers again");
     }
+    let status_path = status_address(&config.address);
+    let status_listener = bind(&status_path).await?;
     let listener = bind(&config.address).await?;
     tracing::info!(
         root = %config.root.display(),
@@ -103,11 +111,17 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not notify systemd of readiness");
     }
     let service = Arc::new(service);
+    let for_status = service.clone();
+    let status_task = tokio::spawn(crate::status::serve(status_listener, move || {
+        for_status.status()
+    }));
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
+    status_task.abort();
     let _ = std::fs::remove_file(&config.address);
+    let _ = std::fs::remove_file(&status_path);
     result.context("serving the snapshots API")?;
     tracing::info!("stopped");
     Ok(())

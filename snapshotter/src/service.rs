@@ -15,12 +15,14 @@ use crate::filters::{Fields, Filter};
 use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
 use crate::remote::{LayerResolver, RemoteRequest, Resolved, REMOTE_LABEL, REMOTE_LABEL_VALUE};
+use crate::status::{FallbackStatus, StatusReport};
 
 /// The gRPC-facing snapshotter.
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<OverlaySnapshotter>,
     resolver: Option<Arc<dyn LayerResolver>>,
+    fallbacks: Arc<std::sync::Mutex<Vec<FallbackStatus>>>,
 }
 
 impl Service {
@@ -29,6 +31,7 @@ impl Service {
         Self {
             inner: Arc::new(inner),
             resolver: None,
+            fallbacks: Arc::default(),
         }
     }
 
@@ -37,6 +40,7 @@ impl Service {
         Self {
             inner: Arc::new(inner),
             resolver: Some(resolver),
+            fallbacks: Arc::default(),
         }
     }
 
@@ -64,6 +68,39 @@ impl Service {
         Ok(attached)
     }
 
+    /// What the daemon serves now (`veil status`).
+    pub fn status(&self) -> StatusReport {
+        let mut report = StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            root: self.inner.root().display().to_string(),
+            ..Default::default()
+        };
+        if let Ok(all) = self.inner.list() {
+            report.snapshots = all.len();
+            report.remote_snapshots = all.iter().filter(|s| s.record.remote.is_some()).count();
+        }
+        report.fallbacks = self
+            .fallbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(r) = &self.resolver {
+            r.fill_status(&mut report);
+        }
+        report
+    }
+
+    fn record_fallback(&self, req: &RemoteRequest, reason: String) {
+        let mut list = self.fallbacks.lock().unwrap_or_else(|p| p.into_inner());
+        if !list.iter().any(|f| f.digest == req.layer.layer_digest) {
+            list.push(FallbackStatus {
+                digest: req.layer.layer_digest.clone(),
+                image: req.layer.image_ref.clone(),
+                reason,
+            });
+        }
+    }
+
     /// Tries to serve the layer `req` names lazily as the committed snapshot
     /// `req.target`. `Ok(true)`: done; `Ok(false)`: containerd should unpack it.
     async fn prepare_remote(
@@ -80,10 +117,13 @@ impl Service {
             Ok(Resolved::Lazy(m)) => m,
             Ok(Resolved::NotLazy(why)) => {
                 tracing::info!(layer = %layer.layer_digest, image = %layer.image_ref, reason = %why, "layer not served lazily: containerd unpacks it");
+                self.record_fallback(&req, why);
                 return Ok(false);
             }
             Err(e) => {
-                tracing::warn!(layer = %layer.layer_digest, image = %layer.image_ref, error = %format!("{e:#}"), "resolving layer failed: containerd unpacks it");
+                let why = format!("{e:#}");
+                tracing::warn!(layer = %layer.layer_digest, image = %layer.image_ref, error = %why, "resolving layer failed: containerd unpacks it");
+                self.record_fallback(&req, why);
                 return Ok(false);
             }
         };
@@ -102,6 +142,7 @@ impl Service {
             Err(Error::AlreadyExists(_)) => Ok(true),
             Err(e) => {
                 tracing::warn!(layer = %layer.layer_digest, error = %e, "mounting layer failed: containerd unpacks it");
+                self.record_fallback(&req, e.to_string());
                 Ok(false)
             }
         }

@@ -10,8 +10,14 @@ pub mod binaries;
 pub mod containerd;
 pub mod gosuite;
 pub mod image;
+pub mod lazy_image;
 pub mod mounts;
 pub mod process;
+// Debian's `docker-registry` on loopback, and pushing to it: one copy, shared with the
+// registry client's tests in snapshotter/tests/registry_support/.
+#[path = "../../snapshotter/tests/registry_support/registry.rs"]
+pub mod registry;
+pub mod registry_log;
 pub mod scenario;
 
 pub use binaries::{require_root, veil_binary};

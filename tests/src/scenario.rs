@@ -33,6 +33,7 @@ pub struct VeilSnapshotter {
     root: PathBuf,
     socket: PathBuf,
     log_dir: PathBuf,
+    config: Option<PathBuf>,
     guard: Option<ChildGuard>,
     /// PIDs of every instance started, in order.
     pub pids: Vec<u32>,
@@ -49,10 +50,17 @@ impl VeilSnapshotter {
             root,
             socket,
             log_dir,
+            config: None,
             guard: None,
             pids: Vec::new(),
             logs: Vec::new(),
         }
+    }
+
+    /// Starts it with `--config FILE` (the daemon's TOML config) from now on.
+    pub fn with_config(mut self, file: PathBuf) -> Self {
+        self.config = Some(file);
+        self
     }
 
     /// The socket containerd's proxy plugin dials.
@@ -65,8 +73,8 @@ impl VeilSnapshotter {
         &self.root
     }
 
-    /// Starts `veil-snapshotter --root ROOT --address SOCKET` (RUST_LOG=info unless set) and
-    /// waits for the socket to appear. Returns the PID.
+    /// Starts `veil-snapshotter [--config FILE] --root ROOT --address SOCKET` (RUST_LOG=info
+    /// unless set) and waits for the socket to appear. Returns the PID.
     pub fn start(&mut self) -> anyhow::Result<u32> {
         if self.guard.is_some() {
             bail!("veil-snapshotter is already running");
@@ -75,6 +83,9 @@ impl VeilSnapshotter {
             .log_dir
             .join(format!("veil-snapshotter-{}.log", self.pids.len() + 1));
         let mut cmd = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--address")

@@ -1,12 +1,18 @@
-//! `veil`: the command-line tool. Later commands (convert, inspect, mount, bench, keys)
-//! arrive with the issues that build them.
+//! `veil`: the command-line tool: `pull` into containerd, `mount`/`umount` an image
+//! without containerd, `status` of the daemon. Later commands (convert, inspect, bench,
+//! keys) arrive with the issues that build them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+use veil_fusefs::cache::ChunkCache;
+use veil_snapshotter::image_mount;
+use veil_snapshotter::lazy::LazyLayers;
 use veil_snapshotter::pull::{self, PullOptions, DEFAULT_CONTAINERD_ADDRESS};
-use veil_snapshotter::registry::ClientOptions;
+use veil_snapshotter::registry::{ClientOptions, RegistryClient};
+use veil_snapshotter::status;
 
 /// Veil: start containers from encrypted OCI images without downloading them first.
 #[derive(Debug, Parser)]
@@ -28,6 +34,236 @@ enum Command {
     /// cannot serve lazily are downloaded and unpacked by containerd (unless
     /// --lazy-only). Finally the image record REF is created or updated.
     Pull(PullArgs),
+    /// Mount an image's root filesystem at DIR, lazily, without containerd.
+    ///
+    /// Each layer is mounted through FUSE (fetched on demand, verified chunk by chunk) and
+    /// the layers are stacked read-only at DIR. By default the command returns once DIR
+    /// is mounted and a background process serves it until `veil umount DIR`; with
+    /// --foreground it serves until DIR is unmounted or it gets SIGINT/SIGTERM.
+    Mount(MountArgs),
+    /// Unmount an image mounted with `veil mount`; its serving process then exits.
+    Umount {
+        /// The mount point.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Show what the running veil-snapshotter serves: layers, bytes fetched, cache use.
+    Status {
+        /// The daemon's status socket (beside its snapshots socket).
+        #[arg(long, value_name = "SOCKET", default_value = "/run/veil/status.sock")]
+        address: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct MountArgs {
+    /// Reach the registry over plain HTTP instead of HTTPS.
+    #[arg(long)]
+    plain_http: bool,
+    /// Where the layers' own mount points and the serving process's log live.
+    #[arg(long, value_name = "DIR", default_value = "/run/veil/mounts")]
+    state_dir: PathBuf,
+    /// Byte budget of the in-memory cache of verified chunks.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    cache_bytes: u64,
+    /// Serve in this process until DIR is unmounted (do not return at once).
+    #[arg(long)]
+    foreground: bool,
+    /// The image reference, e.g. registry.example:5000/app:v1.
+    #[arg(value_name = "REF")]
+    reference: String,
+    /// The (empty) directory to mount it at.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+}
+
+/// The state directory of one mount: named after the mount point.
+fn mount_state_dir(base: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    let name: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    base.join(name)
+}
+
+fn run_mount(args: MountArgs) -> ExitCode {
+    let dir = match std::fs::canonicalize(&args.dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("veil mount: mount point {}: {e}", args.dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if image_mount::is_mount_point(&dir) {
+        eprintln!("veil mount: {} is already a mount point", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let state = mount_state_dir(&args.state_dir, &dir);
+    if args.foreground {
+        return serve_mount(&args, &dir, &state);
+    }
+    // Start the serving process detached, and return once the mount is up.
+    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+        eprintln!("veil mount: creating {}: {e}", args.state_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let log_path = args.state_dir.join(format!(
+        "{}.log",
+        state.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let log = match std::fs::File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("veil mount: creating {}: {e}", log_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("veil"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount").arg("--foreground");
+    if args.plain_http {
+        cmd.arg("--plain-http");
+    }
+    cmd.arg("--state-dir")
+        .arg(&args.state_dir)
+        .arg("--cache-bytes")
+        .arg(args.cache_bytes.to_string())
+        .arg(&args.reference)
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map(std::process::Stdio::from)
+                .unwrap_or(std::process::Stdio::null()),
+        )
+        .stderr(std::process::Stdio::from(log));
+    // SAFETY: setsid() in the child before exec only detaches it from our session.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("veil mount: starting the serving process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let start = std::time::Instant::now();
+    loop {
+        if image_mount::is_mount_point(&dir) {
+            println!(
+                "mounted {} at {} (served by pid {}, log {}); `veil umount {}` to unmount",
+                args.reference,
+                dir.display(),
+                child.id(),
+                log_path.display(),
+                dir.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            eprintln!("veil mount: failed ({status}):\n{}", log.trim_end());
+            return ExitCode::FAILURE;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "veil mount: {} was not mounted within 5 minutes; see {}",
+                dir.display(),
+                log_path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn serve_mount(args: &MountArgs, dir: &std::path::Path, state: &std::path::Path) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("veil mount: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let registry = RegistryClient::new(ClientOptions {
+            plain_http: args.plain_http,
+            ..ClientOptions::default()
+        })?;
+        let cache = Arc::new(ChunkCache::new(args.cache_bytes));
+        let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current());
+        let mounted = image_mount::mount_image(&lazy, &args.reference, dir, state).await?;
+        println!(
+            "mounted {} at {} ({} layers, served lazily)",
+            args.reference,
+            dir.display(),
+            mounted.layer_count()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = mounted.wait_until_unmounted() => println!("{} was unmounted", dir.display()),
+            _ = tokio::signal::ctrl_c() => println!("interrupted: unmounting {}", dir.display()),
+            _ = term.recv() => println!("terminated: unmounting {}", dir.display()),
+        }
+        println!(
+            "fetched {} from the registry",
+            status::human(lazy.registry().metrics().bytes_fetched())
+        );
+        drop(mounted);
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veil mount: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_status(address: &std::path::Path, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("veil status: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(status::fetch(address)) {
+        Ok(report) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", status::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("veil status: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -100,5 +336,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Pull(args) => run_pull(args),
+        Command::Mount(args) => run_mount(args),
+        Command::Umount { dir } => match image_mount::unmount_image(&dir) {
+            Ok(()) => {
+                println!("unmounted {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("veil umount: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status { address, json } => run_status(&address, json),
     }
 }
