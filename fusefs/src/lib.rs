@@ -8,10 +8,13 @@
 
 pub mod cache;
 pub mod codec;
+pub mod ctr;
+pub mod disk_cache;
 pub mod estargz;
 pub mod fs;
 pub mod mount;
 pub mod pipeline;
+pub mod prefetch;
 pub mod source;
 pub mod tar_index;
 pub mod toc;

@@ -53,11 +53,24 @@ pub struct LazyConfig {
     /// Serve eStargz and zstd:chunked layers lazily (otherwise containerd unpacks every
     /// layer).
     pub enabled: bool,
+    /// Before a layer is mounted, fetch the files its image marks as needed first (the
+    /// prefetch landmark of eStargz and zstd:chunked).
+    pub prefetch: bool,
+    /// After a layer is mounted, fetch the whole blob into the disk cache in the
+    /// background (needs `[cache] disk_bytes` > 0).
+    pub background_fetch: bool,
+    /// Bytes per second all background fetches together may use; 0: unlimited.
+    pub background_rate: u64,
 }
 
 impl Default for LazyConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            prefetch: true,
+            background_fetch: true,
+            background_rate: 0,
+        }
     }
 }
 
@@ -83,12 +96,19 @@ pub struct RegistryConfig {
 pub struct CacheConfig {
     /// Byte budget of the in-memory cache of verified plaintext chunks.
     pub memory_bytes: u64,
+    /// Byte budget of the disk cache of layer blob bytes (as the registry serves them:
+    /// compressed, encrypted layers still encrypted); 0 disables it.
+    pub disk_bytes: u64,
+    /// Directory of the disk cache [default: `<root>/cache`].
+    pub disk_dir: Option<PathBuf>,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             memory_bytes: 64 << 20,
+            disk_bytes: 1 << 30,
+            disk_dir: None,
         }
     }
 }
@@ -116,6 +136,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The disk cache directory: `[cache] disk_dir`, else `<root>/cache`.
+    pub fn disk_cache_dir(&self) -> PathBuf {
+        self.cache
+            .disk_dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("cache"))
+    }
+
     /// Parses a configuration from TOML text; `path` is only used in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -156,6 +184,16 @@ mod tests {
         let c = Config::from_toml("root = \"/srv/veil\"\n", Path::new("x")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/veil"));
         assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
+        assert_eq!(c.disk_cache_dir(), PathBuf::from("/srv/veil/cache"));
+        let c = Config::from_toml(
+            "[cache]\ndisk_bytes = 0\ndisk_dir = \"/fast/veil\"\n[lazy]\nbackground_rate = 1048576\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.cache.disk_bytes, 0);
+        assert_eq!(c.disk_cache_dir(), PathBuf::from("/fast/veil"));
+        assert_eq!(c.lazy.background_rate, 1 << 20);
+        assert!(c.lazy.prefetch && c.lazy.background_fetch);
     }
 
     #[test]

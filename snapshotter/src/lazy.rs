@@ -7,6 +7,12 @@
 //! session whose reads fetch, decompress and verify chunks on demand through the shared
 //! plaintext cache. Layers that cannot be served lazily are reported as such, so the
 //! snapshotter lets containerd unpack them.
+//!
+//! With [`LazyOptions`]: the registry blob is read through the disk cache (blob bytes as
+//! the registry serves them, kept across restarts), the prioritized files are prefetched
+//! before the layer is handed out for mounting, and once mounted the whole blob is
+//! fetched into the disk cache in the background until done or until the mount is
+//! dropped.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,14 +21,20 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use futures::future::BoxFuture;
 use veil_fusefs::cache::ChunkCache;
+use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::mount::{mount, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
+use veil_fusefs::prefetch::{
+    background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
+    PrefetchOptions, RateLimiter,
+};
 use veil_fusefs::source::BlobSource;
 use veil_fusefs::toc::LayerToc;
 use veil_fusefs::tree::LayerTree;
 use veil_fusefs::{estargz, zstdchunked};
 
+use crate::config::Config;
 use crate::registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 use crate::remote::{LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved};
 
@@ -80,19 +92,94 @@ pub async fn read_layer_toc(
     })
 }
 
+/// Background fetches running at once (each waits for a slot before it starts).
+const BACKGROUND_SLOTS: usize = 2;
+
+/// How [`LazyLayers`] caches on disk and fetches ahead.
+#[derive(Debug, Clone)]
+pub struct LazyOptions {
+    /// The disk cache of blob bytes; `None`: reads always go to the registry.
+    pub disk_cache: Option<Arc<DiskCache>>,
+    /// Fetch a layer's prioritized files before handing it out for mounting.
+    pub prefetch: bool,
+    /// Fetch whole layers into the disk cache in the background once mounted (only with
+    /// a disk cache).
+    pub background_fetch: bool,
+    /// The byte rate all background fetches share; `None`: unlimited.
+    pub background_rate: Option<Arc<RateLimiter>>,
+}
+
+impl Default for LazyOptions {
+    /// Prefetch only: no disk cache, no background fetching.
+    fn default() -> Self {
+        Self {
+            disk_cache: None,
+            prefetch: true,
+            background_fetch: false,
+            background_rate: None,
+        }
+    }
+}
+
+impl LazyOptions {
+    /// The options `config` asks for, opening the disk cache (`[cache] disk_bytes`,
+    /// `disk_dir`). A disk cache that cannot be opened is logged and left out: layers are
+    /// then served from the registry only.
+    pub fn from_config(config: &Config) -> Self {
+        let disk_cache = match config.cache.disk_bytes {
+            0 => None,
+            budget => {
+                let dir = config.disk_cache_dir();
+                match DiskCache::open(&dir, budget) {
+                    Ok(cache) => {
+                        tracing::info!(
+                            dir = %dir.display(),
+                            budget,
+                            held = cache.stats().bytes,
+                            "disk cache ready"
+                        );
+                        Some(cache)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            error = %e,
+                            "cannot open the disk cache; serving layers without it"
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        Self {
+            disk_cache,
+            prefetch: config.lazy.prefetch,
+            background_fetch: config.lazy.background_fetch,
+            background_rate: match config.lazy.background_rate {
+                0 => None,
+                rate => Some(RateLimiter::new(rate)),
+            },
+        }
+    }
+}
+
 /// Resolves layers from registries and mounts them through FUSE.
 pub struct LazyLayers {
     registry: RegistryClient,
     cache: Arc<ChunkCache>,
     runtime: tokio::runtime::Handle,
     mount_options: MountOptions,
+    options: LazyOptions,
+    background_slots: Arc<tokio::sync::Semaphore>,
     manifests: Mutex<HashMap<String, Arc<Manifest>>>,
     readers: Mutex<HashMap<String, Arc<ChunkReader>>>,
+    fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
 }
 
 impl LazyLayers {
     /// A resolver fetching through `registry`, caching plaintext chunks in `cache`,
-    /// running reads on `runtime`.
+    /// running reads on `runtime`, with the default [`LazyOptions`] (see
+    /// [`LazyLayers::with_options`]).
     pub fn new(
         registry: RegistryClient,
         cache: Arc<ChunkCache>,
@@ -103,9 +190,29 @@ impl LazyLayers {
             cache,
             runtime,
             mount_options: MountOptions::default(),
+            options: LazyOptions::default(),
+            background_slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_SLOTS)),
             manifests: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            fetches: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The same, with disk cache, prefetch and background fetching as `options` say.
+    pub fn with_options(mut self, options: LazyOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The disk cache, when there is one (for its counters).
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.options.disk_cache.as_ref()
+    }
+
+    /// Background fetches started so far, by layer digest (for status).
+    pub fn background_fetches(&self) -> Vec<(String, Arc<FetchProgress>)> {
+        let map = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// The registry client (for its byte counters).
@@ -162,8 +269,19 @@ impl LazyLayers {
             Ok(f) => f,
             Err(why) => return Ok(Resolved::NotLazy(why)),
         };
-        let blob = self.registry.blob(&reference, desc);
-        let toc = read_layer_toc(&blob, &format)
+        // The disk cache sits right on the registry blob: it keeps bytes exactly as
+        // served (a decrypting source, when there is one, goes above it).
+        let registry_blob: Arc<dyn BlobSource> = Arc::new(self.registry.blob(&reference, desc));
+        let cached = self
+            .options
+            .disk_cache
+            .as_ref()
+            .map(|disk| disk.wrap(&layer.layer_digest, registry_blob.clone()));
+        let source: Arc<dyn BlobSource> = match &cached {
+            Some(cached) => cached.clone(),
+            None => registry_blob,
+        };
+        let toc = read_layer_toc(source.as_ref(), &format)
             .await
             .with_context(|| format!("reading the TOC of layer {digest}"))?;
         let tree =
@@ -171,19 +289,79 @@ impl LazyLayers {
         let reader = Arc::new(ChunkReader::new(
             layer.layer_digest.clone(),
             tree,
-            Arc::new(blob),
+            source.clone(),
             self.cache.clone(),
             ReaderOptions::default(),
         ));
+        if self.options.prefetch {
+            if let Some(end) = toc.prefetch_end.filter(|&end| end > 0) {
+                self.prefetch(&reader, source.as_ref(), cached.as_deref(), end)
+                    .await;
+            }
+        }
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(layer.layer_digest.clone(), reader.clone());
+        let background = cached
+            .filter(|_| self.options.background_fetch)
+            .map(|source| Background {
+                source,
+                options: BackgroundOptions {
+                    rate_limit: self.options.background_rate.clone(),
+                    slots: Some(self.background_slots.clone()),
+                    ..BackgroundOptions::default()
+                },
+                fetches: self.fetches.clone(),
+            });
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
             reader,
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
+            background,
         })))
+    }
+
+    /// Prefetches the prioritized files of `reader`'s layer, up to blob offset `end`.
+    /// Failures are logged only: the files are then fetched when read.
+    async fn prefetch(
+        &self,
+        reader: &ChunkReader,
+        source: &dyn BlobSource,
+        cached: Option<&CachedBlob>,
+        end: u64,
+    ) {
+        let options = PrefetchOptions {
+            fetch_all: cached.is_some(),
+            ..PrefetchOptions::default()
+        };
+        let started = std::time::Instant::now();
+        match prefetch(reader, source, end, &options).await {
+            Ok(report) => {
+                // Bytes that failed verification may have come from the disk cache.
+                if let Some(cached) = cached {
+                    for range in &report.verify_failures {
+                        cached.forget(range.clone());
+                    }
+                }
+                tracing::info!(
+                    layer = reader.layer_name(),
+                    prefetch_end = end,
+                    bytes = report.bytes_fetched,
+                    requests = report.ranges,
+                    chunks_cached = report.chunks_cached,
+                    verify_failures = report.verify_failures.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "prefetched the prioritized files"
+                );
+            }
+            Err(e) => tracing::warn!(
+                layer = reader.layer_name(),
+                prefetch_end = end,
+                error = %e,
+                "prefetch failed; the files will be fetched when read"
+            ),
+        }
     }
 }
 
@@ -198,15 +376,41 @@ struct ReadyLayer {
     reader: Arc<ChunkReader>,
     runtime: tokio::runtime::Handle,
     options: MountOptions,
+    background: Option<Background>,
 }
 
-struct Mounted(#[allow(dead_code)] LayerMount);
+/// The background fetch to start once a layer is mounted.
+struct Background {
+    source: Arc<CachedBlob>,
+    options: BackgroundOptions,
+    fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
+}
+
+/// A mounted layer: dropping it stops its background fetch, then unmounts.
+struct Mounted {
+    _background: Option<DropGuard>,
+    _mount: LayerMount,
+}
 
 impl LiveMount for Mounted {}
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> anyhow::Result<Box<dyn LiveMount>> {
-        let fs = LayerFs::new(self.reader, self.runtime, FsOptions::default());
-        Ok(Box::new(Mounted(mount(fs, dir, &self.options)?)))
+        let fs = LayerFs::new(self.reader, self.runtime.clone(), FsOptions::default());
+        let layer_mount = mount(fs, dir, &self.options)?;
+        let guard = self.background.map(|bg| {
+            let cancel = CancellationToken::new();
+            let key = bg.source.key().to_string();
+            let fetch = background_fetch(&self.runtime, bg.source, bg.options, cancel.clone());
+            bg.fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, fetch.progress().clone());
+            cancel.drop_guard()
+        });
+        Ok(Box::new(Mounted {
+            _background: guard,
+            _mount: layer_mount,
+        }))
     }
 }

@@ -1,0 +1,1041 @@
+//! Fetching ahead of reads: the prioritized files before a layer is mounted, and the
+//! whole blob into the disk cache afterwards.
+//!
+//! **Prefetch** ([`prefetch`]). eStargz and zstd:chunked put the files a container reads
+//! first at the start of the blob and mark where they end ([`LayerToc::prefetch_end`]).
+//! Before the mount is handed out, [`prefetch`] fetches the chunks lying in
+//! `[0, prefetch_end)` in a few large range requests (adjacent chunks coalesced up to
+//! [`PrefetchOptions::range_size`], several in flight), so that the first reads wait for
+//! no network:
+//!
+//! - through the layer's source, which with a disk cache in front keeps every byte (so
+//!   all prioritized reads are at worst a local disk read), and
+//! - decoded and verified into the plaintext [`ChunkCache`] in blob order as long as they
+//!   fit in [`PrefetchOptions::plaintext_limit`] (by default half the plaintext budget, so
+//!   that a big prioritized set does not evict itself or every other layer's chunks).
+//!
+//! Without a disk cache ([`PrefetchOptions::fetch_all`] false) only the chunks that go to
+//! the plaintext cache are fetched, since nothing else would keep the rest. Chunks that
+//! fail verification are not cached and reported by blob range
+//! ([`PrefetchReport::verify_failures`]) so that the caller can drop them from the disk
+//! cache ([`CachedBlob::forget`]); the read that needs them then fails (EIO) as it would
+//! have anyway.
+//!
+//! **Background fetch** ([`background_fetch`]). After mounting, a tokio task fetches the
+//! whole blob in order into the disk cache in large ranges, skipping what is present,
+//! optionally held to a byte rate by a token bucket. It stops when cancelled (the layer
+//! is unmounted: hold [`CancellationToken::drop_guard`] with the mount), when the blob
+//! cannot fit in the disk cache, when the cache drops the blob meanwhile (evicted for a
+//! more recent one), or after [`BackgroundOptions::attempts`] failed tries of one range;
+//! each stop is one log line. [`FetchProgress`] counts bytes done out of the total.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+pub use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::cache::{ChunkKey, Lookup};
+use crate::codec;
+use crate::disk_cache::CachedBlob;
+use crate::pipeline::ChunkReader;
+use crate::source::BlobSource;
+use crate::toc::Chunk;
+#[cfg(doc)]
+use crate::{cache::ChunkCache, toc::LayerToc};
+
+/// Default size of one prefetch or background range request: 8 MiB.
+pub const DEFAULT_RANGE_SIZE: u64 = 8 << 20;
+
+/// Chunks further apart than this go in separate prefetch requests rather than fetching
+/// the bytes between them.
+const MAX_PREFETCH_GAP: u64 = 256 << 10;
+
+/// Smallest background range when rate limited.
+const MIN_BACKGROUND_RANGE: u64 = 64 << 10;
+
+/// Tuning of [`prefetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchOptions {
+    /// The most bytes one range request spans (a single larger chunk is fetched alone).
+    pub range_size: u64,
+    /// Range requests in flight at once.
+    pub concurrency: usize,
+    /// The most plaintext bytes put into the chunk cache; `None`: half its budget.
+    pub plaintext_limit: Option<u64>,
+    /// Fetch every chunk of the prioritized range, also those not kept as plaintext:
+    /// set it when the source keeps what it reads (a disk cache).
+    pub fetch_all: bool,
+}
+
+impl Default for PrefetchOptions {
+    fn default() -> Self {
+        Self {
+            range_size: DEFAULT_RANGE_SIZE,
+            concurrency: 4,
+            plaintext_limit: None,
+            fetch_all: false,
+        }
+    }
+}
+
+/// What [`prefetch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Range requests sent.
+    pub ranges: u64,
+    /// Bytes read from the source.
+    pub bytes_fetched: u64,
+    /// Chunks decoded, verified and put into the plaintext cache.
+    pub chunks_cached: u64,
+    /// Plaintext bytes of those chunks.
+    pub plaintext_bytes: u64,
+    /// Prioritized chunks left out of the plaintext cache (over the limit, or cached
+    /// already).
+    pub chunks_skipped: u64,
+    /// Blob ranges of chunks that failed decompression or verification.
+    pub verify_failures: Vec<Range<u64>>,
+}
+
+/// One range request of a prefetch and the chunks (layer-wide indices) it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    range: Range<u64>,
+    chunks: Vec<usize>,
+    /// Which of `chunks` go to the plaintext cache.
+    decode: Vec<bool>,
+}
+
+/// Groups `order` (chunk indices sorted by blob offset) into range requests of at most
+/// `range_size` bytes (unless one chunk is bigger), never splitting a chunk and never
+/// spanning a gap wider than [`MAX_PREFETCH_GAP`].
+fn plan(chunks: &[Chunk], order: &[(usize, bool)], range_size: u64) -> Vec<Piece> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut reach = 0u64;
+    for &(i, decode) in order {
+        let c = &chunks[i];
+        let joins = pieces.last().is_some_and(|p| {
+            c.blob_offset < reach
+                || (c.blob_offset - reach <= MAX_PREFETCH_GAP
+                    && c.blob_end.max(reach) - p.range.start <= range_size)
+        });
+        if joins {
+            if let Some(p) = pieces.last_mut() {
+                reach = reach.max(c.blob_end);
+                p.range.end = reach;
+                p.chunks.push(i);
+                p.decode.push(decode);
+            }
+        } else {
+            reach = c.blob_end;
+            pieces.push(Piece {
+                range: c.blob_offset..c.blob_end,
+                chunks: vec![i],
+                decode: vec![decode],
+            });
+        }
+    }
+    pieces
+}
+
+/// Fetches the chunks in `[0, upto_blob_offset)` of `reader`'s layer from `source` (the
+/// reader's own source) and caches them; see the module documentation. Returns what it
+/// did, or the first fetch error (everything fetched before it stays cached).
+pub async fn prefetch(
+    reader: &ChunkReader,
+    source: &dyn BlobSource,
+    upto_blob_offset: u64,
+    options: &PrefetchOptions,
+) -> io::Result<PrefetchReport> {
+    let started = Instant::now();
+    let tree = reader.tree();
+    let chunks = tree.chunks();
+    let upto = upto_blob_offset.min(source.size());
+    let mut order: Vec<usize> = (0..chunks.len())
+        .filter(|&i| {
+            let c = &chunks[i];
+            c.blob_offset < c.blob_end && c.blob_end <= upto
+        })
+        .collect();
+    order.sort_by_key(|&i| (chunks[i].blob_offset, i));
+
+    // The plaintext cache takes the chunks in blob order up to the first that does not
+    // fit (the order is the priority).
+    let limit = options
+        .plaintext_limit
+        .unwrap_or(reader.cache().budget() / 2);
+    let mut plaintext = 0u64;
+    let mut full = false;
+    let mut order: Vec<(usize, bool)> = order
+        .into_iter()
+        .map(|i| {
+            full = full || plaintext + chunks[i].size > limit;
+            if !full {
+                plaintext += chunks[i].size;
+            }
+            (i, !full)
+        })
+        .collect();
+    let mut report = PrefetchReport {
+        chunks_skipped: order.iter().filter(|(_, d)| !d).count() as u64,
+        ..PrefetchReport::default()
+    };
+    if !options.fetch_all {
+        order.retain(|(_, decode)| *decode);
+    }
+    let pieces = plan(chunks, &order, options.range_size.max(1));
+
+    let mut results = stream::iter(pieces)
+        .map(|piece| fetch_piece(reader, source, piece))
+        .buffered(options.concurrency.max(1));
+    while let Some(result) = results.next().await {
+        let done = result?;
+        report.ranges += 1;
+        report.bytes_fetched += done.bytes;
+        report.chunks_cached += done.cached;
+        report.plaintext_bytes += done.plaintext;
+        report.chunks_skipped += done.skipped;
+        report.verify_failures.extend(done.failures);
+    }
+    tracing::debug!(
+        layer = reader.layer_name(),
+        upto,
+        ranges = report.ranges,
+        bytes = report.bytes_fetched,
+        chunks_cached = report.chunks_cached,
+        failures = report.verify_failures.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "prefetched the prioritized files"
+    );
+    Ok(report)
+}
+
+struct PieceDone {
+    bytes: u64,
+    cached: u64,
+    plaintext: u64,
+    skipped: u64,
+    failures: Vec<Range<u64>>,
+}
+
+async fn fetch_piece(
+    reader: &ChunkReader,
+    source: &dyn BlobSource,
+    piece: Piece,
+) -> io::Result<PieceDone> {
+    let range = piece.range.clone();
+    let bytes = source.read_range(range.clone()).await?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "source returned {} bytes for the {}-byte range {range:?}",
+                bytes.len(),
+                range.end - range.start
+            ),
+        ));
+    }
+    let mut done = PieceDone {
+        bytes: bytes.len() as u64,
+        cached: 0,
+        plaintext: 0,
+        skipped: 0,
+        failures: Vec::new(),
+    };
+    // Claim the chunks the plaintext cache should get and nobody has.
+    let cache = reader.cache();
+    let mut claims = Vec::new();
+    for (&i, &decode) in piece.chunks.iter().zip(&piece.decode) {
+        if !decode {
+            continue;
+        }
+        let key = ChunkKey {
+            layer: reader.layer_id(),
+            chunk: i as u64,
+        };
+        match cache.lookup(key) {
+            Lookup::Fetch(guard) => claims.push((i, guard)),
+            Lookup::Hit(_) | Lookup::Wait(_) => done.skipped += 1,
+        }
+    }
+    if claims.is_empty() {
+        return Ok(done);
+    }
+    let tree = reader.tree().clone();
+    let wanted: Vec<usize> = claims.iter().map(|(i, _)| *i).collect();
+    let decoded = tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .map(|&i| {
+                let c = &tree.chunks()[i];
+                let from = (c.blob_offset - range.start) as usize;
+                let to = (c.blob_end - range.start) as usize;
+                codec::decode_chunk(c, &bytes[from..to])
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| io::Error::other(format!("prefetch decoding task failed: {e}")))?;
+    let chunks = reader.tree().chunks();
+    for ((i, guard), result) in claims.into_iter().zip(decoded) {
+        match result {
+            Ok(data) => {
+                done.cached += 1;
+                done.plaintext += data.len() as u64;
+                guard.complete(data);
+            }
+            Err(err) => {
+                let c = &chunks[i];
+                tracing::error!(
+                    layer = reader.layer_name(),
+                    chunk = i,
+                    blob_range = ?(c.blob_offset..c.blob_end),
+                    error = %err,
+                    "prefetched chunk failed verification; not cached"
+                );
+                done.failures.push(c.blob_offset..c.blob_end);
+                // Dropped unresolved: a reader that waited fetches it itself.
+                drop(guard);
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Tuning of [`background_fetch`].
+#[derive(Debug, Clone)]
+pub struct BackgroundOptions {
+    /// The byte rate limit, shared by every fetch given the same limiter; `None`: as
+    /// fast as the source goes.
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Fetches running at once, shared by every fetch given the same semaphore: a fetch
+    /// waits for a permit before it starts. `None`: no limit.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Bytes per range request (smaller when the rate limit is below it: about one
+    /// second's worth, at least 64 KiB).
+    pub range_size: u64,
+    /// Tries of one range before giving up.
+    pub attempts: u32,
+    /// Wait before the second try; doubled for each further one.
+    pub retry_delay: Duration,
+}
+
+impl Default for BackgroundOptions {
+    fn default() -> Self {
+        Self {
+            rate_limit: None,
+            slots: None,
+            range_size: DEFAULT_RANGE_SIZE,
+            attempts: 3,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a background fetch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchState {
+    /// Still fetching.
+    Running,
+    /// The whole blob is in the disk cache.
+    Complete,
+    /// Stopped by its cancellation token.
+    Cancelled,
+    /// Stopped on an error (logged).
+    Failed,
+    /// Not started: the blob cannot fit in the disk cache.
+    Skipped,
+}
+
+impl FetchState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => FetchState::Running,
+            1 => FetchState::Complete,
+            2 => FetchState::Cancelled,
+            3 => FetchState::Failed,
+            _ => FetchState::Skipped,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            FetchState::Running => 0,
+            FetchState::Complete => 1,
+            FetchState::Cancelled => 2,
+            FetchState::Failed => 3,
+            FetchState::Skipped => 4,
+        }
+    }
+}
+
+/// Progress counters of one background fetch.
+#[derive(Debug)]
+pub struct FetchProgress {
+    total: u64,
+    done: AtomicU64,
+    fetched: AtomicU64,
+    state: AtomicU8,
+}
+
+impl FetchProgress {
+    /// The blob's size.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes from the start of the blob known to be in the disk cache.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Bytes this fetch read from the network.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    /// Where it stands.
+    pub fn state(&self) -> FetchState {
+        FetchState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+}
+
+/// A running background fetch.
+#[derive(Debug)]
+pub struct BackgroundFetch {
+    progress: Arc<FetchProgress>,
+    task: tokio::task::JoinHandle<FetchState>,
+}
+
+impl BackgroundFetch {
+    /// Its progress counters.
+    pub fn progress(&self) -> &Arc<FetchProgress> {
+        &self.progress
+    }
+
+    /// Waits for the task to end; its final state.
+    pub async fn wait(self) -> FetchState {
+        self.task.await.unwrap_or(FetchState::Failed)
+    }
+}
+
+/// A token bucket: at most `rate` bytes per second on average, in bursts of up to one
+/// second's worth, starting empty. Share one (`Arc`) to limit several fetches together.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: u64,
+    /// Tokens (may be negative: a debt the next takers wait out) and when last refilled.
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Arc<Self> {
+        Arc::new(Self {
+            rate: bytes_per_sec.max(1),
+            state: std::sync::Mutex::new((0.0, Instant::now())),
+        })
+    }
+
+    /// The rate, in bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Takes `n` tokens, waiting as long as the debt takes to repay.
+    pub async fn take(&self, n: u64) {
+        let rate = self.rate as f64;
+        let wait = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let refill = now.duration_since(state.1).as_secs_f64() * rate;
+            state.0 = (state.0 + refill).min(rate) - n as f64;
+            state.1 = now;
+            -state.0 / rate
+        };
+        if wait > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+    }
+}
+
+/// Starts fetching all of `source`'s blob into its disk cache on `runtime`; see the
+/// module documentation. The task ends by itself or when `cancel` is cancelled.
+pub fn background_fetch(
+    runtime: &tokio::runtime::Handle,
+    source: Arc<CachedBlob>,
+    options: BackgroundOptions,
+    cancel: CancellationToken,
+) -> BackgroundFetch {
+    let progress = Arc::new(FetchProgress {
+        total: source.size(),
+        done: AtomicU64::new(0),
+        fetched: AtomicU64::new(0),
+        state: AtomicU8::new(FetchState::Running.as_u8()),
+    });
+    let p = progress.clone();
+    let task = runtime.spawn(async move {
+        let state = run_background(&source, &options, &cancel, &p).await;
+        p.state.store(state.as_u8(), Ordering::Relaxed);
+        state
+    });
+    BackgroundFetch { progress, task }
+}
+
+async fn run_background(
+    source: &Arc<CachedBlob>,
+    options: &BackgroundOptions,
+    cancel: &CancellationToken,
+    progress: &FetchProgress,
+) -> FetchState {
+    let total = source.size();
+    let blob = source.key();
+    if !source.fits() {
+        tracing::info!(
+            blob,
+            size = total,
+            budget = source.cache().budget(),
+            "background fetch skipped: the blob is larger than the disk cache"
+        );
+        return FetchState::Skipped;
+    }
+    let _permit = match &options.slots {
+        Some(slots) => tokio::select! {
+            _ = cancel.cancelled() => return cancelled(blob, progress),
+            permit = slots.clone().acquire_owned() => permit.ok(),
+        },
+        None => None,
+    };
+    let step = match &options.rate_limit {
+        Some(limiter) => options
+            .range_size
+            .min(limiter.rate().max(MIN_BACKGROUND_RANGE)),
+        None => options.range_size,
+    }
+    .max(1);
+    let started = Instant::now();
+    let mut pos = 0u64;
+    while pos < total {
+        if cancel.is_cancelled() {
+            return cancelled(blob, progress);
+        }
+        if pos > 0 && source.present_bytes() == 0 {
+            tracing::warn!(
+                blob,
+                at = pos,
+                "background fetch stopped: the disk cache evicted the blob meanwhile (budget too small for the layers in use)"
+            );
+            return FetchState::Failed;
+        }
+        let end = (pos + step).min(total);
+        let gaps = source.missing(pos..end);
+        if let (Some(first), Some(last)) = (gaps.first(), gaps.last()) {
+            let need = last.end - first.start;
+            if let Some(limiter) = &options.rate_limit {
+                tokio::select! {
+                    _ = cancel.cancelled() => return cancelled(blob, progress),
+                    _ = limiter.take(need) => {}
+                }
+            }
+            let mut attempt = 0u32;
+            loop {
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => return cancelled(blob, progress),
+                    r = source.warm(pos..end) => r,
+                };
+                match result {
+                    Ok(n) => {
+                        progress.fetched.fetch_add(n, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(err) => {
+                        attempt += 1;
+                        if attempt >= options.attempts.max(1) {
+                            tracing::warn!(
+                                blob,
+                                range = ?(pos..end),
+                                attempts = attempt,
+                                error = %err,
+                                "background fetch stopped: the range could not be fetched"
+                            );
+                            return FetchState::Failed;
+                        }
+                        tracing::debug!(blob, range = ?(pos..end), attempt, error = %err, "background fetch: retrying");
+                        let delay = options.retry_delay * 2u32.saturating_pow(attempt - 1);
+                        tokio::select! {
+                            _ = cancel.cancelled() => return cancelled(blob, progress),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+            if !source.missing(pos..end).is_empty() {
+                tracing::warn!(
+                    blob,
+                    range = ?(pos..end),
+                    "background fetch stopped: the disk cache did not keep the bytes (full, or a disk error)"
+                );
+                return FetchState::Failed;
+            }
+        }
+        pos = end;
+        progress.done.store(pos, Ordering::Relaxed);
+    }
+    let blob_source = source.clone();
+    let _ = tokio::task::spawn_blocking(move || blob_source.flush()).await;
+    tracing::info!(
+        blob,
+        size = total,
+        fetched = progress.fetched(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "background fetch complete: the whole blob is in the disk cache"
+    );
+    FetchState::Complete
+}
+
+fn cancelled(blob: &str, progress: &FetchProgress) -> FetchState {
+    tracing::debug!(
+        blob,
+        done = progress.done(),
+        total = progress.total(),
+        "background fetch cancelled"
+    );
+    FetchState::Cancelled
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::cache::ChunkCache;
+    use crate::codec::sha256_digest;
+    use crate::disk_cache::tests::{open_cache, pattern, Counting};
+    use crate::disk_cache::DiskCache;
+    use crate::pipeline::ReaderOptions;
+    use crate::toc::{Compression, Entry, EntryKind, Format, LayerToc};
+    use crate::tree::{LayerTree, ROOT_INO};
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// A layer of files cut into `chunk_size` chunks, one gzip member each, with 100
+    /// bytes of filler (a tar header, say) before each file; `prefetch_end` after the
+    /// first `prioritized` files.
+    fn layer(
+        files: &[(&str, Vec<u8>)],
+        chunk_size: usize,
+        prioritized: usize,
+    ) -> (LayerToc, Vec<u8>) {
+        let mut blob = Vec::new();
+        let mut entries = Vec::new();
+        let mut prefetch_end = None;
+        for (n, (name, data)) in files.iter().enumerate() {
+            if n == prioritized {
+                prefetch_end = Some(blob.len() as u64);
+            }
+            blob.extend_from_slice(&[0x55; 100]);
+            let mut entry = Entry::new(*name, EntryKind::Reg);
+            entry.mode = 0o644;
+            entry.size = data.len() as u64;
+            for (i, piece) in data.chunks(chunk_size).enumerate() {
+                let member = gzip(piece);
+                let blob_offset = blob.len() as u64;
+                blob.extend_from_slice(&member);
+                entry.chunks.push(Chunk {
+                    file_offset: (i * chunk_size) as u64,
+                    size: piece.len() as u64,
+                    blob_offset,
+                    blob_end: blob.len() as u64,
+                    inner_offset: 0,
+                    digest: sha256_digest(piece),
+                    compression: Compression::Gzip,
+                });
+            }
+            entries.push(entry);
+        }
+        blob.extend_from_slice(&[0x55; 1000]); // the TOC, say
+        let toc = LayerToc {
+            format: Format::Estargz,
+            entries,
+            prefetch_end,
+            blob_size: blob.len() as u64,
+        };
+        (toc, blob)
+    }
+
+    fn files() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("bin", pattern(50_000, 1)),
+            ("lib", pattern(30_000, 2)),
+            ("data", pattern(40_000, 3)),
+        ]
+    }
+
+    struct Fixture {
+        reader: ChunkReader,
+        tree: Arc<LayerTree>,
+        toc: LayerToc,
+        counting: Arc<Counting>,
+        cached: Option<Arc<CachedBlob>>,
+        _dir: tempfile::TempDir,
+        _disk: Option<Arc<DiskCache>>,
+    }
+
+    fn fixture(disk: bool, plaintext_budget: u64, tamper: Option<usize>) -> Fixture {
+        let (toc, mut blob) = layer(&files(), 8192, 2);
+        if let Some(at) = tamper {
+            blob[at] ^= 0x40;
+        }
+        let tree = Arc::new(LayerTree::build(&toc).unwrap());
+        let counting = Counting::new(blob);
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, cached, source): (_, _, Arc<dyn BlobSource>) = if disk {
+            let disk = open_cache(dir.path(), 1 << 20).unwrap();
+            let cached = disk.wrap("sha256:layer", counting.clone());
+            (Some(disk), Some(cached.clone()), cached)
+        } else {
+            (None, None, counting.clone())
+        };
+        let reader = ChunkReader::new(
+            "sha256:layer",
+            tree.clone(),
+            source,
+            Arc::new(ChunkCache::new(plaintext_budget)),
+            ReaderOptions::default(),
+        );
+        Fixture {
+            reader,
+            tree,
+            toc,
+            counting,
+            cached,
+            _dir: dir,
+            _disk: disk,
+        }
+    }
+
+    impl Fixture {
+        fn source(&self) -> &dyn BlobSource {
+            match &self.cached {
+                Some(c) => c.as_ref(),
+                None => self.counting.as_ref(),
+            }
+        }
+
+        async fn read_file(&self, name: &str) -> Vec<u8> {
+            let node = self.tree.lookup(ROOT_INO, name).unwrap();
+            self.reader.read(node.ino, 0, node.size).await.unwrap()
+        }
+    }
+
+    #[test]
+    fn plan_coalesces_without_splitting_chunks() {
+        let chunk = |blob_offset, blob_end| Chunk {
+            file_offset: 0,
+            size: 1,
+            blob_offset,
+            blob_end,
+            inner_offset: 0,
+            digest: String::new(),
+            compression: Compression::Gzip,
+        };
+        let chunks = vec![
+            chunk(0, 100),
+            chunk(100, 250),
+            chunk(100, 250), // a second chunk in the same member
+            chunk(300, 400),
+            chunk(10_000_000, 10_000_100), // far away
+        ];
+        let order: Vec<(usize, bool)> = (0..5).map(|i| (i, true)).collect();
+        let pieces = plan(&chunks, &order, 300);
+        let ranges: Vec<_> = pieces.iter().map(|p| p.range.clone()).collect();
+        assert_eq!(ranges, vec![0..250, 300..400, 10_000_000..10_000_100]);
+        assert_eq!(pieces[0].chunks, vec![0, 1, 2]);
+        let pieces = plan(&chunks, &order, 1 << 20);
+        assert_eq!(pieces[0].range, 0..400);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prioritized_reads_need_no_network_after_prefetch() {
+        let f = fixture(true, 64 << 20, None);
+        let end = f.toc.prefetch_end.unwrap();
+        let options = PrefetchOptions {
+            fetch_all: true,
+            ..PrefetchOptions::default()
+        };
+        let report = prefetch(&f.reader, f.source(), end, &options)
+            .await
+            .unwrap();
+        assert_eq!(report.ranges, 1, "{report:?}");
+        assert_eq!(report.chunks_cached, 7 + 4);
+        assert_eq!(report.plaintext_bytes, 80_000);
+        assert!(report.verify_failures.is_empty());
+        let requests = f.counting.requests();
+        assert!(requests.iter().all(|r| r.end <= end), "{requests:?}");
+        for (name, data) in &files()[..2] {
+            assert_eq!(&f.read_file(name).await, data);
+        }
+        assert_eq!(
+            f.counting.requests(),
+            requests,
+            "no request for prioritized files"
+        );
+        let stats = f.reader.stats();
+        assert_eq!((stats.range_requests, stats.chunk_hits), (0, 11));
+        // The rest of the layer is fetched on demand as usual.
+        assert_eq!(f.read_file("data").await, files()[2].1);
+        assert_eq!(f.counting.requests().len(), requests.len() + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prefetch_warms_the_disk_cache_beyond_the_plaintext_limit() {
+        let f = fixture(true, 64 << 20, None);
+        let end = f.toc.prefetch_end.unwrap();
+        let options = PrefetchOptions {
+            fetch_all: true,
+            plaintext_limit: Some(20_000),
+            range_size: 20_000,
+            ..PrefetchOptions::default()
+        };
+        let report = prefetch(&f.reader, f.source(), end, &options)
+            .await
+            .unwrap();
+        assert_eq!(report.chunks_cached, 2);
+        assert_eq!(report.chunks_skipped, 9);
+        assert!(report.ranges > 1);
+        let n = f.counting.requests().len();
+        for (name, data) in &files()[..2] {
+            assert_eq!(&f.read_file(name).await, data);
+        }
+        assert_eq!(f.counting.requests().len(), n, "served by the disk cache");
+        assert!(f.reader.stats().range_requests > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_disk_cache_only_what_fits_is_fetched() {
+        let f = fixture(false, 64 << 20, None);
+        let end = f.toc.prefetch_end.unwrap();
+        let options = PrefetchOptions {
+            plaintext_limit: Some(50_000),
+            ..PrefetchOptions::default()
+        };
+        let report = prefetch(&f.reader, f.source(), end, &options)
+            .await
+            .unwrap();
+        assert_eq!((report.chunks_cached, report.chunks_skipped), (7, 4));
+        let bin_end = f.toc.entries[0].chunks.last().unwrap().blob_end;
+        assert_eq!(f.counting.requests(), vec![100..bin_end]);
+        assert_eq!(f.read_file("bin").await, files()[0].1);
+        assert_eq!(f.counting.requests().len(), 1);
+        // Default limit: half the plaintext budget.
+        let f = fixture(false, 100_000, None);
+        let report = prefetch(&f.reader, f.source(), end, &PrefetchOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.plaintext_bytes, 50_000);
+        // Nothing marked: nothing to do.
+        let report = prefetch(&f.reader, f.source(), 0, &PrefetchOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report, PrefetchReport::default());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_chunks_are_reported_not_cached() {
+        let (toc, _) = layer(&files(), 8192, 2);
+        let bad = toc.entries[1].chunks[1].clone();
+        let f = fixture(true, 64 << 20, Some(bad.blob_offset as usize + 20));
+        let options = PrefetchOptions {
+            fetch_all: true,
+            ..PrefetchOptions::default()
+        };
+        let end = f.toc.prefetch_end.unwrap();
+        let report = prefetch(&f.reader, f.source(), end, &options)
+            .await
+            .unwrap();
+        assert_eq!(report.verify_failures, vec![bad.blob_offset..bad.blob_end]);
+        assert_eq!(report.chunks_cached, 10);
+        let cached = f.cached.as_ref().unwrap();
+        assert_eq!(
+            cached.forget(bad.blob_offset..bad.blob_end),
+            bad.blob_end - bad.blob_offset
+        );
+        let node = f.tree.lookup(ROOT_INO, "lib").unwrap();
+        assert!(f.reader.read(node.ino, 0, node.size).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prefetch_errors_are_returned() {
+        let f = fixture(true, 64 << 20, None);
+        f.counting_fail(1);
+        let end = f.toc.prefetch_end.unwrap();
+        assert!(
+            prefetch(&f.reader, f.source(), end, &PrefetchOptions::default())
+                .await
+                .is_err()
+        );
+    }
+
+    impl Fixture {
+        fn counting_fail(&self, n: usize) {
+            self.counting.fail(n);
+        }
+    }
+
+    fn cached_blob(len: usize, budget: u64) -> (tempfile::TempDir, Arc<Counting>, Arc<CachedBlob>) {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = open_cache(dir.path(), budget).unwrap();
+        let counting = Counting::new(pattern(len, 9));
+        let cached = disk.wrap("sha256:bg", counting.clone());
+        (dir, counting, cached)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_fetch_caches_the_whole_blob() {
+        let (_dir, counting, cached) = cached_blob(1_000_000, 4 << 20);
+        cached.read_range(100_000..200_000).await.unwrap();
+        let options = BackgroundOptions {
+            range_size: 128 << 10,
+            ..BackgroundOptions::default()
+        };
+        let fetch = background_fetch(
+            &tokio::runtime::Handle::current(),
+            cached.clone(),
+            options,
+            CancellationToken::new(),
+        );
+        let progress = fetch.progress().clone();
+        assert_eq!(fetch.wait().await, FetchState::Complete);
+        assert_eq!(progress.state(), FetchState::Complete);
+        assert_eq!((progress.done(), progress.total()), (1_000_000, 1_000_000));
+        assert_eq!(cached.present_bytes(), 1_000_000);
+        // What was cached already was not fetched again.
+        let fetched: u64 = counting.requests().iter().map(|r| r.end - r.start).sum();
+        assert_eq!(fetched, 1_000_000);
+        assert_eq!(progress.fetched(), 900_000);
+        let n = counting.requests().len();
+        cached.read_range(0..1_000_000).await.unwrap();
+        assert_eq!(counting.requests().len(), n);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_fetch_respects_the_rate_limit() {
+        let (_dir, _counting, cached) = cached_blob(300 << 10, 4 << 20);
+        let options = BackgroundOptions {
+            rate_limit: Some(RateLimiter::new(600 << 10)), // 0.5 s for the blob
+            ..BackgroundOptions::default()
+        };
+        let started = Instant::now();
+        let fetch = background_fetch(
+            &tokio::runtime::Handle::current(),
+            cached.clone(),
+            options.clone(),
+            CancellationToken::new(),
+        );
+        assert_eq!(fetch.wait().await, FetchState::Complete);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+        assert_eq!(cached.present_bytes(), 300 << 10);
+
+        // Two fetches sharing the limiter (and one slot) share the rate: 300 KiB more
+        // take another 0.5 s or so.
+        let options = BackgroundOptions {
+            rate_limit: Some(RateLimiter::new(600 << 10)),
+            slots: Some(Arc::new(tokio::sync::Semaphore::new(1))),
+            ..options
+        };
+        let (_d1, _c1, one) = cached_blob(150 << 10, 4 << 20);
+        let (_d2, _c2, two) = cached_blob(150 << 10, 4 << 20);
+        let started = Instant::now();
+        let runtime = tokio::runtime::Handle::current();
+        let a = background_fetch(&runtime, one, options.clone(), CancellationToken::new());
+        let b = background_fetch(&runtime, two, options, CancellationToken::new());
+        assert_eq!(a.wait().await, FetchState::Complete);
+        assert_eq!(b.wait().await, FetchState::Complete);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_fetch_stops_when_cancelled() {
+        let (_dir, counting, cached) = cached_blob(4 << 20, 8 << 20);
+        let options = BackgroundOptions {
+            rate_limit: Some(RateLimiter::new(256 << 10)), // 16 s for the blob
+            ..BackgroundOptions::default()
+        };
+        let cancel = CancellationToken::new();
+        let guard = cancel.clone().drop_guard();
+        let fetch = background_fetch(
+            &tokio::runtime::Handle::current(),
+            cached.clone(),
+            options,
+            cancel,
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(guard); // as when the mount goes away
+        let progress = fetch.progress().clone();
+        let state = tokio::time::timeout(Duration::from_secs(5), fetch.wait())
+            .await
+            .expect("stops promptly");
+        assert_eq!(state, FetchState::Cancelled);
+        assert!(progress.done() < progress.total());
+        let n = counting.requests().len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(counting.requests().len(), n, "no requests after cancelling");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_fetch_gives_up_after_retries() {
+        let (_dir, counting, cached) = cached_blob(100_000, 1 << 20);
+        counting.fail(100);
+        let options = BackgroundOptions {
+            attempts: 3,
+            retry_delay: Duration::from_millis(10),
+            ..BackgroundOptions::default()
+        };
+        let fetch = background_fetch(
+            &tokio::runtime::Handle::current(),
+            cached.clone(),
+            options,
+            CancellationToken::new(),
+        );
+        assert_eq!(fetch.wait().await, FetchState::Failed);
+        assert_eq!(counting.requests().len(), 3);
+        // A transient failure is retried.
+        counting.fail(0);
+        counting.fail(1);
+        let fetch = background_fetch(
+            &tokio::runtime::Handle::current(),
+            cached.clone(),
+            BackgroundOptions {
+                retry_delay: Duration::from_millis(10),
+                ..BackgroundOptions::default()
+            },
+            CancellationToken::new(),
+        );
+        assert_eq!(fetch.wait().await, FetchState::Complete);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_fetch_skips_blobs_larger_than_the_cache() {
+        let (_dir, counting, cached) = cached_blob(100_000, 50_000);
+        let fetch = background_fetch(
+            &tokio::runtime::Handle::current(),
+            cached,
+            BackgroundOptions::default(),
+            CancellationToken::new(),
+        );
+        assert_eq!(fetch.wait().await, FetchState::Skipped);
+        assert!(counting.requests().is_empty());
+    }
+}
