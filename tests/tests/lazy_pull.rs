@@ -72,7 +72,11 @@ impl Stack {
         let config = dir.join("veil-config.toml");
         std::fs::write(
             &config,
-            format!("[registry]\nplain_http = [\"{}\"]\n", registry.host()),
+            // No background fetch: the test counts what reads alone fetch.
+            format!(
+                "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = false\n",
+                registry.host()
+            ),
         )?;
         let veil = VeilSnapshotter::new(
             veil_tests::veil_binary("veil-snapshotter"),
