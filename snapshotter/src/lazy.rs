@@ -37,6 +37,7 @@ use veil_fusefs::{estargz, zstdchunked};
 use crate::config::Config;
 use crate::registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 use crate::remote::{LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved};
+use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
 
 /// How a layer's TOC is found and authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +164,13 @@ impl LazyOptions {
     }
 }
 
+/// A layer resolved for lazy serving, as status reports it.
+struct LayerEntry {
+    reader: Arc<ChunkReader>,
+    image: String,
+    blob_size: u64,
+}
+
 /// Resolves layers from registries and mounts them through FUSE.
 pub struct LazyLayers {
     registry: RegistryClient,
@@ -172,7 +180,7 @@ pub struct LazyLayers {
     options: LazyOptions,
     background_slots: Arc<tokio::sync::Semaphore>,
     manifests: Mutex<HashMap<String, Arc<Manifest>>>,
-    readers: Mutex<HashMap<String, Arc<ChunkReader>>>,
+    readers: Mutex<HashMap<String, LayerEntry>>,
     fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
 }
 
@@ -223,7 +231,9 @@ impl LazyLayers {
     /// The readers of the layers resolved so far, by layer digest (for status).
     pub fn readers(&self) -> Vec<(String, Arc<ChunkReader>)> {
         let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.reader.clone()))
+            .collect()
     }
 
     async fn manifest(&self, layer: &RemoteLayer) -> anyhow::Result<(Reference, Arc<Manifest>)> {
@@ -302,7 +312,14 @@ impl LazyLayers {
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(layer.layer_digest.clone(), reader.clone());
+            .insert(
+                layer.layer_digest.clone(),
+                LayerEntry {
+                    reader: reader.clone(),
+                    image: layer.image_ref.clone(),
+                    blob_size: desc.size,
+                },
+            );
         let background = cached
             .filter(|_| self.options.background_fetch)
             .map(|source| Background {
@@ -368,6 +385,53 @@ impl LazyLayers {
 impl LayerResolver for LazyLayers {
     fn resolve<'a>(&'a self, layer: &'a RemoteLayer) -> BoxFuture<'a, anyhow::Result<Resolved>> {
         Box::pin(self.resolve_layer(layer))
+    }
+
+    fn fill_status(&self, report: &mut StatusReport) {
+        let fetches: HashMap<String, Arc<FetchProgress>> =
+            self.background_fetches().into_iter().collect();
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut layers: Vec<LayerStatus> = map
+            .iter()
+            .map(|(digest, entry)| {
+                let stats = entry.reader.stats();
+                let background = fetches.get(digest);
+                LayerStatus {
+                    digest: digest.clone(),
+                    image: entry.image.clone(),
+                    mode: "lazy".into(),
+                    blob_size: entry.blob_size,
+                    bytes_fetched: stats.bytes_fetched,
+                    range_requests: stats.range_requests,
+                    chunk_hits: stats.chunk_hits,
+                    chunks_fetched: stats.chunks_fetched,
+                    verify_failures: stats.verify_failures,
+                    background_done: background.map(|b| b.done()).unwrap_or(0),
+                    background_state: background
+                        .map(|b| format!("{:?}", b.state()).to_lowercase())
+                        .unwrap_or_else(|| "off".into()),
+                }
+            })
+            .collect();
+        layers.sort_by(|a, b| a.digest.cmp(&b.digest));
+        report.layers = layers;
+        report.registry_bytes_fetched = self.registry.metrics().bytes_fetched();
+        let mem = self.cache.stats();
+        report.cache = CacheStatus {
+            bytes: mem.bytes,
+            budget: mem.budget,
+            hits: mem.hits,
+            misses: mem.misses,
+        };
+        report.disk_cache = self.disk_cache().map(|d| {
+            let st = d.stats();
+            DiskCacheStatus {
+                bytes: st.bytes,
+                budget: st.budget,
+                bytes_from_disk: st.bytes_from_disk,
+                bytes_from_network: st.bytes_from_inner,
+            }
+        });
     }
 }
 

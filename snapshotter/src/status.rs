@@ -30,6 +30,10 @@ pub struct LayerStatus {
     pub chunks_fetched: u64,
     /// Chunks that failed verification (served as EIO).
     pub verify_failures: u64,
+    /// Bytes of the blob the background fetch has in the disk cache.
+    pub background_done: u64,
+    /// State of the background fetch: off, running, complete, cancelled, failed, skipped.
+    pub background_state: String,
 }
 
 /// A layer containerd unpacked itself because Veil could not serve it lazily.
@@ -56,6 +60,19 @@ pub struct CacheStatus {
     pub misses: u64,
 }
 
+/// The disk cache of blob bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCacheStatus {
+    /// Bytes held.
+    pub bytes: u64,
+    /// Byte budget.
+    pub budget: u64,
+    /// Bytes read answered from disk.
+    pub bytes_from_disk: u64,
+    /// Bytes read that came from the network.
+    pub bytes_from_network: u64,
+}
+
 /// The daemon's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -75,6 +92,8 @@ pub struct StatusReport {
     pub registry_bytes_fetched: u64,
     /// The plaintext cache.
     pub cache: CacheStatus,
+    /// The disk cache, when enabled.
+    pub disk_cache: Option<DiskCacheStatus>,
 }
 
 /// Answers status requests on `listener` with whatever `report` returns, until the task
@@ -143,6 +162,16 @@ pub fn render(report: &StatusReport) -> String {
         report.cache.hits,
         report.cache.misses
     );
+    if let Some(d) = &report.disk_cache {
+        let _ = writeln!(
+            out,
+            "disk cache: {} / {} ({} read from disk, {} from the network)",
+            human(d.bytes),
+            human(d.budget),
+            human(d.bytes_from_disk),
+            human(d.bytes_from_network)
+        );
+    }
     if !report.layers.is_empty() {
         let _ = writeln!(
             out,
@@ -157,13 +186,14 @@ pub fn render(report: &StatusReport) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<20} {:<6} {:>10} {:>10} {:>6.1}% {:>9}  {}",
+                "{:<20} {:<6} {:>10} {:>10} {:>6.1}% {:>5} {:>10}  {}",
                 short(&l.digest),
                 l.mode,
                 human(l.bytes_fetched),
                 human(l.blob_size),
                 pct,
                 l.verify_failures,
+                l.background_state,
                 l.image
             );
         }
