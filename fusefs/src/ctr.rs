@@ -226,6 +226,10 @@ mod tests {
         let mut zero_block = vec![0u8; 16];
         apply_keystream_at(&KEY, &[0u8; 16], 0, &mut zero_block);
         assert_eq!(&seq[16..32], &zero_block[..]);
+        // Seeking across the wrap gives the same bytes as running through it.
+        let mut sought = vec![0u8; 40];
+        apply_keystream_at(&KEY, &nonce, 13, &mut sought);
+        assert_eq!(&sought[..], &seq[13..53]);
         // A carry across the low 64 bits.
         let mut nonce = [0u8; 16];
         nonce[8..].copy_from_slice(&[0xFF; 8]);
