@@ -31,6 +31,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Caches.
     pub cache: CacheConfig,
+    /// Encrypted layers.
+    pub decryption: DecryptionConfig,
 }
 
 impl Default for Config {
@@ -42,6 +44,29 @@ impl Default for Config {
             lazy: LazyConfig::default(),
             registry: RegistryConfig::default(),
             cache: CacheConfig::default(),
+            decryption: DecryptionConfig::default(),
+        }
+    }
+}
+
+/// Default directory of private keys for encrypted layers (containerd's).
+pub const DEFAULT_KEYS_DIR: &str = "/etc/containerd/ocicrypt/keys";
+
+/// `[decryption]`: keys for ocicrypt-encrypted layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecryptionConfig {
+    /// Directory of private keys (PEM, DER or JWK; RSA or EC) for JWE recipients.
+    pub keys_dir: PathBuf,
+    /// Refuse encrypted layers whose wrapped options carry no sealed TOC digest.
+    pub require_sealed_toc: bool,
+}
+
+impl Default for DecryptionConfig {
+    fn default() -> Self {
+        Self {
+            keys_dir: PathBuf::from(DEFAULT_KEYS_DIR),
+            require_sealed_toc: false,
         }
     }
 }

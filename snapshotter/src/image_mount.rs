@@ -65,7 +65,7 @@ pub async fn mount_image(
         };
         let ready = match lazy.resolve(&layer).await? {
             Resolved::Lazy(l) => l,
-            Resolved::NotLazy(why) => bail!(
+            Resolved::NotLazy(why) | Resolved::Fail(why) => bail!(
                 "layer {} of {reference} cannot be mounted lazily: {why}",
                 desc.digest
             ),

@@ -35,6 +35,7 @@ use veil_fusefs::tree::LayerTree;
 use veil_fusefs::{estargz, zstdchunked};
 
 use crate::config::Config;
+use crate::encrypted::Decryption;
 use crate::registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 use crate::remote::{LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved};
 use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
@@ -54,16 +55,27 @@ pub enum LazyFormat {
 /// Decides from a layer descriptor whether Veil can serve it lazily; `Err` carries the
 /// reason it cannot.
 pub fn classify(desc: &BlobDescriptor) -> Result<LazyFormat, String> {
+    classify_sealed(desc, None)
+}
+
+/// Like [`classify`], with a TOC digest sealed in an encrypted layer's private options:
+/// it takes precedence over the manifest's annotations (for zstd:chunked it is the
+/// manifest checksum, over the compressed TOC).
+pub fn classify_sealed(desc: &BlobDescriptor, sealed: Option<&str>) -> Result<LazyFormat, String> {
     let mt = desc.media_type.as_str();
     if mt.ends_with("+encrypted") {
-        return Err(format!("encrypted layer ({mt}): not supported yet"));
+        return Err(format!("encrypted layer ({mt}) without its key"));
     }
     let gzip = mt.ends_with("tar+gzip") || mt.ends_with("tar.gzip");
     let zstd = mt.ends_with("tar+zstd");
     if gzip {
-        return match desc.annotations.get(estargz::TOC_DIGEST_ANNOTATION) {
+        let digest = sealed.or(desc
+            .annotations
+            .get(estargz::TOC_DIGEST_ANNOTATION)
+            .map(String::as_str));
+        return match digest {
             Some(d) => Ok(LazyFormat::Estargz {
-                toc_digest: d.clone(),
+                toc_digest: d.to_string(),
             }),
             None => Err(format!(
                 "gzip layer without the {} annotation: not eStargz, or its TOC is not authenticated",
@@ -72,8 +84,11 @@ pub fn classify(desc: &BlobDescriptor) -> Result<LazyFormat, String> {
         };
     }
     if zstd {
-        let info = zstdchunked::ManifestInfo::from_annotations(&desc.annotations)
+        let mut info = zstdchunked::ManifestInfo::from_annotations(&desc.annotations)
             .map_err(|e| format!("zstd layer with bad zstd:chunked annotations: {e}"))?;
+        if let Some(sealed) = sealed {
+            info.checksum = Some(sealed.to_string());
+        }
         if info.checksum.is_none() && info.toc_digest.is_none() {
             return Err("zstd layer without a zstd:chunked manifest checksum".into());
         }
@@ -108,6 +123,8 @@ pub struct LazyOptions {
     pub background_fetch: bool,
     /// The byte rate all background fetches share; `None`: unlimited.
     pub background_rate: Option<Arc<RateLimiter>>,
+    /// Keys for encrypted layers; `None`: encrypted layers are refused.
+    pub decryption: Option<Arc<Decryption>>,
 }
 
 impl Default for LazyOptions {
@@ -118,6 +135,7 @@ impl Default for LazyOptions {
             prefetch: true,
             background_fetch: false,
             background_rate: None,
+            decryption: None,
         }
     }
 }
@@ -160,6 +178,10 @@ impl LazyOptions {
                 0 => None,
                 rate => Some(RateLimiter::new(rate)),
             },
+            decryption: Some(Arc::new(Decryption::load(
+                &config.decryption.keys_dir,
+                config.decryption.require_sealed_toc,
+            ))),
         }
     }
 }
@@ -275,21 +297,48 @@ impl LazyLayers {
                 manifest.digest
             )
         })?;
-        let format = match classify(desc) {
-            Ok(f) => f,
-            Err(why) => return Ok(Resolved::NotLazy(why)),
-        };
+        let encrypted = Decryption::is_encrypted(desc);
+        if !encrypted {
+            if let Err(why) = classify(desc) {
+                return Ok(Resolved::NotLazy(why));
+            }
+        }
         // The disk cache sits right on the registry blob: it keeps bytes exactly as
-        // served (a decrypting source, when there is one, goes above it).
+        // served (ciphertext for encrypted layers: the decrypting source goes above it).
         let registry_blob: Arc<dyn BlobSource> = Arc::new(self.registry.blob(&reference, desc));
         let cached = self
             .options
             .disk_cache
             .as_ref()
             .map(|disk| disk.wrap(&layer.layer_digest, registry_blob.clone()));
-        let source: Arc<dyn BlobSource> = match &cached {
+        let stored: Arc<dyn BlobSource> = match &cached {
             Some(cached) => cached.clone(),
             None => registry_blob,
+        };
+        let (source, format) = if encrypted {
+            // containerd cannot decrypt layers: an encrypted layer Veil cannot open
+            // fails the pull with Veil's reason instead of falling back.
+            let Some(decryption) = &self.options.decryption else {
+                return Ok(Resolved::Fail(format!(
+                    "layer {digest} is encrypted and no decryption keys are configured"
+                )));
+            };
+            let opened = match decryption.open(&layer.layer_digest, desc, stored) {
+                Ok(o) => o,
+                Err(why) => return Ok(Resolved::Fail(why)),
+            };
+            match classify_sealed(&opened.plain, opened.sealed_toc_digest.as_deref()) {
+                Ok(format) => (opened.source, format),
+                Err(why) => {
+                    return Ok(Resolved::Fail(format!(
+                        "encrypted layer {digest} cannot be served lazily ({why}); streamed \
+                         decryption of whole layers is not implemented yet"
+                    )))
+                }
+            }
+        } else {
+            let format = classify(desc).map_err(anyhow::Error::msg)?;
+            (stored, format)
         };
         let toc = read_layer_toc(source.as_ref(), &format)
             .await
@@ -476,5 +525,47 @@ impl MountableLayer for ReadyLayer {
             _background: guard,
             _mount: layer_mount,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn desc(media_type: &str, annotations: &[(&str, &str)]) -> BlobDescriptor {
+        BlobDescriptor {
+            media_type: media_type.into(),
+            digest: Digest::sha256_of(b"x"),
+            size: 1,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            urls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_authenticated_tocs_are_lazy() {
+        let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert!(classify(&desc(gz, &[])).is_err());
+        let annotated = desc(gz, &[(estargz::TOC_DIGEST_ANNOTATION, "sha256:aa")]);
+        assert_eq!(
+            classify(&annotated),
+            Ok(LazyFormat::Estargz {
+                toc_digest: "sha256:aa".into()
+            })
+        );
+        // A sealed digest wins over the (forgeable) manifest annotation.
+        assert_eq!(
+            classify_sealed(&annotated, Some("sha256:bb")),
+            Ok(LazyFormat::Estargz {
+                toc_digest: "sha256:bb".into()
+            })
+        );
+        assert!(classify(&desc(&format!("{gz}+encrypted"), &[])).is_err());
+        assert!(classify(&desc("application/vnd.oci.image.layer.v1.tar", &[])).is_err());
+        assert!(classify(&desc("application/vnd.oci.image.layer.v1.tar+zstd", &[])).is_err());
     }
 }

@@ -93,6 +93,9 @@ pub enum Resolved {
     Lazy(Box<dyn MountableLayer>),
     /// It cannot (with the reason, for the log); containerd should unpack it.
     NotLazy(String),
+    /// It cannot, and containerd cannot unpack it either (an encrypted layer whose key
+    /// Veil cannot unwrap): Prepare fails with this reason.
+    Fail(String),
 }
 
 /// Finds a layer and prepares it for lazy serving.

@@ -55,7 +55,7 @@ impl Service {
         for (name, id, layer) in layers {
             let mounted = match resolver.resolve(&layer).await {
                 Ok(Resolved::Lazy(m)) => self.run("attach", &name, move |s| s.attach(id, m)).await,
-                Ok(Resolved::NotLazy(why)) => Err(Error::Layer(why)),
+                Ok(Resolved::NotLazy(why)) | Ok(Resolved::Fail(why)) => Err(Error::Layer(why)),
                 Err(e) => Err(Error::Layer(format!("{e:#}"))),
             };
             match mounted {
@@ -115,6 +115,11 @@ impl Service {
         let layer = &req.layer;
         let mountable = match resolver.resolve(layer).await {
             Ok(Resolved::Lazy(m)) => m,
+            Ok(Resolved::Fail(why)) => {
+                tracing::error!(layer = %layer.layer_digest, image = %layer.image_ref, reason = %why, "layer cannot be served, and containerd cannot unpack it");
+                self.record_fallback(&req, format!("refused: {why}"));
+                return Err(Error::FailedPrecondition(why));
+            }
             Ok(Resolved::NotLazy(why)) => {
                 tracing::info!(layer = %layer.layer_digest, image = %layer.image_ref, reason = %why, "layer not served lazily: containerd unpacks it");
                 self.record_fallback(&req, why);

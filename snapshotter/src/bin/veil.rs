@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 use veil_fusefs::cache::ChunkCache;
+use veil_snapshotter::encrypted::Decryption;
 use veil_snapshotter::image_mount;
-use veil_snapshotter::lazy::LazyLayers;
+use veil_snapshotter::lazy::{LazyLayers, LazyOptions};
 use veil_snapshotter::pull::{self, PullOptions, DEFAULT_CONTAINERD_ADDRESS};
 use veil_snapshotter::registry::{ClientOptions, RegistryClient};
 use veil_snapshotter::status;
@@ -72,6 +73,9 @@ struct MountArgs {
     /// Serve in this process until DIR is unmounted (do not return at once).
     #[arg(long)]
     foreground: bool,
+    /// Directory of private keys (PEM, DER, JWK) for encrypted layers.
+    #[arg(long, value_name = "DIR", default_value = veil_snapshotter::config::DEFAULT_KEYS_DIR)]
+    keys_dir: PathBuf,
     /// The image reference, e.g. registry.example:5000/app:v1.
     #[arg(value_name = "REF")]
     reference: String,
@@ -130,6 +134,8 @@ fn run_mount(args: MountArgs) -> ExitCode {
     }
     cmd.arg("--state-dir")
         .arg(&args.state_dir)
+        .arg("--keys-dir")
+        .arg(&args.keys_dir)
         .arg("--cache-bytes")
         .arg(args.cache_bytes.to_string())
         .arg(&args.reference)
@@ -209,7 +215,11 @@ fn serve_mount(args: &MountArgs, dir: &std::path::Path, state: &std::path::Path)
             ..ClientOptions::default()
         })?;
         let cache = Arc::new(ChunkCache::new(args.cache_bytes));
-        let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current());
+        let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
+            .with_options(LazyOptions {
+                decryption: Some(Arc::new(Decryption::load(&args.keys_dir, false))),
+                ..LazyOptions::default()
+            });
         let mounted = image_mount::mount_image(&lazy, &args.reference, dir, state).await?;
         println!(
             "mounted {} at {} ({} layers, served lazily)",
