@@ -160,6 +160,9 @@ pub fn is_mount_point(path: &Path) -> bool {
 /// Unmounts the image stacked at `target` (`veil umount`). The process serving it
 /// notices and takes its layers down.
 pub fn unmount_image(target: &Path) -> anyhow::Result<()> {
+    if !target.exists() {
+        bail!("{}: no such directory", target.display());
+    }
     if !is_mount_point(target) {
         bail!("{} is not mounted", target.display());
     }

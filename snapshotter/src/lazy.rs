@@ -191,6 +191,8 @@ struct LayerEntry {
     reader: Arc<ChunkReader>,
     image: String,
     blob_size: u64,
+    /// The layer's blob in the disk cache, which counts what came from the registry.
+    cached: Option<Arc<CachedBlob>>,
 }
 
 /// Resolves layers from registries and mounts them through FUSE.
@@ -367,6 +369,7 @@ impl LazyLayers {
                     reader: reader.clone(),
                     image: layer.image_ref.clone(),
                     blob_size: desc.size,
+                    cached: cached.clone(),
                 },
             );
         let background = cached
@@ -450,7 +453,12 @@ impl LayerResolver for LazyLayers {
                     image: entry.image.clone(),
                     mode: "lazy".into(),
                     blob_size: entry.blob_size,
-                    bytes_fetched: stats.bytes_fetched,
+                    // With a disk cache, the reader's bytes may have come from disk:
+                    // count only what the registry sent.
+                    bytes_fetched: match &entry.cached {
+                        Some(c) => c.traffic().1,
+                        None => stats.bytes_fetched,
+                    },
                     range_requests: stats.range_requests,
                     chunk_hits: stats.chunk_hits,
                     chunks_fetched: stats.chunks_fetched,

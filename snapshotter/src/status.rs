@@ -175,8 +175,8 @@ pub fn render(report: &StatusReport) -> String {
     if !report.layers.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<20} {:<6} {:>10} {:>10} {:>7} {:>9}  IMAGE",
-            "LAYER", "MODE", "FETCHED", "SIZE", "%", "BAD"
+            "\n{:<20} {:<6} {:>10} {:>10} {:>7} {:>5} {:>10}  IMAGE",
+            "LAYER", "MODE", "FETCHED", "SIZE", "%", "BAD", "BACKGROUND"
         );
         for l in &report.layers {
             let pct = if l.blob_size > 0 {

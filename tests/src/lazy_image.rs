@@ -173,6 +173,10 @@ pub const LAYER2_PATH: &str = "/etc/veil-layer2.txt";
 pub const LAYER2_TEXT: &str = "the second layer was here\n";
 /// The large random file in the second layer.
 pub const BIG_PATH: &str = "/data/random.bin";
+/// A second small file in the base layer, which a layer above can delete with
+/// [`whiteout_of`].
+pub const NOTES_PATH: &str = "/etc/veil-notes.txt";
+pub const NOTES_TEXT: &str = "a few small files in the base layer\n";
 
 /// The entries of the base layer: busybox-static, applets, small files.
 pub fn base_entries() -> anyhow::Result<Vec<Entry>> {
@@ -193,8 +197,8 @@ pub fn base_entries() -> anyhow::Result<Vec<Entry>> {
         0o644,
     ));
     entries.push(Entry::File(
-        "etc/veil-notes.txt".into(),
-        b"a few small files in the base layer\n".to_vec(),
+        NOTES_PATH.trim_start_matches('/').into(),
+        NOTES_TEXT.into(),
         0o644,
     ));
     Ok(entries)
@@ -212,6 +216,19 @@ pub fn top_entries(big: Vec<u8>) -> Vec<Entry> {
             0o644,
         ),
     ]
+}
+
+/// The tar entry that deletes `path` (absolute, in a layer below) from the layers above:
+/// an OCI whiteout, the empty regular file `.wh.NAME` beside it.
+pub fn whiteout_of(path: &str) -> Entry {
+    let path = path.trim_start_matches('/');
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let wh = if dir.is_empty() {
+        format!(".wh.{name}")
+    } else {
+        format!("{dir}/.wh.{name}")
+    };
+    Entry::File(wh, Vec::new(), 0o644)
 }
 
 /// The OCI architecture name of this machine.

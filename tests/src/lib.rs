@@ -11,6 +11,10 @@ pub mod containerd;
 pub mod gosuite;
 pub mod image;
 pub mod lazy_image;
+pub mod lazy_scenario;
+pub mod lazy_stack;
+pub mod local_registry;
+pub mod mount_cli;
 pub mod mounts;
 pub mod process;
 // Debian's `docker-registry` on loopback, and pushing to it: one copy, shared with the

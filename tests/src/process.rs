@@ -113,3 +113,61 @@ impl Drop for ChildGuard {
         self.stop();
     }
 }
+
+/// Runs `cmd` to its end, its output kept in files named after `stem` (`STEM.stdout`,
+/// `STEM.stderr`); if it has not exited after `timeout`, it is killed (by its PID) and
+/// this fails with what it printed.
+pub fn run_with_timeout(
+    mut cmd: Command,
+    timeout: Duration,
+    stem: &Path,
+) -> anyhow::Result<std::process::Output> {
+    let out_path = stem.with_extension("stdout");
+    let err_path = stem.with_extension("stderr");
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {cmd:?}: {e}"))?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "{cmd:?} did not finish within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: std::fs::read(&out_path)?,
+        stderr: std::fs::read(&err_path)?,
+    })
+}
+
+/// Runs `f` on its own thread and waits at most `timeout` for it: a call that hangs (a
+/// read from a FUSE mount that never answers) fails the test instead of blocking it. The
+/// thread of a call that timed out is left behind; it ends once whatever blocks it is
+/// taken away (the test's clean-up stops the serving process).
+pub fn bounded<T, F>(what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("bounded: {what}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })?;
+    rx.recv_timeout(timeout)
+        .map_err(|_| anyhow::anyhow!("{what} did not finish within {timeout:?}"))
+}

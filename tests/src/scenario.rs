@@ -192,7 +192,8 @@ impl Drop for Stack {
     }
 }
 
-fn tail(text: &str, n: usize) -> Vec<String> {
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
@@ -376,35 +377,11 @@ fn steps(dir: &Path, stack: &mut Stack, say: &mut dyn FnMut(&str)) -> anyhow::Re
         .start()
         .context("starting veil-snapshotter again on the same root")?;
     let cd = stack.containerd.as_ref().expect("started above");
-    let start = Instant::now();
-    let mut reconnect_errors: Vec<String> = Vec::new();
-    let snapshots_after_restart = loop {
-        stack.veil.check_running()?;
-        match cd.snapshots(SNAPSHOTTER) {
-            Ok(rows) => break rows,
-            Err(e) => {
-                // ctr's own message is the last line of the error.
-                let e = format!("{e:#}");
-                let e = e
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .to_string();
-                if !reconnect_errors.contains(&e) {
-                    reconnect_errors.push(e.clone());
-                }
-                if start.elapsed() > RECONNECT_TIMEOUT {
-                    bail!(
-                        "containerd could not reach the restarted snapshotter within \
-                         {RECONNECT_TIMEOUT:?}; last error:\n{e}"
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    };
-    let reconnect_time = start.elapsed();
+    let Reconnect {
+        snapshots: snapshots_after_restart,
+        time: reconnect_time,
+        errors: reconnect_errors,
+    } = wait_for_reconnect(cd, &mut stack.veil)?;
     say(&format!(
         "Started veil-snapshotter again (PID {pid}) on the same root. containerd reached it after \
          {reconnect_time:.1?}{}. Veil still holds {} snapshot(s):\n{}",
@@ -455,6 +432,59 @@ fn steps(dir: &Path, stack: &mut Stack, say: &mut dyn FnMut(&str)) -> anyhow::Re
         still_alive: Vec::new(),
         mounts_left: Vec::new(),
     })
+}
+
+/// What [`wait_for_reconnect`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Reconnect {
+    /// `ctr snapshots ls` once it worked.
+    pub snapshots: Vec<SnapshotRow>,
+    /// How long it took.
+    pub time: Duration,
+    /// Distinct errors `ctr` reported on the way (its last line each).
+    pub errors: Vec<String>,
+}
+
+/// Waits (at most [`RECONNECT_TIMEOUT`]) until containerd reaches a restarted snapshotter:
+/// `ctr snapshots --snapshotter veil ls` works again. Fails if the snapshotter exits.
+pub fn wait_for_reconnect(
+    cd: &Containerd,
+    veil: &mut VeilSnapshotter,
+) -> anyhow::Result<Reconnect> {
+    let start = Instant::now();
+    let mut errors: Vec<String> = Vec::new();
+    loop {
+        veil.check_running()?;
+        match cd.snapshots(SNAPSHOTTER) {
+            Ok(snapshots) => {
+                return Ok(Reconnect {
+                    snapshots,
+                    time: start.elapsed(),
+                    errors,
+                })
+            }
+            Err(e) => {
+                // ctr's own message is the last line of the error.
+                let e = format!("{e:#}");
+                let e = e
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .to_string();
+                if !errors.contains(&e) {
+                    errors.push(e.clone());
+                }
+                if start.elapsed() > RECONNECT_TIMEOUT {
+                    bail!(
+                        "containerd could not reach the restarted snapshotter within \
+                         {RECONNECT_TIMEOUT:?}; last error:\n{e}"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
 }
 
 /// Snapshot rows as an indented table.

@@ -11,253 +11,18 @@
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static and FUSE. Run with
 //! `cargo test -p veil-tests --test lazy_pull -- --nocapture`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Context};
-use veil_tests::containerd::{process_alive, Containerd, NAMESPACE, SNAPSHOTTER};
+use anyhow::bail;
+use veil_tests::containerd::{Containerd, SNAPSHOTTER};
 use veil_tests::lazy_image::{
-    base_entries, pack, push_image, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer,
-    LayerFormat, BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
+    BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
-use veil_tests::registry::{Pusher, Registry};
-use veil_tests::registry_log::blob_served;
-use veil_tests::scenario::VeilSnapshotter;
-
-/// The containerd tests share `/run/containerd`; run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 64 << 20;
-/// How long `veil pull` may take.
-const PULL_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Registry, snapshotter and containerd for one test. Dropped in field order after
-/// containerd is shut down: containerd, then Veil, then mounts, then the registry.
-struct Stack {
-    containerd: Option<Containerd>,
-    veil: VeilSnapshotter,
-    registry: Registry,
-    runtime: tokio::runtime::Runtime,
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(mut cd) = self.containerd.take() {
-            cd.shutdown();
-        }
-        self.veil.stop();
-        veil_tests::unmount_below(&self.dir);
-        self.registry.stop();
-    }
-}
-
-impl Stack {
-    /// Starts the registry only (images are pushed before the rest starts).
-    fn registry(name: &str) -> anyhow::Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("veil-{name}-"))
-            .tempdir()?;
-        let dir = tmp.path().canonicalize()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let registry = runtime.block_on(Registry::start(None));
-        // Veil reaches the registry over plain HTTP.
-        let config = dir.join("veil-config.toml");
-        std::fs::write(
-            &config,
-            // No background fetch: the test counts what reads alone fetch.
-            format!(
-                "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = false\n",
-                registry.host()
-            ),
-        )?;
-        let veil = VeilSnapshotter::new(
-            veil_tests::veil_binary("veil-snapshotter"),
-            dir.join("veil"),
-            dir.join("veil.sock"),
-            dir.clone(),
-        )
-        .with_config(config);
-        Ok(Self {
-            containerd: None,
-            veil,
-            registry,
-            runtime,
-            dir,
-            _tmp: tmp,
-        })
-    }
-
-    fn push(&self, repo: &str, tag: &str, layers: &[Layer]) -> anyhow::Result<String> {
-        let pusher = Pusher::new(self.registry.base(), None);
-        let pushed = self
-            .runtime
-            .block_on(push_image(&pusher, repo, tag, layers))?;
-        Ok(pushed.manifest_digest)
-    }
-
-    /// Starts Veil and containerd.
-    fn start(&mut self) -> anyhow::Result<()> {
-        self.veil.start().context("starting veil-snapshotter")?;
-        let cd = Containerd::start(&self.dir.join("containerd"), self.veil.socket())
-            .context("starting containerd")?;
-        self.containerd = Some(cd);
-        Ok(())
-    }
-
-    fn cd(&self) -> &Containerd {
-        self.containerd.as_ref().expect("containerd started")
-    }
-
-    fn image_ref(&self, repo: &str, tag: &str) -> String {
-        format!("{}/{repo}:{tag}", self.registry.host())
-    }
-
-    /// `veil pull --plain-http -a SOCK -n NS EXTRA... REF`, with its duration.
-    fn veil_pull(&self, reference: &str, extra: &[&str]) -> anyhow::Result<(Output, Duration)> {
-        let mut cmd = Command::new(veil_tests::veil_binary("veil"));
-        cmd.arg("pull")
-            .arg("--plain-http")
-            .arg("-a")
-            .arg(self.cd().address())
-            .arg("-n")
-            .arg(NAMESPACE)
-            .args(extra)
-            .arg(reference)
-            .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE");
-        let start = Instant::now();
-        let out = run_with_timeout(cmd, PULL_TIMEOUT, &self.dir.join("veil-pull"))?;
-        Ok((out, start.elapsed()))
-    }
-
-    /// Body bytes the registry served for `digest` so far (requests, bytes).
-    fn served(&self, digest: &str) -> (usize, u64) {
-        blob_served(&self.registry.log(), digest)
-    }
-
-    /// The logs, for a failure message.
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (name, text) in [
-            ("veil-snapshotter", self.veil.log_text()),
-            (
-                "containerd",
-                self.containerd
-                    .as_ref()
-                    .map(|c| c.log_text())
-                    .unwrap_or_default(),
-            ),
-            ("registry", self.registry.log()),
-        ] {
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            out.push_str(&format!(
-                "\n--- last lines of the {name} log ---\n{}",
-                tail.join("\n")
-            ));
-        }
-        out
-    }
-
-    /// Shuts everything down and checks nothing is left running or mounted.
-    fn finish(mut self) -> anyhow::Result<()> {
-        let mut pids = self.veil.pids.clone();
-        if let Some(mut cd) = self.containerd.take() {
-            pids.push(cd.pid());
-            let report = cd.shutdown();
-            if !report.shims_left.is_empty() {
-                bail!("containerd shims outlived containerd: {report:?}");
-            }
-        }
-        let exit = self.veil.stop();
-        if !exit.map(|e| e.success()).unwrap_or(false) {
-            bail!("veil-snapshotter exited with {exit:?} on SIGTERM");
-        }
-        let mounts = veil_tests::mounts::mounts_below(&self.dir);
-        veil_tests::unmount_below(&self.dir);
-        if !mounts.is_empty() {
-            bail!("mounts left below the test directory: {mounts:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let alive: Vec<u32> = pids.into_iter().filter(|p| process_alive(*p)).collect();
-        if !alive.is_empty() {
-            bail!("processes still alive after clean-up: {alive:?}");
-        }
-        Ok(())
-    }
-}
-
-/// Runs `cmd` to its end (killed by PID after `timeout`), output kept in files named
-/// after `stem`.
-fn run_with_timeout(mut cmd: Command, timeout: Duration, stem: &Path) -> anyhow::Result<Output> {
-    let out_path = stem.with_extension("stdout");
-    let err_path = stem.with_extension("stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path)?)
-        .stderr(std::fs::File::create(&err_path)?);
-    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{cmd:?} did not finish within {timeout:?}; stdout:\n{}\nstderr:\n{}",
-                std::fs::read_to_string(&out_path).unwrap_or_default(),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(Output {
-        status,
-        stdout: std::fs::read(&out_path)?,
-        stderr: std::fs::read(&err_path)?,
-    })
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `body` on a fresh stack; on failure, panics with the error and the logs.
-fn with_stack(name: &str, body: impl FnOnce(&mut Stack) -> anyhow::Result<()>) {
-    veil_tests::require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut stack = Stack::registry(name).unwrap_or_else(|e| panic!("{e:#}"));
-    if let Err(e) = body(&mut stack) {
-        let logs = stack.logs();
-        drop(stack);
-        panic!("{e:#}\n{logs}");
-    }
-    // Worth seeing even when the test passes.
-    let log = stack.veil.log_text();
-    let notable: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-        .collect();
-    eprintln!(
-        "[{name}] veil-snapshotter logged {} warning(s)/error(s){}",
-        notable.len(),
-        notable
-            .iter()
-            .take(20)
-            .map(|l| format!("\n    {l}"))
-            .collect::<String>()
-    );
-    stack.finish().unwrap_or_else(|e| panic!("{e:#}"));
-}
 
 /// The digests `ctr content ls` lists (its first column).
 fn content_digests(cd: &Containerd) -> anyhow::Result<Vec<String>> {
@@ -269,10 +34,95 @@ fn content_digests(cd: &Containerd) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
-    log.lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .collect()
+/// `veil status --json` and `veil status` against the daemon: the JSON report counts at
+/// least one remote snapshot per layer in `lazy`, lists each layer in `fallbacks` with a
+/// reason, and the text form prints without error and shows those reasons. Returns the
+/// JSON report.
+fn check_status(
+    stack: &LazyStack,
+    name: &str,
+    lazy: &[&Layer],
+    fallbacks: &[&Layer],
+) -> anyhow::Result<serde_json::Value> {
+    let out = stack.veil_status(true)?;
+    if !out.status.success() {
+        bail!(
+            "veil status --json failed ({}):\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "veil status --json printed no JSON ({e}):\n{}",
+            text(&out.stdout)
+        )
+    })?;
+    let count = |key: &str| report[key].as_u64().unwrap_or(0);
+    let remote = count("remote_snapshots");
+    if remote < lazy.len().max(1) as u64 || count("snapshots") < remote {
+        bail!(
+            "veil status reports {} snapshot(s), {remote} remote; expected at least {} remote:\n{report:#}",
+            count("snapshots"),
+            lazy.len().max(1)
+        );
+    }
+    let listed = report["fallbacks"].as_array().cloned().unwrap_or_default();
+    for layer in fallbacks {
+        let reason = listed
+            .iter()
+            .find(|f| f["digest"].as_str() == Some(&layer.digest))
+            .and_then(|f| f["reason"].as_str())
+            .unwrap_or("");
+        if reason.trim().is_empty() {
+            bail!(
+                "veil status does not list the fallback {} with a reason:\n{report:#}",
+                layer.digest
+            );
+        }
+    }
+    // Each lazily served layer, with its counters.
+    let served = report["layers"].as_array().cloned().unwrap_or_default();
+    for layer in lazy {
+        let Some(l) = served
+            .iter()
+            .find(|l| l["digest"].as_str() == Some(&layer.digest))
+        else {
+            bail!(
+                "veil status does not list the lazily served layer {}:\n{report:#}",
+                layer.digest
+            );
+        };
+        let (size, fetched) = (
+            l["blob_size"].as_u64().unwrap_or(0),
+            l["bytes_fetched"].as_u64().unwrap_or(0),
+        );
+        if size != layer.size() || fetched > size || l["mode"].as_str() != Some("lazy") {
+            bail!("veil status reports layer {} wrongly: {l:#}", layer.digest);
+        }
+    }
+    if count("registry_bytes_fetched") == 0 {
+        bail!("veil status reports no bytes fetched from the registry:\n{report:#}");
+    }
+
+    let out = stack.veil_status(false)?;
+    let shown = text(&out.stdout);
+    if !out.status.success() || !shown.contains("snapshots:") {
+        bail!(
+            "veil status failed or printed no summary ({}):\n{shown}{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+    for f in &listed {
+        let reason = f["reason"].as_str().unwrap_or("");
+        if !shown.contains(reason) {
+            bail!("veil status does not show the fallback reason {reason:?}:\n{shown}");
+        }
+    }
+    eprintln!("[{name}] veil status:\n{}", shown.trim_end());
+    Ok(report)
 }
 
 /// The two-layer image in `format`, pulled lazily, run twice.
@@ -392,6 +242,9 @@ fn lazy_pull(format: LayerFormat) {
                 layers[1].size()
             );
         }
+
+        // The daemon's status shows the lazily served layers.
+        check_status(stack, name, &[&layers[0], &layers[1]], &[])?;
 
         // The big file, read whole, is exact.
         let sum = stack.cd().run_container(
@@ -537,6 +390,22 @@ fn plain_layer_is_unpacked_by_containerd() {
         let expected = format!("{HELLO_TEXT}{LAYER2_TEXT}{small_sha}  {BIG_PATH}\n");
         if printed != expected {
             bail!("the container printed {printed:?}, expected {expected:?}");
+        }
+        // The daemon's status shows the lazy base layer and why the plain one fell back.
+        let report = check_status(stack, name, &[&base], &[&plain])?;
+        let reason = report["fallbacks"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|f| f["digest"].as_str() == Some(&plain.digest))
+            })
+            .and_then(|f| f["reason"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if !reason.contains("toc.digest") {
+            bail!(
+                "the fallback reason does not say the TOC digest annotation is missing: {reason:?}"
+            );
         }
         let (n, bytes) = stack.served(&plain.digest);
         eprintln!(

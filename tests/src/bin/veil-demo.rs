@@ -1,40 +1,103 @@
-//! `veil-demo`: shows Veil working as containerd's snapshotter, step by step.
+//! `veil-demo`: shows Veil's main job, step by step: a container started from an image
+//! whose layers are never downloaded.
 //!
-//! Starts veil-snapshotter and a private containerd (its own root, state and socket in a
-//! temporary directory; a system containerd, if any, is not touched), builds a small image
-//! locally, imports it into Veil, runs a container, restarts the snapshotter, runs the
-//! container again, and cleans everything up.
+//! In a temporary directory it starts Debian's docker-registry on loopback, builds a small
+//! image (busybox, small files, a large random file), converts it to eStargz with Veil's
+//! writer and pushes it, starts veil-snapshotter and a private containerd (its own root,
+//! state and socket; a system containerd, if any, is not touched), pulls the image with
+//! `veil pull`, runs containers from it with `ctr run --snapshotter veil` while counting the
+//! bytes the registry serves, restarts the snapshotter and runs a container again, and
+//! cleans everything up. The flow itself is `veil_tests::lazy_scenario`, which the `demo`
+//! test runs too.
 //!
-//! Run as root: `cargo run -p veil-tests --bin veil-demo` (add `-- --keep` to keep the
-//! temporary directory with the logs).
+//! `--import` runs the older registry-free demo instead (`veil_tests::scenario`): an image
+//! imported with `ctr images import`, unpacked by containerd into Veil.
+//!
+//! Run as root: `./scripts/demo` or `cargo run -p veil-tests --bin veil-demo -- --help`.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use clap::{Parser, ValueEnum};
 use veil_tests::containerd::SNAPSHOTTER;
+use veil_tests::lazy_image::LayerFormat;
+use veil_tests::lazy_scenario::{self, human, percent, secs, Binaries, LazyReport, Options};
 use veil_tests::scenario::{self, indent};
 
+/// Veil's demo: start a container from a registry image without downloading its layers.
+///
+/// Everything happens in a temporary directory and is stopped and removed at the end:
+/// Debian's docker-registry on 127.0.0.1, veil-snapshotter, and a private containerd with
+/// Veil as its snapshotter "veil" (a system containerd, if any, is not touched; nothing is
+/// fetched from the internet). The demo builds a two-layer image (busybox-static and small
+/// files; a large random file), converts the layers to eStargz with Veil's own writer,
+/// pushes it, runs `veil pull` (manifest and config only), then `ctr run --snapshotter veil`
+/// a container that reads two small files and one that computes the large file's SHA-256,
+/// showing after each how many layer bytes the registry served. It shows `veil status`,
+/// restarts veil-snapshotter (which mounts its lazy layers again) and runs the first
+/// container once more, then prints a table of each step's time and fetched bytes.
+///
+/// Needs root, containerd, runc, docker-registry, busybox-static and FUSE (`scripts/setup`
+/// installs them). Exits with 0 when every check passed.
+#[derive(Debug, Parser)]
+#[command(name = "veil-demo", version)]
+struct Cli {
+    /// Keep the working directory afterwards (logs, configs, registry data).
+    #[arg(long)]
+    keep: bool,
+    /// How the image's layers are packed.
+    #[arg(long, value_enum, default_value_t = Format::Estargz)]
+    format: Format,
+    /// Size of the random file in the image's second layer, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    big_mib: u64,
+    /// Let Veil fetch whole layers into its disk cache in the background once they are
+    /// mounted ([lazy] background_fetch). Off by default, so that the byte counts show what
+    /// the containers' reads alone cost.
+    #[arg(long)]
+    background_fetch: bool,
+    /// Run the older registry-free demo instead: a locally built image imported with `ctr
+    /// images import` (containerd unpacks the layers into Veil), a container run, the
+    /// snapshotter restarted, the container run again.
+    #[arg(long, conflicts_with_all = ["format", "big_mib", "background_fetch"])]
+    import: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// eStargz (gzip members with a table of contents).
+    Estargz,
+    /// zstd:chunked (zstd frames with a table of contents).
+    ZstdChunked,
+}
+
 fn main() -> ExitCode {
-    let keep = std::env::args().skip(1).any(|a| a == "--keep");
-    if std::env::args().skip(1).any(|a| a == "-h" || a == "--help") {
-        println!("usage: veil-demo [--keep]\n\nRuns Veil behind a private containerd and shows each step. Needs root.\n  --keep  keep the temporary directory (logs, config) afterwards");
-        return ExitCode::SUCCESS;
-    }
+    let cli = Cli::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("veil-demo mounts filesystems and runs containerd: run it as root.");
         return ExitCode::FAILURE;
     }
 
-    println!("== Veil demo: containerd with Veil as its snapshotter ==\n");
-    println!("Building veil-snapshotter (cargo build -p veil-snapshotter) if needed...");
-    let veil_bin = match std::panic::catch_unwind(|| veil_tests::veil_binary("veil-snapshotter")) {
-        Ok(p) => p,
+    if cli.import {
+        println!("== Veil demo (--import): containerd with Veil as its snapshotter ==\n");
+    } else {
+        println!("== Veil demo: a container started lazily ==\n");
+    }
+    println!("Building veil-snapshotter and veil (cargo build -p veil-snapshotter) if needed...");
+    let bins = match std::panic::catch_unwind(Binaries::build) {
+        Ok(b) => b,
         Err(_) => {
-            eprintln!("Could not build or find veil-snapshotter (see the message above).");
+            eprintln!("Could not build or find Veil's binaries (see the message above).");
             return ExitCode::FAILURE;
         }
     };
-    println!("Using {}\n", veil_bin.display());
+    println!(
+        "Using {} and {}\n",
+        bins.snapshotter.display(),
+        bins.veil.display()
+    );
 
     let tmp = match tempfile::Builder::new().prefix("veil-demo-").tempdir() {
         Ok(t) => t,
@@ -45,13 +108,189 @@ fn main() -> ExitCode {
     };
     println!("Working in {}\n", tmp.path().display());
 
+    let ok = if cli.import {
+        import_demo(tmp.path(), &bins)
+    } else {
+        let opts = Options {
+            format: match cli.format {
+                Format::Estargz => LayerFormat::Estargz,
+                Format::ZstdChunked => LayerFormat::ZstdChunked,
+            },
+            big_size: (cli.big_mib as usize) << 20,
+            background_fetch: cli.background_fetch,
+        };
+        lazy_demo(tmp.path(), &bins, &opts)
+    };
+
+    if cli.keep {
+        let path = tmp.keep();
+        println!("\nKept {} (logs, configs, registry data).", path.display());
+    }
+    if ok {
+        println!("\nDone: everything the demo started has been stopped and removed.");
+        ExitCode::SUCCESS
+    } else {
+        println!("\nDone, with problems (see above). Everything started has been stopped.");
+        ExitCode::FAILURE
+    }
+}
+
+fn lazy_demo(dir: &Path, bins: &Binaries, opts: &Options) -> bool {
     let mut n = 0;
-    let result = scenario::run(tmp.path(), &veil_bin, &mut |step| {
+    let result = lazy_scenario::run(dir, bins, opts, &mut |step| {
         n += 1;
         println!("{n:>2}. {step}\n");
     });
+    match result {
+        Ok(report) => show_lazy_summary(&report),
+        Err(e) => {
+            eprintln!("The demo failed:\n{e:?}");
+            false
+        }
+    }
+}
 
-    let ok = match result {
+/// Prints the summary; returns whether every check passed.
+fn show_lazy_summary(r: &LazyReport) -> bool {
+    let total = r.layer_bytes_total();
+    println!("== Summary ==");
+    println!(
+        "Image {} ({} {} layers, {} in all) pulled with `veil pull`: {} of {} layers lazy, {} \
+         downloaded.",
+        r.reference,
+        r.layers.len(),
+        lazy_scenario::format_name(r.options.format),
+        human(total),
+        r.lazy_layers,
+        r.layers.len(),
+        r.layers_in_content_store.len()
+    );
+    println!();
+    println!(
+        "    {:<34} {:>9} {:>10}   FETCHED SO FAR (OF THE LAYERS)",
+        "STEP", "TIME", "FETCHED"
+    );
+    let mut so_far = 0u64;
+    let mut time = std::time::Duration::ZERO;
+    for s in &r.steps {
+        so_far += s.layer_bytes;
+        time += s.time;
+        println!(
+            "    {:<34} {:>9} {:>10}   {:>9} ({:.2} %)",
+            s.step,
+            secs(s.time),
+            human(s.layer_bytes),
+            human(so_far),
+            percent(so_far, total)
+        );
+    }
+    println!(
+        "    {:<34} {:>9} {:>10}   of {} in the layers",
+        "total",
+        secs(time),
+        human(so_far),
+        human(total)
+    );
+    println!(
+        "    (FETCHED: layer-blob bytes the registry served during the step, from its access \
+         log.)"
+    );
+    println!();
+    let served = r.served_through_small();
+    let (big_served, big_size) = r.big_layer_served_through_small();
+    println!(
+        "Reading two small files in a container: registry served {} of {} layer bytes ({:.2} \
+         %); of the large file's layer, {} of {} ({:.3} %).",
+        human(served),
+        human(total),
+        percent(served, total),
+        human(big_served),
+        human(big_size),
+        percent(big_served, big_size)
+    );
+    println!(
+        "sha256sum of the {} file in a container: {}.",
+        human(r.options.big_size as u64),
+        if r.sha_matches {
+            "matched"
+        } else {
+            "DID NOT match"
+        }
+    );
+    match r.restart.run.as_ref().map(|run| &run.output) {
+        Some(Ok(out)) if *out == r.small_expected => {
+            println!("After restarting veil-snapshotter the container printed the same files.")
+        }
+        Some(Ok(out)) => println!(
+            "After restarting veil-snapshotter the container printed something else:\n{}",
+            indent(out)
+        ),
+        Some(Err(e)) => println!(
+            "After restarting veil-snapshotter the container FAILED:\n{}",
+            indent(e)
+        ),
+        None => println!(
+            "veil-snapshotter could not be restarted:\n{}",
+            indent(r.restart.failure.as_deref().unwrap_or("(no details)"))
+        ),
+    }
+    let status_layers = r.status_json["layers"].as_array().map_or(0, Vec::len);
+    let remote = r.status_json["remote_snapshots"].as_u64().unwrap_or(0);
+    if remote > 0 && status_layers == 0 {
+        println!(
+            "Note: `veil status` counted {remote} lazily served snapshot(s) but listed no layers \
+             and {} fetched, while the registry served {}: this build's lazy layer resolver \
+             does not report its figures to `veil status` yet.",
+            human(
+                r.status_json["registry_bytes_fetched"]
+                    .as_u64()
+                    .unwrap_or(0)
+            ),
+            human(r.steps.iter().map(|s| s.layer_bytes).sum())
+        );
+    }
+    if !r.veil_warnings.is_empty() {
+        println!(
+            "veil-snapshotter logged {} warning(s)/error(s):\n{}",
+            r.veil_warnings.len(),
+            indent(&r.veil_warnings.join("\n"))
+        );
+    }
+    let s = &r.shutdown;
+    println!(
+        "Clean-up: containerd stopped ({}), veil-snapshotter stopped ({}); leftover tasks {}, \
+         containers {}, shims {}, mounts {}; processes still alive: {}.",
+        s.exit.map(|e| e.to_string()).unwrap_or_else(|| "?".into()),
+        r.veil_final_exit
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "?".into()),
+        s.tasks_killed.len(),
+        s.containers_deleted.len(),
+        s.shims_left.len(),
+        s.mounts_left.len() + r.mounts_left.len(),
+        r.still_alive.len()
+    );
+    let problems = r.problems();
+    if problems.is_empty() {
+        println!("Every check passed.");
+        true
+    } else {
+        println!("Problems:");
+        for p in &problems {
+            println!("  - {p}");
+        }
+        false
+    }
+}
+
+/// The older registry-free flow (`--import`).
+fn import_demo(dir: &Path, bins: &Binaries) -> bool {
+    let mut n = 0;
+    let result = scenario::run(dir, &bins.snapshotter, &mut |step| {
+        n += 1;
+        println!("{n:>2}. {step}\n");
+    });
+    match result {
         Ok(report) => {
             let expected = report.image.expected_output();
             let verdict = |out: &str| {
@@ -111,17 +350,5 @@ fn main() -> ExitCode {
             eprintln!("The demo failed:\n{e:?}");
             false
         }
-    };
-
-    if keep {
-        let path = tmp.keep();
-        println!("\nKept {} (logs, containerd config).", path.display());
-    }
-    if ok {
-        println!("\nDone: everything the demo started has been stopped and removed.");
-        ExitCode::SUCCESS
-    } else {
-        println!("\nDone, with problems (see above). Everything started has been stopped.");
-        ExitCode::FAILURE
     }
 }

@@ -1,0 +1,138 @@
+//! The demo's flow (`veil-demo`, `veil_tests::lazy_scenario`) as a test: registry on
+//! loopback, an eStargz image pushed to it, `veil pull`, containers run lazily with `ctr
+//! run --snapshotter veil`, `veil status`, veil-snapshotter restarted, a container run
+//! again, everything cleaned up.
+//!
+//! Needs root, containerd 1.6, runc, docker-registry, busybox-static and FUSE. Run with
+//! `cargo test -p veil-tests --test demo -- --nocapture`.
+
+use veil_tests::lazy_scenario::{self, percent, Binaries, Options};
+
+#[test]
+fn demo_flow_starts_a_container_lazily_across_a_restart() {
+    veil_tests::require_root();
+    let bins = Binaries::build();
+    let tmp = tempfile::Builder::new()
+        .prefix("veil-demo-test-")
+        .tempdir()
+        .expect("temp dir");
+    let report = lazy_scenario::run(tmp.path(), &bins, &Options::default(), &mut |step| {
+        eprintln!("[demo] {step}\n")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Every layer lazy; none in containerd's content store.
+    assert_eq!(report.layers.len(), 2);
+    assert_eq!(
+        report.lazy_layers,
+        2,
+        "veil pull output:\n{}",
+        report.pull_lines.join("\n")
+    );
+    assert!(
+        report.layers_in_content_store.is_empty(),
+        "layers downloaded into containerd: {:?}",
+        report.layers_in_content_store
+    );
+    assert_eq!(report.plugin_status, "ok");
+
+    // The small read: right output, under 10 % of the layers, under 10 % of the big layer.
+    assert_eq!(
+        report.small.output.as_deref(),
+        Ok(report.small_expected.as_str()),
+        "first container's output"
+    );
+    let total = report.layer_bytes_total();
+    let served = report.served_through_small();
+    assert!(
+        served * 10 < total,
+        "reading two small files cost {served} of {total} layer bytes ({:.2} %)",
+        percent(served, total)
+    );
+    let (big_served, big_layer) = report.big_layer_served_through_small();
+    assert!(
+        big_served * 10 < big_layer,
+        "reading a small file cost {big_served} of the big layer's {big_layer} bytes"
+    );
+
+    // The whole big file, exact.
+    assert!(
+        report.sha_matches,
+        "sha256sum printed {:?}, expected {}",
+        report.sha.output, report.big_sha256
+    );
+
+    // veil status counts both layers as served lazily and lists them.
+    assert_eq!(
+        report.status_json["remote_snapshots"], 2,
+        "veil status:\n{}",
+        report.status_text
+    );
+    let listed = report.status_json["layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("veil status --json: {}", report.status_json));
+    for l in &report.layers {
+        assert!(
+            listed
+                .iter()
+                .any(|s| s["digest"] == l.digest.as_str() && s["mode"] == "lazy"),
+            "veil status does not list {} as lazy:\n{}",
+            l.digest,
+            report.status_text
+        );
+    }
+
+    // The restart: clean stop, layers mounted again, the container's output unchanged.
+    let r = &report.restart;
+    assert_eq!(r.failure, None, "restart failed");
+    assert!(
+        r.exit.map(|e| e.success()).unwrap_or(false),
+        "veil-snapshotter exited with {:?} on SIGTERM",
+        r.exit
+    );
+    assert!(
+        r.remount_log
+            .iter()
+            .any(|l| l.contains("mounted remote layers again")),
+        "the restarted snapshotter did not log mounting its remote layers again: {:?}",
+        r.remount_log
+    );
+    let again = r.run.as_ref().expect("the container ran after the restart");
+    assert_eq!(
+        again.output.as_deref(),
+        Ok(report.small_expected.as_str()),
+        "the container's output after the restart"
+    );
+
+    // Clean-up.
+    assert!(
+        report.veil_final_exit.map(|e| e.success()).unwrap_or(false),
+        "final veil-snapshotter exit: {:?}",
+        report.veil_final_exit
+    );
+    assert!(
+        report.shutdown.shims_left.is_empty(),
+        "{:?}",
+        report.shutdown
+    );
+    assert!(
+        report.still_alive.is_empty(),
+        "still alive: {:?}",
+        report.still_alive
+    );
+    assert!(
+        report.mounts_left.is_empty(),
+        "still mounted: {:?}",
+        report.mounts_left
+    );
+    assert_eq!(report.problems(), Vec::<String>::new());
+    eprintln!(
+        "[demo] steps: {}",
+        report
+            .steps
+            .iter()
+            .map(|s| format!("{} {:.2?} {} B", s.step, s.time, s.layer_bytes))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
