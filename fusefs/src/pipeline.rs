@@ -92,6 +92,15 @@ pub enum ReadError {
         #[source]
         source: WaitError,
     },
+    /// The layer as a whole failed verification (e.g. the ocicrypt HMAC over the whole
+    /// blob): nothing of it is served any more.
+    #[error("layer {layer} is marked bad: {reason}")]
+    LayerBad {
+        /// Layer name.
+        layer: String,
+        /// Why.
+        reason: String,
+    },
     /// A decoding task died (panicked or was cancelled).
     #[error("layer {layer}: chunk decoding task failed: {message}")]
     Task {
@@ -156,6 +165,7 @@ pub struct ChunkReader {
     cache: Arc<ChunkCache>,
     options: ReaderOptions,
     counters: Counters,
+    bad: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for ChunkReader {
@@ -193,7 +203,21 @@ impl ChunkReader {
             cache,
             options,
             counters: Counters::default(),
+            bad: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Marks the whole layer bad: every later read fails (EIO), cached chunks included.
+    /// The first reason given is kept.
+    pub fn mark_bad(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        tracing::error!(layer = %self.layer_name, %reason, "layer marked bad: every read of it now fails");
+        let _ = self.bad.set(reason);
+    }
+
+    /// Why the layer was marked bad, if it was.
+    pub fn bad_reason(&self) -> Option<&str> {
+        self.bad.get().map(String::as_str)
     }
 
     /// The layer's id in the cache.
@@ -236,6 +260,12 @@ impl ChunkReader {
     /// The result is allocated whole: callers keep `len` modest (FUSE asks for at most a
     /// few hundred KiB at a time).
     pub async fn read(&self, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        if let Some(reason) = self.bad.get() {
+            return Err(ReadError::LayerBad {
+                layer: self.layer_name.clone(),
+                reason: reason.clone(),
+            });
+        }
         let node = self.tree.node(ino).ok_or(ReadError::NoSuchInode(ino))?;
         if node.kind != NodeKind::Reg {
             return Err(ReadError::NotAFile(ino));

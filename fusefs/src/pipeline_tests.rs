@@ -415,3 +415,20 @@ async fn zstd_frames_and_inner_offsets_read_too() {
     // Both chunks share one frame: one request fetched it.
     assert_eq!(source.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_layer_marked_bad_serves_nothing_not_even_cached_chunks() {
+    let data = pattern(4096, 9);
+    let f = fixture(&[("f", data.clone())], 1024, None);
+    let ino = ino(&f.reader, "f");
+    assert_eq!(f.reader.read(ino, 0, 4096).await.unwrap(), data);
+    f.reader.mark_bad("HMAC mismatch over the whole blob");
+    f.reader.mark_bad("a second reason is ignored");
+    let err = f.reader.read(ino, 0, 10).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains("HMAC mismatch"), "{err}");
+    assert_eq!(
+        f.reader.bad_reason(),
+        Some("HMAC mismatch over the whole blob")
+    );
+}

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use veil_fusefs::ctr::CtrDecryptingSource;
+use veil_fusefs::ctr::{CtrDecryptingSource, HmacVerifier};
 use veil_fusefs::source::BlobSource;
 use veil_keyprovider::keys::KeyRing;
 use veil_keyprovider::ocicrypt::{
@@ -21,6 +21,7 @@ use veil_keyprovider::ocicrypt::{
     EncryptedLayer,
 };
 use veil_keyprovider::unwrap::unwrap_private_options;
+use zeroize::Zeroizing;
 
 use crate::registry::BlobDescriptor;
 
@@ -40,6 +41,36 @@ pub struct OpenedLayer {
     pub source: Arc<dyn BlobSource>,
     /// The TOC digest sealed in the private options, when the layer has one.
     pub sealed_toc_digest: Option<String>,
+    /// What checks the whole ciphertext once it has all been fetched.
+    pub hmac: HmacCheck,
+}
+
+/// The ocicrypt HMAC-SHA256 over a layer's whole ciphertext: the only integrity check
+/// ocicrypt itself has, usable once the whole blob is at hand.
+pub struct HmacCheck {
+    key: Zeroizing<[u8; 32]>,
+    expected: [u8; 32],
+}
+
+impl HmacCheck {
+    /// Reads `ciphertext` from start to end and checks its HMAC.
+    pub async fn verify(&self, ciphertext: &dyn BlobSource) -> Result<(), String> {
+        const PIECE: u64 = 8 << 20;
+        let mut verifier =
+            HmacVerifier::new(&self.key, &self.expected).map_err(|e| e.to_string())?;
+        let size = ciphertext.size();
+        let mut offset = 0;
+        while offset < size {
+            let end = (offset + PIECE).min(size);
+            let bytes = ciphertext
+                .read_range(offset..end)
+                .await
+                .map_err(|e| format!("reading the ciphertext at {offset}: {e}"))?;
+            verifier.update(&bytes);
+            offset = end;
+        }
+        verifier.finish().map_err(|e| e.to_string())
+    }
 }
 
 impl std::fmt::Debug for Decryption {
@@ -131,6 +162,31 @@ impl Decryption {
                 &params.nonce,
             )),
             sealed_toc_digest: sealed,
+            hmac: HmacCheck {
+                key: Zeroizing::new(*params.key),
+                expected: params.hmac,
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_fusefs::ctr::hmac_sha256;
+    use veil_fusefs::source::MemoryBlob;
+
+    #[tokio::test]
+    async fn whole_layer_hmac_accepts_the_original_and_refuses_a_flipped_byte() {
+        let key = [7u8; 32];
+        let mut blob: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+        let check = HmacCheck {
+            key: Zeroizing::new(key),
+            expected: hmac_sha256(&key, &blob),
+        };
+        check.verify(&MemoryBlob(blob.clone())).await.unwrap();
+        blob[12_345_678] ^= 1;
+        let err = check.verify(&MemoryBlob(blob)).await.unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
     }
 }

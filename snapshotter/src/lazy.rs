@@ -27,7 +27,7 @@ use veil_fusefs::mount::{mount, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
     background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
-    PrefetchOptions, RateLimiter,
+    FetchState, PrefetchOptions, RateLimiter,
 };
 use veil_fusefs::source::BlobSource;
 use veil_fusefs::toc::LayerToc;
@@ -35,7 +35,7 @@ use veil_fusefs::tree::LayerTree;
 use veil_fusefs::{estargz, zstdchunked};
 
 use crate::config::Config;
-use crate::encrypted::Decryption;
+use crate::encrypted::{Decryption, HmacCheck};
 use crate::registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 use crate::remote::{LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved};
 use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
@@ -317,6 +317,7 @@ impl LazyLayers {
             Some(cached) => cached.clone(),
             None => registry_blob,
         };
+        let mut hmac = None;
         let (source, format) = if encrypted {
             // containerd cannot decrypt layers: an encrypted layer Veil cannot open
             // fails the pull with Veil's reason instead of falling back.
@@ -330,7 +331,10 @@ impl LazyLayers {
                 Err(why) => return Ok(Resolved::Fail(why)),
             };
             match classify_sealed(&opened.plain, opened.sealed_toc_digest.as_deref()) {
-                Ok(format) => (opened.source, format),
+                Ok(format) => {
+                    hmac = Some(opened.hmac);
+                    (opened.source, format)
+                }
                 Err(why) => {
                     return Ok(Resolved::Fail(format!(
                         "encrypted layer {digest} cannot be served lazily ({why}); streamed \
@@ -382,6 +386,7 @@ impl LazyLayers {
                     ..BackgroundOptions::default()
                 },
                 fetches: self.fetches.clone(),
+                hmac,
             });
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
             reader,
@@ -505,6 +510,8 @@ struct Background {
     source: Arc<CachedBlob>,
     options: BackgroundOptions,
     fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
+    /// For an encrypted layer: checked over the whole ciphertext once it is all fetched.
+    hmac: Option<HmacCheck>,
 }
 
 /// A mounted layer: dropping it stops its background fetch, then unmounts.
@@ -517,16 +524,35 @@ impl LiveMount for Mounted {}
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> anyhow::Result<Box<dyn LiveMount>> {
+        let reader = self.reader.clone();
         let fs = LayerFs::new(self.reader, self.runtime.clone(), FsOptions::default());
         let layer_mount = mount(fs, dir, &self.options)?;
         let guard = self.background.map(|bg| {
             let cancel = CancellationToken::new();
             let key = bg.source.key().to_string();
-            let fetch = background_fetch(&self.runtime, bg.source, bg.options, cancel.clone());
+            let fetch =
+                background_fetch(&self.runtime, bg.source.clone(), bg.options, cancel.clone());
             bg.fetches
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(key, fetch.progress().clone());
+                .insert(key.clone(), fetch.progress().clone());
+            if let Some(hmac) = bg.hmac {
+                let reader = reader.clone();
+                let source = bg.source;
+                self.runtime.spawn(async move {
+                    if fetch.wait().await != FetchState::Complete {
+                        return;
+                    }
+                    match hmac.verify(source.as_ref()).await {
+                        Ok(()) => tracing::info!(layer = %key, "whole-layer HMAC verified"),
+                        Err(why) => {
+                            // The disk copy is not what was encrypted: drop it too.
+                            source.forget(0..source.size());
+                            reader.mark_bad(format!("ocicrypt HMAC check failed: {why}"));
+                        }
+                    }
+                });
+            }
             cancel.drop_guard()
         });
         Ok(Box::new(Mounted {
