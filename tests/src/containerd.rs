@@ -210,17 +210,31 @@ impl Containerd {
 
     /// [`ctr`](Self::ctr) with an explicit timeout.
     pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> anyhow::Result<CtrOutput> {
+        self.ctr_like(Path::new("ctr"), NAMESPACE, args, timeout)
+    }
+
+    /// Runs `PROGRAM --address <ours> --namespace NAMESPACE ARGS` for a ctr-compatible
+    /// `program` (`ctr`, or `ctr-remote`, which is ctr with more commands), killed (by its
+    /// PID) after `timeout`; fails with the command, exit status, stdout and stderr unless
+    /// it exits with 0.
+    pub fn ctr_like(
+        &self,
+        program: &Path,
+        namespace: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<CtrOutput> {
         let n = self.ctr_count.get() + 1;
         self.ctr_count.set(n);
         let out_dir = self.dir.join("ctr-output");
         std::fs::create_dir_all(&out_dir)?;
         let out_path = out_dir.join(format!("{n}.stdout"));
         let err_path = out_dir.join(format!("{n}.stderr"));
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(program);
         cmd.arg("--address")
             .arg(&self.address)
             .arg("--namespace")
-            .arg(NAMESPACE)
+            .arg(namespace)
             .args(args)
             .env("TMPDIR", self.dir.join("tmp"))
             .env_remove("CONTAINERD_ADDRESS")
@@ -229,7 +243,14 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path)?)
             .stderr(std::fs::File::create(&err_path)?);
-        let shown = format!("ctr {}", shell_words(args));
+        let shown = format!(
+            "{} -n {namespace} {}",
+            program
+                .file_name()
+                .unwrap_or(program.as_os_str())
+                .to_string_lossy(),
+            shell_words(args)
+        );
         let mut child = cmd.spawn().with_context(|| format!("starting {shown}"))?;
         let start = Instant::now();
         let status = loop {

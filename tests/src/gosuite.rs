@@ -61,6 +61,50 @@ fn go_command() -> Command {
     cmd
 }
 
+/// Builds the Go command `package` (an import path found in [`SYSTEM_GOPATH`] or the
+/// harness's GOPATH, e.g. `github.com/containerd/stargz-snapshotter/cmd/ctr-remote`) in
+/// GOPATH mode, without network, into `output` (its directory is created). The build cache
+/// is [`go_cache_dir`], so a second build of the same sources is quick. Fails with go's
+/// output when the build fails, e.g. naming the package that is missing from
+/// `/usr/share/gocode`.
+pub fn build_go_tool(package: &str, output: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(go_cache_dir())
+        .with_context(|| format!("creating {}", go_cache_dir().display()))?;
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let out = go_command()
+        .current_dir(workspace_root())
+        .args(["build", "-o"])
+        .arg(output)
+        .arg(package)
+        .stdin(Stdio::null())
+        .output()
+        .context("running `go build` (is golang-go installed?)")?;
+    if !out.status.success() || !output.exists() {
+        bail!(
+            "`GO111MODULE=off GOPATH={SYSTEM_GOPATH}:{} go build -o {} {package}` failed ({}):\n{}{}",
+            harness_gopath().display(),
+            output.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(output.to_path_buf())
+}
+
+/// Where [`build_go_tool`] callers put tools: `<target>/go-tools/NAME`.
+pub fn go_tool_path(name: &str) -> PathBuf {
+    go_cache_dir()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("go-tools")
+        .join(name)
+}
+
 /// Compiles the harness into `<out_dir>/suite.test` and returns that path.
 pub fn build_suite(out_dir: &Path) -> anyhow::Result<PathBuf> {
     let containerd_src = Path::new(SYSTEM_GOPATH).join("src/github.com/containerd/containerd");

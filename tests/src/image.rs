@@ -6,8 +6,9 @@
 //! 1. `umoci init` + `umoci new` make an empty image in an OCI layout;
 //! 2. layer 1: `/bin/busybox` (Debian's busybox-static) with applet symlinks, `/etc/veil-marker`
 //!    and `/etc/veil-doomed`;
-//! 3. layer 2: adds `/etc/veil-layer2` and deletes `/etc/veil-doomed` (a whiteout), so a
-//!    container sees a union of two lower layers;
+//! 3. layer 2: adds `/etc/veil-layer2` (and any extra files the caller asks for) and
+//!    deletes `/etc/veil-doomed` (a whiteout), so a container sees a union of two lower
+//!    layers;
 //! 4. `umoci config` sets a default command and `PATH`;
 //! 5. the layout directory is written to a tar: the OCI archive. Its `index.json` names the
 //!    manifest with `org.opencontainers.image.ref.name` = the tag. `ctr` 1.6 turns that into
@@ -103,6 +104,17 @@ fn umoci(args: &[&str]) -> anyhow::Result<String> {
 /// OCI archive. `repo` is the repository name the image gets on import (e.g.
 /// `veil.test/demo`), `tag` its tag.
 pub fn build_test_image(work: &Path, repo: &str, tag: &str) -> anyhow::Result<TestImage> {
+    build_test_image_with(work, repo, tag, &[])
+}
+
+/// [`build_test_image`] with `extra` files (absolute path in the image, contents; mode
+/// 0644, parent directories made as needed) added by layer 2.
+pub fn build_test_image_with(
+    work: &Path,
+    repo: &str,
+    tag: &str,
+    extra: &[(&str, &[u8])],
+) -> anyhow::Result<TestImage> {
     let busybox = Path::new(BUSYBOX);
     if !busybox.exists() {
         bail!("{BUSYBOX} is missing: install Debian's busybox-static package");
@@ -145,6 +157,14 @@ pub fn build_test_image(work: &Path, repo: &str, tag: &str) -> anyhow::Result<Te
     // Layer 2: one new file, one deletion.
     let layer2_text = "veil layer two: added on top\n".to_string();
     std::fs::write(etc.join("veil-layer2"), &layer2_text)?;
+    for (path, contents) in extra {
+        let file = rootfs.join(path.trim_start_matches('/'));
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&file, contents).with_context(|| format!("writing {path}"))?;
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    }
     std::fs::remove_file(etc.join("veil-doomed"))?;
     umoci(&[
         "repack",
