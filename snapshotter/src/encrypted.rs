@@ -3,7 +3,11 @@
 //! the layer.
 //!
 //! The layer key is unwrapped with the private keys of the keys directory (JWE
-//! recipients); the decrypting source seeks the AES-256-CTR keystream, so single chunks
+//! recipients) and, when `[decryption] kek_sources` is set, with the key-encryption keys
+//! of CoCo attestation-agent recipients, released by a KBS after attestation (or by the
+//! Confidential Data Hub, or read from files). KEK fetches run on a small runtime of
+//! their own; `open` waits for them (once per kid: KEKs are cached for the daemon's
+//! life). The decrypting source seeks the AES-256-CTR keystream, so single chunks
 //! are fetched and decrypted alone. It sits above the disk cache, which therefore only
 //! ever holds ciphertext. The TOC digest sealed in the wrapped private options
 //! (`veil.toc-digest`) takes precedence over the manifest annotation; with
@@ -12,24 +16,87 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use veil_fusefs::ctr::{CtrDecryptingSource, HmacVerifier};
 use veil_fusefs::source::BlobSource;
+use veil_keyprovider::aa_packet;
+use veil_keyprovider::kbs::attester::{self, AttesterKind};
+use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
+use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
 use veil_keyprovider::keys::KeyRing;
 use veil_keyprovider::ocicrypt::{
     is_encrypted_media_type, layer_cipher_params, plain_media_type, sealed_toc_digest,
     EncryptedLayer,
 };
-use veil_keyprovider::unwrap::unwrap_private_options;
+use veil_keyprovider::unwrap::{unwrap_private_options, unwrap_private_options_with_keks};
 use zeroize::Zeroizing;
 
+use crate::config::{DecryptionConfig, KekSourceKind};
 use crate::registry::BlobDescriptor;
+
+/// Timeout of each KBS / CDH request.
+const KEK_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where decryption keys come from and what an encrypted layer must carry.
 pub struct Decryption {
     keys: Result<Arc<KeyRing>, String>,
     keys_dir: PathBuf,
     require_sealed_toc: bool,
+    /// KEK sources of attestation-agent recipients (none: such recipients are skipped);
+    /// an error if the configuration could not be used.
+    keks: Option<Result<KekRuntime, String>>,
+}
+
+/// The KEK chain and the runtime its fetches run on: a thread of its own, so `open`
+/// (called from async code without awaiting) can wait for a fetch without blocking the
+/// runtime that drives it. The thread ends when this is dropped.
+struct KekRuntime {
+    chain: Arc<KekChain>,
+    handle: tokio::runtime::Handle,
+    _stop: std::sync::mpsc::SyncSender<()>,
+}
+
+impl KekRuntime {
+    /// Starts the runtime thread; `build` makes the chain on it (HTTP clients bind to it).
+    fn start(
+        build: impl FnOnce() -> Result<KekChain, String> + Send + 'static,
+    ) -> Result<Self, String> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(0);
+        std::thread::Builder::new()
+            .name("veil-keks".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("KEK runtime: {e}")));
+                        return;
+                    }
+                };
+                let chain = {
+                    let _entered = runtime.enter();
+                    build()
+                };
+                let _ = ready_tx.send(chain.map(|c| (Arc::new(c), runtime.handle().clone())));
+                // Drive spawned fetches until the owner goes away.
+                runtime.block_on(async move {
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                });
+            })
+            .map_err(|e| format!("KEK runtime thread: {e}"))?;
+        let (chain, handle) = ready_rx
+            .recv()
+            .map_err(|_| "KEK runtime thread ended".to_string())??;
+        Ok(Self {
+            chain,
+            handle,
+            _stop: stop_tx,
+        })
+    }
 }
 
 /// An encrypted layer opened for reading.
@@ -86,8 +153,53 @@ impl std::fmt::Debug for Decryption {
                     .map_err(|_| "unreadable"),
             )
             .field("require_sealed_toc", &self.require_sealed_toc)
+            .field(
+                "kek_sources",
+                &self
+                    .keks
+                    .as_ref()
+                    .map(|k| k.as_ref().map(|r| r.chain.source_names())),
+            )
             .finish()
     }
+}
+
+/// The KEK chain of `config.kek_sources` (built on the KEK runtime).
+fn build_chain(config: &DecryptionConfig) -> Result<KekChain, String> {
+    let mut sources: Vec<Arc<dyn KekSource>> = Vec::new();
+    for kind in &config.kek_sources {
+        match kind {
+            KekSourceKind::File => sources.push(Arc::new(FileKekSource::new(&config.kek_dir))),
+            KekSourceKind::Cdh => sources.push(Arc::new(
+                CdhKekSource::new(&config.cdh_url, KEK_REQUEST_TIMEOUT)
+                    .map_err(|e| format!("kek source cdh: {e}"))?,
+            )),
+            KekSourceKind::Kbs => {
+                let url = config.kbs_url.as_deref().ok_or(
+                    "kek source kbs needs [decryption] kbs_url (the KBS, https://host:port)",
+                )?;
+                let kind: AttesterKind = config
+                    .attester
+                    .parse()
+                    .map_err(|e| format!("[decryption] attester: {e}"))?;
+                let attester = attester::detect(kind, Path::new(attester::DEFAULT_TSM_REPORT_PATH))
+                    .map_err(|e| format!("[decryption] attester {:?}: {e}", config.attester))?;
+                let mut client_config = KbsClientConfig::new(url);
+                client_config.allow_plain_http = config.kbs_allow_plain_http;
+                client_config.timeout = KEK_REQUEST_TIMEOUT;
+                if let Some(ca) = &config.kbs_ca {
+                    client_config.ca_pem = Some(
+                        std::fs::read(ca)
+                            .map_err(|e| format!("[decryption] kbs_ca {}: {e}", ca.display()))?,
+                    );
+                }
+                let client = KbsClient::new(&client_config, attester)
+                    .map_err(|e| format!("kek source kbs: {e}"))?;
+                sources.push(Arc::new(KbsKekSource::new(Arc::new(client))));
+            }
+        }
+    }
+    Ok(KekChain::new(sources))
 }
 
 impl Decryption {
@@ -116,7 +228,28 @@ impl Decryption {
             keys,
             keys_dir: keys_dir.to_path_buf(),
             require_sealed_toc,
+            keks: None,
         }
+    }
+
+    /// Everything `[decryption]` configures: the keys directory, and the KEK sources of
+    /// attestation-agent recipients (`kek_sources`). A KEK configuration that cannot be
+    /// used (no `kbs_url`, no TEE for `attester = "auto"`, an unreadable CA) is logged
+    /// now and reported by every layer that needs a KEK.
+    pub fn from_config(config: &DecryptionConfig) -> Self {
+        let mut decryption = Self::load(&config.keys_dir, config.require_sealed_toc);
+        if !config.kek_sources.is_empty() {
+            let owned = config.clone();
+            let keks = KekRuntime::start(move || build_chain(&owned));
+            match &keks {
+                Ok(k) => {
+                    tracing::info!(sources = ?k.chain.source_names(), "KEK sources configured")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the configured KEK sources"),
+            }
+            decryption.keks = Some(keks);
+        }
+        decryption
     }
 
     /// Whether `desc` is an ocicrypt-encrypted layer.
@@ -141,7 +274,34 @@ impl Decryption {
         })?;
         let enc = EncryptedLayer::from_annotations(&desc.annotations)
             .map_err(|e| format!("encrypted layer {layer}: bad encryption annotations: {e}"))?;
-        let private = unwrap_private_options(layer, &enc, keys).map_err(|e| e.to_string())?;
+        let has_aa = enc.recipients.iter().any(|r| r.scheme == aa_packet::SCHEME);
+        let private = match (&self.keks, has_aa) {
+            (Some(Ok(runtime)), true) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (chain, keys, enc2, name) = (
+                    runtime.chain.clone(),
+                    keys.clone(),
+                    enc.clone(),
+                    layer.to_string(),
+                );
+                runtime.handle.spawn(async move {
+                    let result =
+                        unwrap_private_options_with_keks(&name, &enc2, &keys, &chain).await;
+                    let _ = tx.send(result);
+                });
+                rx.recv()
+                    .map_err(|_| format!("encrypted layer {layer}: the KEK runtime stopped"))?
+                    .map_err(|e| format!("{e} (keys directory {})", self.keys_dir.display()))?
+            }
+            (Some(Err(config_error)), true) => {
+                return Err(format!(
+                    "encrypted layer {layer} has {} recipients but the KEK sources cannot be used: {config_error}",
+                    aa_packet::SCHEME
+                ))
+            }
+            _ => unwrap_private_options(layer, &enc, keys)
+                .map_err(|e| format!("{e} (keys directory {})", self.keys_dir.display()))?,
+        };
         let params = layer_cipher_params(&enc.pubopts, &private)
             .map_err(|e| format!("encrypted layer {layer}: {e}"))?;
         let sealed = sealed_toc_digest(&private)
@@ -175,6 +335,7 @@ mod tests {
     use super::*;
     use veil_fusefs::ctr::hmac_sha256;
     use veil_fusefs::source::MemoryBlob;
+    use veil_keyprovider::ocicrypt::EncryptedLayer;
 
     #[tokio::test]
     async fn whole_layer_hmac_accepts_the_original_and_refuses_a_flipped_byte() {
@@ -188,5 +349,67 @@ mod tests {
         blob[12_345_678] ^= 1;
         let err = check.verify(&MemoryBlob(blob)).await.unwrap_err();
         assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn attestation_agent_layers_use_the_configured_kek_sources() {
+        use veil_keyprovider::aa_packet::AnnotationPacket;
+        use veil_keyprovider::ocicrypt::{
+            PrivateLayerBlockCipherOptions, PublicLayerBlockCipherOptions, Recipient,
+        };
+        use veil_keyprovider::secret::SecretBytes;
+
+        let kid = "kbs:///default/image_key/test";
+        let kek = SecretBytes::new(vec![8u8; 32]);
+        let private = PrivateLayerBlockCipherOptions::generate("sha256:00").unwrap();
+        let layer = EncryptedLayer {
+            pubopts: PublicLayerBlockCipherOptions::new([0; 32]),
+            recipients: vec![Recipient {
+                scheme: aa_packet::SCHEME.into(),
+                wrapped: AnnotationPacket::wrap(kid, &kek, &private.to_json())
+                    .unwrap()
+                    .to_json(),
+            }],
+        };
+        let desc = BlobDescriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted".into(),
+            digest: crate::registry::Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap(),
+            size: 4,
+            annotations: layer.to_annotations(),
+            urls: Vec::new(),
+        };
+        let blob: Arc<dyn BlobSource> = Arc::new(MemoryBlob(vec![0; 4]));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = DecryptionConfig {
+            keys_dir: dir.path().join("keys"),
+            kek_dir: dir.path().join("keks"),
+            kek_sources: vec![KekSourceKind::File],
+            ..DecryptionConfig::default()
+        };
+
+        // Without KEK sources the recipient cannot be used, and the error says so.
+        let plain = Decryption::load(&config.keys_dir, false);
+        let err = plain.open("L", &desc, blob.clone()).err().unwrap();
+        assert!(err.contains("provider.attestation-agent"), "{err}");
+
+        let decryption = Decryption::from_config(&config);
+        let err = decryption.open("L", &desc, blob.clone()).err().unwrap();
+        assert!(
+            err.contains(&format!("no KEK for kid {kid}")) && err.contains("does not exist"),
+            "{err}"
+        );
+        std::fs::create_dir_all(dir.path().join("keks/default/image_key")).unwrap();
+        std::fs::write(dir.path().join("keks/default/image_key/test"), kek.expose()).unwrap();
+        let opened = decryption.open("L", &desc, blob.clone()).unwrap();
+        assert_eq!(
+            opened.plain.media_type,
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+
+        // A kbs source without a URL is a configuration error, reported per layer.
+        config.kek_sources = vec![KekSourceKind::Kbs];
+        let broken = Decryption::from_config(&config);
+        let err = broken.open("L", &desc, blob).err().unwrap();
+        assert!(err.contains("needs [decryption] kbs_url"), "{err}");
     }
 }

@@ -346,11 +346,21 @@ impl LazyLayers {
             let format = classify(desc).map_err(anyhow::Error::msg)?;
             (stored, format)
         };
-        let toc = read_layer_toc(source.as_ref(), &format)
-            .await
-            .with_context(|| format!("reading the TOC of layer {digest}"))?;
-        let tree =
-            Arc::new(LayerTree::build(&toc).with_context(|| format!("indexing layer {digest}"))?);
+        let indexed = async {
+            let toc = read_layer_toc(source.as_ref(), &format)
+                .await
+                .with_context(|| format!("reading the TOC of layer {digest}"))?;
+            let tree =
+                LayerTree::build(&toc).with_context(|| format!("indexing layer {digest}"))?;
+            anyhow::Ok((toc, Arc::new(tree)))
+        }
+        .await;
+        let (toc, tree) = match indexed {
+            Ok(t) => t,
+            // containerd cannot unpack an encrypted layer: no fallback, fail with why.
+            Err(e) if encrypted => return Ok(Resolved::Fail(format!("{e:#}"))),
+            Err(e) => return Err(e),
+        };
         let reader = Arc::new(ChunkReader::new(
             layer.layer_digest.clone(),
             tree,
