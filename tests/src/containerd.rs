@@ -49,9 +49,10 @@ pub struct Containerd {
 /// What [`Containerd::shutdown`] found and did.
 #[derive(Debug, Default, Clone)]
 pub struct Shutdown {
-    /// Tasks that were still there and were killed.
+    /// Tasks that were still there and were killed (`NAMESPACE/ID` outside [`NAMESPACE`]).
     pub tasks_killed: Vec<String>,
-    /// Containers that were still there and were deleted.
+    /// Containers that were still there and were deleted (`NAMESPACE/ID` outside
+    /// [`NAMESPACE`]).
     pub containers_deleted: Vec<String>,
     /// Shim PIDs (command line naming our socket) still alive after containerd stopped;
     /// they were sent SIGKILL. Empty when everything exited by itself.
@@ -197,6 +198,11 @@ impl Containerd {
         self.pid
     }
 
+    /// containerd's root directory (content store, metadata, built-in snapshotters).
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
     /// Runs `ctr --address <ours> -n veil-test ARGS` with [`CTR_TIMEOUT`]; fails with the
     /// command, exit status, stdout and stderr unless it exits with 0.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<CtrOutput> {
@@ -206,6 +212,11 @@ impl Containerd {
     /// Like [`ctr`](Self::ctr) returning only stdout.
     pub fn ctr_stdout(&self, args: &[&str]) -> anyhow::Result<String> {
         Ok(self.ctr(args)?.stdout)
+    }
+
+    /// [`ctr`](Self::ctr) in another namespace.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> anyhow::Result<CtrOutput> {
+        self.ctr_like(Path::new("ctr"), namespace, args, CTR_TIMEOUT)
     }
 
     /// [`ctr`](Self::ctr) with an explicit timeout.
@@ -314,6 +325,18 @@ impl Containerd {
         id: &str,
         cmd: &[&str],
     ) -> anyhow::Result<String> {
+        self.run_container_in(NAMESPACE, snapshotter, image, id, cmd)
+    }
+
+    /// [`run_container`](Self::run_container) in another namespace.
+    pub fn run_container_in(
+        &self,
+        namespace: &str,
+        snapshotter: &str,
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+    ) -> anyhow::Result<String> {
         let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
         args.push("--snapshotter".into());
         args.push(snapshotter.into());
@@ -322,7 +345,7 @@ impl Containerd {
         args.push(id.into());
         args.extend(cmd.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        Ok(self.ctr(&refs)?.stdout)
+        Ok(self.ctr_in(namespace, &refs)?.stdout)
     }
 
     /// `ctr run -d --null-io --snapshotter SNAPSHOTTER IMAGE ID CMD...`: starts a container
@@ -399,35 +422,66 @@ impl Containerd {
         shim_pids_for(&self.address)
     }
 
-    /// Removes what a test left in containerd (tasks, containers), stops containerd, kills
-    /// shims of ours that outlived it, unmounts what is below the test directory and removes
-    /// `/run/containerd` again if it did not exist before. Idempotent.
+    /// Kills and deletes the tasks of `namespace`, then deletes its containers; returns
+    /// the IDs of the tasks and the containers that were there.
+    pub fn clear_namespace(&self, namespace: &str) -> (Vec<String>, Vec<String>) {
+        let quick = Duration::from_secs(30);
+        let ctr = |args: &[&str]| self.ctr_like(Path::new("ctr"), namespace, args, quick);
+        let mut tasks = Vec::new();
+        let mut containers = Vec::new();
+        if let Ok(out) = ctr(&["tasks", "ls", "-q"]) {
+            for id in out.stdout.split_whitespace() {
+                let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+                // The task must have exited before it can be deleted.
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(10) {
+                    if ctr(&["tasks", "delete", id]).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                tasks.push(id.to_string());
+            }
+        }
+        if let Ok(out) = ctr(&["containers", "ls", "-q"]) {
+            for id in out.stdout.split_whitespace() {
+                let _ = ctr(&["containers", "delete", id]);
+                containers.push(id.to_string());
+            }
+        }
+        (tasks, containers)
+    }
+
+    /// Removes what a test left in containerd (tasks, containers, in every namespace), stops
+    /// containerd, kills shims of ours that outlived it, unmounts what is below the test
+    /// directory and removes `/run/containerd` again if it did not exist before. Idempotent.
     pub fn shutdown(&mut self) -> Shutdown {
         let mut report = Shutdown::default();
         let Some(mut guard) = self.guard.take() else {
             return report;
         };
         if guard.check_running().is_ok() {
-            let quick = Duration::from_secs(30);
-            if let Ok(out) = self.ctr_timeout(&["tasks", "ls", "-q"], quick) {
-                for id in out.stdout.split_whitespace() {
-                    let _ = self.ctr_timeout(&["tasks", "kill", "-s", "SIGKILL", id], quick);
-                    // The task must have exited before it can be deleted.
-                    let start = Instant::now();
-                    while start.elapsed() < Duration::from_secs(10) {
-                        if self.ctr_timeout(&["tasks", "delete", id], quick).is_ok() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    report.tasks_killed.push(id.to_string());
-                }
+            // Every namespace of this containerd (a test may use more than ours).
+            let mut namespaces: Vec<String> = self
+                .ctr_timeout(&["namespaces", "ls", "-q"], Duration::from_secs(30))
+                .map(|o| o.stdout.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default();
+            if !namespaces.iter().any(|n| n == NAMESPACE) {
+                namespaces.push(NAMESPACE.to_string());
             }
-            if let Ok(out) = self.ctr_timeout(&["containers", "ls", "-q"], quick) {
-                for id in out.stdout.split_whitespace() {
-                    let _ = self.ctr_timeout(&["containers", "delete", id], quick);
-                    report.containers_deleted.push(id.to_string());
-                }
+            for ns in &namespaces {
+                let (tasks, containers) = self.clear_namespace(ns);
+                let name = |id: String| {
+                    if ns == NAMESPACE {
+                        id
+                    } else {
+                        format!("{ns}/{id}")
+                    }
+                };
+                report.tasks_killed.extend(tasks.into_iter().map(name));
+                report
+                    .containers_deleted
+                    .extend(containers.into_iter().map(name));
             }
         }
         // Shims exit once their task is deleted; give them a moment before containerd goes.

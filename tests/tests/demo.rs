@@ -1,10 +1,14 @@
 //! The demo's flow (`veil-demo`, `veil_tests::lazy_scenario`) as a test: registry on
 //! loopback, an eStargz image pushed to it, `veil pull`, containers run lazily with `ctr
 //! run --snapshotter veil`, `veil status`, veil-snapshotter restarted, a container run
-//! again, everything cleaned up.
+//! again; then the status quo side by side (the same image pulled by containerd itself into
+//! overlayfs, the same container run from it, all of it removed again); everything cleaned
+//! up.
 //!
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static and FUSE. Run with
 //! `cargo test -p veil-tests --test demo -- --nocapture`.
+
+use std::time::Duration;
 
 use veil_tests::lazy_scenario::{self, percent, Binaries, Options};
 
@@ -104,6 +108,60 @@ fn demo_flow_starts_a_container_lazily_across_a_restart() {
         "the container's output after the restart"
     );
 
+    // The status quo: containerd's own pull downloaded every layer whole, the container on
+    // overlayfs printed the same, and nothing of it is left. Both paths' times are in the
+    // report; they are printed, not compared (timing belongs in benchmarks).
+    let sq = &report.status_quo;
+    assert_eq!(sq.failure, None, "the status-quo path failed");
+    assert_eq!(sq.namespace, lazy_scenario::STATUS_QUO_NAMESPACE);
+    assert_eq!(sq.pull_fetched.len(), report.layers.len());
+    for (l, got) in report.layers.iter().zip(&sq.pull_fetched) {
+        assert!(
+            *got >= l.size,
+            "ctr images pull fetched {got} of layer {}'s {} bytes",
+            l.digest,
+            l.size
+        );
+    }
+    assert!(percent(sq.pull_fetched_total(), total) >= 100.0);
+    assert_eq!(
+        sq.content_disk, total,
+        "layer blobs in containerd's content store"
+    );
+    assert!(
+        sq.snapshots >= report.layers.len(),
+        "{} overlayfs snapshots after the pull",
+        sq.snapshots
+    );
+    let ctr_small = sq.small.as_ref().expect("the container ran on overlayfs");
+    assert_eq!(
+        ctr_small.output.as_deref(),
+        Ok(report.small_expected.as_str()),
+        "the container's output on overlayfs"
+    );
+    assert_eq!(ctr_small.fetched_total(), 0, "overlayfs run fetched bytes");
+    assert!(
+        sq.left_after_cleanup.is_empty(),
+        "left after removing the status quo: {:?}",
+        sq.left_after_cleanup
+    );
+    assert!(report.pull_time > Duration::ZERO && sq.pull_time > Duration::ZERO);
+    let ctr_cold = sq.cold_start().expect("the status quo's cold start");
+    assert!(ctr_cold >= sq.pull_time);
+    assert!(report.veil_cold_start() >= report.pull_time);
+    eprintln!(
+        "[demo] pull: veil {:.2?}, ctr {:.2?}; cold start: veil {:.2?}, ctr {:.2?}; layer bytes \
+         served: veil {} ({:.2} %), ctr {} ({:.2} %)",
+        report.pull_time,
+        sq.pull_time,
+        report.veil_cold_start(),
+        ctr_cold,
+        report.served_through_small(),
+        percent(report.served_through_small(), total),
+        sq.served_through_small(),
+        percent(sq.served_through_small(), total)
+    );
+
     // Clean-up.
     assert!(
         report.veil_final_exit.map(|e| e.success()).unwrap_or(false),
@@ -131,6 +189,7 @@ fn demo_flow_starts_a_container_lazily_across_a_restart() {
         report
             .steps
             .iter()
+            .chain(&report.status_quo.steps)
             .map(|s| format!("{} {:.2?} {} B", s.step, s.time, s.layer_bytes))
             .collect::<Vec<_>>()
             .join("; ")

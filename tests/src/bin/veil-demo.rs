@@ -6,7 +6,10 @@
 //! writer and pushes it, starts veil-snapshotter and a private containerd (its own root,
 //! state and socket; a system containerd, if any, is not touched), pulls the image with
 //! `veil pull`, runs containers from it with `ctr run --snapshotter veil` while counting the
-//! bytes the registry serves, restarts the snapshotter and runs a container again, and
+//! bytes the registry serves, restarts the snapshotter and runs a container again. Then,
+//! side by side, the status quo: the same image pulled by containerd itself (`ctr images
+//! pull`, every layer downloaded and unpacked into overlayfs) and the same container run
+//! from it, with both paths' pull and cold-start times and registry bytes compared. Then it
 //! cleans everything up. The flow itself is `veil_tests::lazy_scenario`, which the `demo`
 //! test runs too.
 //!
@@ -17,11 +20,15 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use veil_tests::containerd::SNAPSHOTTER;
 use veil_tests::lazy_image::LayerFormat;
-use veil_tests::lazy_scenario::{self, human, percent, secs, Binaries, LazyReport, Options};
+use veil_tests::lazy_scenario::{
+    self, human, percent, ratio, secs, times, Binaries, LazyReport, Options, StepCost,
+    DEFAULT_SNAPSHOTTER,
+};
 use veil_tests::scenario::{self, indent};
 
 /// Veil's demo: start a container from a registry image without downloading its layers.
@@ -35,7 +42,11 @@ use veil_tests::scenario::{self, indent};
 /// a container that reads two small files and one that computes the large file's SHA-256,
 /// showing after each how many layer bytes the registry served. It shows `veil status`,
 /// restarts veil-snapshotter (which mounts its lazy layers again) and runs the first
-/// container once more, then prints a table of each step's time and fetched bytes.
+/// container once more. For comparison it then pulls the same image the usual way, with
+/// containerd's own `ctr images pull` into its overlayfs snapshotter (in a namespace of its
+/// own, removed afterwards), and runs the same container from it. It prints a table of each
+/// step's time and fetched bytes, and Veil's pull and cold-start times and registry bytes
+/// against the status quo's.
 ///
 /// Needs root, containerd, runc, docker-registry, busybox-static and FUSE (`scripts/setup`
 /// installs them). Exits with 0 when every check passed.
@@ -166,36 +177,13 @@ fn show_lazy_summary(r: &LazyReport) -> bool {
         r.layers_in_content_store.len()
     );
     println!();
-    println!(
-        "    {:<34} {:>9} {:>10}   FETCHED SO FAR (OF THE LAYERS)",
-        "STEP", "TIME", "FETCHED"
-    );
-    let mut so_far = 0u64;
-    let mut time = std::time::Duration::ZERO;
-    for s in &r.steps {
-        so_far += s.layer_bytes;
-        time += s.time;
-        println!(
-            "    {:<34} {:>9} {:>10}   {:>9} ({:.2} %)",
-            s.step,
-            secs(s.time),
-            human(s.layer_bytes),
-            human(so_far),
-            percent(so_far, total)
-        );
-    }
-    println!(
-        "    {:<34} {:>9} {:>10}   of {} in the layers",
-        "total",
-        secs(time),
-        human(so_far),
-        human(total)
-    );
+    print_steps(&r.steps, total);
     println!(
         "    (FETCHED: layer-blob bytes the registry served during the step, from its access \
          log.)"
     );
     println!();
+    show_status_quo(r);
     let served = r.served_through_small();
     let (big_served, big_size) = r.big_layer_served_through_small();
     println!(
@@ -281,6 +269,104 @@ fn show_lazy_summary(r: &LazyReport) -> bool {
         }
         false
     }
+}
+
+/// A table of steps: time, layer bytes fetched, and fetched so far against `total`.
+fn print_steps(steps: &[StepCost], total: u64) {
+    println!(
+        "    {:<34} {:>9} {:>10}   FETCHED SO FAR (OF THE LAYERS)",
+        "STEP", "TIME", "FETCHED"
+    );
+    let mut so_far = 0u64;
+    let mut time = Duration::ZERO;
+    for s in steps {
+        so_far += s.layer_bytes;
+        time += s.time;
+        println!(
+            "    {:<34} {:>9} {:>10}   {:>9} ({:.2} %)",
+            s.step,
+            secs(s.time),
+            human(s.layer_bytes),
+            human(so_far),
+            percent(so_far, total)
+        );
+    }
+    println!(
+        "    {:<34} {:>9} {:>10}   of {} in the layers",
+        "total",
+        secs(time),
+        human(so_far),
+        human(total)
+    );
+}
+
+/// The status quo's steps, and Veil against it.
+fn show_status_quo(r: &LazyReport) {
+    let sq = &r.status_quo;
+    let total = r.layer_bytes_total();
+    println!(
+        "The status quo, side by side: the same image pulled by containerd itself (`ctr images \
+         pull --plain-http`, snapshotter {DEFAULT_SNAPSHOTTER}, namespace {}), after Veil's \
+         path:",
+        sq.namespace
+    );
+    println!();
+    print_steps(&sq.steps, total);
+    println!();
+    let cell = |d: Option<Duration>| d.map_or_else(|| "failed".to_string(), secs);
+    let t_ratio = |a: Option<Duration>, b: Duration| {
+        times(a.and_then(|a| ratio(a.as_secs_f64(), b.as_secs_f64())))
+    };
+    let ctr_pull = sq.pull_output.is_ok().then_some(sq.pull_time);
+    let veil_cold = r.veil_cold_start();
+    let ctr_cold = sq.cold_start();
+    let veil_bytes = r.served_through_small();
+    let ctr_bytes = sq.served_through_small();
+    println!(
+        "    {:<40} {:>18} {:>20}   CTR / VEIL",
+        "VEIL AGAINST THE STATUS QUO", "VEIL", "CTR PULL+OVERLAYFS"
+    );
+    println!(
+        "    {:<40} {:>18} {:>20}   {}",
+        "pull",
+        secs(r.pull_time),
+        cell(ctr_pull),
+        t_ratio(ctr_pull, r.pull_time)
+    );
+    println!(
+        "    {:<40} {:>18} {:>20}   {}",
+        "cold start: pull + small-file container",
+        secs(veil_cold),
+        cell(ctr_cold),
+        t_ratio(ctr_cold, veil_cold)
+    );
+    println!(
+        "    {:<40} {:>18} {:>20}   {}",
+        "layer bytes served by then",
+        format!(
+            "{} ({:.2} %)",
+            human(veil_bytes),
+            percent(veil_bytes, total)
+        ),
+        format!("{} ({:.2} %)", human(ctr_bytes), percent(ctr_bytes, total)),
+        times(ratio(ctr_bytes as f64, veil_bytes as f64))
+    );
+    println!(
+        "    (Times are one run's wall-clock times on this machine, registry on loopback; \
+         bytes from the registry's access log.)"
+    );
+    println!(
+        "The status quo also kept {} of layer blobs and {} of unpacked files on disk until it \
+         was removed; {}.",
+        human(sq.content_disk),
+        human(sq.overlay_disk),
+        if sq.left_after_cleanup.is_empty() {
+            "nothing of it is left".to_string()
+        } else {
+            format!("LEFT BEHIND: {}", sq.left_after_cleanup.join("; "))
+        }
+    );
+    println!();
 }
 
 /// The older registry-free flow (`--import`).
