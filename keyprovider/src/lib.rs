@@ -4,17 +4,27 @@
 //!   options (and Veil's sealed TOC digest);
 //! - [`keys`]: private keys from a keys directory (PEM, DER, JWK; RSA and EC), public keys;
 //! - [`jwe`]: JWE recipients: unwrap with a private key, wrap to public keys;
-//! - [`unwrap`]: a layer's private options from its recipients and a key ring;
+//! - [`aa_packet`]: CoCo attestation-agent recipients (annotation packets v1/v2,
+//!   AES-256-GCM key wrapping with a KEK named by `kid`);
+//! - [`kek`]: KEK sources (`file`, `cdh`, `kbs`) chained in order, with an in-memory cache;
+//! - [`kbs`]: the KBS attestation client (RCAR 0.4.0 on `kbs-types`), TEE keys, attesters
+//!   (`sample`, TDX / SEV-SNP through configfs-tsm);
+//! - [`provider_protocol`]: the ocicrypt keyprovider protocol's JSON (WrapKey /
+//!   UnWrapKey) for the `attestation-agent` provider, Go and Rust byte encodings;
+//! - [`unwrap`]: a layer's private options from its recipients, a key ring and KEK sources;
 //! - [`secret`]: zeroizing byte strings and ocicrypt's base64 JSON encoding.
 //!
 //! Key material lives in zeroizing buffers (or in OpenSSL, which clears keys when freed)
-//! and no `Debug` or error output of this crate contains any of it. The attestation-agent
-//! recipient, the KBS client and the TEE attesters are tracked as their own issues.
+//! and no `Debug` or error output of this crate contains any of it.
 
 #![warn(missing_docs)]
 
+pub mod aa_packet;
 pub mod jwe;
+pub mod kbs;
+pub mod kek;
 pub mod keys;
 pub mod ocicrypt;
+pub mod provider_protocol;
 pub mod secret;
 pub mod unwrap;

@@ -1,16 +1,23 @@
 //! Unwrapping a layer's private options: every recipient entry against every key.
 //!
-//! Only JWE recipients can be unwrapped here (with the keys of a [`KeyRing`]); entries of
-//! other schemes (`pkcs7`, `pgp`, `pkcs11`, `provider.*`) are counted and named in the
-//! error, so a layer that nobody here can open fails with a message that says which
-//! recipients it has and which key files were tried. Errors never hold key material.
+//! JWE recipients are unwrapped with the keys of a [`KeyRing`]
+//! ([`unwrap_private_options`]); with a [`KekChain`] as well
+//! ([`unwrap_private_options_with_keks`]), CoCo attestation-agent recipients
+//! (`provider.attestation-agent`) are unwrapped with the KEK their `kid` names, fetched from
+//! the chain's sources (KBS, CDH, files). Entries of other schemes (`pkcs7`, `pgp`,
+//! `pkcs11`, other `provider.*`) are counted and named in the error, so a layer that
+//! nobody here can open fails with a message that says which recipients it has, which key
+//! files, kids and KEK sources were tried and what each answered. Errors never hold key
+//! material.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::aa_packet::{self, AnnotationPacket};
 use crate::jwe;
+use crate::kek::KekChain;
 use crate::keys::KeyRing;
 use crate::ocicrypt::{
     layer_cipher_params, EncryptedLayer, OptionsError, PrivateLayerBlockCipherOptions,
@@ -37,6 +44,20 @@ pub enum UnwrapError {
         /// What is wrong.
         source: Box<OptionsError>,
     },
+    /// An attestation-agent recipient unwrapped, but what it held is not usable private
+    /// options.
+    #[error(
+        "layer {layer}: the {} recipient with kid {kid} holds unusable private options: {source}",
+        aa_packet::SCHEME
+    )]
+    BadAaOptions {
+        /// The layer (as named by the caller).
+        layer: String,
+        /// The packet's kid.
+        kid: String,
+        /// What is wrong.
+        source: Box<OptionsError>,
+    },
 }
 
 /// The details of [`UnwrapError::NoKey`].
@@ -50,6 +71,12 @@ pub struct NoKeyError {
     pub key_files: Vec<PathBuf>,
     /// Files of the keys directory that were skipped as public material.
     pub ignored_files: Vec<PathBuf>,
+    /// The KEK sources of the chain, in order (empty when no chain was given).
+    pub kek_sources: Vec<String>,
+    /// The kids of the attestation-agent entries tried (empty when no chain was given).
+    pub kids: Vec<String>,
+    /// Whether attestation-agent entries were tried (a KEK chain was given).
+    pub kek_chain: bool,
     /// One line per failed (entry, key) attempt, without secrets.
     pub attempts: Vec<String>,
 }
@@ -85,18 +112,36 @@ impl fmt::Display for NoKeyError {
                 .collect();
             write!(f, " (skipped, public only: {})", files.join(", "))?;
         }
+        if self.kek_chain {
+            if self.kek_sources.is_empty() {
+                write!(f, "; no KEK source configured")?;
+            } else {
+                write!(f, "; KEK sources: {}", self.kek_sources.join(", "))?;
+            }
+            if !self.kids.is_empty() {
+                write!(f, "; kids tried: {}", self.kids.join(", "))?;
+            }
+        }
         let unsupported: Vec<&str> = self
             .schemes
             .iter()
             .map(|(s, _)| s.as_str())
-            .filter(|s| *s != jwe::SCHEME)
+            .filter(|s| *s != jwe::SCHEME && (!self.kek_chain || *s != aa_packet::SCHEME))
             .collect();
         if !unsupported.is_empty() {
-            write!(
-                f,
-                "; schemes Veil cannot unwrap with local keys: {}",
-                unsupported.join(", ")
-            )?;
+            if self.kek_chain {
+                write!(
+                    f,
+                    "; schemes Veil cannot unwrap: {}",
+                    unsupported.join(", ")
+                )?;
+            } else {
+                write!(
+                    f,
+                    "; schemes Veil cannot unwrap with local keys: {}",
+                    unsupported.join(", ")
+                )?;
+            }
         }
         if !self.attempts.is_empty() {
             let shown: Vec<&str> = self
@@ -117,13 +162,80 @@ impl fmt::Display for NoKeyError {
 /// Unwraps the private options of `layer` (named `layer_name` in errors) with the keys of
 /// `keys`: every JWE entry is tried with every key, in order; the first that decrypts
 /// wins. The options returned have been checked to give a usable key, nonce and HMAC
-/// ([`layer_cipher_params`]).
+/// ([`layer_cipher_params`]). Attestation-agent entries are not tried (see
+/// [`unwrap_private_options_with_keks`]).
 pub fn unwrap_private_options(
     layer_name: &str,
     layer: &EncryptedLayer,
     keys: &KeyRing,
 ) -> Result<PrivateLayerBlockCipherOptions, UnwrapError> {
     let mut attempts = Vec::new();
+    if let Some(options) = try_jwe(layer_name, layer, keys, &mut attempts)? {
+        return Ok(options);
+    }
+    Err(no_key(layer_name, layer, keys, None, Vec::new(), attempts))
+}
+
+/// Like [`unwrap_private_options`], and then every `provider.attestation-agent` entry with
+/// the KEK its `kid` names, from `keks` (asked in order, cached for the process's life).
+/// Local JWE keys are tried first, so a layer that has both kinds of recipients needs no
+/// attestation when a local key opens it.
+pub async fn unwrap_private_options_with_keks(
+    layer_name: &str,
+    layer: &EncryptedLayer,
+    keys: &KeyRing,
+    keks: &KekChain,
+) -> Result<PrivateLayerBlockCipherOptions, UnwrapError> {
+    let mut attempts = Vec::new();
+    if let Some(options) = try_jwe(layer_name, layer, keys, &mut attempts)? {
+        return Ok(options);
+    }
+    let mut kids = Vec::new();
+    for (index, recipient) in layer.recipients.iter().enumerate() {
+        if recipient.scheme != aa_packet::SCHEME {
+            continue;
+        }
+        let packet = match AnnotationPacket::from_json(&recipient.wrapped) {
+            Ok(p) => p,
+            Err(e) => {
+                attempts.push(format!("{} entry {index}: {e}", aa_packet::SCHEME));
+                continue;
+            }
+        };
+        if !kids.contains(&packet.kid) {
+            kids.push(packet.kid.clone());
+        }
+        let kek = match keks.get(&packet.kid).await {
+            Ok(kek) => kek,
+            Err(e) => {
+                attempts.push(format!("{} entry {index}: {e}", aa_packet::SCHEME));
+                continue;
+            }
+        };
+        match packet.unwrap(&kek) {
+            Ok(json) => {
+                let bad = |source: OptionsError| UnwrapError::BadAaOptions {
+                    layer: layer_name.to_string(),
+                    kid: packet.kid.clone(),
+                    source: Box::new(source),
+                };
+                let options = PrivateLayerBlockCipherOptions::from_json(&json).map_err(bad)?;
+                layer_cipher_params(&layer.pubopts, &options).map_err(bad)?;
+                return Ok(options);
+            }
+            Err(e) => attempts.push(format!("{} entry {index}: {e}", aa_packet::SCHEME)),
+        }
+    }
+    Err(no_key(layer_name, layer, keys, Some(keks), kids, attempts))
+}
+
+/// Every JWE entry with every key; `Ok(None)` when none opened.
+fn try_jwe(
+    layer_name: &str,
+    layer: &EncryptedLayer,
+    keys: &KeyRing,
+    attempts: &mut Vec<String>,
+) -> Result<Option<PrivateLayerBlockCipherOptions>, UnwrapError> {
     for (index, recipient) in layer.recipients.iter().enumerate() {
         if recipient.scheme != jwe::SCHEME {
             continue;
@@ -139,7 +251,7 @@ pub fn unwrap_private_options(
                     };
                     let options = PrivateLayerBlockCipherOptions::from_json(&json).map_err(bad)?;
                     layer_cipher_params(&layer.pubopts, &options).map_err(bad)?;
-                    return Ok(options);
+                    return Ok(Some(options));
                 }
                 Err(e) => attempts.push(format!(
                     "jwe entry {index} with {} ({}): {e}",
@@ -149,6 +261,17 @@ pub fn unwrap_private_options(
             }
         }
     }
+    Ok(None)
+}
+
+fn no_key(
+    layer_name: &str,
+    layer: &EncryptedLayer,
+    keys: &KeyRing,
+    keks: Option<&KekChain>,
+    kids: Vec<String>,
+    attempts: Vec<String>,
+) -> UnwrapError {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for recipient in &layer.recipients {
         *counts.entry(recipient.scheme.as_str()).or_default() += 1;
@@ -157,13 +280,16 @@ pub fn unwrap_private_options(
         .into_iter()
         .map(|(s, n)| (s.to_string(), n))
         .collect();
-    Err(UnwrapError::NoKey(Box::new(NoKeyError {
+    UnwrapError::NoKey(Box::new(NoKeyError {
         layer: layer_name.to_string(),
         schemes,
         key_files: keys.files(),
         ignored_files: keys.ignored().iter().map(|(p, _)| p.clone()).collect(),
+        kek_sources: keks.map(KekChain::source_names).unwrap_or_default(),
+        kids,
+        kek_chain: keks.is_some(),
         attempts,
-    })))
+    }))
 }
 
 #[cfg(test)]
@@ -241,6 +367,84 @@ mod tests {
                 && text.contains("a.pem")
                 && text.contains("symkey is 3 bytes"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn attestation_agent_entries_use_the_kek_chain() {
+        use std::sync::Arc;
+
+        use crate::kek::{FileKekSource, KekSource};
+        use crate::secret::SecretBytes;
+
+        let private = PrivateLayerBlockCipherOptions::generate("sha256:00").unwrap();
+        let kek = SecretBytes::new(vec![3u8; 32]);
+        let kid = "kbs:///default/image_key/test";
+        let packet = AnnotationPacket::wrap(kid, &kek, &private.to_json()).unwrap();
+        let stale = AnnotationPacket::wrap("kbs:///default/image_key/old", &kek, b"{}").unwrap();
+        let layer = EncryptedLayer {
+            pubopts: PublicLayerBlockCipherOptions::new([1; 32]),
+            recipients: vec![
+                recipient("pkcs7", b"cms".to_vec()),
+                recipient(aa_packet::SCHEME, b"not json".to_vec()),
+                recipient(aa_packet::SCHEME, stale.to_json()),
+                recipient(aa_packet::SCHEME, packet.to_json()),
+            ],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("default/image_key")).unwrap();
+        let ring = KeyRing::from_keys(vec![key("a.pem")]);
+
+        // Without the KEK file: the error names schemes, kids, sources and answers.
+        let sources: Vec<Arc<dyn KekSource>> = vec![Arc::new(FileKekSource::new(dir.path()))];
+        let chain = KekChain::new(sources.clone());
+        let err = unwrap_private_options_with_keks("L", &layer, &ring, &chain)
+            .await
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "layer L",
+            "pkcs7 ×1, provider.attestation-agent ×3",
+            "key files tried: a.pem",
+            &format!("KEK sources: file:{}", dir.path().display()),
+            "kids tried: kbs:///default/image_key/old, kbs:///default/image_key/test",
+            "schemes Veil cannot unwrap: pkcs7;",
+            "entry 1: malformed attestation-agent annotation packet",
+            "entry 3: no KEK for kid kbs:///default/image_key/test",
+            "default/image_key/test does not exist",
+        ] {
+            assert!(err.contains(needle), "{needle:?} missing from: {err}");
+        }
+        // The sync (JWE-only) variant still says it cannot use these entries.
+        let err = unwrap_private_options("L", &layer, &ring)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot unwrap with local keys: pkcs7, provider.attestation-agent"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("default/image_key/test"), kek.expose()).unwrap();
+        std::fs::write(dir.path().join("default/image_key/old"), [9u8; 32]).unwrap();
+        let chain = KekChain::new(sources);
+        let got = unwrap_private_options_with_keks("L", &layer, &ring, &chain)
+            .await
+            .unwrap();
+        assert_eq!(got, private);
+
+        // An entry that unwraps to something unusable is an error naming the kid.
+        let junk = AnnotationPacket::wrap(kid, &kek, b"{\"symkey\":\"AAAA\"}").unwrap();
+        let layer = EncryptedLayer {
+            pubopts: PublicLayerBlockCipherOptions::new([1; 32]),
+            recipients: vec![recipient(aa_packet::SCHEME, junk.to_json())],
+        };
+        let err = unwrap_private_options_with_keks("L", &layer, &ring, &chain)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kid kbs:///default/image_key/test holds unusable private options"),
+            "{err}"
         );
     }
 }

@@ -52,6 +52,23 @@ impl Default for Config {
 /// Default directory of private keys for encrypted layers (containerd's).
 pub const DEFAULT_KEYS_DIR: &str = "/etc/containerd/ocicrypt/keys";
 
+/// Default directory of KEK files for the `file` KEK source.
+pub const DEFAULT_KEK_DIR: &str = "/etc/veil/keks";
+/// Default address of CoCo's Confidential Data Hub resource API.
+pub const DEFAULT_CDH_URL: &str = "http://127.0.0.1:8006";
+
+/// A place KEKs of attestation-agent (CoCo) recipients come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KekSourceKind {
+    /// Attest to the KBS at `kbs_url` and fetch the resource the kid names.
+    Kbs,
+    /// Ask CoCo's Confidential Data Hub (`cdh_url`), where guest-components run.
+    Cdh,
+    /// Read `<kek_dir>/<repo>/<type>/<tag>` (tests, machines without a TEE).
+    File,
+}
+
 /// `[decryption]`: keys for ocicrypt-encrypted layers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +77,23 @@ pub struct DecryptionConfig {
     pub keys_dir: PathBuf,
     /// Refuse encrypted layers whose wrapped options carry no sealed TOC digest.
     pub require_sealed_toc: bool,
+    /// KEK sources for `provider.attestation-agent` recipients, asked in this order
+    /// (empty: such recipients are not unwrapped).
+    pub kek_sources: Vec<KekSourceKind>,
+    /// The KBS (`https://host:port`) of the `kbs` source.
+    pub kbs_url: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the KBS, besides the system's.
+    pub kbs_ca: Option<PathBuf>,
+    /// Allow a plain `http://` `kbs_url` (tests only: the KBS answer is encrypted to the
+    /// TEE key, but the exchange is not authenticated).
+    pub kbs_allow_plain_http: bool,
+    /// The attester of the `kbs` source: `auto` (the configfs-tsm provider), `tdx`,
+    /// `snp`, or `sample` (tests only; never chosen by `auto`).
+    pub attester: String,
+    /// The Confidential Data Hub of the `cdh` source.
+    pub cdh_url: String,
+    /// The directory of the `file` source.
+    pub kek_dir: PathBuf,
 }
 
 impl Default for DecryptionConfig {
@@ -67,6 +101,13 @@ impl Default for DecryptionConfig {
         Self {
             keys_dir: PathBuf::from(DEFAULT_KEYS_DIR),
             require_sealed_toc: false,
+            kek_sources: Vec::new(),
+            kbs_url: None,
+            kbs_ca: None,
+            kbs_allow_plain_http: false,
+            attester: "auto".into(),
+            cdh_url: DEFAULT_CDH_URL.into(),
+            kek_dir: PathBuf::from(DEFAULT_KEK_DIR),
         }
     }
 }
@@ -219,6 +260,24 @@ mod tests {
         assert_eq!(c.disk_cache_dir(), PathBuf::from("/fast/veil"));
         assert_eq!(c.lazy.background_rate, 1 << 20);
         assert!(c.lazy.prefetch && c.lazy.background_fetch);
+    }
+
+    #[test]
+    fn kek_sources() {
+        let c = Config::from_toml(
+            "[decryption]\nkek_sources = [\"kbs\", \"file\"]\nkbs_url = \"https://kbs:8080\"\nattester = \"sample\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.decryption.kek_sources,
+            [KekSourceKind::Kbs, KekSourceKind::File]
+        );
+        assert_eq!(c.decryption.kbs_url.as_deref(), Some("https://kbs:8080"));
+        let e = Config::from_toml("[decryption]\nkek_sources = [\"vault\"]\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vault"), "{e}");
     }
 
     #[test]

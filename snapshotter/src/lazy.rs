@@ -178,10 +178,7 @@ impl LazyOptions {
                 0 => None,
                 rate => Some(RateLimiter::new(rate)),
             },
-            decryption: Some(Arc::new(Decryption::load(
-                &config.decryption.keys_dir,
-                config.decryption.require_sealed_toc,
-            ))),
+            decryption: Some(Arc::new(Decryption::from_config(&config.decryption))),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod binaries;
 pub mod containerd;
 pub mod gosuite;
 pub mod image;
+pub mod kbs_server;
 pub mod lazy_image;
 pub mod lazy_scenario;
 pub mod lazy_stack;
