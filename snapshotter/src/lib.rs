@@ -8,6 +8,7 @@
 //! TOML configuration.
 
 pub mod config;
+pub mod convert;
 pub mod encrypted;
 pub mod error;
 pub mod filters;

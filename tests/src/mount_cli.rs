@@ -63,18 +63,26 @@ impl VeilMount {
     /// `veil mount --plain-http --state-dir STATE REF DIR`. Remembers the serving PID when
     /// it succeeds.
     pub fn mount(&mut self, reference: &str) -> anyhow::Result<Output> {
+        self.mount_with(reference, &[])
+    }
+
+    /// [`mount`](Self::mount) with `extra` options before REF (e.g. `--keys-dir DIR`).
+    pub fn mount_with(
+        &mut self,
+        reference: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Output> {
         let (state, dir) = (self.state_dir.clone(), self.dir.clone());
-        let out = self.veil(
-            &[
-                "mount".as_ref(),
-                "--plain-http".as_ref(),
-                "--state-dir".as_ref(),
-                state.as_os_str(),
-                reference.as_ref(),
-                dir.as_os_str(),
-            ],
-            MOUNT_TIMEOUT,
-        )?;
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "mount".as_ref(),
+            "--plain-http".as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(reference.as_ref());
+        args.push(dir.as_os_str());
+        let out = self.veil(&args, MOUNT_TIMEOUT)?;
         if out.status.success() {
             self.pid = parse_serving_pid(&String::from_utf8_lossy(&out.stdout));
         }

@@ -194,6 +194,10 @@ pub(crate) fn landmark(name: &str) -> Planned {
     h.set_size(1);
     h.set_mode(0);
     h.set_mtime(0);
+    // Numeric fields as octal zeros (as Go's archive/tar writes them), not left NUL:
+    // strict readers (Rust's tar crate) refuse an empty uid or gid field.
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_cksum();
     let mut meta = Entry::new(name, EntryKind::Reg);
     meta.size = 1;

@@ -166,6 +166,10 @@ fn toc_tar(json: &[u8]) -> Vec<u8> {
     h.set_size(json.len() as u64);
     h.set_mode(0);
     h.set_mtime(0);
+    // Numeric fields as octal zeros (as Go's archive/tar writes them), not left NUL:
+    // strict readers (Rust's tar crate) refuse an empty uid or gid field.
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_cksum();
     let mut out = h.as_bytes().to_vec();
     out.extend_from_slice(json);

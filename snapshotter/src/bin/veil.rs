@@ -1,6 +1,7 @@
 //! `veil`: the command-line tool: `pull` into containerd, `mount`/`umount` an image
-//! without containerd, `status` of the daemon. Later commands (convert, inspect, bench,
-//! keys) arrive with the issues that build them.
+//! without containerd, `status` of the daemon, `convert` an image into a lazily
+//! pullable (encrypted) one and `inspect` one. Later commands (bench, keys) arrive with
+//! the issues that build them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,17 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Convert an image into a lazily pullable one (eStargz or zstd:chunked), optionally
+    /// encrypted (ocicrypt, JWE and/or CoCo KBS recipients), and store it.
+    ///
+    /// SRC and DST are registry references or OCI layouts (oci:DIR[:TAG]). Each layer is
+    /// rewritten (and encrypted with a fresh key when asked); blobs DST already has are
+    /// not stored again; the manifest is stored last, so DST's tag never names a
+    /// half-written image. Without --encrypt the output is deterministic.
+    Convert(veil_snapshotter::convert::cli::ConvertArgs),
+    /// Show an image's layers: media type, format, sizes, chunk count, encryption
+    /// (recipients, kids), and whether Veil can mount each lazily (and if not, why).
+    Inspect(veil_snapshotter::convert::cli::InspectArgs),
     /// Show what the running veil-snapshotter serves: layers, bytes fetched, cache use.
     Status {
         /// The daemon's status socket (beside its snapshots socket).
@@ -358,5 +370,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { address, json } => run_status(&address, json),
+        Command::Convert(args) => veil_snapshotter::convert::cli::run_convert(args),
+        Command::Inspect(args) => veil_snapshotter::convert::cli::run_inspect(args),
     }
 }

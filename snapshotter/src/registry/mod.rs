@@ -7,6 +7,8 @@
 //! - [`blob`] — [`RegistryBlob`], a [`veil_fusefs::source::BlobSource`] over HTTP ranges.
 //! - `auth`, [`challenge`], [`credentials`] — token and Basic auth, `WWW-Authenticate`,
 //!   docker `config.json`.
+//! - [`push`] — blob existence, uploads and manifest pushes (`veil convert`);
+//!   [`oci_layout`] — OCI image layouts on disk (`oci:DIR[:TAG]`).
 //! - [`hosts`] — containerd `hosts.toml` mirrors and per-host TLS.
 //! - [`range`] — the `Range` and `Content-Range` headers, `multipart/byteranges`.
 //! - [`manifest`], [`digest`] — manifests, indexes, platforms, digests.
@@ -34,7 +36,9 @@ pub mod error;
 pub mod hosts;
 pub mod manifest;
 pub mod metrics;
+pub mod oci_layout;
 pub mod options;
+pub mod push;
 pub mod range;
 pub mod reference;
 pub mod retry;

@@ -81,11 +81,20 @@ pub(crate) fn origin_of(url: &Url) -> String {
     )
 }
 
+/// What a request needs the token to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `repository:<name>:pull`.
+    Pull,
+    /// `repository:<name>:pull,push` (uploads and manifest pushes).
+    PullPush,
+}
+
 /// A request to send: the method, its own headers, and what it is for.
 pub(crate) struct RequestSpec<'a> {
     /// For errors.
     pub op: &'a Operation,
-    /// GET or HEAD.
+    /// GET, HEAD (and for pushes POST, PATCH, PUT).
     pub method: Method,
     /// Accept, Range, Accept-Encoding...
     pub headers: HeaderMap,
@@ -134,8 +143,25 @@ impl Transport {
         url: Url,
         spec: &RequestSpec<'_>,
     ) -> Result<Sent, RegistryError> {
+        self.send_with(endpoint, url, spec, Access::Pull, None)
+            .await
+    }
+
+    /// [`send`](Self::send) with the access the request needs (the token scope) and a
+    /// body. The body is cheap to clone: it is sent again after a 401 or a redirect.
+    pub async fn send_with(
+        &self,
+        endpoint: &Endpoint,
+        url: Url,
+        spec: &RequestSpec<'_>,
+        access: Access,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Sent, RegistryError> {
         let lookup = self.lookup(endpoint, spec.repository)?;
-        let scope = format!("repository:{}:pull", spec.repository);
+        let scope = match access {
+            Access::Pull => format!("repository:{}:pull", spec.repository),
+            Access::PullPush => format!("repository:{}:pull,push", spec.repository),
+        };
         let ctx = AuthContext {
             http: &endpoint.http,
             origin: &endpoint.origin,
@@ -165,6 +191,9 @@ impl Transport {
                     if let Some(value) = &authorization {
                         request = request.header(AUTHORIZATION, value.clone());
                     }
+                }
+                if let Some(body) = &body {
+                    request = request.body(body.clone());
                 }
                 self.metrics.add_request();
                 let response = request
