@@ -1,0 +1,425 @@
+//! Tests of `prefetch.rs`.
+
+use std::io::Write;
+
+use super::*;
+use crate::cache::ChunkCache;
+use crate::codec::sha256_digest;
+use crate::disk_cache::tests::{open_cache, pattern, Counting};
+use crate::disk_cache::DiskCache;
+use crate::pipeline::ReaderOptions;
+use crate::toc::{Compression, Entry, EntryKind, Format, LayerToc};
+use crate::tree::{LayerTree, ROOT_INO};
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A layer of files cut into `chunk_size` chunks, one gzip member each, with 100
+/// bytes of filler (a tar header, say) before each file; `prefetch_end` after the
+/// first `prioritized` files.
+fn layer(files: &[(&str, Vec<u8>)], chunk_size: usize, prioritized: usize) -> (LayerToc, Vec<u8>) {
+    let mut blob = Vec::new();
+    let mut entries = Vec::new();
+    let mut prefetch_end = None;
+    for (n, (name, data)) in files.iter().enumerate() {
+        if n == prioritized {
+            prefetch_end = Some(blob.len() as u64);
+        }
+        blob.extend_from_slice(&[0x55; 100]);
+        let mut entry = Entry::new(*name, EntryKind::Reg);
+        entry.mode = 0o644;
+        entry.size = data.len() as u64;
+        for (i, piece) in data.chunks(chunk_size).enumerate() {
+            let member = gzip(piece);
+            let blob_offset = blob.len() as u64;
+            blob.extend_from_slice(&member);
+            entry.chunks.push(Chunk {
+                file_offset: (i * chunk_size) as u64,
+                size: piece.len() as u64,
+                blob_offset,
+                blob_end: blob.len() as u64,
+                inner_offset: 0,
+                digest: sha256_digest(piece),
+                compression: Compression::Gzip,
+            });
+        }
+        entries.push(entry);
+    }
+    blob.extend_from_slice(&[0x55; 1000]); // the TOC, say
+    let toc = LayerToc {
+        format: Format::Estargz,
+        entries,
+        prefetch_end,
+        blob_size: blob.len() as u64,
+    };
+    (toc, blob)
+}
+
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("bin", pattern(50_000, 1)),
+        ("lib", pattern(30_000, 2)),
+        ("data", pattern(40_000, 3)),
+    ]
+}
+
+struct Fixture {
+    reader: ChunkReader,
+    tree: Arc<LayerTree>,
+    toc: LayerToc,
+    counting: Arc<Counting>,
+    cached: Option<Arc<CachedBlob>>,
+    _dir: tempfile::TempDir,
+    _disk: Option<Arc<DiskCache>>,
+}
+
+fn fixture(disk: bool, plaintext_budget: u64, tamper: Option<usize>) -> Fixture {
+    let (toc, mut blob) = layer(&files(), 8192, 2);
+    if let Some(at) = tamper {
+        blob[at] ^= 0x40;
+    }
+    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let counting = Counting::new(blob);
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, cached, source): (_, _, Arc<dyn BlobSource>) = if disk {
+        let disk = open_cache(dir.path(), 1 << 20).unwrap();
+        let cached = disk.wrap("sha256:layer", counting.clone());
+        (Some(disk), Some(cached.clone()), cached)
+    } else {
+        (None, None, counting.clone())
+    };
+    let reader = ChunkReader::new(
+        "sha256:layer",
+        tree.clone(),
+        source,
+        Arc::new(ChunkCache::new(plaintext_budget)),
+        ReaderOptions::default(),
+    );
+    Fixture {
+        reader,
+        tree,
+        toc,
+        counting,
+        cached,
+        _dir: dir,
+        _disk: disk,
+    }
+}
+
+impl Fixture {
+    fn source(&self) -> &dyn BlobSource {
+        match &self.cached {
+            Some(c) => c.as_ref(),
+            None => self.counting.as_ref(),
+        }
+    }
+
+    async fn read_file(&self, name: &str) -> Vec<u8> {
+        let node = self.tree.lookup(ROOT_INO, name).unwrap();
+        self.reader.read(node.ino, 0, node.size).await.unwrap()
+    }
+}
+
+#[test]
+fn plan_coalesces_without_splitting_chunks() {
+    let chunk = |blob_offset, blob_end| Chunk {
+        file_offset: 0,
+        size: 1,
+        blob_offset,
+        blob_end,
+        inner_offset: 0,
+        digest: String::new(),
+        compression: Compression::Gzip,
+    };
+    let chunks = vec![
+        chunk(0, 100),
+        chunk(100, 250),
+        chunk(100, 250), // a second chunk in the same member
+        chunk(300, 400),
+        chunk(10_000_000, 10_000_100), // far away
+    ];
+    let order: Vec<(usize, bool)> = (0..5).map(|i| (i, true)).collect();
+    let pieces = plan(&chunks, &order, 300);
+    let ranges: Vec<_> = pieces.iter().map(|p| p.range.clone()).collect();
+    assert_eq!(ranges, vec![0..250, 300..400, 10_000_000..10_000_100]);
+    assert_eq!(pieces[0].chunks, vec![0, 1, 2]);
+    let pieces = plan(&chunks, &order, 1 << 20);
+    assert_eq!(pieces[0].range, 0..400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prioritized_reads_need_no_network_after_prefetch() {
+    let f = fixture(true, 64 << 20, None);
+    let end = f.toc.prefetch_end.unwrap();
+    let options = PrefetchOptions {
+        fetch_all: true,
+        ..PrefetchOptions::default()
+    };
+    let report = prefetch(&f.reader, f.source(), end, &options)
+        .await
+        .unwrap();
+    assert_eq!(report.ranges, 1, "{report:?}");
+    assert_eq!(report.chunks_cached, 7 + 4);
+    assert_eq!(report.plaintext_bytes, 80_000);
+    assert!(report.verify_failures.is_empty());
+    let requests = f.counting.requests();
+    assert!(requests.iter().all(|r| r.end <= end), "{requests:?}");
+    for (name, data) in &files()[..2] {
+        assert_eq!(&f.read_file(name).await, data);
+    }
+    assert_eq!(
+        f.counting.requests(),
+        requests,
+        "no request for prioritized files"
+    );
+    let stats = f.reader.stats();
+    assert_eq!((stats.range_requests, stats.chunk_hits), (0, 11));
+    // The rest of the layer is fetched on demand as usual.
+    assert_eq!(f.read_file("data").await, files()[2].1);
+    assert_eq!(f.counting.requests().len(), requests.len() + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_warms_the_disk_cache_beyond_the_plaintext_limit() {
+    let f = fixture(true, 64 << 20, None);
+    let end = f.toc.prefetch_end.unwrap();
+    let options = PrefetchOptions {
+        fetch_all: true,
+        plaintext_limit: Some(20_000),
+        range_size: 20_000,
+        ..PrefetchOptions::default()
+    };
+    let report = prefetch(&f.reader, f.source(), end, &options)
+        .await
+        .unwrap();
+    assert_eq!(report.chunks_cached, 2);
+    assert_eq!(report.chunks_skipped, 9);
+    assert!(report.ranges > 1);
+    let n = f.counting.requests().len();
+    for (name, data) in &files()[..2] {
+        assert_eq!(&f.read_file(name).await, data);
+    }
+    assert_eq!(f.counting.requests().len(), n, "served by the disk cache");
+    assert!(f.reader.stats().range_requests > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_disk_cache_only_what_fits_is_fetched() {
+    let f = fixture(false, 64 << 20, None);
+    let end = f.toc.prefetch_end.unwrap();
+    let options = PrefetchOptions {
+        plaintext_limit: Some(50_000),
+        ..PrefetchOptions::default()
+    };
+    let report = prefetch(&f.reader, f.source(), end, &options)
+        .await
+        .unwrap();
+    assert_eq!((report.chunks_cached, report.chunks_skipped), (7, 4));
+    let bin_end = f.toc.entries[0].chunks.last().unwrap().blob_end;
+    assert_eq!(f.counting.requests(), vec![100..bin_end]);
+    assert_eq!(f.read_file("bin").await, files()[0].1);
+    assert_eq!(f.counting.requests().len(), 1);
+    // Default limit: half the plaintext budget.
+    let f = fixture(false, 100_000, None);
+    let report = prefetch(&f.reader, f.source(), end, &PrefetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.plaintext_bytes, 50_000);
+    // Nothing marked: nothing to do.
+    let report = prefetch(&f.reader, f.source(), 0, &PrefetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report, PrefetchReport::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunks_are_reported_not_cached() {
+    let (toc, _) = layer(&files(), 8192, 2);
+    let bad = toc.entries[1].chunks[1].clone();
+    let f = fixture(true, 64 << 20, Some(bad.blob_offset as usize + 20));
+    let options = PrefetchOptions {
+        fetch_all: true,
+        ..PrefetchOptions::default()
+    };
+    let end = f.toc.prefetch_end.unwrap();
+    let report = prefetch(&f.reader, f.source(), end, &options)
+        .await
+        .unwrap();
+    assert_eq!(report.verify_failures, vec![bad.blob_offset..bad.blob_end]);
+    assert_eq!(report.chunks_cached, 10);
+    let cached = f.cached.as_ref().unwrap();
+    assert_eq!(
+        cached.forget(bad.blob_offset..bad.blob_end),
+        bad.blob_end - bad.blob_offset
+    );
+    let node = f.tree.lookup(ROOT_INO, "lib").unwrap();
+    assert!(f.reader.read(node.ino, 0, node.size).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_errors_are_returned() {
+    let f = fixture(true, 64 << 20, None);
+    f.counting_fail(1);
+    let end = f.toc.prefetch_end.unwrap();
+    assert!(
+        prefetch(&f.reader, f.source(), end, &PrefetchOptions::default())
+            .await
+            .is_err()
+    );
+}
+
+impl Fixture {
+    fn counting_fail(&self, n: usize) {
+        self.counting.fail(n);
+    }
+}
+
+fn cached_blob(len: usize, budget: u64) -> (tempfile::TempDir, Arc<Counting>, Arc<CachedBlob>) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open_cache(dir.path(), budget).unwrap();
+    let counting = Counting::new(pattern(len, 9));
+    let cached = disk.wrap("sha256:bg", counting.clone());
+    (dir, counting, cached)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_caches_the_whole_blob() {
+    let (_dir, counting, cached) = cached_blob(1_000_000, 4 << 20);
+    cached.read_range(100_000..200_000).await.unwrap();
+    let options = BackgroundOptions {
+        range_size: 128 << 10,
+        ..BackgroundOptions::default()
+    };
+    let fetch = background_fetch(
+        &tokio::runtime::Handle::current(),
+        cached.clone(),
+        options,
+        CancellationToken::new(),
+    );
+    let progress = fetch.progress().clone();
+    assert_eq!(fetch.wait().await, FetchState::Complete);
+    assert_eq!(progress.state(), FetchState::Complete);
+    assert_eq!((progress.done(), progress.total()), (1_000_000, 1_000_000));
+    assert_eq!(cached.present_bytes(), 1_000_000);
+    // What was cached already was not fetched again.
+    let fetched: u64 = counting.requests().iter().map(|r| r.end - r.start).sum();
+    assert_eq!(fetched, 1_000_000);
+    assert_eq!(progress.fetched(), 900_000);
+    let n = counting.requests().len();
+    cached.read_range(0..1_000_000).await.unwrap();
+    assert_eq!(counting.requests().len(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_respects_the_rate_limit() {
+    let (_dir, _counting, cached) = cached_blob(300 << 10, 4 << 20);
+    let options = BackgroundOptions {
+        rate_limit: Some(RateLimiter::new(600 << 10)), // 0.5 s for the blob
+        ..BackgroundOptions::default()
+    };
+    let started = Instant::now();
+    let fetch = background_fetch(
+        &tokio::runtime::Handle::current(),
+        cached.clone(),
+        options.clone(),
+        CancellationToken::new(),
+    );
+    assert_eq!(fetch.wait().await, FetchState::Complete);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert_eq!(cached.present_bytes(), 300 << 10);
+
+    // Two fetches sharing the limiter (and one slot) share the rate: 300 KiB more
+    // take another 0.5 s or so.
+    let options = BackgroundOptions {
+        rate_limit: Some(RateLimiter::new(600 << 10)),
+        slots: Some(Arc::new(tokio::sync::Semaphore::new(1))),
+        ..options
+    };
+    let (_d1, _c1, one) = cached_blob(150 << 10, 4 << 20);
+    let (_d2, _c2, two) = cached_blob(150 << 10, 4 << 20);
+    let started = Instant::now();
+    let runtime = tokio::runtime::Handle::current();
+    let a = background_fetch(&runtime, one, options.clone(), CancellationToken::new());
+    let b = background_fetch(&runtime, two, options, CancellationToken::new());
+    assert_eq!(a.wait().await, FetchState::Complete);
+    assert_eq!(b.wait().await, FetchState::Complete);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_stops_when_cancelled() {
+    let (_dir, counting, cached) = cached_blob(4 << 20, 8 << 20);
+    let options = BackgroundOptions {
+        rate_limit: Some(RateLimiter::new(256 << 10)), // 16 s for the blob
+        ..BackgroundOptions::default()
+    };
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
+    let fetch = background_fetch(
+        &tokio::runtime::Handle::current(),
+        cached.clone(),
+        options,
+        cancel,
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(guard); // as when the mount goes away
+    let progress = fetch.progress().clone();
+    let state = tokio::time::timeout(Duration::from_secs(5), fetch.wait())
+        .await
+        .expect("stops promptly");
+    assert_eq!(state, FetchState::Cancelled);
+    assert!(progress.done() < progress.total());
+    let n = counting.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counting.requests().len(), n, "no requests after cancelling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_gives_up_after_retries() {
+    let (_dir, counting, cached) = cached_blob(100_000, 1 << 20);
+    counting.fail(100);
+    let options = BackgroundOptions {
+        attempts: 3,
+        retry_delay: Duration::from_millis(10),
+        ..BackgroundOptions::default()
+    };
+    let fetch = background_fetch(
+        &tokio::runtime::Handle::current(),
+        cached.clone(),
+        options,
+        CancellationToken::new(),
+    );
+    assert_eq!(fetch.wait().await, FetchState::Failed);
+    assert_eq!(counting.requests().len(), 3);
+    // A transient failure is retried.
+    counting.fail(0);
+    counting.fail(1);
+    let fetch = background_fetch(
+        &tokio::runtime::Handle::current(),
+        cached.clone(),
+        BackgroundOptions {
+            retry_delay: Duration::from_millis(10),
+            ..BackgroundOptions::default()
+        },
+        CancellationToken::new(),
+    );
+    assert_eq!(fetch.wait().await, FetchState::Complete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_skips_blobs_larger_than_the_cache() {
+    let (_dir, counting, cached) = cached_blob(100_000, 50_000);
+    let fetch = background_fetch(
+        &tokio::runtime::Handle::current(),
+        cached,
+        BackgroundOptions::default(),
+        CancellationToken::new(),
+    );
+    assert_eq!(fetch.wait().await, FetchState::Skipped);
+    assert!(counting.requests().is_empty());
+}
