@@ -164,6 +164,22 @@ impl LazyStack {
         run_with_timeout(cmd, Duration::from_secs(30), &self.dir.join("veil-status"))
     }
 
+    /// `veil status --json`, parsed; fails with what the command printed when it fails
+    /// or prints no JSON.
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.veil_status(true)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            anyhow::bail!(
+                "veil status --json failed ({}):\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("veil status --json printed no JSON ({e}):\n{stdout}"))
+    }
+
     /// The registry's access log so far (both runs, when it was restarted).
     pub fn registry_log(&self) -> String {
         let mut log = self.registry.log();

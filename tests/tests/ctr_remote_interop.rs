@@ -230,21 +230,7 @@ fn check_status(
     name: &str,
     layers: &[ConvertedLayer],
 ) -> anyhow::Result<serde_json::Value> {
-    let out = stack.veil_status(true)?;
-    if !out.status.success() {
-        bail!(
-            "veil status --json failed ({}):\n{}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        anyhow::anyhow!(
-            "veil status --json printed no JSON ({e}):\n{}",
-            text(&out.stdout)
-        )
-    })?;
+    let report = stack.status_json()?;
     let remote = report["remote_snapshots"].as_u64().unwrap_or(0);
     if remote != layers.len() as u64 {
         bail!(

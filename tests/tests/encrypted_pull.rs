@@ -554,21 +554,7 @@ fn check_nothing_left(stack: &LazyStack, reference: &str, layers: &[&str]) -> an
 /// `veil status --json`: every `(digest, size)` listed as a lazily served layer with
 /// sane counters. Returns the report.
 fn check_status(stack: &LazyStack, name: &str, lazy: &[(&str, u64)]) -> anyhow::Result<Value> {
-    let out = stack.veil_status(true)?;
-    if !out.status.success() {
-        bail!(
-            "veil status --json failed ({}): {}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-    }
-    let report: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        anyhow!(
-            "veil status --json printed no JSON ({e}): {}",
-            text(&out.stdout)
-        )
-    })?;
+    let report = stack.status_json()?;
     let listed = report["layers"].as_array().cloned().unwrap_or_default();
     for (digest, size) in lazy {
         let Some(l) = listed.iter().find(|l| l["digest"].as_str() == Some(digest)) else {
@@ -1015,8 +1001,7 @@ fn encrypted_image_without_its_key_is_refused() {
         }
         eprintln!("[{name}] the veil log says:\n    {}", logged.join("\n    "));
         check_nothing_left(stack, &reference, &digests)?;
-        let status = stack.veil_status(true)?;
-        let report: Value = serde_json::from_slice(&status.stdout)?;
+        let report = stack.status_json()?;
         let refused = report["fallbacks"]
             .as_array()
             .and_then(|l| {

@@ -273,9 +273,7 @@ fn tampered_chunk_fails_with_eio_and_the_rest_reads_exactly() {
         }
         let err_line = shown.lines().find(|l| eio(l)).unwrap_or("");
         eprintln!("[{name}] in a container: {}", err_line.trim());
-        let out = stack.veil_status(true)?;
-        expect_success("veil status --json", &out)?;
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let report = stack.status_json()?;
         let failures = report["layers"]
             .as_array()
             .and_then(|l| {
@@ -401,9 +399,7 @@ fn refused_everywhere(name: &str, stack: &mut LazyStack, cases: &[Refused]) -> a
         };
         eprintln!("[{name}] the daemon log says:\n    {line}");
     }
-    let out = stack.veil_status(true)?;
-    expect_success("veil status --json", &out)?;
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let report = stack.status_json()?;
     if report["remote_snapshots"].as_u64() != Some(0) {
         bail!("a tampered layer is served lazily:\n{report:#}");
     }
