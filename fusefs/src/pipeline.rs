@@ -543,4 +543,4 @@ impl ChunkReader {
 
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -54,31 +54,42 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// Appends `data` to `blob` cut into `chunk_size` chunks, one gzip member each, and
+/// returns the regular-file entry `name` that describes them.
+pub(crate) fn append_gzip_file(
+    blob: &mut Vec<u8>,
+    name: &str,
+    data: &[u8],
+    chunk_size: usize,
+) -> Entry {
+    let mut entry = Entry::new(name, EntryKind::Reg);
+    entry.mode = 0o644;
+    entry.size = data.len() as u64;
+    for (i, piece) in data.chunks(chunk_size).enumerate() {
+        let member = gzip(piece);
+        let blob_offset = blob.len() as u64;
+        blob.extend_from_slice(&member);
+        entry.chunks.push(Chunk {
+            file_offset: (i * chunk_size) as u64,
+            size: piece.len() as u64,
+            blob_offset,
+            blob_end: blob.len() as u64,
+            inner_offset: 0,
+            digest: sha256_digest(piece),
+            compression: Compression::Gzip,
+        });
+    }
+    entry
+}
+
 /// A layer of files, each cut into `chunk_size` chunks, one gzip member per chunk,
 /// laid out back to back in the blob.
 fn layer(files: &[(&str, Vec<u8>)], chunk_size: usize) -> (LayerToc, Vec<u8>) {
     let mut blob = Vec::new();
-    let mut entries = Vec::new();
-    for (name, data) in files {
-        let mut entry = Entry::new(*name, EntryKind::Reg);
-        entry.mode = 0o644;
-        entry.size = data.len() as u64;
-        for (i, piece) in data.chunks(chunk_size).enumerate() {
-            let member = gzip(piece);
-            let blob_offset = blob.len() as u64;
-            blob.extend_from_slice(&member);
-            entry.chunks.push(Chunk {
-                file_offset: (i * chunk_size) as u64,
-                size: piece.len() as u64,
-                blob_offset,
-                blob_end: blob.len() as u64,
-                inner_offset: 0,
-                digest: sha256_digest(piece),
-                compression: Compression::Gzip,
-            });
-        }
-        entries.push(entry);
-    }
+    let entries = files
+        .iter()
+        .map(|(name, data)| append_gzip_file(&mut blob, name, data, chunk_size))
+        .collect();
     let toc = LayerToc {
         format: Format::Estargz,
         entries,

@@ -1,21 +1,13 @@
 //! Tests of `prefetch.rs`.
 
-use std::io::Write;
-
 use super::*;
 use crate::cache::ChunkCache;
-use crate::codec::sha256_digest;
 use crate::disk_cache::tests::{open_cache, pattern, Counting};
 use crate::disk_cache::DiskCache;
+use crate::pipeline::tests::append_gzip_file;
 use crate::pipeline::ReaderOptions;
-use crate::toc::{Compression, Entry, EntryKind, Format, LayerToc};
+use crate::toc::{Compression, Format, LayerToc};
 use crate::tree::{LayerTree, ROOT_INO};
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
 
 /// A layer of files cut into `chunk_size` chunks, one gzip member each, with 100
 /// bytes of filler (a tar header, say) before each file; `prefetch_end` after the
@@ -29,24 +21,7 @@ fn layer(files: &[(&str, Vec<u8>)], chunk_size: usize, prioritized: usize) -> (L
             prefetch_end = Some(blob.len() as u64);
         }
         blob.extend_from_slice(&[0x55; 100]);
-        let mut entry = Entry::new(*name, EntryKind::Reg);
-        entry.mode = 0o644;
-        entry.size = data.len() as u64;
-        for (i, piece) in data.chunks(chunk_size).enumerate() {
-            let member = gzip(piece);
-            let blob_offset = blob.len() as u64;
-            blob.extend_from_slice(&member);
-            entry.chunks.push(Chunk {
-                file_offset: (i * chunk_size) as u64,
-                size: piece.len() as u64,
-                blob_offset,
-                blob_end: blob.len() as u64,
-                inner_offset: 0,
-                digest: sha256_digest(piece),
-                compression: Compression::Gzip,
-            });
-        }
-        entries.push(entry);
+        entries.push(append_gzip_file(&mut blob, name, data, chunk_size));
     }
     blob.extend_from_slice(&[0x55; 1000]); // the TOC, say
     let toc = LayerToc {
