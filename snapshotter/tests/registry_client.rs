@@ -58,6 +58,16 @@ fn config_json(dir: &std::path::Path, json: &str) -> CredentialsSource {
     CredentialsSource::DockerConfigFile(path)
 }
 
+/// A client (the tests' [`options`]) whose credentials are docker `config.json` `json`,
+/// written into `dir`.
+fn client_with_config(dir: &std::path::Path, json: &str) -> RegistryClient {
+    RegistryClient::new(ClientOptions {
+        credentials: config_json(dir, json),
+        ..options()
+    })
+    .expect("client")
+}
+
 fn basic(user: &str, pass: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
 }
@@ -367,17 +377,13 @@ async fn token_auth_against_the_registrys_own_token_mode() {
     let dir = tempfile::tempdir().unwrap();
 
     // With credentials: one token for the repository scope, reused for every request.
-    let client = RegistryClient::new(ClientOptions {
-        credentials: config_json(
-            dir.path(),
-            &format!(
-                r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-                basic("alice", "s3cret")
-            ),
+    let client = client_with_config(
+        dir.path(),
+        &format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            basic("alice", "s3cret")
         ),
-        ..options()
-    })
-    .unwrap();
+    );
     let image = client
         .resolve(&reference(&format!("{host}/secure/app:v1")))
         .await
@@ -404,17 +410,13 @@ async fn token_auth_against_the_registrys_own_token_mode() {
     );
 
     // An identity token (OAuth2 refresh token) is exchanged with a POST.
-    let oauth = RegistryClient::new(ClientOptions {
-        credentials: config_json(
-            dir.path(),
-            &format!(
-                r#"{{"auths":{{"{host}":{{"auth":"{}","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#,
-                basic("<token>", "")
-            ),
+    let oauth = client_with_config(
+        dir.path(),
+        &format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#,
+            basic("<token>", "")
         ),
-        ..options()
-    })
-    .unwrap();
+    );
     let resolved = oauth
         .resolve(&reference(&format!("{host}/secure/app:v1")))
         .await
@@ -424,14 +426,10 @@ async fn token_auth_against_the_registrys_own_token_mode() {
 
     // A registry token is sent as is: no token service involved.
     let ready = issuer.token(&["repository:secure/app:pull".to_string()], 300);
-    let direct = RegistryClient::new(ClientOptions {
-        credentials: config_json(
-            dir.path(),
-            &format!(r#"{{"auths":{{"{host}":{{"registrytoken":"{ready}"}}}}}}"#),
-        ),
-        ..options()
-    })
-    .unwrap();
+    let direct = client_with_config(
+        dir.path(),
+        &format!(r#"{{"auths":{{"{host}":{{"registrytoken":"{ready}"}}}}}}"#),
+    );
     let image = direct
         .resolve(&reference(&format!("{host}/secure/app:v1")))
         .await
@@ -453,14 +451,10 @@ async fn token_auth_against_the_registrys_own_token_mode() {
     );
 
     // Credentials held by a helper Veil does not run: the error says so.
-    let helper = RegistryClient::new(ClientOptions {
-        credentials: config_json(
-            dir.path(),
-            &format!(r#"{{"credHelpers":{{"{host}":"pass"}}}}"#),
-        ),
-        ..options()
-    })
-    .unwrap();
+    let helper = client_with_config(
+        dir.path(),
+        &format!(r#"{{"credHelpers":{{"{host}":"pass"}}}}"#),
+    );
     let err = helper
         .resolve(&reference(&format!("{host}/secure/app:v1")))
         .await
@@ -468,14 +462,10 @@ async fn token_auth_against_the_registrys_own_token_mode() {
     assert!(err.to_string().contains("docker-credential-pass"), "{err}");
 
     // Wrong password.
-    let wrong = RegistryClient::new(ClientOptions {
-        credentials: config_json(
-            dir.path(),
-            &format!(r#"{{"auths":{{"{host}":{{"username":"alice","password":"nope"}}}}}}"#),
-        ),
-        ..options()
-    })
-    .unwrap();
+    let wrong = client_with_config(
+        dir.path(),
+        &format!(r#"{{"auths":{{"{host}":{{"username":"alice","password":"nope"}}}}}}"#),
+    );
     let err = wrong
         .resolve(&reference(&format!("{host}/secure/app:v1")))
         .await
@@ -510,17 +500,13 @@ async fn redirects_never_forward_authorization_and_reresolve_after_expiry() {
     let front = proxy(front_state.clone()).await;
     let front_host = front.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let client = RegistryClient::new(ClientOptions {
-        credentials: config_json(
-            dir.path(),
-            &format!(
-                r#"{{"auths":{{"{front_host}":{{"auth":"{}"}}}}}}"#,
-                basic("bob", "pw")
-            ),
+    let client = client_with_config(
+        dir.path(),
+        &format!(
+            r#"{{"auths":{{"{front_host}":{{"auth":"{}"}}}}}}"#,
+            basic("bob", "pw")
         ),
-        ..options()
-    })
-    .unwrap();
+    );
 
     let image = client
         .resolve(&reference(&format!("{front_host}/app:v1")))
