@@ -165,7 +165,7 @@ impl std::fmt::Debug for Decryption {
 }
 
 /// The KEK chain of `config.kek_sources` (built on the KEK runtime).
-fn build_chain(config: &DecryptionConfig) -> Result<KekChain, String> {
+pub(crate) fn build_chain(config: &DecryptionConfig) -> Result<KekChain, String> {
     let mut sources: Vec<Arc<dyn KekSource>> = Vec::new();
     for kind in &config.kek_sources {
         match kind {

@@ -13,6 +13,7 @@ pub mod encrypted;
 pub mod error;
 pub mod filters;
 pub mod image_mount;
+pub mod keyprovider_service;
 pub mod lazy;
 pub mod metadata;
 pub mod overlay;

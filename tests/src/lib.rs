@@ -6,6 +6,7 @@
 //! every mount a test made below its own directory. Nothing here stops a process or
 //! unmounts a path that the test did not start or make itself.
 
+pub mod attested_scenario;
 pub mod binaries;
 pub mod containerd;
 pub mod gosuite;
@@ -15,6 +16,7 @@ pub mod lazy_image;
 pub mod lazy_scenario;
 pub mod lazy_stack;
 pub mod local_registry;
+pub mod log_secrets;
 pub mod mount_cli;
 pub mod mounts;
 pub mod process;
@@ -24,6 +26,7 @@ pub mod process;
 pub mod registry;
 pub mod registry_log;
 pub mod scenario;
+pub mod test_kbs;
 
 pub use binaries::{require_root, veil_binary};
 pub use mounts::unmount_below;

@@ -5,16 +5,108 @@
 //! overlayfs, the same container run from it, all of it removed again); everything cleaned
 //! up.
 //!
+//! The demo's first part (`veil_tests::attested_scenario`) as a second test: the image
+//! converted with `veil convert --encrypt --kbs-kid`, its KEK released by the test KBS
+//! after sample attestation, `veil pull` + `ctr run` lazily, one attestation and one
+//! resource request for the whole image, the summary the demo prints.
+//!
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static and FUSE. Run with
-//! `cargo test -p veil-tests --test demo -- --nocapture`.
+//! `cargo test -p veil-tests --test demo -- --nocapture --test-threads=1`.
 
 use std::time::Duration;
 
+use veil_tests::attested_scenario::{self, KbsCounts, KID, RESOURCE};
 use veil_tests::lazy_scenario::{self, percent, Binaries, Options};
+
+/// The demo's tests start containerd (one at a time: they share `/run/containerd`).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn attested_demo_flow_runs_an_encrypted_image_lazily_with_one_attestation() {
+    veil_tests::require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let report = attested_scenario::run(&Options::default(), &mut |step| {
+        eprintln!("[demo attested] {step}\n")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let summary = report.summary();
+    eprintln!("[demo attested] summary:\n{summary}");
+
+    // Every layer encrypted by veil convert, served lazily by veil pull.
+    assert_eq!(report.layers.len(), 2);
+    assert!(report.all_encrypted, "{:?}", report.layers);
+    assert_eq!(
+        report.lazy_layers,
+        2,
+        "veil pull output:\n{}",
+        report.pull_lines.join("\n")
+    );
+    // The key came at pull time: one attestation, one resource read, already then.
+    assert_eq!(
+        report.kbs_after_pull.attest, 1,
+        "{:?}",
+        report.kbs_after_pull
+    );
+    assert_eq!(
+        report.kbs_after_pull.kek_reads, 1,
+        "{:?}",
+        report.kbs_after_pull
+    );
+
+    // Small files: right output, under 10 % of the big layer; the big file exact.
+    assert_eq!(
+        report.small.as_deref(),
+        Ok(report.small_expected.as_str()),
+        "the small-file container's output"
+    );
+    let big = report.layers.last().unwrap();
+    assert!(
+        big.served_through_small * 10 < big.size,
+        "reading small files cost {} of the big layer's {} bytes",
+        big.served_through_small,
+        big.size
+    );
+    assert!(report.sha_matches(), "sha256sum printed {:?}", report.sha);
+    // Reading the whole large file fetched (nearly) the whole layer that holds it.
+    assert!(big.served_through_sha * 10 >= big.size * 9, "{big:?}");
+
+    // One of each KBS request for the whole image; the KEK in no log; all cleaned up.
+    assert_eq!(
+        report.kbs,
+        KbsCounts {
+            auth: 1,
+            attest: 1,
+            sample_attested: 1,
+            resource_requests: 1,
+            kek_reads: 1
+        }
+    );
+    assert_eq!(report.key_in_logs, Ok(()));
+    assert_eq!(report.cleanup, Ok(()));
+    assert_eq!(report.problems(), Vec::<String>::new());
+
+    // What the demo prints.
+    for needle in [
+        format!("every layer's key wrapped for kid {KID}"),
+        "2 of 2 layers lazy".to_string(),
+        format!("(1 read of {RESOURCE})"),
+        "1 auth, 1 attestation (1 sample evidence accepted), 1 resource request".to_string(),
+        "sha256sum of the 64.0 MiB file in a container: matched".to_string(),
+        "The KEK in veil-snapshotter's log: nowhere.".to_string(),
+        "nothing left running or mounted".to_string(),
+        big.digest.clone(),
+    ] {
+        assert!(
+            summary.contains(&needle),
+            "the summary lacks {needle:?}:\n{summary}"
+        );
+    }
+}
 
 #[test]
 fn demo_flow_starts_a_container_lazily_across_a_restart() {
     veil_tests::require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let bins = Binaries::build();
     let tmp = tempfile::Builder::new()
         .prefix("veil-demo-test-")

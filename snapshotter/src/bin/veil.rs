@@ -1,7 +1,8 @@
 //! `veil`: the command-line tool: `pull` into containerd, `mount`/`umount` an image
 //! without containerd, `status` of the daemon, `convert` an image into a lazily
-//! pullable (encrypted) one and `inspect` one. Later commands (bench, keys) arrive with
-//! the issues that build them.
+//! pullable (encrypted) one and `inspect` one, `keyprovider serve` ocicrypt's keyprovider
+//! gRPC API (the server itself is `veil_snapshotter::keyprovider_service`). Later commands
+//! (bench) arrive with the issues that build them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,22 @@ enum Command {
     /// Show an image's layers: media type, format, sizes, chunk count, encryption
     /// (recipients, kids), and whether Veil can mount each lazily (and if not, why).
     Inspect(veil_snapshotter::convert::cli::InspectArgs),
+    /// Benchmark cold starts: the status quo and Veil's modes side by side through a
+    /// shaped local registry; a table, JSON and a plot (`veil bench --help`: its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// veil-bench's options (run as `veil-bench` from beside this program).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Serve key wrapping and unwrapping to tools that speak ocicrypt's keyprovider
+    /// protocol (skopeo, imgcrypt, ocicrypt-rs).
+    #[command(subcommand)]
+    Keyprovider(KeyproviderCommand),
     /// Show what the running veil-snapshotter serves: layers, bytes fetched, cache use.
     Status {
         /// The daemon's status socket (beside its snapshots socket).
@@ -69,6 +86,66 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyproviderCommand {
+    /// Serve ocicrypt's keyprovider gRPC API (keyprovider.KeyProviderService: WrapKey,
+    /// UnWrapKey) for provider `attestation-agent` until SIGTERM or SIGINT.
+    ///
+    /// UnWrapKey opens CoCo attestation-agent annotation packets with the KEK their kid
+    /// names, from the KEK sources of the config's [decryption] section (kek_sources:
+    /// kbs after attestation, cdh, file); WrapKey wraps with the KEK file the wrap
+    /// parameters name (keyid=kbs:///repo/type/tag::keypath=FILE, as coco_keyprovider
+    /// takes them) or else the KEK sources. Name it in OCICRYPT_KEYPROVIDER_CONFIG as
+    /// {"key-providers": {"attestation-agent": {"grpc": "ADDRESS"}}}.
+    Serve {
+        /// A unix socket path (or unix://PATH) or IP:PORT to listen on.
+        #[arg(long, value_name = "ADDR")]
+        address: veil_snapshotter::keyprovider_service::ListenAddress,
+        /// veil-snapshotter's config file, for [decryption] (default: /etc/veil/config.toml
+        /// if it exists).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn run_keyprovider(command: KeyproviderCommand) -> ExitCode {
+    let KeyproviderCommand::Serve { address, config } = command;
+    let config = match veil_snapshotter::config::Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("veil keyprovider serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("veil keyprovider serve: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        use veil_snapshotter::keyprovider_service::{serve, KeyProvider};
+        let provider = KeyProvider::from_config(&config.decryption)?;
+        serve(provider, &address).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veil keyprovider serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -369,8 +446,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keyprovider(command) => run_keyprovider(command),
         Command::Status { address, json } => run_status(&address, json),
         Command::Convert(args) => veil_snapshotter::convert::cli::run_convert(args),
         Command::Inspect(args) => veil_snapshotter::convert::cli::run_inspect(args),
+        Command::Bench { args } => {
+            // git-style: `veil bench ARGS` execs `veil-bench ARGS` found beside `veil`.
+            let exe = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("veil-bench")))
+                .filter(|p| p.exists());
+            let Some(exe) = exe else {
+                eprintln!(
+                    "veil bench: veil-bench is not installed beside this program \
+                     (cargo build --release -p veil-bench, then install it next to veil)"
+                );
+                return ExitCode::FAILURE;
+            };
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(&exe).args(args),
+            );
+            eprintln!("veil bench: running {}: {err}", exe.display());
+            ExitCode::FAILURE
+        }
     }
 }

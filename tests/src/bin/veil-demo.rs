@@ -1,7 +1,14 @@
 //! `veil-demo`: shows Veil's main job, step by step: a container started from an image
 //! whose layers are never downloaded.
 //!
-//! In a temporary directory it starts Debian's docker-registry on loopback, builds a small
+//! First the attested, encrypted flow (`veil_tests::attested_scenario`): the demo image is
+//! converted with `veil convert --encrypt --kbs-kid ...`, the test KBS (sample TEE) holds
+//! its KEK, veil-snapshotter gets the KEK after attestation, and `veil pull` + `ctr run`
+//! start containers from the encrypted layers lazily; the bytes fetched per layer and the
+//! KBS's authentication, attestation and resource counts are printed. Then the same image
+//! unencrypted, against the status quo (`--flow` picks one of the two).
+//!
+//! In the unencrypted flow, in a temporary directory it starts Debian's docker-registry on loopback, builds a small
 //! image (busybox, small files, a large random file), converts it to eStargz with Veil's
 //! writer and pushes it, starts veil-snapshotter and a private containerd (its own root,
 //! state and socket; a system containerd, if any, is not touched), pulls the image with
@@ -23,6 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use veil_tests::attested_scenario;
 use veil_tests::containerd::SNAPSHOTTER;
 use veil_tests::lazy_image::LayerFormat;
 use veil_tests::lazy_scenario::{
@@ -33,7 +41,16 @@ use veil_tests::scenario::{self, indent};
 
 /// Veil's demo: start a container from a registry image without downloading its layers.
 ///
-/// Everything happens in a temporary directory and is stopped and removed at the end:
+/// First with an encrypted image whose key a KBS releases after attestation (the default
+/// `--flow all` runs it first): the image is converted with `veil convert --encrypt
+/// --kbs-kid kbs:///default/image_key/veil-demo --kek-file KEK`, a test KBS (Trustee's
+/// protocol, sample TEE) on 127.0.0.1 holds the KEK, veil-snapshotter is configured with the
+/// `kbs` KEK source and the sample attester, and `veil pull` + `ctr run --snapshotter veil`
+/// read two small files and then the large file; the demo prints each layer's fetched
+/// bytes against its size and how many authentications, attestations and resource requests
+/// the KBS saw for the whole image.
+///
+/// Then the unencrypted image against the status quo. Everything happens in a temporary directory and is stopped and removed at the end:
 /// Debian's docker-registry on 127.0.0.1, veil-snapshotter, and a private containerd with
 /// Veil as its snapshotter "veil" (a system containerd, if any, is not touched; nothing is
 /// fetched from the internet). The demo builds a two-layer image (busybox-static and small
@@ -71,8 +88,22 @@ struct Cli {
     /// Run the older registry-free demo instead: a locally built image imported with `ctr
     /// images import` (containerd unpacks the layers into Veil), a container run, the
     /// snapshotter restarted, the container run again.
-    #[arg(long, conflicts_with_all = ["format", "big_mib", "background_fetch"])]
+    #[arg(long, conflicts_with_all = ["format", "big_mib", "background_fetch", "flow"])]
     import: bool,
+    /// Which flows to run: the encrypted image with its key released after attestation,
+    /// the unencrypted image against the status quo, or both (in that order).
+    #[arg(long, value_enum, default_value_t = Flow::All)]
+    flow: Flow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Flow {
+    /// Both: attested (encrypted) first, then unencrypted against the status quo.
+    All,
+    /// The encrypted image, its KEK released by the test KBS after attestation.
+    Attested,
+    /// The unencrypted image, then containerd's own pull of it side by side.
+    Lazy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,8 +124,13 @@ fn main() -> ExitCode {
 
     if cli.import {
         println!("== Veil demo (--import): containerd with Veil as its snapshotter ==\n");
-    } else {
+    } else if cli.flow == Flow::Lazy {
         println!("== Veil demo: a container started lazily ==\n");
+    } else {
+        println!(
+            "== Veil demo: containers started lazily from an encrypted image, its key released \
+             after attestation ==\n"
+        );
     }
     println!("Building veil-snapshotter and veil (cargo build -p veil-snapshotter) if needed...");
     let bins = match std::panic::catch_unwind(Binaries::build) {
@@ -130,7 +166,20 @@ fn main() -> ExitCode {
             big_size: (cli.big_mib as usize) << 20,
             background_fetch: cli.background_fetch,
         };
-        lazy_demo(tmp.path(), &bins, &opts)
+        let mut ok = true;
+        if cli.flow != Flow::Lazy {
+            ok &= attested_demo(&opts);
+        }
+        if cli.flow != Flow::Attested {
+            if cli.flow == Flow::All {
+                println!(
+                    "\n== Part 2: the same image unencrypted, lazily, and the status quo side by \
+                     side ==\n"
+                );
+            }
+            ok &= lazy_demo(tmp.path(), &bins, &opts);
+        }
+        ok
     };
 
     if cli.keep {
@@ -143,6 +192,37 @@ fn main() -> ExitCode {
     } else {
         println!("\nDone, with problems (see above). Everything started has been stopped.");
         ExitCode::FAILURE
+    }
+}
+
+/// The encrypted image, its KEK released by the test KBS after attestation.
+fn attested_demo(opts: &Options) -> bool {
+    println!("== Part 1: an encrypted image, its key released by a KBS after attestation ==\n");
+    let mut n = 0;
+    let result = attested_scenario::run(opts, &mut |step| {
+        n += 1;
+        println!("{n:>2}. {step}\n");
+    });
+    match result {
+        Ok(report) => {
+            println!("== Summary (encrypted, attested) ==");
+            print!("{}", report.summary());
+            let problems = report.problems();
+            if problems.is_empty() {
+                println!("Every check passed.");
+                true
+            } else {
+                println!("Problems:");
+                for p in &problems {
+                    println!("  - {p}");
+                }
+                false
+            }
+        }
+        Err(e) => {
+            eprintln!("The attested demo failed:\n{e:?}");
+            false
+        }
     }
 }
 

@@ -1,0 +1,257 @@
+//! `veil keyprovider serve`: the ocicrypt keyprovider gRPC API
+//! (`keyprovider.KeyProviderService`, `WrapKey` and `UnWrapKey`) for the
+//! `attestation-agent` provider, so that tools speaking the keyprovider protocol (skopeo,
+//! imgcrypt, ocicrypt-rs) can wrap and unwrap layer keys with Veil.
+//!
+//! Each call carries the keyprovider protocol's JSON in its single bytes field; the JSON
+//! is served by [`veil_keyprovider::provider_protocol::handle`] (Go base64 strings and
+//! Rust integer arrays both understood, answered in kind). `WrapKey` takes the KEK from the
+//! `keypath` file named in the wrap parameters (as coco_keyprovider does) or else from the
+//! KEK sources; `UnWrapKey` takes it from the KEK sources of `[decryption]` in the same
+//! config file as veil-snapshotter (`kbs` after attestation, `cdh`, `file`). A call whose
+//! JSON `op` does not match the method, or whose request cannot be served, gets a gRPC
+//! error naming what was wrong. No key bytes are logged.
+//!
+//! The address is a unix socket path (optionally `unix://PATH`) or `host:port`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tonic::{Request, Response, Status};
+use veil_keyprovider::kek::KekChain;
+use veil_keyprovider::provider_protocol::{self, ProtocolError};
+use veil_proto::keyprovider::key_provider_service_server::{
+    KeyProviderService, KeyProviderServiceServer,
+};
+use veil_proto::keyprovider::{KeyProviderKeyWrapProtocolInput, KeyProviderKeyWrapProtocolOutput};
+
+use crate::config::DecryptionConfig;
+
+/// Where `veil keyprovider serve` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A unix socket at this path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self::Tcp(addr));
+        }
+        if s.contains('/') {
+            return Ok(Self::Unix(PathBuf::from(s)));
+        }
+        if let Some((host, port)) = s.rsplit_once(':') {
+            if host == "localhost" {
+                let port: u16 = port
+                    .parse()
+                    .map_err(|_| format!("{s:?}: the port is not a number"))?;
+                return Ok(Self::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+            }
+        }
+        Err(format!(
+            "{s:?} is neither a unix socket path (with a '/') nor an IP:PORT"
+        ))
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+            Self::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// The keyprovider service over a KEK chain.
+pub struct KeyProvider {
+    keks: Arc<KekChain>,
+}
+
+impl KeyProvider {
+    /// A service unwrapping (and wrapping without `keypath`) with the KEKs of `keks`.
+    pub fn new(keks: Arc<KekChain>) -> Self {
+        Self { keks }
+    }
+
+    /// A service with the KEK sources of `[decryption]` (none configured: only wrapping
+    /// with a `keypath` works; unwrapping says no KEK source is configured).
+    pub fn from_config(config: &DecryptionConfig) -> anyhow::Result<Self> {
+        let chain = crate::encrypted::build_chain(config).map_err(anyhow::Error::msg)?;
+        Ok(Self::new(Arc::new(chain)))
+    }
+
+    /// The gRPC service, to add to a tonic server.
+    pub fn into_service(self) -> KeyProviderServiceServer<Self> {
+        KeyProviderServiceServer::new(self)
+    }
+
+    async fn serve(&self, method: &str, op: &str, input: &[u8]) -> Result<Vec<u8>, Status> {
+        let asked = serde_json::from_slice::<serde_json::Value>(input)
+            .ok()
+            .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string));
+        match asked.as_deref() {
+            Some(o) if o == op => {}
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "{method}: the request's op is {other:?}; {method} serves op {op:?}"
+                )))
+            }
+            // Not JSON, or no op: the protocol handler names what is wrong.
+            None => {}
+        }
+        match provider_protocol::handle(input, &self.keks).await {
+            Ok(answer) => {
+                tracing::info!(method, "keyprovider request served");
+                Ok(answer)
+            }
+            Err(e) => {
+                tracing::warn!(method, error = %e, "keyprovider request refused");
+                Err(status_of(method, &e))
+            }
+        }
+    }
+}
+
+/// The gRPC status of a refused request: bad input is `INVALID_ARGUMENT`, a KEK that
+/// cannot be obtained `FAILED_PRECONDITION`; the message names the method and the cause.
+fn status_of(method: &str, e: &ProtocolError) -> Status {
+    let message = format!("{method} ({} provider): {e}", provider_protocol::PROVIDER);
+    match e {
+        ProtocolError::Kek(_) => Status::failed_precondition(message),
+        _ => Status::invalid_argument(message),
+    }
+}
+
+#[tonic::async_trait]
+impl KeyProviderService for KeyProvider {
+    async fn wrap_key(
+        &self,
+        request: Request<KeyProviderKeyWrapProtocolInput>,
+    ) -> Result<Response<KeyProviderKeyWrapProtocolOutput>, Status> {
+        let input = request.into_inner().key_provider_key_wrap_protocol_input;
+        let output = self.serve("WrapKey", "keywrap", &input).await?;
+        Ok(Response::new(KeyProviderKeyWrapProtocolOutput {
+            key_provider_key_wrap_protocol_output: output,
+        }))
+    }
+
+    async fn un_wrap_key(
+        &self,
+        request: Request<KeyProviderKeyWrapProtocolInput>,
+    ) -> Result<Response<KeyProviderKeyWrapProtocolOutput>, Status> {
+        let input = request.into_inner().key_provider_key_wrap_protocol_input;
+        let output = self.serve("UnWrapKey", "keyunwrap", &input).await?;
+        Ok(Response::new(KeyProviderKeyWrapProtocolOutput {
+            key_provider_key_wrap_protocol_output: output,
+        }))
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "shutting down");
+}
+
+/// Serves `provider` at `address` until SIGTERM or SIGINT. A unix socket file left by an
+/// earlier run is replaced; one another process still answers on is refused. The socket
+/// file is removed on the way out.
+pub async fn serve(provider: KeyProvider, address: &ListenAddress) -> anyhow::Result<()> {
+    let server = tonic::transport::Server::builder().add_service(provider.into_service());
+    match address {
+        ListenAddress::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "keyprovider ready");
+            server
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown_signal(),
+                )
+                .await
+                .context("serving the keyprovider API")?;
+        }
+        ListenAddress::Unix(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating socket directory {}", dir.display()))?;
+            }
+            if path.exists() {
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
+                    bail!(
+                        "{} is in use: something already listens there",
+                        path.display()
+                    );
+                }
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing stale socket {}", path.display()))?;
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .with_context(|| format!("setting mode of {}", path.display()))?;
+            tracing::info!(address = %path.display(), "keyprovider ready");
+            let result = server
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown_signal(),
+                )
+                .await;
+            let _ = std::fs::remove_file(path);
+            result.context("serving the keyprovider API")?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            "/run/veil/kp.sock".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Unix("/run/veil/kp.sock".into())
+        );
+        assert_eq!(
+            "unix:///run/kp.sock".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Unix("/run/kp.sock".into())
+        );
+        assert_eq!(
+            "127.0.0.1:50000".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Tcp("127.0.0.1:50000".parse().unwrap())
+        );
+        assert_eq!(
+            "localhost:50000".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Tcp("127.0.0.1:50000".parse().unwrap())
+        );
+        assert!("kp.sock".parse::<ListenAddress>().is_err());
+    }
+}
