@@ -6,6 +6,7 @@
 //! - [`jwe`]: JWE recipients: unwrap with a private key, wrap to public keys;
 //! - [`aa_packet`]: CoCo attestation-agent recipients (annotation packets v1/v2,
 //!   AES-256-GCM key wrapping with a KEK named by `kid`);
+//! - [`keygen`]: new KEKs and RSA / EC key pairs (`veil keys gen`);
 //! - [`kek`]: KEK sources (`file`, `cdh`, `kbs`) chained in order, with an in-memory cache;
 //! - [`kbs`]: the KBS attestation client (RCAR 0.4.0 on `kbs-types`), TEE keys, attesters
 //!   (`sample`, TDX / SEV-SNP through configfs-tsm);
@@ -23,6 +24,7 @@ pub mod aa_packet;
 pub mod jwe;
 pub mod kbs;
 pub mod kek;
+pub mod keygen;
 pub mod keys;
 pub mod ocicrypt;
 pub mod provider_protocol;

@@ -14,6 +14,7 @@ pub mod error;
 pub mod filters;
 pub mod image_mount;
 pub mod keyprovider_service;
+pub mod keys_cli;
 pub mod lazy;
 pub mod metadata;
 pub mod overlay;

@@ -26,7 +26,7 @@
 //!    to private options carrying the sealed TOC digest.
 //!
 //! Conversion throughput (MB/s) and the size change against the source are printed.
-//! Needs root, umoci, skopeo, openssl, busybox-static, docker-registry, containerd, runc,
+//! Needs root, umoci, skopeo, busybox-static, docker-registry, containerd, runc,
 //! FUSE. Run with `cargo test -p veil-tests --test convert -- --nocapture`.
 
 use std::collections::BTreeMap;
@@ -102,41 +102,47 @@ impl Fixture {
         Ok(f)
     }
 
+    /// The keys, made with `veil keys gen` (so skopeo's decryption below also checks that
+    /// what it writes is what ocicrypt reads: PKCS#8 private keys, SPKI public keys).
     fn make_keys(&self) -> anyhow::Result<()> {
-        let k = self.dir.join("keys");
         for d in ["rsa", "ec", "stranger"] {
-            std::fs::create_dir_all(k.join(d))?;
+            std::fs::create_dir_all(self.key(d))?;
         }
-        let steps: &[&[&str]] = &[
-            &["genrsa", "-out", "rsa/rsa.pem", "2048"],
-            &["rsa", "-in", "rsa/rsa.pem", "-pubout", "-out", "rsa.pub"],
+        let key = |name: &str| self.key(name).to_string_lossy().into_owned();
+        let (rsa, rsa_pub, ec, ec_pub) = (
+            key("rsa/rsa.pem"),
+            key("rsa.pub"),
+            key("ec/ec.pem"),
+            key("ec.pub"),
+        );
+        let (stranger, stranger_pub) = (key("stranger/stranger.pem"), key("stranger.pub"));
+        let kek = key("kek.bin");
+        let gens: [&[&str]; 4] = [
             &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                "ec.sec1.pem",
+                "rsa",
+                "--bits",
+                "2048",
+                "--out",
+                &rsa,
+                "--public-out",
+                &rsa_pub,
             ],
-            // skopeo 1.9 takes an EC private key only as PKCS#8.
+            &["ec", "--out", &ec, "--public-out", &ec_pub],
             &[
-                "pkcs8",
-                "-topk8",
-                "-nocrypt",
-                "-in",
-                "ec.sec1.pem",
-                "-out",
-                "ec/ec.pem",
+                "rsa",
+                "--bits",
+                "2048",
+                "--out",
+                &stranger,
+                "--public-out",
+                &stranger_pub,
             ],
-            &["ec", "-in", "ec.sec1.pem", "-pubout", "-out", "ec.pub"],
-            &["genrsa", "-out", "stranger/stranger.pem", "2048"],
+            &["kek", "--out", &kek],
         ];
-        for args in steps {
-            self.tool("openssl", &k, args)?;
+        for gen in gens {
+            let args = [&["keys", "gen"][..], gen].concat();
+            expect_success(&format!("veil {}", args.join(" ")), &self.veil(&args)?)?;
         }
-        // The KEK for the attestation-agent recipient.
-        std::fs::write(k.join("kek.bin"), random_bytes(32, 0x6b65))?;
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! `veil`: the command-line tool: `pull` into containerd, `mount`/`umount` an image
 //! without containerd, `status` of the daemon, `convert` an image into a lazily
-//! pullable (encrypted) one and `inspect` one, `keyprovider serve` ocicrypt's keyprovider
-//! gRPC API (the server itself is `veil_snapshotter::keyprovider_service`). Later commands
-//! (bench) arrive with the issues that build them.
+//! pullable (encrypted) one and `inspect` one, `keys gen` key material for it,
+//! `keyprovider serve` ocicrypt's keyprovider gRPC API (the server itself is
+//! `veil_snapshotter::keyprovider_service`) and `bench` (runs `veil-bench`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +77,9 @@ enum Command {
     /// protocol (skopeo, imgcrypt, ocicrypt-rs).
     #[command(subcommand)]
     Keyprovider(KeyproviderCommand),
+    /// Make key material for `veil convert --encrypt`: `veil keys gen kek|rsa|ec --out FILE`.
+    #[command(subcommand)]
+    Keys(veil_snapshotter::keys_cli::KeysCommand),
     /// Show what the running veil-snapshotter serves: layers, bytes fetched, cache use.
     Status {
         /// The daemon's status socket (beside its snapshots socket).
@@ -447,6 +450,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Keyprovider(command) => run_keyprovider(command),
+        Command::Keys(command) => veil_snapshotter::keys_cli::run_keys(command),
         Command::Status { address, json } => run_status(&address, json),
         Command::Convert(args) => veil_snapshotter::convert::cli::run_convert(args),
         Command::Inspect(args) => veil_snapshotter::convert::cli::run_inspect(args),
