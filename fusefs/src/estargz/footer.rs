@@ -58,20 +58,28 @@ pub fn parse_footer(tail: &[u8]) -> Result<(u64, u64), FormatError> {
             parse_offset(&extra[4..])
         }) {
             Ok(off) => return Ok((off, FOOTER_SIZE)),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(reason(e)),
         }
     }
     if tail.len() as u64 >= LEGACY_FOOTER_SIZE {
         let f = &tail[tail.len() - LEGACY_FOOTER_SIZE as usize..];
         match parse_extra(f, 22).and_then(parse_offset) {
             Ok(off) => return Ok((off, LEGACY_FOOTER_SIZE)),
-            Err(e) => errors.push(format!("legacy: {e}")),
+            Err(e) => errors.push(format!("legacy: {}", reason(e))),
         }
     }
     if errors.is_empty() {
         return Err(bad(format!("only {} bytes, too short", tail.len())));
     }
     Err(bad(errors.join("; ")))
+}
+
+/// What was wrong, without the "bad eStargz footer" that the joined error says once.
+fn reason(e: FormatError) -> String {
+    match e {
+        FormatError::BadFooter { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
 
 /// The extra field of a gzip header at the start of `f`, which must be `xlen` long.
