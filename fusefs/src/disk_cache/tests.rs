@@ -1,7 +1,8 @@
-//! Tests of `disk_cache.rs`.
+//! Tests of the disk cache (`disk_cache/`).
 
 use std::sync::atomic::AtomicUsize;
 
+use super::persist::Sidecar;
 use super::*;
 use crate::source::MemoryBlob;
 
