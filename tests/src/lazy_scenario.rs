@@ -33,9 +33,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::containerd::{
-    parse_snapshots, process_alive, Containerd, Shutdown, NAMESPACE, SNAPSHOTTER,
-};
+use crate::cleanup::Cleanup;
+use crate::containerd::{parse_snapshots, Containerd, NAMESPACE, SNAPSHOTTER};
 use crate::lazy_image::{
     base_entries, pack, push_image, random_bytes, sha256_hex, tar_of, top_entries, Layer,
     LayerFormat, BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
@@ -317,15 +316,8 @@ pub struct LazyReport {
     pub steps: Vec<StepCost>,
     /// WARN / ERROR lines veil-snapshotter logged (all instances).
     pub veil_warnings: Vec<String>,
-    /// What containerd's shutdown found.
-    pub shutdown: Shutdown,
-    /// Exit status of the last veil-snapshotter on SIGTERM.
-    pub veil_final_exit: Option<ExitStatus>,
-    /// Processes started (name, PID), and those still alive after clean-up.
-    pub started: Vec<(String, u32)>,
-    pub still_alive: Vec<(String, u32)>,
-    /// Mounts below the scenario directory after clean-up (should be empty).
-    pub mounts_left: Vec<String>,
+    /// What the clean-up at the end found.
+    pub cleanup: Cleanup,
 }
 
 impl LazyReport {
@@ -435,18 +427,7 @@ impl LazyReport {
                 sq.left_after_cleanup
             ));
         }
-        if !self.still_alive.is_empty() {
-            p.push(format!(
-                "still alive after clean-up: {:?}",
-                self.still_alive
-            ));
-        }
-        if !self.mounts_left.is_empty() {
-            p.push(format!(
-                "still mounted after clean-up: {:?}",
-                self.mounts_left
-            ));
-        }
+        p.extend(self.cleanup.problems());
         p
     }
 }
@@ -613,17 +594,9 @@ pub fn run(
                  veil-snapshotter (SIGTERM) and the registry, unmounting what is left below \
                  the working directory.",
             );
-            let mut cd = stack.containerd.take().expect("containerd was started");
-            report.started.push(("containerd".into(), cd.pid()));
-            report.shutdown = cd.shutdown();
-            drop(cd);
-            report.veil_final_exit = stack.veil.stop();
-            crate::mounts::unmount_below(&dir);
-            for (i, pid) in stack.veil.pids.iter().enumerate() {
-                report
-                    .started
-                    .push((format!("veil-snapshotter #{}", i + 1), *pid));
-            }
+            let cd = stack.containerd.take().expect("containerd was started");
+            let registry = stack.registry.take();
+            report.cleanup = Cleanup::run(&dir, cd, &mut stack.veil, registry);
             for log in &stack.veil.logs {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 report.veil_warnings.extend(
@@ -632,18 +605,6 @@ pub fn run(
                         .map(str::to_string),
                 );
             }
-            if let Some(mut r) = stack.registry.take() {
-                report.started.push(("docker-registry".into(), r.pid()));
-                r.stop();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            report.still_alive = report
-                .started
-                .iter()
-                .filter(|(_, pid)| process_alive(*pid))
-                .cloned()
-                .collect();
-            report.mounts_left = crate::mounts::mounts_below(&dir);
             steps.push(StepCost {
                 step: "clean up".into(),
                 time: t.elapsed(),
@@ -1099,11 +1060,7 @@ fn steps_until_restart(
         },
         steps: Vec::new(),
         veil_warnings: Vec::new(),
-        shutdown: Shutdown::default(),
-        veil_final_exit: None,
-        started: Vec::new(),
-        still_alive: Vec::new(),
-        mounts_left: Vec::new(),
+        cleanup: Cleanup::default(),
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod attested_scenario;
 pub mod binaries;
+pub mod cleanup;
 pub mod containerd;
 pub mod gosuite;
 pub mod image;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::containerd::{process_alive, Containerd, Shutdown, SnapshotRow, SNAPSHOTTER};
+use crate::cleanup::Cleanup;
+use crate::containerd::{Containerd, SnapshotRow, SNAPSHOTTER};
 use crate::image::{build_test_image, TestImage};
 use crate::process::ChildGuard;
 
@@ -163,16 +164,8 @@ pub struct Report {
     pub snapshots_at_end: Vec<SnapshotRow>,
     /// Last lines of the snapshotters' logs.
     pub veil_log_tail: Vec<String>,
-    /// What containerd's shutdown found.
-    pub shutdown: Shutdown,
-    /// Exit status of the second snapshotter on SIGTERM.
-    pub veil_final_exit: Option<ExitStatus>,
-    /// Processes this scenario started (name, PID).
-    pub started: Vec<(String, u32)>,
-    /// Of those, any still alive after clean-up (should be empty).
-    pub still_alive: Vec<(String, u32)>,
-    /// Mounts below the scenario directory after clean-up (should be empty).
-    pub mounts_left: Vec<String>,
+    /// What the clean-up at the end found.
+    pub cleanup: Cleanup,
 }
 
 /// The running parts. Field order is drop order: containerd goes before the snapshotter.
@@ -219,28 +212,13 @@ pub fn run(dir: &Path, veil_bin: &Path, say: &mut dyn FnMut(&str)) -> anyhow::Re
     let result = steps(&dir, &mut stack, say);
     match result {
         Ok(mut report) => {
+            say(
+                "Cleaning up: deleting leftover tasks and containers, stopping containerd, \
+                 then veil-snapshotter (SIGTERM).",
+            );
             let cd = stack.containerd.take().expect("containerd was started");
-            report.started.push(("containerd".into(), cd.pid()));
-            say("Cleaning up: deleting leftover tasks and containers, stopping containerd.");
-            let mut cd = cd;
-            report.shutdown = cd.shutdown();
-            drop(cd);
-            say("Stopping veil-snapshotter (SIGTERM).");
-            report.veil_final_exit = stack.veil.stop();
-            crate::mounts::unmount_below(&dir);
-            for (i, pid) in stack.veil.pids.iter().enumerate() {
-                report
-                    .started
-                    .push((format!("veil-snapshotter #{}", i + 1), *pid));
-            }
+            report.cleanup = Cleanup::run(&dir, cd, &mut stack.veil, None);
             report.veil_log_tail = tail(&stack.veil.log_text(), 15);
-            report.still_alive = report
-                .started
-                .iter()
-                .filter(|(_, pid)| process_alive(*pid))
-                .cloned()
-                .collect();
-            report.mounts_left = crate::mounts::mounts_below(&dir);
             Ok(report)
         }
         Err(e) => {
@@ -426,11 +404,7 @@ fn steps(dir: &Path, stack: &mut Stack, say: &mut dyn FnMut(&str)) -> anyhow::Re
         second_run,
         snapshots_at_end,
         veil_log_tail: Vec::new(),
-        shutdown: Shutdown::default(),
-        veil_final_exit: None,
-        started: Vec::new(),
-        still_alive: Vec::new(),
-        mounts_left: Vec::new(),
+        cleanup: Cleanup::default(),
     })
 }
 

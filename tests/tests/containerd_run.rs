@@ -70,31 +70,33 @@ fn containerd_runs_containers_from_veil_across_a_restart() {
 
     // Clean-up: no tasks or shims were left, everything stopped, nothing mounted.
     assert!(
-        report.shutdown.tasks_killed.is_empty() && report.shutdown.containers_deleted.is_empty(),
+        report.cleanup.shutdown.tasks_killed.is_empty()
+            && report.cleanup.shutdown.containers_deleted.is_empty(),
         "tasks/containers left behind by `ctr run --rm`: {:?}",
-        report.shutdown
+        report.cleanup.shutdown
     );
     assert!(
-        report.shutdown.shims_left.is_empty(),
+        report.cleanup.shutdown.shims_left.is_empty(),
         "containerd shims outlived containerd: {:?}",
-        report.shutdown.shims_left
+        report.cleanup.shutdown.shims_left
     );
     assert!(
-        report.shutdown.exit.is_some(),
+        report.cleanup.shutdown.exit.is_some(),
         "containerd exit status missing"
     );
     let final_exit = report
+        .cleanup
         .veil_final_exit
         .expect("veil-snapshotter exit status");
     assert!(
         final_exit.success(),
         "veil-snapshotter exited with {final_exit} on SIGTERM at the end"
     );
-    assert_eq!(report.started.len(), 3, "{:?}", report.started);
+    assert_eq!(report.cleanup.started.len(), 3, "{:?}", report.cleanup.started);
     assert!(
-        report.still_alive.is_empty(),
+        report.cleanup.still_alive.is_empty(),
         "processes still alive after clean-up: {:?}",
-        report.still_alive
+        report.cleanup.still_alive
     );
     assert!(
         shim_pids_for(
@@ -107,9 +109,9 @@ fn containerd_runs_containers_from_veil_across_a_restart() {
         "shims of this test's containerd are still running"
     );
     assert!(
-        report.mounts_left.is_empty(),
+        report.cleanup.mounts_left.is_empty(),
         "mounts left below the test directory: {:?}",
-        report.mounts_left
+        report.cleanup.mounts_left
     );
     eprintln!(
         "[containerd_run] containerd reached the restarted snapshotter after {:?}; errors on \

@@ -256,24 +256,28 @@ fn demo_flow_starts_a_container_lazily_across_a_restart() {
 
     // Clean-up.
     assert!(
-        report.veil_final_exit.map(|e| e.success()).unwrap_or(false),
+        report
+            .cleanup
+            .veil_final_exit
+            .map(|e| e.success())
+            .unwrap_or(false),
         "final veil-snapshotter exit: {:?}",
-        report.veil_final_exit
+        report.cleanup.veil_final_exit
     );
     assert!(
-        report.shutdown.shims_left.is_empty(),
+        report.cleanup.shutdown.shims_left.is_empty(),
         "{:?}",
-        report.shutdown
+        report.cleanup.shutdown
     );
     assert!(
-        report.still_alive.is_empty(),
+        report.cleanup.still_alive.is_empty(),
         "still alive: {:?}",
-        report.still_alive
+        report.cleanup.still_alive
     );
     assert!(
-        report.mounts_left.is_empty(),
+        report.cleanup.mounts_left.is_empty(),
         "still mounted: {:?}",
-        report.mounts_left
+        report.cleanup.mounts_left
     );
     assert_eq!(report.problems(), Vec::<String>::new());
     eprintln!(

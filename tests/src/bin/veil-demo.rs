@@ -324,20 +324,7 @@ fn show_lazy_summary(r: &LazyReport) -> bool {
             indent(&r.veil_warnings.join("\n"))
         );
     }
-    let s = &r.shutdown;
-    println!(
-        "Clean-up: containerd stopped ({}), veil-snapshotter stopped ({}); leftover tasks {}, \
-         containers {}, shims {}, mounts {}; processes still alive: {}.",
-        s.exit.map(|e| e.to_string()).unwrap_or_else(|| "?".into()),
-        r.veil_final_exit
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "?".into()),
-        s.tasks_killed.len(),
-        s.containers_deleted.len(),
-        s.shims_left.len(),
-        s.mounts_left.len() + r.mounts_left.len(),
-        r.still_alive.len()
-    );
+    println!("Clean-up: {}", r.cleanup.summary());
     let problems = r.problems();
     if problems.is_empty() {
         println!("Every check passed.");
@@ -492,25 +479,10 @@ fn import_demo(dir: &Path, bins: &Binaries) -> bool {
                 "Last lines Veil logged:\n{}",
                 indent(&report.veil_log_tail.join("\n"))
             );
-            let s = &report.shutdown;
-            println!(
-                "Clean-up: containerd stopped ({}), veil-snapshotter stopped ({}); leftover \
-                 tasks {}, containers {}, shims {}, mounts {}; processes still alive: {}.",
-                s.exit.map(|e| e.to_string()).unwrap_or_else(|| "?".into()),
-                report
-                    .veil_final_exit
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                s.tasks_killed.len(),
-                s.containers_deleted.len(),
-                s.shims_left.len(),
-                s.mounts_left.len() + report.mounts_left.len(),
-                report.still_alive.len()
-            );
+            println!("Clean-up: {}", report.cleanup.summary());
             report.first_run == expected
                 && report.second_run == expected
-                && report.still_alive.is_empty()
-                && report.mounts_left.is_empty()
+                && report.cleanup.problems().is_empty()
         }
         Err(e) => {
             eprintln!("The demo failed:\n{e:?}");
