@@ -83,6 +83,11 @@ impl fmt::Debug for CtrDecryptingSource {
 }
 
 impl BlobSource for CtrDecryptingSource {
+    /// Offsets are the same in ciphertext and plaintext: the inner source drops its copy.
+    fn discard(&self, range: Range<u64>) {
+        self.inner.discard(range);
+    }
+
     fn size(&self) -> u64 {
         self.inner.size()
     }

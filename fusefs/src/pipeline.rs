@@ -10,7 +10,10 @@
 //! Fail closed: a chunk whose digest does not match (or that does not decompress) fails
 //! the read with [`ReadError::Verify`], which the filesystem answers with `EIO`, and is
 //! logged with `tracing::error!` naming the layer, file and chunk. Wrong bytes are never
-//! returned. Fetch errors surface after the source's own bounded retries; the pipeline
+//! returned. The source is told to [`discard`](BlobSource::discard) the chunk's bytes (a
+//! disk cache drops them, so bytes corrupted on local disk are fetched again); a chunk
+//! that fails [`MAX_VERIFY_ATTEMPTS`] times is remembered, and later reads of it fail at
+//! once with [`ReadError::KnownBad`] instead of fetching it again and again. Fetch errors surface after the source's own bounded retries; the pipeline
 //! does not retry.
 
 use std::io;
@@ -24,6 +27,9 @@ use crate::cache::{ChunkCache, ChunkData, ChunkKey, FetchGuard, Lookup, WaitErro
 use crate::codec::{self, CodecError};
 use crate::source::BlobSource;
 use crate::tree::{LayerTree, Node, NodeKind};
+
+/// How many times one chunk may fail verification before it is not fetched any more.
+pub const MAX_VERIFY_ATTEMPTS: u32 = 2;
 
 /// Default cap on one coalesced range request: 16 MiB.
 pub const DEFAULT_MAX_REQUEST: u64 = 16 << 20;
@@ -101,6 +107,18 @@ pub enum ReadError {
         /// Why.
         reason: String,
     },
+    /// A chunk failed verification [`MAX_VERIFY_ATTEMPTS`] times and is not fetched again.
+    #[error("layer {layer}: chunk {chunk} of {path:?} failed verification {attempts} times; not fetched again")]
+    KnownBad {
+        /// Layer name.
+        layer: String,
+        /// The file being read.
+        path: String,
+        /// The chunk's layer-wide index.
+        chunk: u64,
+        /// How many times it failed.
+        attempts: u32,
+    },
     /// A decoding task died (panicked or was cancelled).
     #[error("layer {layer}: chunk decoding task failed: {message}")]
     Task {
@@ -166,6 +184,8 @@ pub struct ChunkReader {
     options: ReaderOptions,
     counters: Counters,
     bad: std::sync::OnceLock<String>,
+    /// Verification failures per chunk (layer-wide index).
+    strikes: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 impl std::fmt::Debug for ChunkReader {
@@ -204,6 +224,7 @@ impl ChunkReader {
             options,
             counters: Counters::default(),
             bad: std::sync::OnceLock::new(),
+            strikes: Default::default(),
         }
     }
 
@@ -279,6 +300,7 @@ impl ChunkReader {
         let last = chunks.partition_point(|c| c.file_offset < end);
         let wanted = first..last.max(first);
 
+        self.refuse_known_bad(node, wanted.clone())?;
         let mut parts: Vec<Option<ChunkData>> = vec![None; wanted.len()];
         let mut waits: Vec<(usize, Waiter)> = Vec::new();
         let mut claims: Vec<Claim<'_>> = Vec::new();
@@ -342,6 +364,38 @@ impl ChunkReader {
             }
         }
         Ok(out)
+    }
+
+    /// Fails with [`ReadError::KnownBad`] if one of the file's chunks `locals` failed
+    /// verification too often.
+    fn refuse_known_bad(&self, node: &Node, locals: Range<usize>) -> Result<(), ReadError> {
+        let strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+        if strikes.is_empty() {
+            return Ok(());
+        }
+        for local in locals {
+            let chunk = self.global(node, local);
+            match strikes.get(&chunk) {
+                Some(&attempts) if attempts >= MAX_VERIFY_ATTEMPTS => {
+                    return Err(ReadError::KnownBad {
+                        layer: self.layer_name.clone(),
+                        path: node.path.clone(),
+                        chunk,
+                        attempts,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a verification failure of `chunk`; returns how many it has had.
+    fn strike(&self, chunk: u64) -> u32 {
+        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+        let n = strikes.entry(chunk).or_insert(0);
+        *n += 1;
+        *n
     }
 
     fn global(&self, node: &Node, local: usize) -> u64 {
@@ -470,6 +524,8 @@ impl ChunkReader {
                 Err(err) => {
                     bump(&self.counters.verify_failures, 1);
                     let chunk = &chunks[claim.local];
+                    self.source.discard(chunk.blob_offset..chunk.blob_end);
+                    let attempt = self.strike(global);
                     tracing::error!(
                         layer = %self.layer_name,
                         file = %node.path,
@@ -478,6 +534,7 @@ impl ChunkReader {
                         file_offset = chunk.file_offset,
                         blob_range = ?(chunk.blob_offset..chunk.blob_end),
                         error = %err,
+                        attempt,
                         "chunk failed verification; the read fails with EIO"
                     );
                     let err = ReadError::Verify {

@@ -255,15 +255,98 @@ async fn tampered_chunk_fails_and_is_not_cached() {
     let ino = ino(&f.reader, "f");
     // The first two chunks are fine.
     assert_eq!(f.reader.read(ino, 0, 2000).await.unwrap(), &data[..2000]);
-    // Any read touching chunk 2 fails with EIO and never returns bytes.
-    for (offset, len) in [(2000, 10), (1500, 1000), (0, 4000)] {
+    // Any read touching chunk 2 fails with EIO and never returns bytes: fetched and
+    // verified twice, then refused without fetching.
+    for (offset, len) in [(2000, 10), (1500, 1000)] {
         let err = f.reader.read(ino, offset, len).await.unwrap_err();
         assert!(matches!(err, ReadError::Verify { chunk: 2, .. }), "{err}");
         assert_eq!(err.errno(), libc::EIO);
     }
-    assert!(f.reader.stats().verify_failures >= 3);
+    assert_eq!(f.reader.stats().verify_failures, 2);
+    let requests = f.source.requests().len();
+    for (offset, len) in [(2000, 10), (0, 4000)] {
+        let err = f.reader.read(ino, offset, len).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReadError::KnownBad {
+                    chunk: 2,
+                    attempts: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.errno(), libc::EIO);
+    }
+    assert_eq!(
+        f.source.requests().len(),
+        requests,
+        "a known-bad chunk is not fetched"
+    );
     // Chunk 3 (in the same coalesced request as chunk 2) was still verified and cached.
     assert_eq!(f.reader.read(ino, 3000, 1000).await.unwrap(), &data[3000..]);
+}
+
+/// Serves a flipped byte at `at` until its range is discarded, then the right bytes.
+struct CorruptUntilDiscarded {
+    blob: MemoryBlob,
+    at: u64,
+    discarded: Mutex<Vec<Range<u64>>>,
+}
+
+impl BlobSource for CorruptUntilDiscarded {
+    fn size(&self) -> u64 {
+        self.blob.size()
+    }
+
+    fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        let healed = self
+            .discarded
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d.contains(&self.at));
+        Box::pin(async move {
+            let mut bytes = self.blob.read_range(range.clone()).await?;
+            if !healed && range.contains(&self.at) {
+                bytes[(self.at - range.start) as usize] ^= 0x40;
+            }
+            Ok(bytes)
+        })
+    }
+
+    fn discard(&self, range: Range<u64>) {
+        self.discarded.lock().unwrap().push(range);
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_that_fails_verification_is_discarded_and_fetched_again() {
+    let data = pattern(4000, 9);
+    let (toc, blob) = layer(&[("f", data.clone())], 1000);
+    let second = toc.entries[0].chunks[1].clone();
+    let source = Arc::new(CorruptUntilDiscarded {
+        blob: MemoryBlob(blob),
+        at: (second.blob_offset + second.blob_end) / 2,
+        discarded: Mutex::new(Vec::new()),
+    });
+    let reader = ChunkReader::new(
+        "sha256:test",
+        Arc::new(LayerTree::build(&toc).unwrap()),
+        source.clone(),
+        Arc::new(ChunkCache::new(64 << 20)),
+        ReaderOptions::default(),
+    );
+    let ino = ino(&reader, "f");
+    let err = reader.read(ino, 1000, 1000).await.unwrap_err();
+    assert!(matches!(err, ReadError::Verify { chunk: 1, .. }), "{err}");
+    assert_eq!(
+        *source.discarded.lock().unwrap(),
+        vec![second.blob_offset..second.blob_end]
+    );
+    // Like a disk cache that dropped its corrupted copy: the next read fetches it again.
+    assert_eq!(reader.read(ino, 0, 4000).await.unwrap(), data);
 }
 
 #[tokio::test]

@@ -16,6 +16,13 @@ pub trait BlobSource: Send + Sync {
 
     /// The bytes in `range` (which lies inside `0..size()`), all of them or an error.
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>>;
+
+    /// The bytes in `range` failed verification after they were read: a source that keeps
+    /// copies (a cache) drops them, so the next read of the range fetches them again.
+    /// Sources that keep nothing ignore it.
+    fn discard(&self, range: Range<u64>) {
+        let _ = range;
+    }
 }
 
 /// A blob held in memory.

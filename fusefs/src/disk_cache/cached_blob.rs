@@ -223,6 +223,10 @@ impl CachedBlob {
 }
 
 impl BlobSource for CachedBlob {
+    fn discard(&self, range: Range<u64>) {
+        self.forget(range);
+    }
+
     fn size(&self) -> u64 {
         self.entry.size
     }

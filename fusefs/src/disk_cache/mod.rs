@@ -33,7 +33,8 @@
 //! decoding by the pipeline, so bytes corrupted on disk surface there as a digest
 //! mismatch (EIO). To let the next read fetch them again, whoever detects the mismatch
 //! calls [`CachedBlob::forget`] (or [`DiskCache::invalidate`] by key) with the blob range;
-//! the prefetcher does so for what it verifies. (The chunk reader has no such hook yet.)
+//! the prefetcher does so for what it verifies, and the chunk reader through
+//! [`BlobSource::discard`].
 //!
 //! **Concurrency.** Reads take two short locks (the index for recency, the blob's state
 //! for the present set) and read the data file without any lock held. Writers write only
