@@ -40,12 +40,16 @@ pub struct ReaderOptions {
     /// The most bytes one coalesced range request may span (a single chunk bigger than
     /// this is still fetched, alone).
     pub max_request: u64,
+    /// Name files by inode number, not path, in logs and errors: for encrypted layers,
+    /// whose file names are plaintext that must not reach the journal on disk.
+    pub redact_paths: bool,
 }
 
 impl Default for ReaderOptions {
     fn default() -> Self {
         Self {
             max_request: DEFAULT_MAX_REQUEST,
+            redact_paths: false,
         }
     }
 }
@@ -355,7 +359,7 @@ impl ChunkReader {
                         message: format!(
                             "chunk {} of {:?} has {} bytes, expected {}",
                             self.global(node, local),
-                            node.path,
+                            self.shown(node),
                             data.len(),
                             chunk.size
                         ),
@@ -364,6 +368,16 @@ impl ChunkReader {
             }
         }
         Ok(out)
+    }
+
+    /// How logs and errors name `node`: its path, or with
+    /// [`ReaderOptions::redact_paths`] its inode number.
+    fn shown(&self, node: &Node) -> String {
+        if self.options.redact_paths {
+            format!("<inode {}>", node.ino)
+        } else {
+            node.path.clone()
+        }
     }
 
     /// Fails with [`ReadError::KnownBad`] if one of the file's chunks `locals` failed
@@ -379,7 +393,7 @@ impl ChunkReader {
                 Some(&attempts) if attempts >= MAX_VERIFY_ATTEMPTS => {
                     return Err(ReadError::KnownBad {
                         layer: self.layer_name.clone(),
-                        path: node.path.clone(),
+                        path: self.shown(node),
                         chunk,
                         attempts,
                     })
@@ -473,7 +487,7 @@ impl ChunkReader {
                 bump(&self.counters.fetch_failures, 1);
                 tracing::error!(
                     layer = %self.layer_name,
-                    file = %node.path,
+                    file = %self.shown(node),
                     ino = node.ino,
                     blob_range = ?(start..end),
                     error = %err,
@@ -481,7 +495,7 @@ impl ChunkReader {
                 );
                 let err = ReadError::Fetch {
                     layer: self.layer_name.clone(),
-                    path: node.path.clone(),
+                    path: self.shown(node),
                     range: start..end,
                     source: Arc::new(err),
                 };
@@ -528,7 +542,7 @@ impl ChunkReader {
                     let attempt = self.strike(global);
                     tracing::error!(
                         layer = %self.layer_name,
-                        file = %node.path,
+                        file = %self.shown(node),
                         ino = node.ino,
                         chunk = global,
                         file_offset = chunk.file_offset,
@@ -539,7 +553,7 @@ impl ChunkReader {
                     );
                     let err = ReadError::Verify {
                         layer: self.layer_name.clone(),
-                        path: node.path.clone(),
+                        path: self.shown(node),
                         chunk: global,
                         source: Arc::new(err),
                     };
@@ -570,7 +584,7 @@ impl ChunkReader {
                 Err(source @ WaitError::Failed(_)) => {
                     return Err(ReadError::Shared {
                         layer: self.layer_name.clone(),
-                        path: node.path.clone(),
+                        path: self.shown(node),
                         chunk: self.global(node, local),
                         source,
                     })

@@ -115,6 +115,15 @@ struct Fixture {
 }
 
 fn fixture(files: &[(&str, Vec<u8>)], chunk_size: usize, tamper: Option<usize>) -> Fixture {
+    fixture_with(files, chunk_size, tamper, ReaderOptions::default())
+}
+
+fn fixture_with(
+    files: &[(&str, Vec<u8>)],
+    chunk_size: usize,
+    tamper: Option<usize>,
+    options: ReaderOptions,
+) -> Fixture {
     let (toc, mut blob) = layer(files, chunk_size);
     if let Some(at) = tamper {
         blob[at] ^= 0x40;
@@ -122,13 +131,7 @@ fn fixture(files: &[(&str, Vec<u8>)], chunk_size: usize, tamper: Option<usize>) 
     let tree = Arc::new(LayerTree::build(&toc).unwrap());
     let source = Arc::new(CountingSource::new(blob));
     let cache = Arc::new(ChunkCache::new(64 << 20));
-    let reader = ChunkReader::new(
-        "sha256:test",
-        tree,
-        source.clone(),
-        cache,
-        ReaderOptions::default(),
-    );
+    let reader = ChunkReader::new("sha256:test", tree, source.clone(), cache, options);
     Fixture { reader, source }
 }
 
@@ -235,6 +238,7 @@ async fn max_request_caps_coalescing() {
         Arc::new(ChunkCache::new(1 << 20)),
         ReaderOptions {
             max_request: biggest * 2 + 1,
+            ..ReaderOptions::default()
         },
     );
     let ino = reader.tree().resolve("f").unwrap().ino;
@@ -459,15 +463,37 @@ async fn verification_failure_is_logged_with_layer_file_and_chunk() {
     let (toc, _) = layer(&[("dir/secret.bin", data.clone())], 1000);
     let second = &toc.entries[0].chunks[1];
     let at = ((second.blob_offset + second.blob_end) / 2) as usize;
-    let f = fixture(&[("dir/secret.bin", data)], 1000, Some(at));
-    let ino = ino(&f.reader, "dir/secret.bin");
-    assert!(f.reader.read(ino, 1000, 10).await.is_err());
+    let f = fixture(&[("dir/secret.bin", data.clone())], 1000, Some(at));
+    let plain = ino(&f.reader, "dir/secret.bin");
+    assert!(f.reader.read(plain, 1000, 10).await.is_err());
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = String::from_utf8(std::mem::take(&mut *captured.0.lock().unwrap())).unwrap();
     assert!(log.contains("ERROR"), "{log}");
     assert!(log.contains("layer=sha256:test"), "{log}");
     assert!(log.contains("file=dir/secret.bin"), "{log}");
     assert!(log.contains("chunk=1"), "{log}");
+
+    // Redacted (encrypted layers): the file is named by inode, in the log and the error.
+    let options = ReaderOptions {
+        redact_paths: true,
+        ..ReaderOptions::default()
+    };
+    let f = fixture_with(&[("dir/secret.bin", data)], 1000, Some(at), options);
+    let redacted = ino(&f.reader, "dir/secret.bin");
+    let err = f
+        .reader
+        .read(redacted, 1000, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains(&format!("file=<inode {redacted}>")), "{log}");
+    assert!(log.contains("chunk=1"), "{log}");
+    assert!(err.contains(&format!("<inode {redacted}>")), "{err}");
+    assert!(
+        !log.contains("secret") && !err.contains("secret"),
+        "{log}\n{err}"
+    );
 }
 
 #[tokio::test]

@@ -363,7 +363,11 @@ impl LazyLayers {
             tree,
             source.clone(),
             self.cache.clone(),
-            ReaderOptions::default(),
+            // An encrypted layer's file names are plaintext: logs name inodes instead.
+            ReaderOptions {
+                redact_paths: encrypted,
+                ..ReaderOptions::default()
+            },
         ));
         if self.options.prefetch {
             if let Some(end) = toc.prefetch_end.filter(|&end| end > 0) {
