@@ -155,6 +155,7 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
         Compression::Zstd => {
             Box::new(zstd::stream::read::Decoder::with_buffer(compressed).map_err(decompress_err)?)
         }
+        Compression::None => Box::new(compressed),
     };
     let needed_end = chunk.inner_offset.saturating_add(chunk.size);
     let mut reader = reader.take(needed_end);
@@ -259,7 +260,7 @@ mod tests {
         for compression in [Compression::Gzip, Compression::Zstd] {
             let member = match compression {
                 Compression::Gzip => gzip(&data),
-                Compression::Zstd => zstd_frame(&data),
+                Compression::Zstd | Compression::None => zstd_frame(&data),
             };
             // Truncated.
             let cut = &member[..member.len() / 2];

@@ -16,6 +16,7 @@ pub mod mount;
 pub mod pipeline;
 pub mod prefetch;
 pub mod source;
+pub mod stream;
 pub mod tar_index;
 pub mod toc;
 pub mod tree;

@@ -139,9 +139,32 @@ struct Pending {
 /// Index every real entry of the tar archive `reader` (positioned at its start).
 pub fn index_tar<R: Read + Seek>(reader: R) -> Result<Vec<TarEntry>, TarIndexError> {
     let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries_with_seek()?.raw(true);
+    walk(entries, |_, _| Ok(()))
+}
+
+/// Like [`index_tar`], for a stream that cannot seek (one being decompressed as it is
+/// read): each real entry is handed to `visit` with a reader of its payload; what `visit`
+/// leaves unread is skipped. Reading stops at the end-of-archive blocks.
+pub fn index_tar_stream<R: Read>(
+    reader: R,
+    mut visit: impl FnMut(&TarEntry, &mut dyn Read) -> io::Result<()>,
+) -> Result<Vec<TarEntry>, TarIndexError> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries()?.raw(true);
+    walk(entries, |entry, data| {
+        visit(entry, data).map_err(TarIndexError::Io)
+    })
+}
+
+/// The entries of `entries`, extension records applied; `visit` sees each real entry.
+fn walk<'a, R: Read + 'a>(
+    entries: tar::Entries<'a, R>,
+    mut visit: impl FnMut(&TarEntry, &mut tar::Entry<'a, R>) -> Result<(), TarIndexError>,
+) -> Result<Vec<TarEntry>, TarIndexError> {
     let mut out = Vec::new();
     let mut pending = Pending::default();
-    for item in archive.entries_with_seek()?.raw(true) {
+    for item in entries {
         let mut entry = item?;
         let header_pos = entry.raw_header_position();
         let data_offset = entry.raw_file_position();
@@ -173,7 +196,9 @@ pub fn index_tar<R: Read + Seek>(reader: R) -> Result<Vec<TarEntry>, TarIndexErr
             continue;
         }
         let pend = std::mem::take(&mut pending);
-        out.push(describe(&entry, pend, header_pos, data_offset, size)?);
+        let described = describe(&entry, pend, header_pos, data_offset, size)?;
+        visit(&described, &mut entry)?;
+        out.push(described);
     }
     if pending.start.is_some() {
         return Err(TarIndexError::DanglingExtension);

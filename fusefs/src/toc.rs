@@ -15,6 +15,9 @@ pub enum Format {
     Estargz,
     /// zstd:chunked: zstd frames, TOC in a skippable frame before a footer.
     ZstdChunked,
+    /// A tar stream (plain, gzip or zstd) indexed while it was read whole
+    /// ([`crate::stream`]): chunk offsets are offsets in the uncompressed tar stream.
+    Streamed,
 }
 
 /// How a chunk's bytes are compressed in the blob.
@@ -24,6 +27,9 @@ pub enum Compression {
     Gzip,
     /// A zstd frame (zstd:chunked).
     Zstd,
+    /// Not compressed: the chunk's blob bytes are its plaintext (the uncompressed tar
+    /// stream of a streamed layer, [`crate::stream`]).
+    None,
 }
 
 /// The kind of a tar entry.

@@ -11,14 +11,17 @@
 //! are fetched and decrypted alone. It sits above the disk cache, which therefore only
 //! ever holds ciphertext. The TOC digest sealed in the wrapped private options
 //! (`veil.toc-digest`) takes precedence over the manifest annotation; with
-//! `require_sealed_toc` a layer without one is refused. Key material never leaves memory
-//! and is never logged.
+//! `require_sealed_toc` a layer without one is not served lazily but streamed
+//! ([`OpenedLayer::must_stream`]). For the streamed path, [`StreamCipher::reader`]
+//! decrypts the whole blob front to back while computing the ocicrypt HMAC, which
+//! [`VerifyingReader::finish`] checks at the end. Key material never leaves memory and
+//! is never logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use veil_fusefs::ctr::{CtrDecryptingSource, HmacVerifier};
+use veil_fusefs::ctr::{apply_keystream_at, CtrDecryptingSource, HmacVerifier};
 use veil_fusefs::source::BlobSource;
 use veil_keyprovider::aa_packet;
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
@@ -108,8 +111,140 @@ pub struct OpenedLayer {
     pub source: Arc<dyn BlobSource>,
     /// The TOC digest sealed in the private options, when the layer has one.
     pub sealed_toc_digest: Option<String>,
+    /// Why the layer must be streamed and verified whole even if it could be read
+    /// lazily (no sealed TOC digest under `require_sealed_toc`); `None`: it may be lazy.
+    pub must_stream: Option<String>,
     /// What checks the whole ciphertext once it has all been fetched.
     pub hmac: HmacCheck,
+    /// Decrypts and authenticates the whole blob in one pass (the streamed path).
+    pub cipher: StreamCipher,
+}
+
+/// The layer cipher for one front-to-back pass over the whole ciphertext:
+/// [`StreamCipher::reader`] decrypts while it feeds the ocicrypt HMAC.
+pub struct StreamCipher {
+    key: Zeroizing<[u8; 32]>,
+    nonce: Zeroizing<[u8; 16]>,
+    expected: [u8; 32],
+}
+
+impl StreamCipher {
+    /// A reader of the plaintext (still compressed) blob, decrypting `ciphertext` from
+    /// its start a piece at a time through `handle`'s runtime (call its `read` from a
+    /// blocking thread). Nothing it returns is authenticated until
+    /// [`VerifyingReader::finish`] says so.
+    pub fn reader(
+        &self,
+        ciphertext: Arc<dyn BlobSource>,
+        handle: tokio::runtime::Handle,
+    ) -> VerifyingReader {
+        VerifyingReader {
+            key: self.key.clone(),
+            nonce: self.nonce.clone(),
+            expected: self.expected,
+            size: ciphertext.size(),
+            ciphertext,
+            handle,
+            offset: 0,
+            buf: Zeroizing::new(Vec::new()),
+            buf_pos: 0,
+            mac: None,
+        }
+    }
+}
+
+/// Ciphertext bytes read at a time by a [`VerifyingReader`].
+const STREAM_PIECE: u64 = 4 << 20;
+
+/// Decrypts an ocicrypt blob front to back and computes its HMAC on the way (see
+/// [`StreamCipher::reader`]). Its buffer of plaintext is zeroized when replaced or
+/// dropped.
+pub struct VerifyingReader {
+    key: Zeroizing<[u8; 32]>,
+    nonce: Zeroizing<[u8; 16]>,
+    expected: [u8; 32],
+    ciphertext: Arc<dyn BlobSource>,
+    handle: tokio::runtime::Handle,
+    size: u64,
+    offset: u64,
+    buf: Zeroizing<Vec<u8>>,
+    buf_pos: usize,
+    mac: Option<HmacVerifier>,
+}
+
+impl VerifyingReader {
+    /// Ciphertext bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads the next piece of ciphertext into the buffer, feeding the HMAC, and
+    /// decrypts it; `false` at the end of the blob.
+    fn next_piece(&mut self) -> std::io::Result<bool> {
+        if self.offset >= self.size {
+            return Ok(false);
+        }
+        if self.mac.is_none() {
+            self.mac = Some(
+                HmacVerifier::new(&self.key, &self.expected)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            );
+        }
+        let end = (self.offset + STREAM_PIECE).min(self.size);
+        let mut bytes = self
+            .handle
+            .block_on(self.ciphertext.read_range(self.offset..end))?;
+        if bytes.len() as u64 != end - self.offset {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the registry returned {} bytes for ciphertext range {}..{end}",
+                    bytes.len(),
+                    self.offset
+                ),
+            ));
+        }
+        if let Some(mac) = &mut self.mac {
+            mac.update(&bytes);
+        }
+        apply_keystream_at(&self.key, &self.nonce, self.offset, &mut bytes);
+        self.offset = end;
+        self.buf = Zeroizing::new(bytes);
+        self.buf_pos = 0;
+        Ok(true)
+    }
+
+    /// Reads whatever of the blob has not been read yet, then checks the HMAC over the
+    /// whole ciphertext. `Err` says why the blob is not authentic (or could not be read).
+    pub fn finish(mut self) -> Result<(), String> {
+        loop {
+            match self.next_piece() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(format!("reading the ciphertext at {}: {e}", self.offset)),
+            }
+        }
+        let mac = match self.mac.take() {
+            Some(mac) => mac,
+            None => HmacVerifier::new(&self.key, &self.expected).map_err(|e| e.to_string())?,
+        };
+        mac.finish().map_err(|e| e.to_string())
+    }
+}
+
+impl std::io::Read for VerifyingReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.buf_pos == self.buf.len() && !self.next_piece()? {
+            return Ok(0);
+        }
+        let n = out.len().min(self.buf.len() - self.buf_pos);
+        out[..n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
+        self.buf_pos += n;
+        Ok(n)
+    }
 }
 
 /// The ocicrypt HMAC-SHA256 over a layer's whole ciphertext: the only integrity check
@@ -306,14 +441,10 @@ impl Decryption {
             .map_err(|e| format!("encrypted layer {layer}: {e}"))?;
         let sealed = sealed_toc_digest(&private)
             .map_err(|e| format!("encrypted layer {layer}: bad sealed TOC digest: {e}"))?;
-        if sealed.is_none() && self.require_sealed_toc {
-            return Err(format!(
-                "encrypted layer {layer} has no sealed TOC digest and require_sealed_toc is set \
-                 (streamed verification of whole encrypted layers is not implemented yet)"
-            ));
-        }
         let mut plain = desc.clone();
         plain.media_type = plain_media_type(&desc.media_type).to_string();
+        let must_stream = (sealed.is_none() && self.require_sealed_toc)
+            .then(|| "it has no sealed TOC digest and require_sealed_toc is set".to_string());
         Ok(OpenedLayer {
             plain,
             source: Arc::new(CtrDecryptingSource::new(
@@ -322,8 +453,14 @@ impl Decryption {
                 &params.nonce,
             )),
             sealed_toc_digest: sealed,
+            must_stream,
             hmac: HmacCheck {
                 key: Zeroizing::new(*params.key),
+                expected: params.hmac,
+            },
+            cipher: StreamCipher {
+                key: Zeroizing::new(*params.key),
+                nonce: Zeroizing::new(*params.nonce),
                 expected: params.hmac,
             },
         })
@@ -349,6 +486,42 @@ mod tests {
         blob[12_345_678] ^= 1;
         let err = check.verify(&MemoryBlob(blob)).await.unwrap_err();
         assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_streaming_reader_decrypts_and_authenticates_the_whole_blob() {
+        use std::io::Read;
+        let key = [3u8; 32];
+        let nonce = [0xffu8; 16]; // the counter wraps inside the blob
+        let plain: Vec<u8> = (0..9_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut blob = plain.clone();
+        apply_keystream_at(&key, &nonce, 0, &mut blob);
+        let cipher = StreamCipher {
+            key: Zeroizing::new(key),
+            nonce: Zeroizing::new(nonce),
+            expected: hmac_sha256(&key, &blob),
+        };
+        let read_all = |blob: Vec<u8>, stop_at: usize| {
+            let mut reader = cipher.reader(
+                Arc::new(MemoryBlob(blob)),
+                tokio::runtime::Handle::current(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let mut out = vec![0u8; stop_at];
+                reader.read_exact(&mut out).unwrap();
+                (out, reader.finish())
+            })
+        };
+        let (out, verdict) = read_all(blob.clone(), plain.len()).await.unwrap();
+        assert_eq!(out, plain);
+        verdict.unwrap();
+        // Stopping early still checks everything: finish reads the rest.
+        let (out, verdict) = read_all(blob.clone(), 1000).await.unwrap();
+        assert_eq!(out, plain[..1000]);
+        verdict.unwrap();
+        blob[8_765_432] ^= 0x10;
+        let (_, verdict) = read_all(blob, 1000).await.unwrap();
+        assert!(verdict.unwrap_err().contains("does not match"));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! whose TOC digest the manifest vouches for), reads and authenticates the TOC through
 //! ranged registry reads, and builds the layer's file tree. Mounting it starts a FUSE
 //! session whose reads fetch, decompress and verify chunks on demand through the shared
-//! plaintext cache. Layers that cannot be served lazily are reported as such, so the
-//! snapshotter lets containerd unpack them.
+//! plaintext cache. Unencrypted layers that cannot be served lazily are reported as
+//! such, so the snapshotter lets containerd unpack them; encrypted ones (which containerd
+//! cannot unpack) are streamed: fetched whole, authenticated by the ocicrypt HMAC and
+//! indexed, then served through the same FUSE filesystem
+//! ([`LazyLayers::resolve_streamed`]).
 //!
 //! With [`LazyOptions`]: the registry blob is read through the disk cache (blob bytes as
 //! the registry serves them, kept across restarts), the prioritized files are prefetched
@@ -30,6 +33,7 @@ use veil_fusefs::prefetch::{
     FetchState, PrefetchOptions, RateLimiter,
 };
 use veil_fusefs::source::BlobSource;
+use veil_fusefs::stream::{index_stream, IndexOptions, StreamCompression, StreamedSource};
 use veil_fusefs::toc::LayerToc;
 use veil_fusefs::tree::LayerTree;
 use veil_fusefs::{estargz, zstdchunked};
@@ -190,7 +194,15 @@ struct LayerEntry {
     blob_size: u64,
     /// The layer's blob in the disk cache, which counts what came from the registry.
     cached: Option<Arc<CachedBlob>>,
+    /// How it is served: `lazy` or `streamed`.
+    mode: &'static str,
+    /// For a streamed layer: ciphertext bytes read by the verifying pass.
+    streamed_bytes: u64,
 }
+
+/// The most uncompressed bytes one read of a streamed layer decompresses into memory at
+/// once (coalesced chunk misses): kept small, the plaintext budget is what matters.
+const STREAMED_MAX_REQUEST: u64 = 4 << 20;
 
 /// Resolves layers from registries and mounts them through FUSE.
 pub struct LazyLayers {
@@ -323,20 +335,24 @@ impl LazyLayers {
                     "layer {digest} is encrypted and no decryption keys are configured"
                 )));
             };
-            let opened = match decryption.open(&layer.layer_digest, desc, stored) {
+            let opened = match decryption.open(&layer.layer_digest, desc, stored.clone()) {
                 Ok(o) => o,
                 Err(why) => return Ok(Resolved::Fail(why)),
             };
-            match classify_sealed(&opened.plain, opened.sealed_toc_digest.as_deref()) {
+            let lazy = match &opened.must_stream {
+                Some(why) => Err(why.clone()),
+                None => classify_sealed(&opened.plain, opened.sealed_toc_digest.as_deref()),
+            };
+            match lazy {
                 Ok(format) => {
                     hmac = Some(opened.hmac);
                     (opened.source, format)
                 }
+                // Not lazily servable: fetched whole, authenticated, then served.
                 Err(why) => {
-                    return Ok(Resolved::Fail(format!(
-                        "encrypted layer {digest} cannot be served lazily ({why}); streamed \
-                         decryption of whole layers is not implemented yet"
-                    )))
+                    return self
+                        .resolve_streamed(layer, desc.size, opened, stored, cached, &why)
+                        .await
                 }
             }
         } else {
@@ -385,6 +401,8 @@ impl LazyLayers {
                     image: layer.image_ref.clone(),
                     blob_size: desc.size,
                     cached: cached.clone(),
+                    mode: "lazy",
+                    streamed_bytes: 0,
                 },
             );
         let background = cached
@@ -404,6 +422,144 @@ impl LazyLayers {
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
             background,
+        })))
+    }
+
+    /// Serves an encrypted layer that cannot be read lazily: the streamed path.
+    ///
+    /// The whole ciphertext is fetched (through the disk cache, which keeps it as
+    /// ciphertext), decrypted, decompressed and indexed in one pass
+    /// ([`veil_fusefs::stream`]), and the ocicrypt HMAC over all of it is checked at the
+    /// end. **Nothing is served before that check passes**: the layer is mounted only
+    /// after it, so a lookup waits (Prepare does not return) until the stream has been
+    /// read and verified whole, and an ENOENT is only ever given by a complete, verified
+    /// index. A mismatch (or a stream that does not decompress or is not a tar) fails
+    /// Prepare, naming the layer; the disk copy is dropped. The chunk digests recorded
+    /// during the verified pass then guard every later read: each chunk is decrypted and
+    /// decompressed again from the nearest restart point (in memory, into the plaintext
+    /// cache) and served only if it matches.
+    async fn resolve_streamed(
+        &self,
+        layer: &RemoteLayer,
+        blob_size: u64,
+        opened: crate::encrypted::OpenedLayer,
+        stored: Arc<dyn BlobSource>,
+        cached: Option<Arc<CachedBlob>>,
+        why_not_lazy: &str,
+    ) -> anyhow::Result<Resolved> {
+        let name = layer.layer_digest.clone();
+        let mt = opened.plain.media_type.clone();
+        let Some(compression) = StreamCompression::from_media_type(&mt) else {
+            return Ok(Resolved::Fail(format!(
+                "encrypted layer {name} cannot be served lazily ({why_not_lazy}) and its media \
+                 type {mt:?} is not a tar layer Veil can stream"
+            )));
+        };
+        let options = IndexOptions {
+            drop_estargz_bookkeeping: opened
+                .plain
+                .annotations
+                .contains_key(estargz::TOC_DIGEST_ANNOTATION),
+            ..IndexOptions::default()
+        };
+        tracing::info!(
+            layer = %name,
+            compression = compression.name(),
+            blob_size,
+            reason = why_not_lazy,
+            "streaming the whole encrypted layer: fetch, decrypt, verify the HMAC, index"
+        );
+        let started = std::time::Instant::now();
+        let mut reader = opened
+            .cipher
+            .reader(stored.clone(), tokio::runtime::Handle::current());
+        let pass = tokio::task::spawn_blocking(move || {
+            let indexed = index_stream(compression, &mut reader, &options);
+            let read = reader.bytes_read();
+            // The HMAC verdict comes first: a stream that fails to decompress because it
+            // was tampered with is reported as tampered.
+            let verdict = reader.finish();
+            (indexed, verdict, read)
+        })
+        .await;
+        let (indexed, verdict, read) = match pass {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Resolved::Fail(format!(
+                    "encrypted layer {name}: the streaming task failed: {e}"
+                )))
+            }
+        };
+        if let Err(why) = verdict {
+            if let Some(cached) = &cached {
+                cached.forget(0..cached.size());
+            }
+            tracing::error!(layer = %name, reason = %why, "streamed layer failed authentication; nothing of it is served");
+            return Ok(Resolved::Fail(format!(
+                "encrypted layer {name} failed authentication after streaming all {blob_size} bytes: \
+                 {why} (the ciphertext was altered or corrupted); nothing of it is served"
+            )));
+        }
+        let indexed = match indexed {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(Resolved::Fail(format!(
+                    "encrypted layer {name} is authentic but cannot be served: {e}"
+                )))
+            }
+        };
+        let tree = match LayerTree::build(&indexed.toc) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                return Ok(Resolved::Fail(format!(
+                    "encrypted layer {name} is authentic but cannot be served: {e}"
+                )))
+            }
+        };
+        tracing::info!(
+            layer = %name,
+            compression = compression.name(),
+            blob_size,
+            ciphertext_read = read,
+            uncompressed = indexed.index.size,
+            entries = indexed.toc.entries.len(),
+            restart_points = indexed.index.restart_points(),
+            index_memory = indexed.index.memory(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "streamed layer verified (ocicrypt HMAC) and indexed; serving it"
+        );
+        let source: Arc<dyn BlobSource> =
+            Arc::new(StreamedSource::new(opened.source.clone(), indexed.index));
+        let reader = Arc::new(ChunkReader::new(
+            name.clone(),
+            tree,
+            source,
+            self.cache.clone(),
+            ReaderOptions {
+                max_request: STREAMED_MAX_REQUEST,
+                // Encrypted: file names are plaintext; logs name inodes.
+                redact_paths: true,
+            },
+        ));
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name,
+                LayerEntry {
+                    reader: reader.clone(),
+                    image: layer.image_ref.clone(),
+                    blob_size,
+                    cached,
+                    mode: "streamed",
+                    streamed_bytes: read,
+                },
+            );
+        Ok(Resolved::Lazy(Box::new(ReadyLayer {
+            reader,
+            runtime: self.runtime.clone(),
+            options: self.mount_options.clone(),
+            background: None,
         })))
     }
 
@@ -467,12 +623,15 @@ impl LayerResolver for LazyLayers {
                 LayerStatus {
                     digest: digest.clone(),
                     image: entry.image.clone(),
-                    mode: "lazy".into(),
+                    mode: entry.mode.into(),
                     blob_size: entry.blob_size,
                     // With a disk cache, the reader's bytes may have come from disk:
                     // count only what the registry sent.
                     bytes_fetched: match &entry.cached {
                         Some(c) => c.traffic().1,
+                        // A streamed layer without a disk cache: the bytes its pass
+                        // read (its reads fetch ranges again, not counted here).
+                        None if entry.mode == "streamed" => entry.streamed_bytes,
                         None => stats.bytes_fetched,
                     },
                     range_requests: stats.range_requests,

@@ -16,7 +16,8 @@ pub struct LayerStatus {
     pub digest: String,
     /// Image the layer was resolved for.
     pub image: String,
-    /// How it is served: `lazy`.
+    /// How it is served: `lazy` (chunks fetched on demand), or `streamed` (an encrypted
+    /// layer fetched whole and verified before it is served).
     pub mode: String,
     /// Size of the layer blob.
     pub blob_size: u64,

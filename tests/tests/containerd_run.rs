@@ -92,7 +92,12 @@ fn containerd_runs_containers_from_veil_across_a_restart() {
         final_exit.success(),
         "veil-snapshotter exited with {final_exit} on SIGTERM at the end"
     );
-    assert_eq!(report.cleanup.started.len(), 3, "{:?}", report.cleanup.started);
+    assert_eq!(
+        report.cleanup.started.len(),
+        3,
+        "{:?}",
+        report.cleanup.started
+    );
     assert!(
         report.cleanup.still_alive.is_empty(),
         "processes still alive after clean-up: {:?}",

@@ -10,7 +10,8 @@
 //! container reads the small file exactly while the registry has served well under 10 %
 //! of the layer bytes; `sha256sum` of the big file matches; without the private key the
 //! pull fails naming the layer, the recipients and the key files tried, and leaves no
-//! image; a wrong sealed TOC digest gets the layer refused; and no plaintext reaches the
+//! image (with the key but `require_sealed_toc`, the layers are streamed and verified
+//! whole instead); a wrong sealed TOC digest gets the layer refused; and no plaintext reaches the
 //! disk: Veil's root (disk cache included) and containerd's directories are searched for the
 //! secret text, windows of the big file and windows of the plaintext layer blobs, while a
 //! window of the ciphertext must be found in Veil's disk cache (so the search can see).
@@ -18,32 +19,25 @@
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static, FUSE, skopeo and
 //! openssl. Run with `cargo test -p veil-tests --test encrypted_pull -- --nocapture`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
-use veil_fusefs::ctr::{apply_keystream_at, hmac_sha256};
 use veil_fusefs::estargz::TOC_DIGEST_ANNOTATION;
 use veil_fusefs::zstdchunked::MANIFEST_POSITION_ANNOTATION;
-use veil_keyprovider::jwe;
 use veil_keyprovider::keys::PublicKey;
-use veil_keyprovider::ocicrypt::{
-    encrypted_media_type, layer_cipher_params, set_sealed_toc_digest, EncryptedLayer,
-    PrivateLayerBlockCipherOptions, PublicLayerBlockCipherOptions, Recipient,
-    ANNOTATION_KEYS_PREFIX, ANNOTATION_PUBOPTS,
-};
+use veil_keyprovider::ocicrypt::{ANNOTATION_KEYS_PREFIX, ANNOTATION_PUBOPTS};
 use veil_tests::containerd::SNAPSHOTTER;
+use veil_tests::encrypted_support::{
+    check_no_key_in_logs, check_no_plaintext, ocicrypt_encrypt, pull_fails, pull_ok,
+    registry_manifest, restart_veil, scan_tree, skopeo_encrypt, stored_blob, windows,
+    write_veil_config, Desc, Keys, Needles, READ_CHUNK,
+};
 use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
     BIG_PATH, HELLO_PATH, HELLO_TEXT,
 };
-use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
-use veil_tests::process::run_with_timeout;
+use veil_tests::lazy_stack::{lines_with, with_stack, LazyStack};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 64 << 20;
@@ -51,93 +45,9 @@ const BIG_SIZE: usize = 64 << 20;
 const SECRET_PATH: &str = "/etc/veil-secret.txt";
 const SECRET_TEXT: &str =
     "veil-enc marker 5c1d8e2f9a47b3e6: plaintext of an encrypted layer, never on disk\n";
-/// How long `skopeo copy` of the image may take.
-const SKOPEO_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long `openssl` may take.
-const OPENSSL_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // Keys, images, encryption.
-
-/// An RSA key pair made by the `openssl` CLI, and the keys directories the tests give Veil.
-struct Keys {
-    /// The public key images are encrypted to.
-    public: PathBuf,
-    /// Holds only the matching private key.
-    keys_dir: PathBuf,
-    /// Holds only an unrelated private key.
-    stranger_dir: PathBuf,
-    /// Exists, holds nothing.
-    empty_dir: PathBuf,
-}
-
-impl Keys {
-    fn make(dir: &Path) -> anyhow::Result<Self> {
-        let root = dir.join("keys");
-        let keys = Self {
-            public: root.join("pub.pem"),
-            keys_dir: root.join("keys"),
-            stranger_dir: root.join("stranger"),
-            empty_dir: root.join("empty"),
-        };
-        for d in [&keys.keys_dir, &keys.stranger_dir, &keys.empty_dir] {
-            std::fs::create_dir_all(d)?;
-        }
-        let private = keys.private();
-        let stranger = keys.stranger_dir.join("stranger.pem");
-        openssl(dir, &["genrsa", "-out", &private.to_string_lossy(), "2048"])?;
-        openssl(
-            dir,
-            &[
-                "rsa",
-                "-in",
-                &private.to_string_lossy(),
-                "-pubout",
-                "-out",
-                &keys.public.to_string_lossy(),
-            ],
-        )?;
-        openssl(
-            dir,
-            &["genrsa", "-out", &stranger.to_string_lossy(), "2048"],
-        )?;
-        Ok(keys)
-    }
-
-    fn private(&self) -> PathBuf {
-        self.keys_dir.join("priv.pem")
-    }
-
-    /// The private keys' base64 lines: secret text no log may contain.
-    fn secret_lines(&self) -> Vec<String> {
-        [self.private(), self.stranger_dir.join("stranger.pem")]
-            .iter()
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| !l.starts_with("-----") && l.len() >= 16)
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = Command::new("openssl");
-    cmd.args(args);
-    let out = run_with_timeout(cmd, OPENSSL_TIMEOUT, &dir.join("openssl"))
-        .context("running openssl (Debian: apt-get install openssl)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {args:?} failed ({}): {}",
-            out.status,
-            text(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 /// The plain two-layer image: busybox and small files; the big random file, a small
 /// file and the secret file.
@@ -180,174 +90,6 @@ fn secret_entry() -> Entry {
         SECRET_TEXT.into(),
         0o644,
     )
-}
-
-/// `count` windows of 64 bytes spread over `data`, the last one its tail; windows that
-/// are not varied enough (runs of one byte) are moved on.
-fn windows(what: &str, data: &[u8], count: usize) -> Vec<(String, Vec<u8>)> {
-    const LEN: usize = 64;
-    let mut out = Vec::new();
-    if data.len() < LEN {
-        return out;
-    }
-    let last = data.len() - LEN;
-    for i in 0..count {
-        let mut at = if i + 1 == count {
-            last
-        } else {
-            (i * data.len() / count + 4099).min(last)
-        };
-        while at > 0 && distinct(&data[at..at + LEN]) < 24 {
-            at -= 1;
-        }
-        if distinct(&data[at..at + LEN]) >= 24 {
-            out.push((format!("{what} @{at}"), data[at..at + LEN].to_vec()));
-        }
-    }
-    out
-}
-
-fn distinct(bytes: &[u8]) -> usize {
-    bytes.iter().collect::<HashSet<_>>().len()
-}
-
-/// Encrypts `layer` as ocicrypt does (AES-256-CTR over the blob, HMAC-SHA256 over the
-/// ciphertext, private options wrapped in a JWE for `recipient`) with `sealed` as the
-/// sealed TOC digest. The TOC digest annotation is removed, or set to `annotation`.
-fn veil_encrypt(
-    layer: &Layer,
-    sealed: &str,
-    annotation: Option<&str>,
-    recipient: &PublicKey,
-) -> anyhow::Result<Layer> {
-    let mut private = PrivateLayerBlockCipherOptions::generate(&layer.digest)?;
-    set_sealed_toc_digest(&mut private, sealed)?;
-    let params = layer_cipher_params(&PublicLayerBlockCipherOptions::new([0; 32]), &private)?;
-    let mut blob = layer.blob.clone();
-    apply_keystream_at(&params.key, &params.nonce, 0, &mut blob);
-    let pubopts = PublicLayerBlockCipherOptions::new(hmac_sha256(&params.key, &blob));
-    let wrapped = jwe::encrypt(&private.to_json(), std::slice::from_ref(recipient))
-        .map_err(|e| anyhow!("wrapping the layer options: {e}"))?;
-    let enc = EncryptedLayer {
-        pubopts,
-        recipients: vec![Recipient {
-            scheme: jwe::SCHEME.to_string(),
-            wrapped,
-        }],
-    };
-    let mut annotations = layer.annotations.clone();
-    annotations.remove(TOC_DIGEST_ANNOTATION);
-    if let Some(a) = annotation {
-        annotations.insert(TOC_DIGEST_ANNOTATION.into(), a.into());
-    }
-    annotations.extend(enc.to_annotations());
-    Ok(Layer {
-        format: layer.format,
-        digest: format!("sha256:{}", sha256_hex(&blob)),
-        diff_id: layer.diff_id.clone(),
-        media_type: encrypted_media_type(&layer.media_type),
-        annotations,
-        blob,
-    })
-}
-
-/// A layer descriptor of a manifest read back from the registry.
-#[derive(Debug, Clone)]
-struct Desc {
-    media_type: String,
-    digest: String,
-    size: u64,
-    annotations: BTreeMap<String, String>,
-}
-
-/// `GET /v2/REPO/manifests/TAG` (OCI): the manifest and its layer descriptors. Manifest
-/// requests do not count as blob bytes served.
-fn registry_manifest(
-    stack: &LazyStack,
-    repo: &str,
-    tag: &str,
-) -> anyhow::Result<(Value, Vec<Desc>)> {
-    let url = format!("{}/v2/{repo}/manifests/{tag}", stack.registry.base());
-    let body = stack.runtime.block_on(async {
-        let resp = reqwest::Client::new()
-            .get(&url)
-            .header(
-                "Accept",
-                "application/vnd.oci.image.manifest.v1+json, \
-                 application/vnd.docker.distribution.manifest.v2+json",
-            )
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await?
-            .error_for_status()?;
-        resp.bytes().await
-    })?;
-    let manifest: Value = serde_json::from_slice(&body).with_context(|| url.clone())?;
-    let layers = manifest["layers"]
-        .as_array()
-        .with_context(|| format!("{url} has no layers: {manifest}"))?
-        .iter()
-        .map(|l| Desc {
-            media_type: l["mediaType"].as_str().unwrap_or("").to_string(),
-            digest: l["digest"].as_str().unwrap_or("").to_string(),
-            size: l["size"].as_u64().unwrap_or(0),
-            annotations: l["annotations"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-        .collect();
-    Ok((manifest, layers))
-}
-
-/// A blob as the registry stores it (read from its storage: not counted as served).
-fn stored_blob(stack: &LazyStack, digest: &str) -> anyhow::Result<Vec<u8>> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .with_context(|| format!("digest {digest}"))?;
-    let path = stack
-        .registry
-        .dir
-        .path()
-        .join("data/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
-    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// `skopeo copy --encryption-key jwe:PUBLIC docker://HOST/FROM docker://HOST/TO`.
-fn skopeo_encrypt(stack: &LazyStack, from: &str, to: &str, public: &Path) -> anyhow::Result<()> {
-    let host = stack.registry.host();
-    let tmp = stack.dir.join("skopeo-tmp");
-    std::fs::create_dir_all(&tmp)?;
-    let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-    ])
-    .arg("--encryption-key")
-    .arg(format!("jwe:{}", public.display()))
-    .arg(format!("docker://{host}/{from}"))
-    .arg(format!("docker://{host}/{to}"))
-    .env("TMPDIR", &tmp);
-    let out = run_with_timeout(cmd, SKOPEO_TIMEOUT, &stack.dir.join("skopeo-copy"))
-        .context("running skopeo (Debian: apt-get install skopeo)")?;
-    if !out.status.success() {
-        bail!(
-            "skopeo copy failed ({}):\n{}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// Checks what skopeo made of `plain`: same sizes, `+encrypted` media types, every
@@ -408,92 +150,6 @@ fn check_skopeo_kept(name: &str, plain: &[Layer], enc: &[Desc]) -> anyhow::Resul
 
 // ---------------------------------------------------------------------------------------
 // The stack.
-
-/// Veil's config for `stack`: plain HTTP to the registry, no background fetch (so byte
-/// counts measure reads), the disk cache on (default, `<root>/cache`), keys from
-/// `keys_dir`.
-fn write_veil_config(
-    stack: &LazyStack,
-    keys_dir: &Path,
-    require_sealed_toc: bool,
-) -> anyhow::Result<()> {
-    std::fs::write(
-        stack.dir.join("veil-config.toml"),
-        format!(
-            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = false\n\n\
-             [decryption]\nkeys_dir = \"{}\"\nrequire_sealed_toc = {require_sealed_toc}\n",
-            stack.registry.host(),
-            keys_dir.display()
-        ),
-    )?;
-    Ok(())
-}
-
-/// Restarts Veil (same root) after its config changed; waits until containerd reaches it:
-/// a throwaway snapshot can be prepared through it (listing snapshots would not tell, as
-/// containerd answers that from its own metadata).
-fn restart_veil(stack: &mut LazyStack) -> anyhow::Result<()> {
-    stack.veil.stop();
-    stack.veil.start().context("restarting veil-snapshotter")?;
-    let start = Instant::now();
-    for n in 0.. {
-        stack.veil.check_running()?;
-        let key = format!("reconnect-probe-{n}");
-        match stack
-            .cd()
-            .ctr(&["snapshots", "--snapshotter", SNAPSHOTTER, "prepare", &key])
-        {
-            Ok(_) => {
-                stack
-                    .cd()
-                    .ctr(&["snapshots", "--snapshotter", SNAPSHOTTER, "rm", &key])?;
-                eprintln!(
-                    "containerd reached the restarted snapshotter after {:.1?}",
-                    start.elapsed()
-                );
-                return Ok(());
-            }
-            Err(e) if start.elapsed() > Duration::from_secs(60) => {
-                return Err(e.context("containerd did not reach the restarted snapshotter"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-    unreachable!()
-}
-
-/// `veil pull REF`, which must succeed with `lazy` of its layers served lazily; returns
-/// its stdout.
-fn pull_ok(stack: &LazyStack, name: &str, reference: &str) -> anyhow::Result<String> {
-    let (out, took) = stack.veil_pull(reference, &[])?;
-    let stdout = text(&out.stdout);
-    eprintln!(
-        "[{name}] veil pull {reference} took {took:.2?}:\n{stdout}{}",
-        text(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!(
-            "veil pull {reference} failed ({}):\n{stdout}\n{}",
-            out.status,
-            text(&out.stderr)
-        );
-    }
-    Ok(stdout)
-}
-
-/// `veil pull REF`, which must fail; returns its stdout and stderr together.
-fn pull_fails(stack: &LazyStack, name: &str, reference: &str) -> anyhow::Result<String> {
-    let (out, took) = stack.veil_pull(reference, &[])?;
-    let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    eprintln!(
-        "[{name}] veil pull {reference} ({}, {took:.2?}):\n{shown}",
-        out.status
-    );
-    if out.status.success() {
-        bail!("veil pull {reference} succeeded, it must fail:\n{shown}");
-    }
-    Ok(shown)
-}
 
 /// Checks the pull output says layer `index` (1-based, of `count`) with `digest` was
 /// served lazily, and the daemon log agrees.
@@ -577,230 +233,8 @@ fn check_status(stack: &LazyStack, name: &str, lazy: &[(&str, u64)]) -> anyhow::
     Ok(report)
 }
 
-/// No line of the daemon logs holds a line of a private key.
-fn check_no_key_in_logs(stack: &LazyStack, keys: &Keys) -> anyhow::Result<()> {
-    let secrets = keys.secret_lines();
-    for log in &stack.veil.logs {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
-            bail!("{} contains private key material ({s})", log.display());
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------
 // Searching the disk for plaintext.
-
-/// Positions looked at: every `STRIDE`-th byte of a file, 8 bytes each; every needle of at
-/// least `STRIDE + 7` bytes covers one of them, at some offset of the needle.
-const STRIDE: usize = 32;
-const KEY: usize = 8;
-/// Bytes read at a time.
-const READ_CHUNK: usize = 4 << 20;
-
-/// Byte strings to look for, indexed by each 8-byte substring.
-struct Needles {
-    list: Vec<(String, Vec<u8>)>,
-    index: HashMap<u64, Vec<(usize, usize)>>,
-    max_len: usize,
-}
-
-impl Needles {
-    fn new(list: Vec<(String, Vec<u8>)>) -> Self {
-        let mut index: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
-        for (i, (name, bytes)) in list.iter().enumerate() {
-            assert!(
-                bytes.len() >= STRIDE + KEY - 1,
-                "needle {name} is too short to be found"
-            );
-            for off in 0..=bytes.len() - KEY {
-                index.entry(key_at(bytes, off)).or_default().push((i, off));
-            }
-        }
-        let max_len = list.iter().map(|(_, b)| b.len()).max().unwrap_or(0);
-        Self {
-            list,
-            index,
-            max_len,
-        }
-    }
-}
-
-fn key_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + KEY].try_into().expect("8 bytes"))
-}
-
-/// A needle found: file, needle name, file offset.
-type Hit = (PathBuf, String, u64);
-
-/// What a search of a directory tree read and found.
-#[derive(Debug, Default)]
-struct Scan {
-    files: usize,
-    bytes: u64,
-    /// Mount points (and other file systems) not entered.
-    skipped: Vec<PathBuf>,
-    hits: Vec<Hit>,
-}
-
-/// Searches every regular file below `root` for `needles`, in chunks, without entering
-/// other file systems (Veil's FUSE mounts) or opening anything but regular files.
-fn scan_tree(root: &Path, needles: &Needles) -> anyhow::Result<Scan> {
-    let mut scan = Scan::default();
-    let root_dev = std::fs::symlink_metadata(root)
-        .with_context(|| root.display().to_string())?
-        .dev();
-    let mounts: HashSet<PathBuf> = veil_tests::mounts::mounts_below(root)
-        .into_iter()
-        .map(PathBuf::from)
-        .collect();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            // Gone meanwhile (a snapshot removed): nothing to read there.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(anyhow!("listing {}: {e}", dir.display())),
-        };
-        for entry in entries {
-            let path = entry?.path();
-            if mounts.contains(&path) {
-                scan.skipped.push(path);
-                continue;
-            }
-            let Ok(md) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if md.is_dir() {
-                if md.dev() == root_dev {
-                    dirs.push(path);
-                } else {
-                    scan.skipped.push(path);
-                }
-            } else if md.is_file() {
-                scan.files += 1;
-                scan.bytes += scan_file(&path, needles, &mut scan.hits)
-                    .with_context(|| format!("reading {}", path.display()))?;
-            }
-        }
-    }
-    let mut seen = HashSet::new();
-    scan.hits.retain(|h| seen.insert(h.clone()));
-    Ok(scan)
-}
-
-/// Searches one file; returns the bytes read.
-fn scan_file(path: &Path, needles: &Needles, hits: &mut Vec<Hit>) -> std::io::Result<u64> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let max = needles.max_len as u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK + 2 * needles.max_len);
-    let mut buf_start = 0u64; // file offset of buf[0]
-    let mut next = 0u64; // next position looked at (a multiple of STRIDE)
-    let mut total = 0u64;
-    loop {
-        let old = buf.len();
-        buf.resize(old + READ_CHUNK, 0);
-        let n = file.read(&mut buf[old..])?;
-        buf.truncate(old + n);
-        total += n as u64;
-        let eof = n == 0;
-        let end = buf_start + buf.len() as u64;
-        // Look only where every needle through this position is wholly in `buf`.
-        while next + KEY as u64 <= end && (eof || next + max <= end) {
-            let i = (next - buf_start) as usize;
-            if let Some(candidates) = needles.index.get(&key_at(&buf, i)) {
-                for &(n, off) in candidates {
-                    let Some(start) = next.checked_sub(off as u64) else {
-                        continue;
-                    };
-                    let needle = &needles.list[n].1;
-                    if start < buf_start {
-                        continue;
-                    }
-                    let s = (start - buf_start) as usize;
-                    if s + needle.len() <= buf.len() && buf[s..s + needle.len()] == needle[..] {
-                        hits.push((path.to_path_buf(), needles.list[n].0.clone(), start));
-                    }
-                }
-            }
-            next += STRIDE as u64;
-        }
-        if eof {
-            return Ok(total);
-        }
-        // Keep what a needle through a later position may start in.
-        let keep_from = next.saturating_sub(max).max(buf_start);
-        buf.drain(..(keep_from - buf_start) as usize);
-        buf_start = keep_from;
-    }
-}
-
-/// Searches Veil's root (disk cache included) and containerd's directory for `plaintext`
-/// (none may be found) and for `ciphertext` (at least one must be found in Veil's disk
-/// cache, else the search proves nothing).
-fn check_no_plaintext(
-    stack: &LazyStack,
-    name: &str,
-    plaintext: Vec<(String, Vec<u8>)>,
-    ciphertext: Vec<(String, Vec<u8>)>,
-) -> anyhow::Result<()> {
-    let t = Instant::now();
-    let controls = ciphertext.len();
-    let plain_count = plaintext.len();
-    let mut list = plaintext;
-    list.extend(
-        ciphertext
-            .into_iter()
-            .map(|(n, b)| (format!("ciphertext: {n}"), b)),
-    );
-    let needles = Needles::new(list);
-    let veil_root = stack.veil.root().to_path_buf();
-    // containerd's root (content store, metadata), state, temporary directory, FIFOs.
-    let cd_root = stack.dir.join("containerd");
-    let mut plain_hits = Vec::new();
-    let mut cipher_in_cache = Vec::new();
-    for root in [&veil_root, &cd_root] {
-        let scan = scan_tree(root, &needles)?;
-        eprintln!(
-            "[{name}] searched {} regular files, {} bytes below {} for {plain_count} plaintext \
-             and {controls} ciphertext needles; not entered: {:?}; hits: {}",
-            scan.files,
-            scan.bytes,
-            root.display(),
-            scan.skipped,
-            scan.hits.len()
-        );
-        for hit in scan.hits {
-            eprintln!(
-                "[{name}]   found {} in {} at {}",
-                hit.1,
-                hit.0.display(),
-                hit.2
-            );
-            if !hit.1.starts_with("ciphertext: ") {
-                plain_hits.push(hit);
-            } else if hit.0.starts_with(veil_root.join("cache")) {
-                cipher_in_cache.push(hit);
-            }
-        }
-    }
-    eprintln!("[{name}] the search took {:.1?}", t.elapsed());
-    if !plain_hits.is_empty() {
-        bail!("plaintext found on disk: {plain_hits:?}");
-    }
-    if controls > 0 && cipher_in_cache.is_empty() {
-        bail!(
-            "no ciphertext window was found in Veil's disk cache {}: the search cannot be trusted",
-            veil_root.join("cache").display()
-        );
-    }
-    Ok(())
-}
 
 /// A window of `blob` (a layer's ciphertext) that Veil must have fetched to read the TOC.
 fn toc_window(layer: &Desc, blob: &[u8]) -> (String, Vec<u8>) {
@@ -950,7 +384,8 @@ fn skopeo_encrypted_zstd_chunked_is_pulled_lazily() {
 
 /// Without the private key (an unrelated key; then no key at all) `veil pull` fails,
 /// naming the layer, the recipients and the key files tried, and leaves nothing behind.
-/// With the key but `require_sealed_toc`, skopeo's layers (no sealed digest) are refused.
+/// With the key but `require_sealed_toc`, skopeo's layers (no sealed digest) are not
+/// served lazily but streamed: fetched whole and verified before anything is served.
 #[test]
 fn encrypted_image_without_its_key_is_refused() {
     let name = "enc-nokey";
@@ -1031,19 +466,48 @@ fn encrypted_image_without_its_key_is_refused() {
         }
         check_nothing_left(stack, &reference, &digests)?;
 
-        // The right key, but sealed TOC digests required: skopeo's layers have none.
+        // The right key, but sealed TOC digests required: skopeo's layers have none, so
+        // they are not served lazily but streamed (fetched whole, HMAC checked, indexed).
         write_veil_config(stack, &keys.keys_dir, true)?;
         restart_veil(stack)?;
-        let shown = pull_fails(stack, name, &reference)?;
-        for needle in [
-            format!("layer 1/2 {}", enc[0].digest),
-            "has no sealed TOC digest and require_sealed_toc is set".into(),
-        ] {
-            if !shown.contains(&needle) {
-                bail!("veil pull's error does not say {needle:?}:\n{shown}");
+        pull_ok(stack, name, &reference)?;
+        let report = stack.status_json()?;
+        for layer in &enc {
+            let listed = report["layers"]
+                .as_array()
+                .and_then(|l| {
+                    l.iter()
+                        .find(|l| l["digest"].as_str() == Some(&layer.digest))
+                })
+                .cloned()
+                .unwrap_or_default();
+            if listed["mode"].as_str() != Some("streamed")
+                || listed["bytes_fetched"].as_u64() != Some(layer.size)
+            {
+                bail!(
+                    "with require_sealed_toc, layer {} must be streamed whole: {listed:#}",
+                    layer.digest
+                );
             }
         }
-        check_nothing_left(stack, &reference, &digests)?;
+        let log = stack.veil.log_text();
+        if lines_with(
+            &log,
+            &["no sealed TOC digest and require_sealed_toc is set"],
+        )
+        .is_empty()
+        {
+            bail!("the veil log does not say why the layers were streamed");
+        }
+        let printed = stack.cd().run_container(
+            SNAPSHOTTER,
+            &reference,
+            &format!("{name}-streamed"),
+            &["/bin/cat", SECRET_PATH],
+        )?;
+        if printed != SECRET_TEXT {
+            bail!("the container printed {printed:?} from the streamed layer");
+        }
         check_no_key_in_logs(stack, &keys)?;
         let mut needles = vec![("secret text".to_string(), SECRET_TEXT.as_bytes().to_vec())];
         for (i, l) in layers.iter().enumerate() {
@@ -1097,10 +561,25 @@ fn sealed_toc_digest_authenticates_encrypted_layers() {
         let tampered_plain = small(tampered_path, tampered_text, 11)?;
         let forged_plain = small(forged_path, forged_text, 12)?;
 
-        let base = veil_encrypt(&plain.layers[0], &toc(&plain.layers[0])?, None, &public)?;
-        let top = veil_encrypt(&plain.layers[1], &toc(&plain.layers[1])?, None, &public)?;
-        let tampered = veil_encrypt(&tampered_plain, &wrong, None, &public)?;
-        let forged = veil_encrypt(&forged_plain, &toc(&forged_plain)?, Some(&wrong), &public)?;
+        let base = ocicrypt_encrypt(
+            &plain.layers[0],
+            Some(&toc(&plain.layers[0])?),
+            None,
+            &public,
+        )?;
+        let top = ocicrypt_encrypt(
+            &plain.layers[1],
+            Some(&toc(&plain.layers[1])?),
+            None,
+            &public,
+        )?;
+        let tampered = ocicrypt_encrypt(&tampered_plain, Some(&wrong), None, &public)?;
+        let forged = ocicrypt_encrypt(
+            &forged_plain,
+            Some(&toc(&forged_plain)?),
+            Some(&wrong),
+            &public,
+        )?;
         let pushed = stack.push_image("sealed", "1", &[base.clone(), top.clone()])?;
         stack.push("tampered", "1", &[base.clone(), tampered.clone()])?;
         stack.push("forged", "1", &[base.clone(), forged.clone()])?;

@@ -134,10 +134,13 @@ impl<W: Write> MemberWriter<W> {
         let member = match &mut self.member {
             Some(m) => m,
             None => self.member.insert(match self.compression {
-                Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                    Vec::new(),
-                    flate2::Compression::new(self.level.clamp(0, 9) as u32),
-                )),
+                // Uncompressed members are never written; gzip is the safe reading.
+                Compression::Gzip | Compression::None => {
+                    Encoder::Gzip(flate2::write::GzEncoder::new(
+                        Vec::new(),
+                        flate2::Compression::new(self.level.clamp(0, 9) as u32),
+                    ))
+                }
                 Compression::Zstd => {
                     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), self.level)?;
                     enc.include_checksum(true)?;

@@ -363,8 +363,8 @@ async fn inspect_layer(
                     }
                     Err(why) => {
                         info.lazy_reason = format!(
-                            "no: {why} (encrypted layers without a TOC need streamed \
-                             decryption, not implemented)"
+                            "no: {why} (streamed instead: fetched whole, verified by its \
+                             HMAC, then served)"
                         )
                     }
                 }
