@@ -72,7 +72,24 @@ pub struct CtrOutput {
 
 /// The `config.toml` (version 2) for a private containerd.
 pub fn config_toml(dir: &Path, address: &Path, veil_socket: &Path) -> String {
+    config_toml_with(dir, address, veil_socket, &[])
+}
+
+/// [`config_toml`] with more proxy snapshotters: (name, socket) each.
+pub fn config_toml_with(
+    dir: &Path,
+    address: &Path,
+    veil_socket: &Path,
+    more_snapshotters: &[(&str, &Path)],
+) -> String {
     let q = |p: &Path| toml_string(&p.to_string_lossy());
+    let mut more = String::new();
+    for (name, socket) in more_snapshotters {
+        more.push_str(&format!(
+            "  [proxy_plugins.{name}]\n    type = \"snapshot\"\n    address = {}\n",
+            q(socket)
+        ));
+    }
     format!(
         r#"# containerd config written by veil-tests
 version = 2
@@ -93,7 +110,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   [proxy_plugins.{name}]
     type = "snapshot"
     address = {veil}
-"#,
+{more}"#,
         root = q(&dir.join("root")),
         state = q(&dir.join("state")),
         address = q(address),
@@ -121,6 +138,15 @@ impl Containerd {
     /// Starts containerd with everything below `dir` (created if needed), Veil's proxy
     /// snapshotter at `veil_socket`, and waits for its gRPC socket.
     pub fn start(dir: &Path, veil_socket: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, veil_socket, &[])
+    }
+
+    /// [`start`](Self::start) with more proxy snapshotters: (name, socket) each.
+    pub fn start_with(
+        dir: &Path,
+        veil_socket: &Path,
+        more_snapshotters: &[(&str, &Path)],
+    ) -> anyhow::Result<Self> {
         for tool in ["containerd", "ctr", "containerd-shim-runc-v2", "runc"] {
             if which(tool).is_none() {
                 bail!("{tool} is not installed (Debian: apt-get install containerd runc)");
@@ -133,7 +159,10 @@ impl Containerd {
         let log = dir.join("containerd.log");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp)?;
-        std::fs::write(&config, config_toml(&dir, &address, veil_socket))?;
+        std::fs::write(
+            &config,
+            config_toml_with(&dir, &address, veil_socket, more_snapshotters),
+        )?;
         let run_dir_existed = Path::new(RUN_CONTAINERD).exists();
 
         let mut cmd = Command::new("containerd");

@@ -1,0 +1,15 @@
+//! `veil bench`: Veil's cold-start benchmark.
+//!
+//! A sample image is built locally and pushed to Debian's `docker-registry` on loopback,
+//! converted with `veil convert` (eStargz and/or zstd:chunked; plain, encrypted for a JWE
+//! recipient, encrypted with the workload's files prefetched), and each mode's cold start
+//! (from the start of the pull to the end of the workload's container, through a private
+//! containerd) is measured N times through a shaping proxy (RTT, bandwidth), caches cold
+//! every time. Output: a table, JSON, and a plot (PNG, SVG).
+
+pub mod plot;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod sample;
+pub mod stargz;

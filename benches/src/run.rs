@@ -1,0 +1,943 @@
+//! The benchmark itself: the image built and converted once, then every mode measured
+//! cold, N times, through the shaping proxy.
+//!
+//! Each measured run gets a fresh veil-snapshotter (new root: empty metadata, chunk and
+//! disk caches) and a fresh containerd (new root: empty content store, no snapshots),
+//! started before the clock starts, after the page cache was dropped. The clock runs
+//! from the start of the pull to the end of the workload's container:
+//! - status quo: `ctr images pull --plain-http REF` (every layer downloaded and unpacked
+//!   into containerd's overlayfs snapshotter), then `ctr run --snapshotter overlayfs`;
+//! - Veil: `veil pull --plain-http REF` (manifest and config; layers mounted lazily),
+//!   then `ctr run --snapshotter veil`.
+//!
+//! Everything started is stopped by PID and everything mounted below the work directory
+//! is unmounted after each run, on failure and on Ctrl-C too (the run in progress fails,
+//! the guards' clean-up runs, then the program exits).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use veil_tests::containerd::{process_alive, shim_pids_for, Containerd};
+use veil_tests::lazy_image::{pack, push_image, LayerFormat};
+use veil_tests::local_registry::LocalRegistry;
+use veil_tests::process::{run_with_timeout, ChildGuard};
+use veil_tests::registry::Pusher;
+use veil_tests::scenario::VeilSnapshotter;
+
+use crate::proxy::{Shaping, ShapingProxy};
+use crate::sample::{SampleImage, SampleKind};
+
+/// The repository the images are pushed to.
+pub const REPO: &str = "veil-bench/app";
+/// The containerd namespace of the measured runs.
+pub const NAMESPACE: &str = "veil-bench";
+/// How long one pull may take (the status quo downloads the whole image).
+const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long one `veil convert` may take.
+const CONVERT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Set by SIGINT/SIGTERM: stop after cleaning up.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM set [`INTERRUPTED`] instead of killing the process, so that what it
+/// started is stopped and unmounted before it exits.
+pub fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The layer format of Veil's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Format {
+    #[serde(rename = "estargz")]
+    Estargz,
+    #[serde(rename = "zstd-chunked")]
+    ZstdChunked,
+}
+
+impl Format {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Format::Estargz => "estargz",
+            Format::ZstdChunked => "zstd-chunked",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Estargz => "eStargz",
+            Format::ZstdChunked => "zstd:chunked",
+        }
+    }
+}
+
+/// One way of starting the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// containerd's own pull (download + unpack into overlayfs), then `ctr run`.
+    StatusQuo,
+    /// The peer: `ctr-remote images rpull` + `ctr run --snapshotter stargz` on the
+    /// unencrypted eStargz image.
+    Stargz,
+    /// `veil pull` + `ctr run --snapshotter veil`.
+    Veil {
+        format: Format,
+        encrypted: bool,
+        prefetch: bool,
+    },
+}
+
+impl Mode {
+    /// The mode's name in the table, the JSON and `--modes`.
+    pub fn name(self) -> String {
+        match self {
+            Mode::StatusQuo => "status-quo".into(),
+            Mode::Stargz => "stargz-snapshotter".into(),
+            Mode::Veil {
+                format,
+                encrypted,
+                prefetch,
+            } => {
+                let mut s = format!("veil-{}", format.flag());
+                if encrypted {
+                    s.push_str("-enc");
+                }
+                if prefetch {
+                    s.push_str("-prefetch");
+                }
+                s
+            }
+        }
+    }
+
+    /// A short label for the plot.
+    pub fn short(self) -> String {
+        match self {
+            Mode::StatusQuo => "status quo".into(),
+            Mode::Stargz => "stargz-snapshotter".into(),
+            Mode::Veil {
+                format,
+                encrypted,
+                prefetch,
+            } => {
+                let mut s = format.label().to_string();
+                if encrypted {
+                    s.push_str("+enc");
+                }
+                if prefetch {
+                    s.push_str("+pf");
+                }
+                s
+            }
+        }
+    }
+
+    /// What it does, in words.
+    pub fn describe(self) -> String {
+        match self {
+            Mode::StatusQuo => {
+                "ctr images pull (download + unpack, overlayfs) + ctr run; plain tar.gz, unencrypted"
+                    .into()
+            }
+            Mode::Stargz => "ctr-remote images rpull + ctr run --snapshotter stargz \
+                 (stargz-snapshotter from Debian's sources); eStargz, unencrypted"
+                .into(),
+            Mode::Veil {
+                format,
+                encrypted,
+                prefetch,
+            } => format!(
+                "veil pull + ctr run --snapshotter veil; {}{}{}",
+                format.label(),
+                if encrypted { ", encrypted (JWE)" } else { "" },
+                if prefetch {
+                    ", prefetch landmark (the workload's files)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
+    /// The image tag it pulls.
+    pub fn tag(self) -> String {
+        match self {
+            Mode::StatusQuo => "plain".into(),
+            Mode::Stargz => "estargz".into(),
+            m => m.name().trim_start_matches("veil-").to_string(),
+        }
+    }
+}
+
+/// The modes for `formats`, with `kinds` picked from status-quo, lazy, enc, enc-prefetch.
+pub fn modes(formats: &[Format], kinds: &[ModeKind]) -> Vec<Mode> {
+    let mut out = Vec::new();
+    if kinds.contains(&ModeKind::StatusQuo) {
+        out.push(Mode::StatusQuo);
+    }
+    if kinds.contains(&ModeKind::Stargz) {
+        out.push(Mode::Stargz);
+    }
+    for &format in formats {
+        for (kind, encrypted, prefetch) in [
+            (ModeKind::Lazy, false, false),
+            (ModeKind::Enc, true, false),
+            (ModeKind::EncPrefetch, true, true),
+        ] {
+            if kinds.contains(&kind) {
+                out.push(Mode::Veil {
+                    format,
+                    encrypted,
+                    prefetch,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The kinds of mode `--modes` picks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeKind {
+    /// containerd's pull + unpack into overlayfs, then ctr run.
+    StatusQuo,
+    /// stargz-snapshotter (built from Debian's Go sources), eStargz, unencrypted.
+    Stargz,
+    /// Veil, lazy, unencrypted.
+    Lazy,
+    /// Veil, lazy, encrypted (JWE recipient).
+    Enc,
+    /// Veil, lazy, encrypted, the workload's files prefetched (landmark).
+    EncPrefetch,
+}
+
+/// Where Veil's binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub veil: PathBuf,
+    pub snapshotter: PathBuf,
+}
+
+impl Binaries {
+    /// `veil` and `veil-snapshotter` in `dir`.
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        let b = Self {
+            veil: dir.join("veil"),
+            snapshotter: dir.join("veil-snapshotter"),
+        };
+        for p in [&b.veil, &b.snapshotter] {
+            if !p.exists() {
+                bail!(
+                    "{} is missing: build Veil first (cargo build --release) or give --bin-dir",
+                    p.display()
+                );
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub sample: SampleKind,
+    /// Bytes of file contents in the image.
+    pub size: u64,
+    pub runs: usize,
+    pub shapings: Vec<Shaping>,
+    pub modes: Vec<Mode>,
+    /// Overrides the sample's workload (a `sh -c` command line) and expected output.
+    pub workload: Option<String>,
+    pub expect: Option<String>,
+    /// Overrides the prefetch list (default: the sample's read set).
+    pub prefetch_list: Option<PathBuf>,
+    pub background_fetch: bool,
+    pub drop_caches: bool,
+    pub chunk_size: Option<String>,
+    pub bins: Binaries,
+    /// stargz-snapshotter and ctr-remote, for [`Mode::Stargz`].
+    pub stargz: Option<crate::stargz::StargzTools>,
+    /// The work directory (made and removed by the caller).
+    pub dir: PathBuf,
+    pub keep: bool,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub round: usize,
+    /// From the start of the pull to the container's end.
+    pub total_s: f64,
+    pub pull_s: f64,
+    pub run_s: f64,
+    /// Bytes the registry sent through the proxy.
+    pub fetched_bytes: u64,
+    /// Connections opened through the proxy.
+    pub connections: u64,
+    /// Whether the workload printed what it should.
+    pub output_ok: bool,
+    pub output: String,
+    pub error: Option<String>,
+}
+
+/// A mode's runs at one shaping point.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub label: String,
+    pub description: String,
+    /// Total size of the image's layer blobs as pushed.
+    pub image_bytes: u64,
+    pub runs: Vec<RunResult>,
+}
+
+/// Median, min and max of `v` (sorted copy); None when empty.
+pub fn stats(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Some((median, s[0], s[n - 1]))
+}
+
+impl ModeResult {
+    fn ok_runs(&self) -> impl Iterator<Item = &RunResult> {
+        self.runs.iter().filter(|r| r.error.is_none())
+    }
+
+    /// (median, min, max) of the cold-start times of the runs that worked.
+    pub fn total(&self) -> Option<(f64, f64, f64)> {
+        stats(&self.ok_runs().map(|r| r.total_s).collect::<Vec<_>>())
+    }
+
+    pub fn pull(&self) -> Option<(f64, f64, f64)> {
+        stats(&self.ok_runs().map(|r| r.pull_s).collect::<Vec<_>>())
+    }
+
+    pub fn run(&self) -> Option<(f64, f64, f64)> {
+        stats(&self.ok_runs().map(|r| r.run_s).collect::<Vec<_>>())
+    }
+
+    /// Median bytes fetched.
+    pub fn fetched(&self) -> Option<u64> {
+        stats(
+            &self
+                .ok_runs()
+                .map(|r| r.fetched_bytes as f64)
+                .collect::<Vec<_>>(),
+        )
+        .map(|(m, _, _)| m as u64)
+    }
+}
+
+/// The results at one shaping point.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointResult {
+    pub rtt_ms: f64,
+    pub mbit: f64,
+    /// The physical limit: the read set (compressed) over the bandwidth, plus two RTTs
+    /// (manifest, then the data).
+    pub limit_s: f64,
+    pub modes: Vec<ModeResult>,
+}
+
+/// A process the bench started.
+#[derive(Debug, Clone, Serialize)]
+pub struct Started {
+    pub what: String,
+    pub pid: u32,
+}
+
+/// Everything the bench measured and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub sample: String,
+    pub content_bytes: u64,
+    pub files: usize,
+    pub workload: String,
+    pub expect: String,
+    pub read_set_files: usize,
+    pub read_set_bytes: u64,
+    pub read_set_compressed_bytes: u64,
+    pub runs_per_mode: usize,
+    pub background_fetch: bool,
+    pub drop_caches: bool,
+    /// Seconds each `veil convert` took (tag → seconds).
+    pub convert_s: Vec<(String, f64)>,
+    pub points: Vec<PointResult>,
+    pub started: Vec<Started>,
+}
+
+/// Prints a progress line on stderr.
+fn say(msg: &str) {
+    eprintln!("[veil-bench] {msg}");
+}
+
+/// Runs the plan: build, push, convert, measure. The caller cleans the directory.
+pub fn run(plan: &Plan) -> anyhow::Result<Outcome> {
+    let dir = &plan.dir;
+    let mut started = Vec::new();
+    say(&format!(
+        "building the {:?} sample image (~{} MiB of files) in memory",
+        plan.sample,
+        plan.size >> 20
+    ));
+    let t = Instant::now();
+    let image = crate::sample::build(plan.sample, plan.size)?;
+    let workload = plan.workload.clone().unwrap_or(image.workload.clone());
+    let expect = match (&plan.workload, &plan.expect) {
+        (_, Some(e)) => e.clone(),
+        (None, None) => image.expect.clone(),
+        (Some(_), None) => String::new(),
+    };
+    say(&format!(
+        "built: {} files, {} MiB, read set {} files / {:.1} MiB, in {:.1} s",
+        image.files,
+        image.content_bytes >> 20,
+        image.read_set.len(),
+        image.read_set_bytes as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    ));
+
+    let mut registry = LocalRegistry::start(&dir.join("registry"))?;
+    started.push(Started {
+        what: "docker-registry".into(),
+        pid: registry.pid(),
+    });
+    let result = measure_all(plan, &image, &workload, &expect, &registry, &mut started);
+    registry.stop();
+    let mut outcome = result?;
+    outcome.started = started;
+    Ok(outcome)
+}
+
+fn measure_all(
+    plan: &Plan,
+    image: &SampleImage,
+    workload: &str,
+    expect: &str,
+    registry: &LocalRegistry,
+    started: &mut Vec<Started>,
+) -> anyhow::Result<Outcome> {
+    let dir = &plan.dir;
+    // The plain tar.gz image (the status quo, and what `veil convert` starts from).
+    let t = Instant::now();
+    let layers = image
+        .tars
+        .iter()
+        .map(|tar| pack(tar.clone(), LayerFormat::PlainGzip))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(push_image(
+        &Pusher::new(registry.base(), None),
+        REPO,
+        "plain",
+        &layers,
+    ))?;
+    drop(layers);
+    say(&format!(
+        "pushed {}/{REPO}:plain (tar.gz) in {:.1} s",
+        registry.host(),
+        t.elapsed().as_secs_f64()
+    ));
+
+    // A JWE recipient for the encrypted images; Veil gets the private key.
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let rsa = openssl::rsa::Rsa::generate(2048)?;
+    let pkey = openssl::pkey::PKey::from_rsa(rsa)?;
+    std::fs::write(keys.join("bench.pem"), pkey.private_key_to_pem_pkcs8()?)?;
+    let public = dir.join("bench.pub.pem");
+    std::fs::write(&public, pkey.public_key_to_pem()?)?;
+    let prefetch = match &plan.prefetch_list {
+        Some(p) => p.clone(),
+        None => {
+            let p = dir.join("prefetch.txt");
+            std::fs::write(&p, image.prefetch_list())?;
+            p
+        }
+    };
+
+    // Convert once per Veil mode.
+    let mut convert_s = Vec::new();
+    let mut image_bytes = std::collections::BTreeMap::new();
+    image_bytes.insert(
+        "plain".to_string(),
+        manifest_layer_bytes(registry, "plain")?,
+    );
+    let mut images: Vec<Mode> = Vec::new();
+    for mode in &plan.modes {
+        // The peer pulls Veil's unencrypted eStargz image.
+        let image = match mode {
+            Mode::StatusQuo => continue,
+            Mode::Stargz => Mode::Veil {
+                format: Format::Estargz,
+                encrypted: false,
+                prefetch: false,
+            },
+            m => *m,
+        };
+        if !images.contains(&image) {
+            images.push(image);
+        }
+    }
+    for mode in &images {
+        check_interrupted()?;
+        let Mode::Veil {
+            format,
+            encrypted,
+            prefetch: pf,
+        } = *mode
+        else {
+            continue;
+        };
+        let tag = mode.tag();
+        let mut cmd = Command::new(&plan.bins.veil);
+        cmd.arg("convert")
+            .arg("--plain-http")
+            .arg(format!("{}/{REPO}:plain", registry.host()))
+            .arg(format!("{}/{REPO}:{tag}", registry.host()))
+            .arg("--format")
+            .arg(format.flag())
+            .arg("--tmp-dir")
+            .arg(dir);
+        if let Some(c) = &plan.chunk_size {
+            cmd.arg("--chunk-size").arg(c);
+        }
+        if encrypted {
+            cmd.arg("--encrypt")
+                .arg("--recipient")
+                .arg(format!("jwe:{}", public.display()));
+        }
+        if pf {
+            cmd.arg("--prefetch-list").arg(&prefetch);
+        }
+        let t = Instant::now();
+        let out = run_with_timeout(cmd, CONVERT_TIMEOUT, &dir.join(format!("convert-{tag}")))?;
+        if !out.status.success() {
+            bail!(
+                "veil convert to :{tag} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let secs = t.elapsed().as_secs_f64();
+        say(&format!("veil convert → :{tag} in {secs:.1} s"));
+        convert_s.push((tag.clone(), secs));
+        image_bytes.insert(tag.clone(), manifest_layer_bytes(registry, &tag)?);
+    }
+
+    let upstream: SocketAddr = registry.host().parse()?;
+    let mut points = Vec::new();
+    for (pi, shaping) in plan.shapings.iter().enumerate() {
+        let proxy = ShapingProxy::start(upstream, *shaping)?;
+        say(&format!(
+            "shaping point {}/{}: RTT {} ms, {} Mbit/s (proxy {} → registry {})",
+            pi + 1,
+            plan.shapings.len(),
+            shaping.rtt_ms(),
+            shaping.mbit(),
+            proxy.host(),
+            registry.host()
+        ));
+        let mut results: Vec<ModeResult> = plan
+            .modes
+            .iter()
+            .map(|m| ModeResult {
+                mode: m.name(),
+                label: m.short(),
+                description: m.describe(),
+                image_bytes: image_bytes.get(&m.tag()).copied().unwrap_or(0),
+                runs: Vec::new(),
+            })
+            .collect();
+        // Round-robin, so that drifts of the machine spread over every mode.
+        for round in 0..plan.runs {
+            for (mi, mode) in plan.modes.iter().enumerate() {
+                check_interrupted()?;
+                // Short: containerd's sockets below it must fit a unix socket path.
+                let name = format!("{pi}-{mi}-{round}");
+                let r = match one_run(plan, *mode, &proxy, &name, workload, expect, started) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Ctrl-C ends the bench; anything else fails this run only.
+                        check_interrupted()?;
+                        RunResult {
+                            round,
+                            total_s: 0.0,
+                            pull_s: 0.0,
+                            run_s: 0.0,
+                            fetched_bytes: 0,
+                            connections: 0,
+                            output_ok: false,
+                            output: String::new(),
+                            error: Some(format!("setting the run up: {e:#}")),
+                        }
+                    }
+                };
+                let r = RunResult { round, ..r };
+                match &r.error {
+                    None => say(&format!(
+                        "{:<28} run {}: {:.2} s (pull {:.2} s + run {:.2} s), {:.1} MiB fetched{}",
+                        mode.name(),
+                        round + 1,
+                        r.total_s,
+                        r.pull_s,
+                        r.run_s,
+                        r.fetched_bytes as f64 / (1 << 20) as f64,
+                        if r.output_ok { "" } else { ", WRONG OUTPUT" }
+                    )),
+                    Some(e) => say(&format!(
+                        "{:<28} run {}: FAILED: {e}",
+                        mode.name(),
+                        round + 1
+                    )),
+                }
+                results[mi].runs.push(r);
+            }
+        }
+        let limit_s =
+            shaping.transfer_secs(image.read_set_compressed) + 2.0 * shaping.rtt.as_secs_f64();
+        points.push(PointResult {
+            rtt_ms: shaping.rtt_ms(),
+            mbit: shaping.mbit(),
+            limit_s,
+            modes: results,
+        });
+    }
+    Ok(Outcome {
+        sample: format!("{:?}", plan.sample).to_lowercase(),
+        content_bytes: image.content_bytes,
+        files: image.files,
+        workload: workload.to_string(),
+        expect: expect.to_string(),
+        read_set_files: image.read_set.len(),
+        read_set_bytes: image.read_set_bytes,
+        read_set_compressed_bytes: image.read_set_compressed,
+        runs_per_mode: plan.runs,
+        background_fetch: plan.background_fetch,
+        drop_caches: plan.drop_caches,
+        convert_s,
+        points,
+        started: Vec::new(),
+    })
+}
+
+/// Drops the page cache (dentries, inodes, pages) after writing dirty pages back.
+fn drop_caches() -> anyhow::Result<()> {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").context("writing /proc/sys/vm/drop_caches")
+}
+
+/// One cold start of `mode`; a failure of the run itself is recorded, not returned
+/// (errors setting it up are returned).
+fn one_run(
+    plan: &Plan,
+    mode: Mode,
+    proxy: &ShapingProxy,
+    name: &str,
+    workload: &str,
+    expect: &str,
+    started: &mut Vec<Started>,
+) -> anyhow::Result<RunResult> {
+    let dir = plan.dir.join("runs").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let config = dir.join("veil-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = {}\n\n\
+             [decryption]\nkeys_dir = \"{}\"\n",
+            proxy.host(),
+            plan.background_fetch,
+            plan.dir.join("keys").display()
+        ),
+    )?;
+    let mut veil = VeilSnapshotter::new(
+        plan.bins.snapshotter.clone(),
+        dir.join("veil"),
+        dir.join("veil.sock"),
+        dir.clone(),
+    )
+    .with_config(config);
+    let result = (|| -> anyhow::Result<RunResult> {
+        if plan.drop_caches {
+            drop_caches()?;
+        }
+        let pid = veil.start().context("starting veil-snapshotter")?;
+        started.push(Started {
+            what: format!("veil-snapshotter ({} {name})", mode.name()),
+            pid,
+        });
+        let mut stargz = None;
+        let stargz_socket = dir.join("stargz.sock");
+        if mode == Mode::Stargz {
+            let tools = plan
+                .stargz
+                .as_ref()
+                .context("stargz-snapshotter was not built")?;
+            let mut cmd = Command::new(&tools.snapshotter);
+            cmd.arg("-root")
+                .arg(dir.join("stargz"))
+                .arg("-address")
+                .arg(&stargz_socket);
+            if !plan.background_fetch {
+                cmd.arg("-no-background-fetch");
+            }
+            let mut guard = ChildGuard::spawn("stargz-grpc", cmd, &dir.join("stargz.log"))?;
+            started.push(Started {
+                what: format!("stargz-grpc ({} {name})", mode.name()),
+                pid: guard.pid(),
+            });
+            guard.wait_for_path(&stargz_socket, Duration::from_secs(60))?;
+            stargz = Some(guard);
+        }
+        let more: Vec<(&str, &Path)> = if stargz.is_some() {
+            vec![("stargz", stargz_socket.as_path())]
+        } else {
+            Vec::new()
+        };
+        let mut cd = Containerd::start_with(&dir.join("containerd"), veil.socket(), &more)
+            .context("starting containerd")?;
+        started.push(Started {
+            what: format!("containerd ({} {name})", mode.name()),
+            pid: cd.pid(),
+        });
+        let r = measured(plan, mode, proxy, &cd, &dir, workload, expect);
+        for pid in shim_pids_for(cd.address()) {
+            started.push(Started {
+                what: format!("containerd-shim ({} {name})", mode.name()),
+                pid,
+            });
+        }
+        let shutdown = cd.shutdown();
+        if !shutdown.shims_left.is_empty() {
+            say(&format!(
+                "{name}: shims outlived containerd and were killed: {:?}",
+                shutdown.shims_left
+            ));
+        }
+        if let Some(mut g) = stargz.take() {
+            g.stop();
+        }
+        Ok(r)
+    })();
+    veil.stop();
+    veil_tests::unmount_below(&dir);
+    let r = result?;
+    if r.error.is_some() || plan.keep {
+        // Logs stay for a look; the status quo's blobs and snapshots do not.
+        let cd_root = dir.join("containerd").join("root");
+        let _ = std::fs::remove_dir_all(cd_root);
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(r)
+}
+
+/// The measured part: pull, then run the workload.
+fn measured(
+    plan: &Plan,
+    mode: Mode,
+    proxy: &ShapingProxy,
+    cd: &Containerd,
+    dir: &Path,
+    workload: &str,
+    expect: &str,
+) -> RunResult {
+    let reference = format!("{}/{REPO}:{}", proxy.host(), mode.tag());
+    let down = proxy.bytes_down();
+    let conns = proxy.connections();
+    let t = Instant::now();
+    let pulled: anyhow::Result<()> = match mode {
+        Mode::StatusQuo => cd
+            .ctr_like(
+                Path::new("ctr"),
+                NAMESPACE,
+                &["images", "pull", "--plain-http", &reference],
+                PULL_TIMEOUT,
+            )
+            .map(|_| ()),
+        Mode::Stargz => match plan.stargz.as_ref() {
+            Some(tools) => cd
+                .ctr_like(
+                    &tools.ctr_remote,
+                    NAMESPACE,
+                    &["images", "rpull", "--plain-http", &reference],
+                    PULL_TIMEOUT,
+                )
+                .map(|_| ()),
+            None => Err(anyhow::anyhow!("ctr-remote was not built")),
+        },
+        Mode::Veil { .. } => {
+            let mut cmd = Command::new(&plan.bins.veil);
+            cmd.arg("pull")
+                .arg("--plain-http")
+                .arg("-a")
+                .arg(cd.address())
+                .arg("-n")
+                .arg(NAMESPACE)
+                .arg(&reference)
+                .env_remove("CONTAINERD_ADDRESS")
+                .env_remove("CONTAINERD_NAMESPACE");
+            run_with_timeout(cmd, PULL_TIMEOUT, &dir.join("veil-pull")).and_then(|out| {
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    bail!(
+                        "veil pull failed ({}):\n{}{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                }
+            })
+        }
+    };
+    let pull_s = t.elapsed().as_secs_f64();
+    let ran = pulled.and_then(|()| {
+        let snapshotter = match mode {
+            Mode::StatusQuo => "overlayfs",
+            Mode::Stargz => "stargz",
+            Mode::Veil { .. } => veil_tests::containerd::SNAPSHOTTER,
+        };
+        cd.run_container_in(
+            NAMESPACE,
+            snapshotter,
+            &reference,
+            "veil-bench-workload",
+            &["/bin/sh", "-c", workload],
+        )
+    });
+    let total_s = t.elapsed().as_secs_f64();
+    let fetched_bytes = proxy.bytes_down() - down;
+    let connections = proxy.connections() - conns;
+    let (output, error) = match ran {
+        Ok(out) => (out, None),
+        Err(e) => (String::new(), Some(format!("{e:#}"))),
+    };
+    RunResult {
+        round: 0,
+        total_s,
+        pull_s,
+        run_s: total_s - pull_s,
+        fetched_bytes,
+        connections,
+        output_ok: error.is_none() && output.contains(expect),
+        output: output.trim_end().to_string(),
+        error,
+    }
+}
+
+/// The sum of the layer sizes in `REPO:tag`'s manifest (asked of the registry directly).
+fn manifest_layer_bytes(registry: &LocalRegistry, tag: &str) -> anyhow::Result<u64> {
+    let addr: SocketAddr = registry.host().parse()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET /v2/{REPO}/manifests/{tag} HTTP/1.0\r\nHost: {}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n",
+        registry.host()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header end")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&resp[split + 4..])
+        .with_context(|| format!("the manifest of :{tag} is not JSON"))?;
+    Ok(manifest["layers"]
+        .as_array()
+        .map(|ls| ls.iter().filter_map(|l| l["size"].as_u64()).sum())
+        .unwrap_or(0))
+}
+
+/// Started processes still alive, and mounts left below `dir`.
+pub fn leftovers(started: &[Started], dir: &Path) -> (Vec<Started>, Vec<String>) {
+    let alive = started
+        .iter()
+        .filter(|s| process_alive(s.pid))
+        .cloned()
+        .collect();
+    (alive, veil_tests::mounts::mounts_below(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names_and_tags() {
+        let all = [
+            ModeKind::StatusQuo,
+            ModeKind::Stargz,
+            ModeKind::Lazy,
+            ModeKind::Enc,
+            ModeKind::EncPrefetch,
+        ];
+        let names: Vec<String> = modes(&[Format::Estargz, Format::ZstdChunked], &all)
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "status-quo",
+                "stargz-snapshotter",
+                "veil-estargz",
+                "veil-estargz-enc",
+                "veil-estargz-enc-prefetch",
+                "veil-zstd-chunked",
+                "veil-zstd-chunked-enc",
+                "veil-zstd-chunked-enc-prefetch"
+            ]
+        );
+        assert_eq!(Mode::StatusQuo.tag(), "plain");
+        assert_eq!(Mode::Stargz.tag(), "estargz");
+        assert_eq!(
+            modes(&[Format::Estargz], &all)[4].tag(),
+            "estargz-enc-prefetch"
+        );
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(stats(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(stats(&[]), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! `veil bench` end to end on a tiny image (busybox sample, one run, a fast shaped link):
+//! every mode is in the JSON, the lazy modes fetched less than their image, the workload
+//! printed what it should in every mode, the plot files are there, and nothing the bench
+//! started is left running or mounted. Timings are the bench's to report, not asserted.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use veil_tests::containerd::process_alive;
+use veil_tests::process::run_with_timeout;
+
+#[test]
+fn veil_bench_on_a_tiny_image() {
+    veil_tests::require_root();
+    // `veil` (and veil-snapshotter) built, debug, beside the veil-bench under test.
+    let veil = veil_tests::veil_binary("veil");
+    let bench = Path::new(env!("CARGO_BIN_EXE_veil-bench"));
+    assert_eq!(
+        veil.parent(),
+        bench.parent(),
+        "veil and veil-bench must be built into the same directory"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let (out, work, json) = (dir.join("out"), dir.join("work"), dir.join("r.json"));
+    let mut cmd = Command::new(&veil);
+    cmd.arg("bench")
+        .args(["--sample", "busybox", "--size", "4", "--runs", "1"])
+        .args(["--rtt-ms", "2", "--mbit", "1000"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(&work);
+    let ran = run_with_timeout(cmd, Duration::from_secs(300), &dir.join("bench")).unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        ran.status.success(),
+        "veil bench failed ({}):\n{stdout}\n{stderr}",
+        ran.status
+    );
+    assert!(stdout.contains("speed-up"), "no table:\n{stdout}");
+
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let point = &doc["result"]["points"][0];
+    let modes = point["modes"].as_array().unwrap();
+    let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "status-quo",
+            "stargz-snapshotter",
+            "veil-estargz",
+            "veil-estargz-enc",
+            "veil-estargz-enc-prefetch",
+            "veil-zstd-chunked",
+            "veil-zstd-chunked-enc",
+            "veil-zstd-chunked-enc-prefetch"
+        ]
+    );
+    let expect = doc["result"]["expect"].as_str().unwrap();
+    assert_eq!(expect.len(), 64, "the busybox workload prints a sha256");
+    for m in modes {
+        let name = m["mode"].as_str().unwrap();
+        let image = m["image_bytes"].as_u64().unwrap();
+        let runs = m["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{name}");
+        let r = &runs[0];
+        assert!(r["error"].is_null(), "{name}: {}", r["error"]);
+        assert!(r["output_ok"].as_bool().unwrap(), "{name}: {}", r["output"]);
+        assert!(
+            r["output"].as_str().unwrap().contains(expect),
+            "{name}: {}",
+            r["output"]
+        );
+        assert!(r["total_s"].as_f64().unwrap() > 0.0, "{name}");
+        let fetched = r["fetched_bytes"].as_u64().unwrap();
+        if name == "status-quo" {
+            assert!(fetched >= image, "{name}: fetched {fetched} of {image}");
+        } else {
+            assert!(
+                image > 0 && fetched < image,
+                "{name}: fetched {fetched} of {image}"
+            );
+        }
+    }
+    assert!(doc["all_ok"].as_bool().unwrap());
+
+    for (name, min) in [("cold-start.png", 20_000), ("cold-start.svg", 5_000)] {
+        let len = std::fs::metadata(out.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > min, "{name}: {len} bytes");
+    }
+    let png = std::fs::read(out.join("cold-start.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let svg = std::fs::read_to_string(out.join("cold-start.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("status quo"));
+
+    // Clean-up: what the bench says, and what is true.
+    let cleanup = &doc["cleanup"];
+    assert_eq!(cleanup["processes_left"].as_array().unwrap().len(), 0);
+    assert_eq!(cleanup["mounts_left"].as_array().unwrap().len(), 0);
+    assert!(!cleanup["work_dir_exists"].as_bool().unwrap());
+    let started = doc["result"]["started"].as_array().unwrap();
+    assert!(started.len() >= 15, "{started:?}");
+    for s in started {
+        let pid = s["pid"].as_u64().unwrap() as u32;
+        assert!(
+            !process_alive(pid),
+            "{} (PID {pid}) is still running",
+            s["what"]
+        );
+    }
+    assert!(veil_tests::mounts::mounts_below(&dir).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&work).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+}
