@@ -30,7 +30,7 @@ use veil_keyprovider::keys::PublicKey;
 use veil_tests::containerd::SNAPSHOTTER;
 use veil_tests::encrypted_support::{
     check_no_key_in_logs, check_no_plaintext, ocicrypt_encrypt, pull_fails, pull_ok,
-    registry_manifest, skopeo_encrypt, stored_blob, windows, write_veil_config,
+    registry_manifest, skopeo_encrypt, stored_blob, stored_blob_path, windows, write_veil_config,
     write_veil_config_with, Desc, Keys,
 };
 use veil_tests::lazy_image::{
@@ -384,21 +384,6 @@ fn skopeo_encrypted_tar_zstd_is_streamed() {
 #[test]
 fn encrypted_uncompressed_tar_is_streamed() {
     streamed(Packing::Tar, Encrypter::Ocicrypt);
-}
-
-/// The path of a blob in the registry's storage.
-fn stored_blob_path(stack: &LazyStack, digest: &str) -> anyhow::Result<PathBuf> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .with_context(|| format!("digest {digest}"))?;
-    Ok(stack
-        .registry
-        .dir
-        .path()
-        .join("data/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data"))
 }
 
 /// Veil's disk cache file holding `blob` (same size, same first bytes).
