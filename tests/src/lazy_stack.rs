@@ -296,6 +296,18 @@ impl LazyStack {
     }
 }
 
+/// The entry of layer `digest` in a `veil status --json` report; the error shows the
+/// report.
+pub fn status_layer<'a>(
+    report: &'a serde_json::Value,
+    digest: &str,
+) -> anyhow::Result<&'a serde_json::Value> {
+    report["layers"]
+        .as_array()
+        .and_then(|layers| layers.iter().find(|l| l["digest"].as_str() == Some(digest)))
+        .with_context(|| format!("veil status does not list layer {digest}:\n{report:#}"))
+}
+
 /// Runs `body` on a fresh stack named `name` (one test at a time, see [`SERIAL`]); on
 /// failure, panics with the error and the logs; on success, shows the snapshotter's
 /// warnings and checks the clean-up.

@@ -37,7 +37,7 @@ use veil_tests::containerd::{CtrOutput, NAMESPACE, SNAPSHOTTER};
 use veil_tests::gosuite::{build_go_tool, go_tool_path};
 use veil_tests::image::build_test_image_with;
 use veil_tests::lazy_image::{random_bytes, sha256_hex, BIG_PATH};
-use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
+use veil_tests::lazy_stack::{lines_with, status_layer, text, with_stack, LazyStack};
 
 /// The Go package of the reference tool.
 const CTR_REMOTE_PACKAGE: &str = "github.com/containerd/stargz-snapshotter/cmd/ctr-remote";
@@ -242,17 +242,8 @@ fn check_status(
     if !fallbacks.is_empty() {
         bail!("veil status reports fallbacks:\n{report:#}");
     }
-    let listed = report["layers"].as_array().cloned().unwrap_or_default();
     for layer in layers {
-        let Some(l) = listed
-            .iter()
-            .find(|l| l["digest"].as_str() == Some(&layer.digest))
-        else {
-            bail!(
-                "veil status does not list the layer {}:\n{report:#}",
-                layer.digest
-            );
-        };
+        let l = status_layer(&report, &layer.digest)?;
         let (size, fetched) = (
             l["blob_size"].as_u64().unwrap_or(0),
             l["bytes_fetched"].as_u64().unwrap_or(0),

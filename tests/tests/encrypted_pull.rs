@@ -37,7 +37,7 @@ use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
     BIG_PATH, HELLO_PATH, HELLO_TEXT,
 };
-use veil_tests::lazy_stack::{lines_with, with_stack, LazyStack};
+use veil_tests::lazy_stack::{lines_with, status_layer, with_stack, LazyStack};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 64 << 20;
@@ -211,11 +211,8 @@ fn check_nothing_left(stack: &LazyStack, reference: &str, layers: &[&str]) -> an
 /// sane counters. Returns the report.
 fn check_status(stack: &LazyStack, name: &str, lazy: &[(&str, u64)]) -> anyhow::Result<Value> {
     let report = stack.status_json()?;
-    let listed = report["layers"].as_array().cloned().unwrap_or_default();
     for (digest, size) in lazy {
-        let Some(l) = listed.iter().find(|l| l["digest"].as_str() == Some(digest)) else {
-            bail!("veil status does not list the lazily served layer {digest}:\n{report:#}");
-        };
+        let l = status_layer(&report, digest)?;
         let fetched = l["bytes_fetched"].as_u64().unwrap_or(u64::MAX);
         if l["mode"].as_str() != Some("lazy")
             || l["blob_size"].as_u64() != Some(*size)
@@ -473,14 +470,7 @@ fn encrypted_image_without_its_key_is_refused() {
         pull_ok(stack, name, &reference)?;
         let report = stack.status_json()?;
         for layer in &enc {
-            let listed = report["layers"]
-                .as_array()
-                .and_then(|l| {
-                    l.iter()
-                        .find(|l| l["digest"].as_str() == Some(&layer.digest))
-                })
-                .cloned()
-                .unwrap_or_default();
+            let listed = status_layer(&report, &layer.digest)?;
             if listed["mode"].as_str() != Some("streamed")
                 || listed["bytes_fetched"].as_u64() != Some(layer.size)
             {

@@ -36,7 +36,7 @@ use veil_tests::encrypted_support::{
 use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, Layer, LayerFormat, NOTES_PATH,
 };
-use veil_tests::lazy_stack::{lines_with, with_stack, LazyStack};
+use veil_tests::lazy_stack::{lines_with, status_layer, with_stack, LazyStack};
 
 /// A small file in the top layer whose text is unique: never to be found on disk.
 const SECRET_PATH: &str = "etc/veil-stream-secret.txt";
@@ -263,17 +263,8 @@ fn push_encrypted(
 /// `veil status --json`: every layer of `enc` listed as streamed; returns the report.
 fn check_streamed(stack: &LazyStack, name: &str, enc: &[Desc]) -> anyhow::Result<Value> {
     let report = stack.status_json()?;
-    let listed = report["layers"].as_array().cloned().unwrap_or_default();
     for layer in enc {
-        let Some(l) = listed
-            .iter()
-            .find(|l| l["digest"].as_str() == Some(&layer.digest))
-        else {
-            bail!(
-                "veil status does not list layer {}:\n{report:#}",
-                layer.digest
-            );
-        };
+        let l = status_layer(&report, &layer.digest)?;
         if l["mode"].as_str() != Some("streamed")
             || l["blob_size"].as_u64() != Some(layer.size)
             || l["verify_failures"].as_u64() != Some(0)
@@ -714,14 +705,7 @@ fn memory(format: LayerFormat) {
         }
         let (after_read, peak) = rss(pid)?;
         let report = stack.status_json()?;
-        let layer = report["layers"]
-            .as_array()
-            .and_then(|l| {
-                l.iter()
-                    .find(|l| l["digest"].as_str() == Some(&enc[1].digest))
-            })
-            .cloned()
-            .unwrap_or_default();
+        let layer = status_layer(&report, &enc[1].digest)?;
         if layer["mode"].as_str() != Some(mode) {
             bail!("the big layer is not served {mode}: {layer:#}");
         }

@@ -19,7 +19,7 @@ use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
     BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
-use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
+use veil_tests::lazy_stack::{lines_with, status_layer, text, with_stack, LazyStack};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 64 << 20;
@@ -69,17 +69,8 @@ fn check_status(
         }
     }
     // Each lazily served layer, with its counters.
-    let served = report["layers"].as_array().cloned().unwrap_or_default();
     for layer in lazy {
-        let Some(l) = served
-            .iter()
-            .find(|l| l["digest"].as_str() == Some(&layer.digest))
-        else {
-            bail!(
-                "veil status does not list the lazily served layer {}:\n{report:#}",
-                layer.digest
-            );
-        };
+        let l = status_layer(&report, &layer.digest)?;
         let (size, fetched) = (
             l["blob_size"].as_u64().unwrap_or(0),
             l["bytes_fetched"].as_u64().unwrap_or(0),

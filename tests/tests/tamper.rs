@@ -34,7 +34,7 @@ use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
     BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
-use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
+use veil_tests::lazy_stack::{lines_with, status_layer, text, with_stack, LazyStack};
 use veil_tests::mount_cli::{
     expect_success, read_at, read_file, read_until_error, sha256_file, VeilMount, READ_TIMEOUT,
 };
@@ -274,13 +274,8 @@ fn tampered_chunk_fails_with_eio_and_the_rest_reads_exactly() {
         let err_line = shown.lines().find(|l| eio(l)).unwrap_or("");
         eprintln!("[{name}] in a container: {}", err_line.trim());
         let report = stack.status_json()?;
-        let failures = report["layers"]
-            .as_array()
-            .and_then(|l| {
-                l.iter()
-                    .find(|l| l["digest"].as_str() == Some(&tampered.digest))
-            })
-            .and_then(|l| l["verify_failures"].as_u64())
+        let failures = status_layer(&report, &tampered.digest)?["verify_failures"]
+            .as_u64()
             .unwrap_or(0);
         if failures == 0 {
             bail!(
