@@ -17,6 +17,7 @@
 //! Memory: a point holds one inflater state, about 43 KiB; with the default 4 MiB
 //! spacing that is about 1 % of the layer's uncompressed size.
 
+use super::input::Input;
 use std::io::{self, Read};
 
 use miniz_oxide::inflate::stream::{inflate, InflateState};
@@ -84,16 +85,12 @@ impl Recorder {
 
 /// Decompresses a gzip stream read from `R` (see the module documentation).
 pub struct GzipDecoder<R> {
-    input: R,
-    buf: Box<[u8]>,
-    pos: usize,
-    len: usize,
+    input: Input<R>,
     /// Stream offset of `buf[pos]`.
     in_offset: u64,
     out_offset: u64,
     phase: Phase,
     members: u64,
-    eof: bool,
     recorder: Option<Recorder>,
 }
 
@@ -128,15 +125,11 @@ impl<R: Read> GzipDecoder<R> {
 
     fn at(input: R, in_offset: u64, out_offset: u64, phase: Phase) -> Self {
         Self {
-            input,
-            buf: vec![0u8; IN_BUF].into_boxed_slice(),
-            pos: 0,
-            len: 0,
+            input: Input::new(input, IN_BUF),
             in_offset,
             out_offset,
             phase,
             members: 0,
-            eof: false,
             recorder: None,
         }
     }
@@ -156,38 +149,12 @@ impl<R: Read> GzipDecoder<R> {
         self.recorder.map(|r| r.points).unwrap_or_default()
     }
 
-    /// Refills the input buffer; `false` at the end of the input.
-    fn fill(&mut self) -> io::Result<bool> {
-        if self.pos < self.len {
-            return Ok(true);
-        }
-        if self.eof {
-            return Ok(false);
-        }
-        self.pos = 0;
-        self.len = 0;
-        loop {
-            match self.input.read(&mut self.buf) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(false);
-                }
-                Ok(n) => {
-                    self.len = n;
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     fn byte(&mut self) -> io::Result<Option<u8>> {
-        if !self.fill()? {
+        if !self.input.fill()? {
             return Ok(None);
         }
-        let b = self.buf[self.pos];
-        self.pos += 1;
+        let b = self.input.pending()[0];
+        self.input.consume(1);
         self.in_offset += 1;
         Ok(Some(b))
     }
@@ -287,14 +254,9 @@ impl<R: Read> Read for GzipDecoder<R> {
                     self.phase = Phase::Header;
                 }
                 Phase::Body(mut state) => {
-                    let eof = !self.fill()?;
-                    let result = inflate(
-                        &mut state,
-                        &self.buf[self.pos..self.len],
-                        out,
-                        MZFlush::None,
-                    );
-                    self.pos += result.bytes_consumed;
+                    let eof = !self.input.fill()?;
+                    let result = inflate(&mut state, self.input.pending(), out, MZFlush::None);
+                    self.input.consume(result.bytes_consumed);
                     self.in_offset += result.bytes_consumed as u64;
                     self.out_offset += result.bytes_written as u64;
                     let ended = match result.status {

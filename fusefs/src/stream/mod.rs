@@ -28,6 +28,7 @@
 //! [`std::io::Read`] (the pass) and [`crate::source::BlobSource`] (serving).
 
 pub mod gzip_index;
+mod input;
 pub mod reader;
 pub mod tar_index;
 pub mod zstd_index;

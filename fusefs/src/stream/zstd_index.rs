@@ -12,6 +12,7 @@
 //! That is correct, only slow for big single-frame layers; zstd:chunked layers (a frame
 //! per file) restart close to any offset.
 
+use super::input::Input;
 use std::io::{self, Read};
 
 use zstd::stream::raw::{Decoder as RawDecoder, InBuffer, Operation, OutBuffer};
@@ -30,17 +31,13 @@ pub struct ZstdPoint {
 
 /// Decompresses a zstd stream read from `R`, recording restart points.
 pub struct ZstdIndexer<R> {
-    input: R,
-    buf: Box<[u8]>,
-    pos: usize,
-    len: usize,
+    input: Input<R>,
     in_offset: u64,
     out_offset: u64,
     decoder: RawDecoder<'static>,
     at_frame_start: bool,
     spacing: u64,
     points: Vec<ZstdPoint>,
-    eof: bool,
 }
 
 impl<R: Read> ZstdIndexer<R> {
@@ -48,17 +45,13 @@ impl<R: Read> ZstdIndexer<R> {
     /// and then at the first frame start after every `spacing` bytes of output.
     pub fn new(input: R, spacing: u64) -> io::Result<Self> {
         Ok(Self {
-            input,
-            buf: vec![0u8; IN_BUF].into_boxed_slice(),
-            pos: 0,
-            len: 0,
+            input: Input::new(input, IN_BUF),
             in_offset: 0,
             out_offset: 0,
             decoder: RawDecoder::new()?,
             at_frame_start: true,
             spacing: spacing.max(1),
             points: Vec::new(),
-            eof: false,
         })
     }
 
@@ -70,31 +63,6 @@ impl<R: Read> ZstdIndexer<R> {
     /// The restart points recorded.
     pub fn into_points(self) -> Vec<ZstdPoint> {
         self.points
-    }
-
-    fn fill(&mut self) -> io::Result<bool> {
-        if self.pos < self.len {
-            return Ok(true);
-        }
-        if self.eof {
-            return Ok(false);
-        }
-        self.pos = 0;
-        self.len = 0;
-        loop {
-            match self.input.read(&mut self.buf) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(false);
-                }
-                Ok(n) => {
-                    self.len = n;
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 
@@ -115,11 +83,11 @@ impl<R: Read> Read for ZstdIndexer<R> {
                     out_offset: self.out_offset,
                 });
             }
-            let eof = !self.fill()?;
+            let eof = !self.input.fill()?;
             if eof && self.at_frame_start {
                 return Ok(0);
             }
-            let mut input = InBuffer::around(&self.buf[self.pos..self.len]);
+            let mut input = InBuffer::around(self.input.pending());
             let mut output = OutBuffer::around(out);
             let hint = self.decoder.run(&mut input, &mut output).map_err(|e| {
                 io::Error::new(
@@ -132,7 +100,7 @@ impl<R: Read> Read for ZstdIndexer<R> {
             })?;
             let consumed = input.pos();
             let written = output.pos();
-            self.pos += consumed;
+            self.input.consume(consumed);
             self.in_offset += consumed as u64;
             self.out_offset += written as u64;
             self.at_frame_start = hint == 0;
