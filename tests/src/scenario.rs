@@ -223,26 +223,30 @@ pub fn run(dir: &Path, veil_bin: &Path, say: &mut dyn FnMut(&str)) -> anyhow::Re
         }
         Err(e) => {
             // Gather logs before the stack's Drop cleans everything up.
-            let mut msg = String::new();
-            for log in &stack.veil.logs {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                msg.push_str(&format!(
-                    "\n--- last lines of {} ---\n{}",
-                    log.display(),
-                    tail(&text, 40).join("\n")
-                ));
-            }
-            if let Some(cd) = &stack.containerd {
-                msg.push_str(&format!(
-                    "\n--- last lines of {} ---\n{}",
-                    cd.log_path().display(),
-                    tail(&cd.log_text(), 40).join("\n")
-                ));
-            }
+            let msg = log_tails(&stack.veil, stack.containerd.as_ref());
             drop(stack);
             Err(anyhow::anyhow!("{e:#}\n\nThe logs:{msg}"))
         }
     }
+}
+
+/// The last 40 lines of every veil-snapshotter log and of containerd's, for errors.
+pub fn log_tails(veil: &VeilSnapshotter, containerd: Option<&Containerd>) -> String {
+    let mut msg = String::new();
+    let mut add = |path: &Path, text: &str| {
+        msg.push_str(&format!(
+            "\n--- last lines of {} ---\n{}",
+            path.display(),
+            tail(text, 40).join("\n")
+        ));
+    };
+    for log in &veil.logs {
+        add(log, &std::fs::read_to_string(log).unwrap_or_default());
+    }
+    if let Some(cd) = containerd {
+        add(cd.log_path(), &cd.log_text());
+    }
+    msg
 }
 
 fn steps(dir: &Path, stack: &mut Stack, say: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {

@@ -46,7 +46,7 @@ use crate::local_registry::LocalRegistry;
 use crate::process::run_with_timeout;
 use crate::registry::Pusher;
 use crate::registry_log::blob_served;
-use crate::scenario::{indent, tail, wait_for_reconnect, VeilSnapshotter};
+use crate::scenario::{indent, log_tails, tail, wait_for_reconnect, VeilSnapshotter};
 
 mod report;
 mod restart;
@@ -183,22 +183,7 @@ impl Stack {
     }
 
     fn logs(&self) -> String {
-        let mut msg = String::new();
-        for log in &self.veil.logs {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            msg.push_str(&format!(
-                "\n--- last lines of {} ---\n{}",
-                log.display(),
-                tail(&text, 40).join("\n")
-            ));
-        }
-        if let Some(cd) = &self.containerd {
-            msg.push_str(&format!(
-                "\n--- last lines of {} ---\n{}",
-                cd.log_path().display(),
-                tail(&cd.log_text(), 40).join("\n")
-            ));
-        }
+        let mut msg = log_tails(&self.veil, self.containerd.as_ref());
         if let Some(r) = &self.registry {
             msg.push_str(&format!(
                 "\n--- last lines of {} ---\n{}",
