@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use veil_blob::MemoryBlob;
+use veil_formats::codec::sha256_digest;
+use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 use veil_fusefs::cache::ChunkCache;
-use veil_fusefs::codec::sha256_digest;
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::mount::{self, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
-use veil_fusefs::source::MemoryBlob;
-use veil_fusefs::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 use veil_fusefs::tree::LayerTree;
 
 const FILE_SIZE: usize = 32 << 20;

@@ -9,8 +9,8 @@ use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sha2::{Digest, Sha256};
-use veil_fusefs::codec::{decode_chunk, sha256_digest};
-use veil_fusefs::toc::{Chunk, Compression};
+use veil_formats::codec::{decode_chunk, sha256_digest};
+use veil_formats::toc::{Chunk, Compression};
 
 /// Veil's default chunk size (`veil convert --chunk-size 4M`).
 const CHUNK: usize = 4 << 20;
@@ -66,7 +66,12 @@ fn ctr_decrypt(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
             b.iter(|| {
-                veil_fusefs::ctr::apply_keystream_at(&key, &nonce, 123 * 4096, black_box(&mut buf))
+                veil_keyprovider::cipher::apply_keystream_at(
+                    &key,
+                    &nonce,
+                    123 * 4096,
+                    black_box(&mut buf),
+                )
             })
         });
     }

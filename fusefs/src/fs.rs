@@ -548,8 +548,8 @@ mod tests {
     use super::*;
 
     fn node(mode: u32, uid: u32, gid: u32) -> Node {
-        let toc = crate::toc::LayerToc {
-            format: crate::toc::Format::Estargz,
+        let toc = veil_formats::toc::LayerToc {
+            format: veil_formats::toc::Format::Estargz,
             entries: Vec::new(),
             prefetch_end: None,
             blob_size: 0,

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::cache::{ChunkCache, ChunkData, ChunkKey, FetchGuard, Lookup, WaitError, Waiter};
-use crate::codec::{self, CodecError};
-use crate::source::BlobSource;
 use crate::tree::{LayerTree, Node, NodeKind};
+use veil_blob::BlobSource;
+use veil_formats::codec::{self, CodecError};
 
 /// How many times one chunk may fail verification before it is not fetched any more.
 pub const MAX_VERIFY_ATTEMPTS: u32 = 2;

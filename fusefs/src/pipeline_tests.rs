@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 
 use super::*;
-use crate::codec::sha256_digest;
-use crate::source::MemoryBlob;
-use crate::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
+use veil_blob::MemoryBlob;
+use veil_formats::codec::sha256_digest;
+use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 
 /// A memory blob that counts and records range requests, and can be told to fail.
 struct CountingSource {

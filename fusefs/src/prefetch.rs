@@ -39,13 +39,13 @@ use futures::stream::{self, StreamExt};
 pub use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cache::{ChunkKey, Lookup};
-use crate::codec;
 use crate::disk_cache::CachedBlob;
 use crate::pipeline::ChunkReader;
-use crate::source::BlobSource;
-use crate::toc::Chunk;
 #[cfg(doc)]
 use crate::{cache::ChunkCache, toc::LayerToc};
+use veil_blob::BlobSource;
+use veil_formats::codec;
+use veil_formats::toc::Chunk;
 
 /// Default size of one prefetch or background range request: 8 MiB.
 pub const DEFAULT_RANGE_SIZE: u64 = 8 << 20;

@@ -6,8 +6,8 @@ use crate::disk_cache::tests::{open_cache, pattern, Counting};
 use crate::disk_cache::DiskCache;
 use crate::pipeline::tests::append_gzip_file;
 use crate::pipeline::ReaderOptions;
-use crate::toc::{Compression, Format, LayerToc};
 use crate::tree::{LayerTree, ROOT_INO};
+use veil_formats::toc::{Compression, Format, LayerToc};
 
 /// A layer of files cut into `chunk_size` chunks, one gzip member each, with 100
 /// bytes of filler (a tar header, say) before each file; `prefetch_end` after the

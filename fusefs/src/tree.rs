@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use crate::toc::{Chunk, Entry, EntryKind, LayerToc};
+use veil_formats::toc::{Chunk, Entry, EntryKind, LayerToc};
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;

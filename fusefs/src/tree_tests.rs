@@ -2,7 +2,7 @@
 //! directories, hard links, duplicates and validation.
 
 use super::*;
-use crate::toc::{Compression, Format};
+use veil_formats::toc::{Compression, Format};
 
 fn toc(entries: Vec<Entry>) -> LayerToc {
     LayerToc {

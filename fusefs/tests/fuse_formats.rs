@@ -17,14 +17,14 @@ use std::sync::Arc;
 use futures::executor::block_on;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
+use veil_blob::{BlobSource, MemoryBlob};
+use veil_formats::toc::LayerToc;
+use veil_formats::{estargz, zstdchunked};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::mount::{self, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
-use veil_fusefs::source::{BlobSource, MemoryBlob};
-use veil_fusefs::toc::LayerToc;
 use veil_fusefs::tree::LayerTree;
-use veil_fusefs::{estargz, zstdchunked};
 
 const MTIME: u64 = 1_700_000_000;
 

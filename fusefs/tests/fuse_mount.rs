@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
+use veil_blob::{BlobSource, MemoryBlob};
+use veil_formats::codec::sha256_digest;
+use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 use veil_fusefs::cache::ChunkCache;
-use veil_fusefs::codec::sha256_digest;
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::mount::{self, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
-use veil_fusefs::source::{BlobSource, MemoryBlob};
-use veil_fusefs::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 use veil_fusefs::tree::LayerTree;
 
 const MIB: usize = 1 << 20;

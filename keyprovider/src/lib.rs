@@ -13,20 +13,27 @@
 //! - [`provider_protocol`]: the ocicrypt keyprovider protocol's JSON (WrapKey /
 //!   UnWrapKey) for the `attestation-agent` provider, Go and Rust byte encodings;
 //! - [`unwrap`]: a layer's private options from its recipients, a key ring and KEK sources;
-//! - [`secret`]: zeroizing byte strings and ocicrypt's base64 JSON encoding.
+//! - [`secret`]: zeroizing byte strings and ocicrypt's base64 JSON encoding;
+//! - [`cipher`]: the ocicrypt layer cipher, AES-256-CTR at any offset (a decrypting
+//!   [`veil_blob::BlobSource`]) and the HMAC-SHA256 check;
+//! - [`stream_cipher`]: one front-to-back pass over a whole blob, decrypting while the
+//!   HMAC is fed, and the HMAC check of a ciphertext at hand;
+//! - [`layer`]: opening an encrypted layer: its key unwrapped with a key ring and a KEK
+//!   chain, a decrypting source, the sealed TOC digest.
 //!
 //! Key material lives in zeroizing buffers (or in OpenSSL, which clears keys when freed)
 //! and no `Debug` or error output of this crate contains any of it.
 
-#![warn(missing_docs)]
-
 pub mod aa_packet;
+pub mod cipher;
 pub mod jwe;
 pub mod kbs;
 pub mod kek;
 pub mod keygen;
 pub mod keys;
+pub mod layer;
 pub mod ocicrypt;
 pub mod provider_protocol;
 pub mod secret;
+pub mod stream_cipher;
 pub mod unwrap;

@@ -20,8 +20,10 @@ use std::sync::Arc;
 use futures::executor::block_on;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use veil_fusefs::ctr::{apply_keystream_at, hmac_sha256, CtrDecryptingSource, HmacVerifier};
-use veil_fusefs::source::{BlobSource, MemoryBlob};
+use veil_blob::{BlobSource, MemoryBlob};
+use veil_keyprovider::cipher::{
+    apply_keystream_at, hmac_sha256, CtrDecryptingSource, HmacVerifier,
+};
 use veil_keyprovider::jwe;
 use veil_keyprovider::keys::{KeyRing, PublicKey};
 use veil_keyprovider::ocicrypt::{

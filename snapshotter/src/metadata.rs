@@ -20,7 +20,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::remote::RemoteLayer;
+use veil_image::resolver::RemoteLayer;
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const CHILDREN: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("children");

@@ -23,8 +23,8 @@ use containerd_snapshots::api::types::Mount;
 
 use crate::error::{Error, Result};
 use crate::metadata::{Kind, MetaStore, Record, Usage};
-use crate::remote::{LiveMount, MountableLayer, RemoteLayer};
 use crate::usage::disk_usage;
+use veil_image::resolver::{LiveMount, MountableLayer, RemoteLayer};
 
 /// A snapshot as callers see it: its key, record and parent chain.
 #[derive(Debug, Clone)]

@@ -14,8 +14,10 @@ use crate::error::{Error, Result};
 use crate::filters::{Fields, Filter};
 use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
-use crate::remote::{LayerResolver, RemoteRequest, Resolved, REMOTE_LABEL, REMOTE_LABEL_VALUE};
-use crate::status::{FallbackStatus, StatusReport};
+use veil_image::resolver::{LayerResolver, Resolved};
+use veil_image::status::{FallbackStatus, StatusReport};
+
+use crate::labels::{RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE};
 
 /// The gRPC-facing snapshotter.
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
-use veil_fusefs::ctr::{apply_keystream_at, hmac_sha256};
-use veil_fusefs::estargz::TOC_DIGEST_ANNOTATION;
+use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
+use veil_keyprovider::cipher::{apply_keystream_at, hmac_sha256};
 use veil_keyprovider::jwe;
 use veil_keyprovider::keys::PublicKey;
 use veil_keyprovider::ocicrypt::{

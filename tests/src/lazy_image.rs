@@ -98,11 +98,11 @@ pub fn tar_of(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
 pub fn pack(tar: Vec<u8>, format: LayerFormat) -> anyhow::Result<Layer> {
     Ok(match format {
         LayerFormat::Estargz => {
-            let opts = veil_fusefs::estargz::BuildOptions {
+            let opts = veil_formats::estargz::BuildOptions {
                 level: Some(1),
                 ..Default::default()
             };
-            let (blob, out) = veil_fusefs::estargz::build_to_vec(Cursor::new(tar), &opts)
+            let (blob, out) = veil_formats::estargz::build_to_vec(Cursor::new(tar), &opts)
                 .context("converting the layer to eStargz")?;
             Layer {
                 format,
@@ -114,11 +114,11 @@ pub fn pack(tar: Vec<u8>, format: LayerFormat) -> anyhow::Result<Layer> {
             }
         }
         LayerFormat::ZstdChunked => {
-            let opts = veil_fusefs::zstdchunked::ZstdBuildOptions {
+            let opts = veil_formats::zstdchunked::ZstdBuildOptions {
                 level: Some(1),
                 ..Default::default()
             };
-            let (blob, out) = veil_fusefs::zstdchunked::build_to_vec(Cursor::new(tar), &opts)
+            let (blob, out) = veil_formats::zstdchunked::build_to_vec(Cursor::new(tar), &opts)
                 .context("converting the layer to zstd:chunked")?;
             Layer {
                 format,

@@ -24,7 +24,7 @@ pub mod mounts;
 pub mod process;
 // Debian's `docker-registry` on loopback, and pushing to it: one copy, shared with the
 // registry client's tests in snapshotter/tests/registry_support/.
-#[path = "../../snapshotter/tests/registry_support/registry.rs"]
+#[path = "../../registry/tests/registry_support/registry.rs"]
 pub mod registry;
 pub mod registry_log;
 pub mod scenario;

@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
-use veil_fusefs::estargz::TOC_DIGEST_ANNOTATION;
-use veil_fusefs::zstdchunked::MANIFEST_POSITION_ANNOTATION;
+use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
+use veil_formats::zstdchunked::MANIFEST_POSITION_ANNOTATION;
 use veil_keyprovider::keys::PublicKey;
 use veil_keyprovider::ocicrypt::{ANNOTATION_KEYS_PREFIX, ANNOTATION_PUBOPTS};
 use veil_tests::containerd::SNAPSHOTTER;

@@ -26,9 +26,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use veil_fusefs::estargz::{self, FOOTER_SIZE, TOC_DIGEST_ANNOTATION};
-use veil_fusefs::source::MemoryBlob;
-use veil_fusefs::toc::Chunk;
+use veil_blob::MemoryBlob;
+use veil_formats::estargz::{self, FOOTER_SIZE, TOC_DIGEST_ANNOTATION};
+use veil_formats::toc::Chunk;
 use veil_tests::containerd::{process_alive, SNAPSHOTTER};
 use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
-use veil_fusefs::estargz::{self, FOOTER_SIZE, TOC_DIGEST_ANNOTATION};
-use veil_fusefs::source::MemoryBlob;
+use veil_blob::MemoryBlob;
+use veil_formats::estargz::{self, FOOTER_SIZE, TOC_DIGEST_ANNOTATION};
 use veil_keyprovider::keys::PublicKey;
 use veil_tests::encrypted_support::{ocicrypt_encrypt, stored_blob_path, Keys};
 use veil_tests::lazy_image::{

@@ -61,7 +61,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::source::BlobSource;
+use veil_blob::BlobSource;
 
 mod cached_blob;
 mod persist;

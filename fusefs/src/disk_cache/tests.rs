@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicUsize;
 
 use super::persist::Sidecar;
 use super::*;
-use crate::source::MemoryBlob;
+use veil_blob::MemoryBlob;
 
 /// A memory blob that records range requests and can be told to fail.
 pub(crate) struct Counting {

@@ -1,0 +1,157 @@
+//! `veil status`: reads the daemon's JSON report from its status socket and renders it.
+
+use std::path::Path;
+
+use tokio::io::AsyncReadExt;
+use veil_blob::human_bytes as human;
+use veil_image::status::StatusReport;
+
+/// Reads the status report from the daemon at `address`.
+pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
+    use anyhow::Context;
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::UnixStream::connect(address),
+    )
+    .await
+    .with_context(|| format!("connecting to {}: timed out", address.display()))?
+    .with_context(|| {
+        format!(
+            "connecting to {} (is veil-snapshotter running? see `status_address` in its config)",
+            address.display()
+        )
+    })?;
+    let mut body = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut body),
+    )
+    .await
+    .with_context(|| format!("reading status from {}: timed out", address.display()))??;
+    serde_json::from_slice(&body)
+        .with_context(|| format!("status from {} is not valid", address.display()))
+}
+
+/// The report as a human-readable table.
+pub fn render(report: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "veil {}  root {}", report.version, report.root);
+    let _ = writeln!(
+        out,
+        "snapshots: {} ({} served lazily)   registry: {} fetched   plaintext cache: {} / {} ({} hits, {} misses)",
+        report.snapshots,
+        report.remote_snapshots,
+        human(report.registry_bytes_fetched),
+        human(report.cache.bytes),
+        human(report.cache.budget),
+        report.cache.hits,
+        report.cache.misses
+    );
+    if let Some(d) = &report.disk_cache {
+        let _ = writeln!(
+            out,
+            "disk cache: {} / {} ({} read from disk, {} from the network)",
+            human(d.bytes),
+            human(d.budget),
+            human(d.bytes_from_disk),
+            human(d.bytes_from_network)
+        );
+    }
+    if !report.layers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:<6} {:>10} {:>10} {:>7} {:>5} {:>10}  IMAGE",
+            "LAYER", "MODE", "FETCHED", "SIZE", "%", "BAD", "BACKGROUND"
+        );
+        for l in &report.layers {
+            let pct = if l.blob_size > 0 {
+                100.0 * l.bytes_fetched as f64 / l.blob_size as f64
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                out,
+                "{:<20} {:<6} {:>10} {:>10} {:>6.1}% {:>5} {:>10}  {}",
+                short(&l.digest),
+                l.mode,
+                human(l.bytes_fetched),
+                human(l.blob_size),
+                pct,
+                l.verify_failures,
+                l.background_state,
+                l.image
+            );
+        }
+    }
+    if !report.fallbacks.is_empty() {
+        let _ = writeln!(out, "\nunpacked by containerd:");
+        for f in &report.fallbacks {
+            let _ = writeln!(out, "  {}  {}  ({})", short(&f.digest), f.image, f.reason);
+        }
+    }
+    out
+}
+
+fn short(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("sha256:{}", &hex[..hex.len().min(12)])
+}
+
+/// Runs `veil status`.
+pub fn run_status(address: &Path, json: bool) -> std::process::ExitCode {
+    let Some(rt) = crate::run::runtime("status") else {
+        return std::process::ExitCode::FAILURE;
+    };
+    crate::run::print_report("status", rt.block_on(fetch(address)), json, render)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_image::status::{FallbackStatus, LayerStatus};
+
+    #[test]
+    fn render_shows_layers_and_fallbacks() {
+        let r = StatusReport {
+            version: "0.1.0".into(),
+            layers: vec![LayerStatus {
+                digest: format!("sha256:{}", "a".repeat(64)),
+                image: "127.0.0.1:5000/app:1".into(),
+                mode: "lazy".into(),
+                blob_size: 1000,
+                bytes_fetched: 50,
+                ..Default::default()
+            }],
+            fallbacks: vec![FallbackStatus {
+                digest: "sha256:bb".into(),
+                image: "x".into(),
+                reason: "plain gzip".into(),
+            }],
+            ..Default::default()
+        };
+        let text = render(&r);
+        assert!(text.contains("sha256:aaaaaaaaaaaa"), "{text}");
+        assert!(text.contains("5.0%"), "{text}");
+        assert!(text.contains("plain gzip"), "{text}");
+        assert_eq!(human(1536), "1.5 KiB");
+    }
+
+    #[tokio::test]
+    async fn report_round_trips_over_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(veil_daemon::status_server::serve(listener, || {
+            StatusReport {
+                snapshots: 3,
+                ..Default::default()
+            }
+        }));
+        let got = fetch(&path).await.unwrap();
+        assert_eq!(got.snapshots, 3);
+        task.abort();
+        let err = fetch(&dir.path().join("nope.sock")).await.unwrap_err();
+        assert!(format!("{err:#}").contains("is veil-snapshotter running"));
+    }
+}

@@ -1,0 +1,20 @@
+//! `veil-daemon`: the top of Veil's data path, where configuration becomes objects.
+//!
+//! - [`config`]: the TOML file and its defaults (the only place config types are
+//!   defined);
+//! - [`wiring`]: the only place config types are read: the registry client, the caches,
+//!   the decryption keys and KEK chain, the image service and the snapshots service;
+//! - [`server`]: the `veil-snapshotter` daemon: sockets, signals, systemd readiness;
+//! - [`socket`], [`signals`], [`status_server`]: what every Veil server shares (the
+//!   `veil` CLI's `keyprovider serve` too);
+//! - the error type, [`DaemonError`] (in [`error`]).
+
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod signals;
+pub mod socket;
+pub mod status_server;
+pub mod wiring;
+
+pub use error::DaemonError;

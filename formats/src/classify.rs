@@ -1,0 +1,145 @@
+//! Whether a layer can be served lazily, and how its TOC is found and authenticated.
+//!
+//! A layer is lazily servable when it is eStargz (gzip) with a TOC digest the image
+//! vouches for, or zstd:chunked with its manifest checksum. The digest comes from the
+//! layer descriptor's annotations, or, for an encrypted layer, from the TOC digest sealed
+//! in its wrapped private options, which takes precedence (the annotations are not
+//! covered by the layer key). Used by the image service (to open a layer) and by
+//! `veil inspect` (to say whether, and why not).
+
+use std::collections::BTreeMap;
+
+use veil_blob::BlobSource;
+
+use crate::estargz::{self, FormatError};
+use crate::toc::LayerToc;
+use crate::zstdchunked;
+
+/// How a layer's TOC is found and authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LazyFormat {
+    /// eStargz with the TOC digest from the manifest annotation.
+    Estargz {
+        /// `sha256:` of the uncompressed TOC JSON.
+        toc_digest: String,
+    },
+    /// zstd:chunked with the manifest annotations.
+    ZstdChunked(zstdchunked::ManifestInfo),
+}
+
+/// Why a layer cannot be served lazily.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotLazy {
+    /// The layer is encrypted and was classified without its key.
+    #[error("encrypted layer ({0}) without its key")]
+    Encrypted(String),
+    /// A gzip layer without an authenticated TOC digest.
+    #[error(
+        "gzip layer without the {} annotation: not eStargz, or its TOC is not authenticated",
+        estargz::TOC_DIGEST_ANNOTATION
+    )]
+    NoTocDigest,
+    /// A zstd layer whose zstd:chunked annotations do not parse.
+    #[error("zstd layer with bad zstd:chunked annotations: {0}")]
+    BadZstdAnnotations(String),
+    /// A zstd layer without a zstd:chunked manifest checksum.
+    #[error("zstd layer without a zstd:chunked manifest checksum")]
+    NoZstdChecksum,
+    /// A media type no lazy format uses.
+    #[error("media type {0:?} cannot be served lazily")]
+    MediaType(String),
+}
+
+/// Decides from a layer's media type and annotations whether Veil can serve it lazily.
+pub fn classify(
+    media_type: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<LazyFormat, NotLazy> {
+    classify_sealed(media_type, annotations, None)
+}
+
+/// Like [`classify`], with a TOC digest sealed in an encrypted layer's private options:
+/// it takes precedence over the manifest's annotations (for zstd:chunked it is the
+/// manifest checksum, over the compressed TOC).
+pub fn classify_sealed(
+    media_type: &str,
+    annotations: &BTreeMap<String, String>,
+    sealed: Option<&str>,
+) -> Result<LazyFormat, NotLazy> {
+    let mt = media_type;
+    if mt.ends_with("+encrypted") {
+        return Err(NotLazy::Encrypted(mt.to_string()));
+    }
+    let gzip = mt.ends_with("tar+gzip") || mt.ends_with("tar.gzip");
+    let zstd = mt.ends_with("tar+zstd");
+    if gzip {
+        let digest = sealed.or(annotations
+            .get(estargz::TOC_DIGEST_ANNOTATION)
+            .map(String::as_str));
+        return match digest {
+            Some(d) => Ok(LazyFormat::Estargz {
+                toc_digest: d.to_string(),
+            }),
+            None => Err(NotLazy::NoTocDigest),
+        };
+    }
+    if zstd {
+        let mut info = zstdchunked::ManifestInfo::from_annotations(annotations)
+            .map_err(|e| NotLazy::BadZstdAnnotations(e.to_string()))?;
+        if let Some(sealed) = sealed {
+            info.checksum = Some(sealed.to_string());
+        }
+        if info.checksum.is_none() && info.toc_digest.is_none() {
+            return Err(NotLazy::NoZstdChecksum);
+        }
+        return Ok(LazyFormat::ZstdChunked(info));
+    }
+    Err(NotLazy::MediaType(mt.to_string()))
+}
+
+/// Reads and authenticates the TOC of a lazily servable layer.
+pub async fn read_layer_toc(
+    source: &dyn BlobSource,
+    format: &LazyFormat,
+) -> Result<LayerToc, FormatError> {
+    match format {
+        LazyFormat::Estargz { toc_digest } => estargz::read_toc(source, Some(toc_digest)).await,
+        LazyFormat::ZstdChunked(info) => zstdchunked::read_toc(source, info).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_authenticated_tocs_are_lazy() {
+        let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let none = annotations(&[]);
+        assert!(classify(gz, &none).is_err());
+        let annotated = annotations(&[(estargz::TOC_DIGEST_ANNOTATION, "sha256:aa")]);
+        assert_eq!(
+            classify(gz, &annotated),
+            Ok(LazyFormat::Estargz {
+                toc_digest: "sha256:aa".into()
+            })
+        );
+        // A sealed digest wins over the (forgeable) manifest annotation.
+        assert_eq!(
+            classify_sealed(gz, &annotated, Some("sha256:bb")),
+            Ok(LazyFormat::Estargz {
+                toc_digest: "sha256:bb".into()
+            })
+        );
+        assert!(classify(&format!("{gz}+encrypted"), &none).is_err());
+        assert!(classify("application/vnd.oci.image.layer.v1.tar", &none).is_err());
+        assert!(classify("application/vnd.oci.image.layer.v1.tar+zstd", &none).is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! `veil mount`: an image's merged root filesystem at a directory, lazily, without
+//! containerd.
+//!
+//! Each layer is resolved and mounted through FUSE under a private state directory, then
+//! the layers are stacked read-only at the target: a bind mount for a single layer, an
+//! overlay (top layer first) otherwise. The mount lives as long as the process that
+//! serves it; [`ImageMount::wait_until_unmounted`] returns once someone unmounts the
+//! target (`veil umount DIR`, `umount DIR`), and dropping the [`ImageMount`] takes
+//! everything down.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use veil_registry::Reference;
+
+use crate::error::{ImageError, IoContext, RegistryContext};
+use crate::layers::LazyLayers;
+use crate::resolver::{LayerResolver, LiveMount, RemoteLayer, Resolved};
+
+/// A mounted image.
+pub struct ImageMount {
+    target: PathBuf,
+    state_dir: PathBuf,
+    layers: Vec<Box<dyn LiveMount>>,
+    stacked: bool,
+}
+
+/// Mounts `reference`'s root filesystem at `target`, with the layers' own mount points
+/// under `state_dir` (created; removed again on drop).
+pub async fn mount_image(
+    lazy: &LazyLayers,
+    reference: &str,
+    target: &Path,
+    state_dir: &Path,
+) -> Result<ImageMount, ImageError> {
+    let meta =
+        std::fs::metadata(target).io_context(|| format!("mount point {}", target.display()))?;
+    if !meta.is_dir() {
+        return Err(ImageError::Invalid(format!(
+            "mount point {} is not a directory",
+            target.display()
+        )));
+    }
+    let parsed = Reference::parse(reference)
+        .registry_context(|| format!("image reference {reference:?}"))?;
+    let image = lazy
+        .registry()
+        .resolve(&parsed)
+        .await
+        .registry_context(|| format!("resolving {reference}"))?;
+    let manifest = image.manifest;
+    std::fs::create_dir_all(state_dir)
+        .io_context(|| format!("creating {}", state_dir.display()))?;
+    let mut mounted = ImageMount {
+        target: target.to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
+        layers: Vec::new(),
+        stacked: false,
+    };
+    let mut dirs = Vec::new();
+    for (i, desc) in manifest.layers.iter().enumerate() {
+        let layer = RemoteLayer {
+            image_ref: reference.to_string(),
+            layer_digest: desc.digest.to_string(),
+            manifest_digest: Some(manifest.digest.to_string()),
+        };
+        let ready = match lazy.resolve(&layer).await? {
+            Resolved::Lazy(l) => l,
+            Resolved::NotLazy(why) | Resolved::Fail(why) => {
+                return Err(ImageError::Invalid(format!(
+                    "layer {} of {reference} cannot be mounted lazily: {why}",
+                    desc.digest
+                )))
+            }
+        };
+        let dir = state_dir.join(format!("layer-{i}"));
+        std::fs::create_dir_all(&dir).io_context(|| format!("creating {}", dir.display()))?;
+        mounted.layers.push(ready.mount(&dir)?);
+        dirs.push(dir);
+    }
+    if dirs.is_empty() {
+        return Err(ImageError::Invalid(format!("{reference} has no layers")));
+    }
+    stack(&dirs, target)?;
+    mounted.stacked = true;
+    Ok(mounted)
+}
+
+fn sys_mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> std::io::Result<()> {
+    let c = |s: &[u8]| {
+        CString::new(s).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (source, target_c, fstype, data) = (
+        c(source.as_bytes())?,
+        c(target.as_os_str().as_bytes())?,
+        c(fstype.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr() as *const libc::c_void,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Stacks the layer directories (bottom first) read-only at `target`.
+fn stack(dirs: &[PathBuf], target: &Path) -> Result<(), ImageError> {
+    if let [only] = dirs {
+        let src = only.to_string_lossy();
+        sys_mount(&src, target, "", libc::MS_BIND | libc::MS_REC, "")
+            .io_context(|| format!("bind-mounting {} at {}", only.display(), target.display()))?;
+        // A bind mount takes the read-only flag only on a remount.
+        sys_mount(
+            &src,
+            target,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            "",
+        )
+        .io_context(|| format!("making {} read-only", target.display()))?;
+        return Ok(());
+    }
+    let lower: Vec<String> = dirs
+        .iter()
+        .rev()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    let data = format!("lowerdir={}", lower.join(":"));
+    sys_mount("overlay", target, "overlay", libc::MS_RDONLY, &data)
+        .io_context(|| format!("mounting overlay at {}", target.display()))
+}
+
+/// Whether `path` is a mount point, read from `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// Unmounts the image stacked at `target` (`veil umount`). The process serving it
+/// notices and takes its layers down.
+pub fn unmount_image(target: &Path) -> Result<(), ImageError> {
+    if !target.exists() {
+        return Err(ImageError::Invalid(format!(
+            "{}: no such directory",
+            target.display()
+        )));
+    }
+    if !is_mount_point(target) {
+        return Err(ImageError::Invalid(format!(
+            "{} is not mounted",
+            target.display()
+        )));
+    }
+    let c = CString::new(target.as_os_str().as_bytes())
+        .io_context(|| format!("unmounting {}", target.display()))?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EBUSY) {
+            return Err(ImageError::Invalid(format!(
+                "{} is busy: a process is using it (close it, or `umount -l` to detach)",
+                target.display()
+            )));
+        }
+        return Err(err).io_context(|| format!("unmounting {}", target.display()));
+    }
+    Ok(())
+}
+
+impl ImageMount {
+    /// Where the image is mounted.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// How many layers are mounted.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Returns once the target is no longer a mount point.
+    pub async fn wait_until_unmounted(&self) {
+        while is_mount_point(&self.target) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        if self.stacked && is_mount_point(&self.target) {
+            if let Ok(c) = CString::new(self.target.as_os_str().as_bytes()) {
+                // SAFETY: c is a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        // Top layers first, then the state directory.
+        while let Some(layer) = self.layers.pop() {
+            drop(layer);
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}

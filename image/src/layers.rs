@@ -1,0 +1,643 @@
+//! Veil's [`LayerResolver`]: registry + layer formats + FUSE, glued.
+//!
+//! Resolving a layer finds its descriptor in the image manifest (fetched once per
+//! manifest), decides whether it can be served lazily (an eStargz or zstd:chunked layer
+//! whose TOC digest the manifest vouches for), reads and authenticates the TOC through
+//! ranged registry reads, and builds the layer's file tree. Mounting it starts a FUSE
+//! session whose reads fetch, decompress and verify chunks on demand through the shared
+//! plaintext cache. Unencrypted layers that cannot be served lazily are reported as
+//! such, so the snapshotter lets containerd unpack them; encrypted ones (which containerd
+//! cannot unpack) are streamed: fetched whole, authenticated by the ocicrypt HMAC and
+//! indexed, then served through the same FUSE filesystem
+//! (`LazyLayers::resolve_streamed`). Whether a layer is lazily servable is decided by
+//! [`veil_formats::classify`]; encrypted layers are opened by
+//! [`veil_keyprovider::layer::Decryption`].
+//!
+//! With [`LazyOptions`]: the registry blob is read through the disk cache (blob bytes as
+//! the registry serves them, kept across restarts), the prioritized files are prefetched
+//! before the layer is handed out for mounting, and once mounted the whole blob is
+//! fetched into the disk cache in the background until done or until the mount is
+//! dropped.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use veil_formats::estargz;
+use veil_formats::stream::{index_stream, IndexOptions, StreamCompression, StreamedSource};
+use veil_fusefs::cache::ChunkCache;
+use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
+use veil_fusefs::fs::{FsOptions, LayerFs};
+use veil_fusefs::mount::{mount, LayerMount, MountOptions};
+use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
+use veil_fusefs::prefetch::{
+    background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
+    FetchState, PrefetchOptions, RateLimiter,
+};
+use veil_fusefs::tree::LayerTree;
+
+use veil_blob::BlobSource;
+use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
+use veil_keyprovider::layer::{Decryption, OpenedLayer};
+use veil_keyprovider::stream_cipher::HmacCheck;
+use veil_registry::{Digest, Manifest, Reference, RegistryClient};
+
+use crate::error::{ImageError, RegistryContext};
+use crate::resolver::{LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved};
+use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
+
+/// Background fetches running at once (each waits for a slot before it starts).
+const BACKGROUND_SLOTS: usize = 2;
+
+/// How [`LazyLayers`] caches on disk and fetches ahead.
+#[derive(Debug, Clone)]
+pub struct LazyOptions {
+    /// The disk cache of blob bytes; `None`: reads always go to the registry.
+    pub disk_cache: Option<Arc<DiskCache>>,
+    /// Fetch a layer's prioritized files before handing it out for mounting.
+    pub prefetch: bool,
+    /// Fetch whole layers into the disk cache in the background once mounted (only with
+    /// a disk cache).
+    pub background_fetch: bool,
+    /// The byte rate all background fetches share; `None`: unlimited.
+    pub background_rate: Option<Arc<RateLimiter>>,
+    /// Keys for encrypted layers; `None`: encrypted layers are refused.
+    pub decryption: Option<Arc<Decryption>>,
+}
+
+impl Default for LazyOptions {
+    /// Prefetch only: no disk cache, no background fetching.
+    fn default() -> Self {
+        Self {
+            disk_cache: None,
+            prefetch: true,
+            background_fetch: false,
+            background_rate: None,
+            decryption: None,
+        }
+    }
+}
+
+/// A layer resolved for lazy serving, as status reports it.
+struct LayerEntry {
+    reader: Arc<ChunkReader>,
+    image: String,
+    blob_size: u64,
+    /// The layer's blob in the disk cache, which counts what came from the registry.
+    cached: Option<Arc<CachedBlob>>,
+    /// How it is served: `lazy` or `streamed`.
+    mode: &'static str,
+    /// For a streamed layer: ciphertext bytes read by the verifying pass.
+    streamed_bytes: u64,
+}
+
+/// The most uncompressed bytes one read of a streamed layer decompresses into memory at
+/// once (coalesced chunk misses): kept small, the plaintext budget is what matters.
+const STREAMED_MAX_REQUEST: u64 = 4 << 20;
+
+/// Resolves layers from registries and mounts them through FUSE.
+pub struct LazyLayers {
+    registry: RegistryClient,
+    cache: Arc<ChunkCache>,
+    runtime: tokio::runtime::Handle,
+    mount_options: MountOptions,
+    options: LazyOptions,
+    background_slots: Arc<tokio::sync::Semaphore>,
+    manifests: Mutex<HashMap<String, Arc<Manifest>>>,
+    readers: Mutex<HashMap<String, LayerEntry>>,
+    fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
+}
+
+impl LazyLayers {
+    /// A resolver fetching through `registry`, caching plaintext chunks in `cache`,
+    /// running reads on `runtime`, with the default [`LazyOptions`] (see
+    /// [`LazyLayers::with_options`]).
+    pub fn new(
+        registry: RegistryClient,
+        cache: Arc<ChunkCache>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            registry,
+            cache,
+            runtime,
+            mount_options: MountOptions::default(),
+            options: LazyOptions::default(),
+            background_slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_SLOTS)),
+            manifests: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
+            fetches: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The same, with disk cache, prefetch and background fetching as `options` say.
+    pub fn with_options(mut self, options: LazyOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The disk cache, when there is one (for its counters).
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.options.disk_cache.as_ref()
+    }
+
+    /// Background fetches started so far, by layer digest (for status).
+    pub fn background_fetches(&self) -> Vec<(String, Arc<FetchProgress>)> {
+        let map = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The registry client (for its byte counters).
+    pub fn registry(&self) -> &RegistryClient {
+        &self.registry
+    }
+
+    /// The readers of the layers resolved so far, by layer digest (for status).
+    pub fn readers(&self) -> Vec<(String, Arc<ChunkReader>)> {
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.reader.clone()))
+            .collect()
+    }
+
+    async fn manifest(
+        &self,
+        layer: &RemoteLayer,
+    ) -> Result<(Reference, Arc<Manifest>), ImageError> {
+        let mut reference = Reference::parse(&layer.image_ref)
+            .registry_context(|| format!("image reference {:?}", layer.image_ref))?;
+        if let Some(md) = &layer.manifest_digest {
+            let digest =
+                Digest::parse(md).registry_context(|| format!("manifest digest {md:?}"))?;
+            reference = reference.with_digest(digest);
+        }
+        let key = reference.to_string();
+        if let Some(m) = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok((reference, m.clone()));
+        }
+        let image = self
+            .registry
+            .resolve(&reference)
+            .await
+            .registry_context(|| format!("resolving {reference}"))?;
+        let manifest = Arc::new(image.manifest);
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, manifest.clone());
+        Ok((reference, manifest))
+    }
+
+    async fn resolve_layer(&self, layer: &RemoteLayer) -> Result<Resolved, ImageError> {
+        let digest = Digest::parse(&layer.layer_digest)
+            .registry_context(|| format!("layer digest {:?}", layer.layer_digest))?;
+        let (reference, manifest) = self.manifest(layer).await?;
+        let desc = manifest.layer(&digest).ok_or_else(|| {
+            ImageError::Invalid(format!(
+                "layer {digest} is not in manifest {} of {reference}",
+                manifest.digest
+            ))
+        })?;
+        let encrypted = Decryption::is_encrypted(desc);
+        if !encrypted {
+            if let Err(why) = classify(&desc.media_type, &desc.annotations) {
+                return Ok(Resolved::NotLazy(why.to_string()));
+            }
+        }
+        // The disk cache sits right on the registry blob: it keeps bytes exactly as
+        // served (ciphertext for encrypted layers: the decrypting source goes above it).
+        let registry_blob: Arc<dyn BlobSource> = Arc::new(self.registry.blob(&reference, desc));
+        let cached = self
+            .options
+            .disk_cache
+            .as_ref()
+            .map(|disk| disk.wrap(&layer.layer_digest, registry_blob.clone()));
+        let stored: Arc<dyn BlobSource> = match &cached {
+            Some(cached) => cached.clone(),
+            None => registry_blob,
+        };
+        let mut hmac = None;
+        let (source, format) = if encrypted {
+            // containerd cannot decrypt layers: an encrypted layer Veil cannot open
+            // fails the pull with Veil's reason instead of falling back.
+            let Some(decryption) = &self.options.decryption else {
+                return Ok(Resolved::Fail(format!(
+                    "layer {digest} is encrypted and no decryption keys are configured"
+                )));
+            };
+            let opened = match decryption.open(&layer.layer_digest, desc, stored.clone()) {
+                Ok(o) => o,
+                Err(why) => return Ok(Resolved::Fail(why.to_string())),
+            };
+            let lazy = match &opened.must_stream {
+                Some(why) => Err(why.clone()),
+                None => classify_sealed(
+                    &opened.plain.media_type,
+                    &opened.plain.annotations,
+                    opened.sealed_toc_digest.as_deref(),
+                )
+                .map_err(|e| e.to_string()),
+            };
+            match lazy {
+                Ok(format) => {
+                    hmac = Some(opened.hmac);
+                    (opened.source, format)
+                }
+                // Not lazily servable: fetched whole, authenticated, then served.
+                Err(why) => {
+                    return self
+                        .resolve_streamed(layer, desc.size, opened, stored, cached, &why)
+                        .await
+                }
+            }
+        } else {
+            let format = classify(&desc.media_type, &desc.annotations)
+                .map_err(|why| ImageError::Invalid(why.to_string()))?;
+            (stored, format)
+        };
+        let indexed = async {
+            let toc = read_layer_toc(source.as_ref(), &format)
+                .await
+                .map_err(|cause| ImageError::Toc {
+                    layer: digest.to_string(),
+                    cause,
+                })?;
+            let tree = LayerTree::build(&toc).map_err(|cause| ImageError::Index {
+                layer: digest.to_string(),
+                cause,
+            })?;
+            Ok::<_, ImageError>((toc, Arc::new(tree)))
+        }
+        .await;
+        let (toc, tree) = match indexed {
+            Ok(t) => t,
+            // containerd cannot unpack an encrypted layer: no fallback, fail with why.
+            Err(e) if encrypted => return Ok(Resolved::Fail(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        let reader = Arc::new(ChunkReader::new(
+            layer.layer_digest.clone(),
+            tree,
+            source.clone(),
+            self.cache.clone(),
+            // An encrypted layer's file names are plaintext: logs name inodes instead.
+            ReaderOptions {
+                redact_paths: encrypted,
+                ..ReaderOptions::default()
+            },
+        ));
+        if self.options.prefetch {
+            if let Some(end) = toc.prefetch_end.filter(|&end| end > 0) {
+                self.prefetch(&reader, source.as_ref(), cached.as_deref(), end)
+                    .await;
+            }
+        }
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                layer.layer_digest.clone(),
+                LayerEntry {
+                    reader: reader.clone(),
+                    image: layer.image_ref.clone(),
+                    blob_size: desc.size,
+                    cached: cached.clone(),
+                    mode: "lazy",
+                    streamed_bytes: 0,
+                },
+            );
+        let background = cached
+            .filter(|_| self.options.background_fetch)
+            .map(|source| Background {
+                source,
+                options: BackgroundOptions {
+                    rate_limit: self.options.background_rate.clone(),
+                    slots: Some(self.background_slots.clone()),
+                    ..BackgroundOptions::default()
+                },
+                fetches: self.fetches.clone(),
+                hmac,
+            });
+        Ok(Resolved::Lazy(Box::new(ReadyLayer {
+            reader,
+            runtime: self.runtime.clone(),
+            options: self.mount_options.clone(),
+            background,
+        })))
+    }
+
+    /// Serves an encrypted layer that cannot be read lazily: the streamed path.
+    ///
+    /// The whole ciphertext is fetched (through the disk cache, which keeps it as
+    /// ciphertext), decrypted, decompressed and indexed in one pass
+    /// ([`veil_formats::stream`]), and the ocicrypt HMAC over all of it is checked at the
+    /// end. **Nothing is served before that check passes**: the layer is mounted only
+    /// after it, so a lookup waits (Prepare does not return) until the stream has been
+    /// read and verified whole, and an ENOENT is only ever given by a complete, verified
+    /// index. A mismatch (or a stream that does not decompress or is not a tar) fails
+    /// Prepare, naming the layer; the disk copy is dropped. The chunk digests recorded
+    /// during the verified pass then guard every later read: each chunk is decrypted and
+    /// decompressed again from the nearest restart point (in memory, into the plaintext
+    /// cache) and served only if it matches.
+    async fn resolve_streamed(
+        &self,
+        layer: &RemoteLayer,
+        blob_size: u64,
+        opened: OpenedLayer,
+        stored: Arc<dyn BlobSource>,
+        cached: Option<Arc<CachedBlob>>,
+        why_not_lazy: &str,
+    ) -> Result<Resolved, ImageError> {
+        let name = layer.layer_digest.clone();
+        let mt = opened.plain.media_type.clone();
+        let Some(compression) = StreamCompression::from_media_type(&mt) else {
+            return Ok(Resolved::Fail(format!(
+                "encrypted layer {name} cannot be served lazily ({why_not_lazy}) and its media \
+                 type {mt:?} is not a tar layer Veil can stream"
+            )));
+        };
+        let options = IndexOptions {
+            drop_estargz_bookkeeping: opened
+                .plain
+                .annotations
+                .contains_key(estargz::TOC_DIGEST_ANNOTATION),
+            ..IndexOptions::default()
+        };
+        tracing::info!(
+            layer = %name,
+            compression = compression.name(),
+            blob_size,
+            reason = why_not_lazy,
+            "streaming the whole encrypted layer: fetch, decrypt, verify the HMAC, index"
+        );
+        let started = std::time::Instant::now();
+        let mut reader = opened
+            .cipher
+            .reader(stored.clone(), tokio::runtime::Handle::current());
+        let pass = tokio::task::spawn_blocking(move || {
+            let indexed = index_stream(compression, &mut reader, &options);
+            let read = reader.bytes_read();
+            // The HMAC verdict comes first: a stream that fails to decompress because it
+            // was tampered with is reported as tampered.
+            let verdict = reader.finish();
+            (indexed, verdict, read)
+        })
+        .await;
+        let (indexed, verdict, read) = match pass {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Resolved::Fail(format!(
+                    "encrypted layer {name}: the streaming task failed: {e}"
+                )))
+            }
+        };
+        if let Err(why) = verdict {
+            if let Some(cached) = &cached {
+                cached.forget(0..cached.size());
+            }
+            tracing::error!(layer = %name, reason = %why, "streamed layer failed authentication; nothing of it is served");
+            return Ok(Resolved::Fail(format!(
+                "encrypted layer {name} failed authentication after streaming all {blob_size} bytes: \
+                 {why} (the ciphertext was altered or corrupted); nothing of it is served"
+            )));
+        }
+        let indexed = match indexed {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(Resolved::Fail(format!(
+                    "encrypted layer {name} is authentic but cannot be served: {e}"
+                )))
+            }
+        };
+        let tree = match LayerTree::build(&indexed.toc) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                return Ok(Resolved::Fail(format!(
+                    "encrypted layer {name} is authentic but cannot be served: {e}"
+                )))
+            }
+        };
+        tracing::info!(
+            layer = %name,
+            compression = compression.name(),
+            blob_size,
+            ciphertext_read = read,
+            uncompressed = indexed.index.size,
+            entries = indexed.toc.entries.len(),
+            restart_points = indexed.index.restart_points(),
+            index_memory = indexed.index.memory(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "streamed layer verified (ocicrypt HMAC) and indexed; serving it"
+        );
+        let source: Arc<dyn BlobSource> =
+            Arc::new(StreamedSource::new(opened.source.clone(), indexed.index));
+        let reader = Arc::new(ChunkReader::new(
+            name.clone(),
+            tree,
+            source,
+            self.cache.clone(),
+            ReaderOptions {
+                max_request: STREAMED_MAX_REQUEST,
+                // Encrypted: file names are plaintext; logs name inodes.
+                redact_paths: true,
+            },
+        ));
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name,
+                LayerEntry {
+                    reader: reader.clone(),
+                    image: layer.image_ref.clone(),
+                    blob_size,
+                    cached,
+                    mode: "streamed",
+                    streamed_bytes: read,
+                },
+            );
+        Ok(Resolved::Lazy(Box::new(ReadyLayer {
+            reader,
+            runtime: self.runtime.clone(),
+            options: self.mount_options.clone(),
+            background: None,
+        })))
+    }
+
+    /// Prefetches the prioritized files of `reader`'s layer, up to blob offset `end`.
+    /// Failures are logged only: the files are then fetched when read.
+    async fn prefetch(
+        &self,
+        reader: &ChunkReader,
+        source: &dyn BlobSource,
+        cached: Option<&CachedBlob>,
+        end: u64,
+    ) {
+        let options = PrefetchOptions {
+            fetch_all: cached.is_some(),
+            ..PrefetchOptions::default()
+        };
+        let started = std::time::Instant::now();
+        match prefetch(reader, source, end, &options).await {
+            Ok(report) => {
+                // Bytes that failed verification may have come from the disk cache.
+                if let Some(cached) = cached {
+                    for range in &report.verify_failures {
+                        cached.forget(range.clone());
+                    }
+                }
+                tracing::info!(
+                    layer = reader.layer_name(),
+                    prefetch_end = end,
+                    bytes = report.bytes_fetched,
+                    requests = report.ranges,
+                    chunks_cached = report.chunks_cached,
+                    verify_failures = report.verify_failures.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "prefetched the prioritized files"
+                );
+            }
+            Err(e) => tracing::warn!(
+                layer = reader.layer_name(),
+                prefetch_end = end,
+                error = %e,
+                "prefetch failed; the files will be fetched when read"
+            ),
+        }
+    }
+}
+
+impl LayerResolver for LazyLayers {
+    fn resolve<'a>(
+        &'a self,
+        layer: &'a RemoteLayer,
+    ) -> BoxFuture<'a, Result<Resolved, ImageError>> {
+        Box::pin(self.resolve_layer(layer))
+    }
+
+    fn fill_status(&self, report: &mut StatusReport) {
+        let fetches: HashMap<String, Arc<FetchProgress>> =
+            self.background_fetches().into_iter().collect();
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut layers: Vec<LayerStatus> = map
+            .iter()
+            .map(|(digest, entry)| {
+                let stats = entry.reader.stats();
+                let background = fetches.get(digest);
+                LayerStatus {
+                    digest: digest.clone(),
+                    image: entry.image.clone(),
+                    mode: entry.mode.into(),
+                    blob_size: entry.blob_size,
+                    // With a disk cache, the reader's bytes may have come from disk:
+                    // count only what the registry sent.
+                    bytes_fetched: match &entry.cached {
+                        Some(c) => c.traffic().1,
+                        // A streamed layer without a disk cache: the bytes its pass
+                        // read (its reads fetch ranges again, not counted here).
+                        None if entry.mode == "streamed" => entry.streamed_bytes,
+                        None => stats.bytes_fetched,
+                    },
+                    range_requests: stats.range_requests,
+                    chunk_hits: stats.chunk_hits,
+                    chunks_fetched: stats.chunks_fetched,
+                    verify_failures: stats.verify_failures,
+                    background_done: background.map(|b| b.done()).unwrap_or(0),
+                    background_state: background
+                        .map(|b| format!("{:?}", b.state()).to_lowercase())
+                        .unwrap_or_else(|| "off".into()),
+                }
+            })
+            .collect();
+        layers.sort_by(|a, b| a.digest.cmp(&b.digest));
+        report.layers = layers;
+        report.registry_bytes_fetched = self.registry.metrics().bytes_fetched();
+        let mem = self.cache.stats();
+        report.cache = CacheStatus {
+            bytes: mem.bytes,
+            budget: mem.budget,
+            hits: mem.hits,
+            misses: mem.misses,
+        };
+        report.disk_cache = self.disk_cache().map(|d| {
+            let st = d.stats();
+            DiskCacheStatus {
+                bytes: st.bytes,
+                budget: st.budget,
+                bytes_from_disk: st.bytes_from_disk,
+                bytes_from_network: st.bytes_from_inner,
+            }
+        });
+    }
+}
+
+/// A resolved layer, ready to mount.
+struct ReadyLayer {
+    reader: Arc<ChunkReader>,
+    runtime: tokio::runtime::Handle,
+    options: MountOptions,
+    background: Option<Background>,
+}
+
+/// The background fetch to start once a layer is mounted.
+struct Background {
+    source: Arc<CachedBlob>,
+    options: BackgroundOptions,
+    fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
+    /// For an encrypted layer: checked over the whole ciphertext once it is all fetched.
+    hmac: Option<HmacCheck>,
+}
+
+/// A mounted layer: dropping it stops its background fetch, then unmounts.
+struct Mounted {
+    _background: Option<DropGuard>,
+    _mount: LayerMount,
+}
+
+impl LiveMount for Mounted {}
+
+impl MountableLayer for ReadyLayer {
+    fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
+        let reader = self.reader.clone();
+        let fs = LayerFs::new(self.reader, self.runtime.clone(), FsOptions::default());
+        let layer_mount = mount(fs, dir, &self.options)?;
+        let guard = self.background.map(|bg| {
+            let cancel = CancellationToken::new();
+            let key = bg.source.key().to_string();
+            let fetch =
+                background_fetch(&self.runtime, bg.source.clone(), bg.options, cancel.clone());
+            bg.fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), fetch.progress().clone());
+            if let Some(hmac) = bg.hmac {
+                let reader = reader.clone();
+                let source = bg.source;
+                self.runtime.spawn(async move {
+                    if fetch.wait().await != FetchState::Complete {
+                        return;
+                    }
+                    match hmac.verify(source.as_ref()).await {
+                        Ok(()) => tracing::info!(layer = %key, "whole-layer HMAC verified"),
+                        Err(why) => {
+                            // The disk copy is not what was encrypted: drop it too.
+                            source.forget(0..source.size());
+                            reader.mark_bad(format!("ocicrypt HMAC check failed: {why}"));
+                        }
+                    }
+                });
+            }
+            cancel.drop_guard()
+        });
+        Ok(Box::new(Mounted {
+            _background: guard,
+            _mount: layer_mount,
+        }))
+    }
+}

@@ -1,0 +1,60 @@
+//! The seam every front-end sees: which layer of which image ([`RemoteLayer`]), resolve
+//! it ([`LayerResolver`]), what resolving found ([`Resolved`]), mount it
+//! ([`MountableLayer`], [`LiveMount`]).
+//!
+//! containerd's snapshots API asks for a layer by the labels of a Prepare, `veil mount`
+//! and the guest's image pulls by an image's manifest; all of them hand a [`RemoteLayer`]
+//! to a [`LayerResolver`] and mount what it returns. The front-ends know only these
+//! traits; the registry client and the FUSE filesystem behind them live below.
+
+use std::path::Path;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ImageError;
+use crate::status::StatusReport;
+
+/// Which layer of which image a remote snapshot serves; recorded with the snapshot so a
+/// restarted daemon can mount it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteLayer {
+    /// Image reference (`host/repo:tag` or `host/repo@digest`).
+    pub image_ref: String,
+    /// Digest of the layer blob.
+    pub layer_digest: String,
+    /// Digest of the manifest that lists the layer, when known.
+    #[serde(default)]
+    pub manifest_digest: Option<String>,
+}
+
+/// A mounted layer filesystem. Dropping it unmounts.
+pub trait LiveMount: Send {}
+
+/// A layer that has been resolved and can be mounted.
+pub trait MountableLayer: Send {
+    /// Mounts the layer's filesystem at `dir` (an empty directory).
+    fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError>;
+}
+
+/// What resolving a layer found.
+pub enum Resolved {
+    /// The layer can be served lazily.
+    Lazy(Box<dyn MountableLayer>),
+    /// It cannot (with the reason, for the log); containerd should unpack it.
+    NotLazy(String),
+    /// It cannot, and containerd cannot unpack it either (an encrypted layer whose key
+    /// Veil cannot unwrap): Prepare fails with this reason.
+    Fail(String),
+}
+
+/// Finds a layer and prepares it for lazy serving.
+pub trait LayerResolver: Send + Sync {
+    /// Resolves `layer`: fetches what is needed to index it (manifest, TOC).
+    fn resolve<'a>(&'a self, layer: &'a RemoteLayer)
+        -> BoxFuture<'a, Result<Resolved, ImageError>>;
+
+    /// Adds what the resolver knows (layers served, bytes fetched, cache use) to a status
+    /// report.
+    fn fill_status(&self, _report: &mut StatusReport) {}
+}

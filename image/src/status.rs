@@ -1,0 +1,96 @@
+//! The status report: what the daemon is serving (`veil status`).
+//!
+//! The image service fills in the layers, caches and bytes fetched; the snapshots API
+//! adds its snapshot counts and fallbacks; the daemon serves the report as JSON on its
+//! status socket and `veil status` renders it. Nothing secret is in the report: layer
+//! digests, image references, counters.
+
+use serde::{Deserialize, Serialize};
+
+/// One layer Veil serves lazily.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerStatus {
+    /// Layer blob digest.
+    pub digest: String,
+    /// Image the layer was resolved for.
+    pub image: String,
+    /// How it is served: `lazy` (chunks fetched on demand), or `streamed` (an encrypted
+    /// layer fetched whole and verified before it is served).
+    pub mode: String,
+    /// Size of the layer blob.
+    pub blob_size: u64,
+    /// Bytes of it fetched from the registry so far.
+    pub bytes_fetched: u64,
+    /// Range requests sent for it.
+    pub range_requests: u64,
+    /// Chunks served from the plaintext cache.
+    pub chunk_hits: u64,
+    /// Chunks fetched and decoded.
+    pub chunks_fetched: u64,
+    /// Chunks that failed verification (served as EIO).
+    pub verify_failures: u64,
+    /// Bytes of the blob the background fetch has in the disk cache.
+    pub background_done: u64,
+    /// State of the background fetch: off, running, complete, cancelled, failed, skipped.
+    pub background_state: String,
+}
+
+/// A layer containerd unpacked itself because Veil could not serve it lazily.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackStatus {
+    /// Layer blob digest.
+    pub digest: String,
+    /// Image it belongs to.
+    pub image: String,
+    /// Why it was not served lazily.
+    pub reason: String,
+}
+
+/// The plaintext chunk cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    /// Bytes held.
+    pub bytes: u64,
+    /// Byte budget.
+    pub budget: u64,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that missed.
+    pub misses: u64,
+}
+
+/// The disk cache of blob bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCacheStatus {
+    /// Bytes held.
+    pub bytes: u64,
+    /// Byte budget.
+    pub budget: u64,
+    /// Bytes read answered from disk.
+    pub bytes_from_disk: u64,
+    /// Bytes read that came from the network.
+    pub bytes_from_network: u64,
+}
+
+/// The daemon's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Veil's version.
+    pub version: String,
+    /// Root directory.
+    pub root: String,
+    /// Snapshots on record.
+    pub snapshots: usize,
+    /// Of which served remotely (lazily).
+    pub remote_snapshots: usize,
+    /// Layers served lazily.
+    pub layers: Vec<LayerStatus>,
+    /// Layers left to containerd.
+    pub fallbacks: Vec<FallbackStatus>,
+    /// Bytes fetched from registries in all (manifests, TOCs, chunks).
+    pub registry_bytes_fetched: u64,
+    /// The plaintext cache.
+    pub cache: CacheStatus,
+    /// The disk cache, when enabled.
+    pub disk_cache: Option<DiskCacheStatus>,
+}

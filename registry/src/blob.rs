@@ -1,0 +1,391 @@
+//! Range reads of one registry blob: [`RegistryBlob`], the registry's
+//! [`veil_blob::BlobSource`].
+//!
+//! A read sends `Range` (one range, or several as `multipart/byteranges`) with
+//! `Accept-Encoding: identity` and accepts all three answers: 206 with one
+//! `Content-Range`, 206 multipart, or 200 with the whole blob (from which only the bytes
+//! needed are kept, and the transfer is cut once they have arrived). The first read
+//! follows redirects and remembers the final URL (often a pre-signed storage URL); later
+//! reads go there directly. When that URL answers 403 (expired), the blob is resolved
+//! again through the registry and the read retried once. A server that rejects
+//! multi-range requests (400/416) is then asked one range at a time.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use reqwest::header::{HeaderValue, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::{Method, StatusCode};
+use url::Url;
+use veil_blob::BlobSource;
+
+use super::client::{identity_headers, Capability, RegistryClient};
+use super::digest::Digest;
+use super::error::{error_chain, Operation, RegistryError};
+use super::range::{
+    multipart_boundary, parse_content_range, parse_multipart_byteranges, range_header,
+    RangeAssembler,
+};
+use super::reference::Reference;
+use super::retry::with_retries;
+use super::transport::{read_limited, redact, status_error, Endpoint, RequestSpec};
+
+/// Room for multipart headers and boundaries on top of the data itself.
+const MULTIPART_OVERHEAD: u64 = 64 << 10;
+const MULTIPART_PER_PART: u64 = 1 << 10;
+
+/// One blob in one repository, read by ranges.
+pub struct RegistryBlob {
+    client: RegistryClient,
+    reference: Reference,
+    digest: Digest,
+    size: u64,
+    location: Mutex<Option<Location>>,
+    single_range_only: AtomicBool,
+}
+
+/// Where the blob's bytes were last found.
+#[derive(Clone)]
+struct Location {
+    endpoint: Arc<Endpoint>,
+    url: Url,
+}
+
+/// What one range request came back with.
+enum Answer {
+    /// The ranges, in the order asked for, and the URL that served them.
+    Data(Vec<Vec<u8>>, Location),
+    /// A storage URL (not the registry) refused: probably an expired pre-signed URL.
+    Expired(RegistryError),
+    /// The server will not serve several ranges at once.
+    MultiRangeRejected,
+}
+
+impl std::fmt::Debug for RegistryBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryBlob")
+            .field("reference", &self.reference.to_string())
+            .field("digest", &self.digest.to_string())
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryBlob {
+    /// A reader for blob `digest` of `size` bytes in `reference`'s repository.
+    pub fn new(client: RegistryClient, reference: Reference, digest: Digest, size: u64) -> Self {
+        RegistryBlob {
+            client,
+            reference,
+            digest,
+            size,
+            location: Mutex::new(None),
+            single_range_only: AtomicBool::new(false),
+        }
+    }
+
+    /// The blob's digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The blob's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The bytes in `range` (half-open, inside `0..size`).
+    pub async fn read(&self, range: Range<u64>) -> Result<Vec<u8>, RegistryError> {
+        let mut parts = self.read_ranges(std::slice::from_ref(&range)).await?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// The bytes of each range, in the order given, fetched with as few requests as the
+    /// server allows (one multi-range request when it supports them).
+    pub async fn read_ranges(&self, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, RegistryError> {
+        for r in ranges {
+            if r.start > r.end || r.end > self.size {
+                return Err(RegistryError::InvalidRange {
+                    digest: self.digest.to_string(),
+                    start: r.start,
+                    end: r.end,
+                    size: self.size,
+                });
+            }
+        }
+        let wanted: Vec<Range<u64>> = ranges.iter().filter(|r| r.start < r.end).cloned().collect();
+        let mut fetched = if wanted.is_empty() {
+            Vec::new()
+        } else if wanted.len() > 1 && self.single_range_only.load(Ordering::Relaxed) {
+            self.read_one_by_one(&wanted).await?
+        } else {
+            self.read_together(&wanted).await?
+        }
+        .into_iter();
+        Ok(ranges
+            .iter()
+            .map(|r| match r.start < r.end {
+                true => fetched.next().unwrap_or_default(),
+                false => Vec::new(),
+            })
+            .collect())
+    }
+
+    async fn read_one_by_one(&self, wanted: &[Range<u64>]) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let mut out = Vec::with_capacity(wanted.len());
+        for range in wanted {
+            out.extend(self.read_together(std::slice::from_ref(range)).await?);
+        }
+        Ok(out)
+    }
+
+    /// One request for all of `wanted` (non-empty ranges), under the operation deadline.
+    async fn read_together(&self, wanted: &[Range<u64>]) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let op = Operation::new(
+            self.reference.registry(),
+            self.reference.repository(),
+            format!("{} of blob {}", range_header(wanted), self.digest),
+        );
+        let answer = self
+            .client
+            .with_deadline(&op, self.fetch(wanted, &op))
+            .await?;
+        match answer {
+            Answer::Data(parts, _) => Ok(parts),
+            Answer::Expired(err) => Err(err),
+            Answer::MultiRangeRejected => {
+                tracing::debug!(%op, "multi-range request rejected; reading ranges one by one");
+                self.single_range_only.store(true, Ordering::Relaxed);
+                Box::pin(self.read_one_by_one(wanted)).await
+            }
+        }
+    }
+
+    /// Reads from the remembered location, re-resolving once if it expired; else resolves.
+    async fn fetch(&self, wanted: &[Range<u64>], op: &Operation) -> Result<Answer, RegistryError> {
+        let remembered = self.location.lock().ok().and_then(|l| l.clone());
+        if let Some(location) = remembered {
+            let policy = &self.client.inner.options.retry;
+            let metrics = &self.client.inner.transport.metrics;
+            let answer = with_retries(policy, metrics, op, || {
+                self.attempt(&location.endpoint, location.url.clone(), wanted, op)
+            })
+            .await?;
+            match answer {
+                Answer::Expired(err) => {
+                    tracing::debug!(%op, error = %err, "storage URL refused; resolving the blob again");
+                    self.forget_location();
+                }
+                Answer::Data(parts, location) => {
+                    self.remember(location.clone());
+                    return Ok(Answer::Data(parts, location));
+                }
+                other => return Ok(other),
+            }
+        }
+        let path = format!("{}/blobs/{}", self.reference.repository(), self.digest);
+        let answer = self
+            .client
+            .on_endpoints(&self.reference, Capability::Pull, op, |endpoint| {
+                let path = &path;
+                async move {
+                    let url = endpoint.url(path, op)?;
+                    self.attempt(&endpoint, url, wanted, op).await
+                }
+            })
+            .await?;
+        if let Answer::Data(_, location) = &answer {
+            self.remember(location.clone());
+        }
+        Ok(answer)
+    }
+
+    fn remember(&self, location: Location) {
+        if let Ok(mut slot) = self.location.lock() {
+            *slot = Some(location);
+        }
+    }
+
+    fn forget_location(&self) {
+        if let Ok(mut slot) = self.location.lock() {
+            *slot = None;
+        }
+    }
+
+    /// One range request to `url` and the handling of whichever answer comes back.
+    async fn attempt(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        url: Url,
+        wanted: &[Range<u64>],
+        op: &Operation,
+    ) -> Result<Answer, RegistryError> {
+        let transport = &self.client.inner.transport;
+        let mut headers = identity_headers();
+        let range_value = HeaderValue::from_str(&range_header(wanted)).map_err(|e| {
+            RegistryError::BadResponse {
+                op: op.clone(),
+                reason: format!("cannot build a Range header: {e}"),
+            }
+        })?;
+        headers.insert(RANGE, range_value);
+        let spec = RequestSpec {
+            op,
+            method: Method::GET,
+            headers,
+            repository: self.reference.repository(),
+        };
+        transport.metrics.add_range_request();
+        let sent = transport.send(endpoint, url, &spec).await?;
+        let status = sent.response.status();
+        let location = Location {
+            endpoint: endpoint.clone(),
+            url: sent.url.clone(),
+        };
+        let shown_url = redact(&sent.url);
+        let bad = |reason: String| RegistryError::BadResponse {
+            op: op.clone(),
+            reason,
+        };
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let header = |name| {
+                    sent.response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let content_type = header(CONTENT_TYPE).unwrap_or_default();
+                let content_range = header(CONTENT_RANGE);
+                let mut assembler = RangeAssembler::new(wanted);
+                let metrics = Some(transport.metrics.as_ref());
+                if let Some(boundary) = multipart_boundary(&content_type) {
+                    let data: u64 = wanted.iter().map(|r| r.end - r.start).sum();
+                    let limit =
+                        data + MULTIPART_OVERHEAD + MULTIPART_PER_PART * wanted.len() as u64;
+                    let body = read_limited(sent.response, limit, op, &shown_url, metrics).await?;
+                    let mut parts = parse_multipart_byteranges(&body, &boundary).map_err(bad)?;
+                    parts.sort_by_key(|p| p.range.start);
+                    for part in parts {
+                        self.check_within(&part.range).map_err(bad)?;
+                        assembler.offer(part.range.start, part.data);
+                    }
+                } else {
+                    let content_range =
+                        content_range.ok_or_else(|| bad("206 without Content-Range".into()))?;
+                    let parsed = parse_content_range(&content_range).map_err(bad)?;
+                    let range = parsed
+                        .range
+                        .ok_or_else(|| bad(format!("206 with Content-Range {content_range:?}")))?;
+                    if let Some(total) = parsed.total.filter(|t| *t != self.size) {
+                        return Err(bad(format!(
+                            "the registry says the blob is {total} bytes, the descriptor says {}",
+                            self.size
+                        )));
+                    }
+                    self.check_within(&range).map_err(bad)?;
+                    let body = read_limited(
+                        sent.response,
+                        range.end - range.start,
+                        op,
+                        &shown_url,
+                        metrics,
+                    )
+                    .await?;
+                    if body.len() as u64 != range.end - range.start {
+                        return Err(bad(format!(
+                            "Content-Range {content_range:?} but {} body bytes",
+                            body.len()
+                        )));
+                    }
+                    assembler.offer(range.start, &body);
+                }
+                let parts = assembler.finish().map_err(|missing| {
+                    bad(format!("the answer does not cover bytes {missing:?}"))
+                })?;
+                Ok(Answer::Data(parts, location))
+            }
+            StatusCode::OK => {
+                let parts = self
+                    .slice_whole(sent.response, wanted, op, &shown_url)
+                    .await?;
+                Ok(Answer::Data(parts, location))
+            }
+            StatusCode::FORBIDDEN if sent.cross_origin => {
+                Ok(Answer::Expired(status_error(sent, op).await))
+            }
+            StatusCode::BAD_REQUEST | StatusCode::RANGE_NOT_SATISFIABLE if wanted.len() > 1 => {
+                Ok(Answer::MultiRangeRejected)
+            }
+            _ => Err(status_error(sent, op).await),
+        }
+    }
+
+    /// The registry ignored `Range` and is sending the whole blob: keep the wanted bytes,
+    /// stop reading once past the last of them.
+    async fn slice_whole(
+        &self,
+        mut response: reqwest::Response,
+        wanted: &[Range<u64>],
+        op: &Operation,
+        url: &str,
+    ) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let bad = |reason: String| RegistryError::BadResponse {
+            op: op.clone(),
+            reason,
+        };
+        if let Some(length) = response.content_length().filter(|l| *l != self.size) {
+            return Err(bad(format!(
+                "200 with a {length}-byte body, but the blob is {} bytes",
+                self.size
+            )));
+        }
+        let metrics = &self.client.inner.transport.metrics;
+        let mut assembler = RangeAssembler::new(wanted);
+        let needed = assembler.needed_end();
+        let mut offset = 0u64;
+        while offset < needed {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| RegistryError::Transport {
+                    op: op.clone(),
+                    url: url.to_string(),
+                    reason: format!("reading the body: {}", error_chain(&e)),
+                    timed_out: e.is_timeout(),
+                })?;
+            let Some(chunk) = chunk else {
+                return Err(bad(format!("the whole-blob answer ended at byte {offset}")));
+            };
+            metrics.add_bytes(chunk.len() as u64);
+            assembler.offer(offset, &chunk);
+            offset += chunk.len() as u64;
+        }
+        assembler
+            .finish()
+            .map_err(|missing| bad(format!("the answer does not cover bytes {missing:?}")))
+    }
+
+    fn check_within(&self, range: &Range<u64>) -> Result<(), String> {
+        if range.end > self.size {
+            return Err(format!(
+                "the registry sent bytes {range:?} of a {}-byte blob",
+                self.size
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BlobSource for RegistryBlob {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        Box::pin(async move { self.read(range).await.map_err(io::Error::from) })
+    }
+}

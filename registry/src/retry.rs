@@ -1,0 +1,167 @@
+//! Retrying with exponential backoff: connection errors, timeouts, 5xx, 408 and 429 are
+//! tried again, a bounded number of times within a bounded time; anything else fails at
+//! once.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use super::error::{Operation, RegistryError};
+use super::metrics::RegistryMetrics;
+
+/// How often and how long to retry one operation on one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled before each later one.
+    pub initial_backoff: Duration,
+    /// The longest single wait.
+    pub max_backoff: Duration,
+    /// No new attempt starts when the wait would end later than this after the first one
+    /// started.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(3),
+            max_elapsed: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the policy's budget is spent.
+/// After more than one attempt, a final failure is [`RegistryError::RetriesExhausted`].
+pub(crate) async fn with_retries<T, F, Fut>(
+    policy: &RetryPolicy,
+    metrics: &RegistryMetrics,
+    op: &Operation,
+    mut attempt: F,
+) -> Result<T, RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RegistryError>>,
+{
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let err = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        let wait = policy.backoff(attempts);
+        let out_of_budget =
+            attempts >= policy.max_attempts.max(1) || started.elapsed() + wait > policy.max_elapsed;
+        if !err.is_retryable() || out_of_budget {
+            if attempts == 1 {
+                return Err(err);
+            }
+            return Err(RegistryError::RetriesExhausted {
+                op: op.clone(),
+                attempts,
+                elapsed: started.elapsed(),
+                last: Box::new(err),
+            });
+        }
+        tracing::debug!(%op, attempt = attempts, ?wait, error = %err, "retrying registry request");
+        metrics.add_retry();
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorDetail;
+    use std::cell::Cell;
+
+    fn op() -> Operation {
+        Operation::new("reg", "repo", "blob x")
+    }
+
+    fn status(code: u16) -> RegistryError {
+        RegistryError::Status {
+            op: op(),
+            status: code,
+            detail: ErrorDetail::default(),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(1), Duration::from_millis(200));
+        assert_eq!(p.backoff(2), Duration::from_millis(400));
+        assert_eq!(p.backoff(5), Duration::from_secs(3));
+        assert_eq!(p.backoff(100), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn retries_transient_errors_then_gives_up() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            max_elapsed: Duration::from_secs(5),
+        };
+        let metrics = RegistryMetrics::default();
+        let calls = Cell::new(0);
+        let result: Result<(), _> = with_retries(&policy, &metrics, &op(), || {
+            calls.set(calls.get() + 1);
+            async { Err(status(503)) }
+        })
+        .await;
+        assert_eq!(calls.get(), 3);
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::RetriesExhausted { attempts: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("HTTP 503"), "{err}");
+        assert_eq!(metrics.snapshot().retries, 2);
+
+        calls.set(0);
+        let result: Result<(), _> = with_retries(&policy, &metrics, &op(), || {
+            calls.set(calls.get() + 1);
+            async { Err(status(404)) }
+        })
+        .await;
+        assert_eq!(calls.get(), 1);
+        assert!(matches!(
+            result,
+            Err(RegistryError::Status { status: 404, .. })
+        ));
+
+        calls.set(0);
+        let result = with_retries(&policy, &metrics, &op(), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 2 {
+                    Err(status(502))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 2);
+    }
+}
