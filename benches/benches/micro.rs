@@ -13,7 +13,8 @@ use veil_formats::codec::{decode_chunk, sha256_digest};
 use veil_formats::toc::{Chunk, Compression};
 
 /// Veil's default chunk size (`veil convert --chunk-size 4M`).
-const CHUNK: usize = 4 << 20;
+/// The default chunk size of Veil's layer writers.
+const CHUNK: usize = veil_formats::estargz::DEFAULT_CHUNK_SIZE as usize;
 
 /// `len` bytes that compress like a mix of program text and binary data (about 3:1 with
 /// gzip).

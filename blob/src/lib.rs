@@ -4,7 +4,10 @@
 //! and for encrypted layers still encrypted until a decrypting source wraps it). The
 //! registry client (`veil-registry`) implements it over HTTP ranges, the disk cache
 //! (`veil-fusefs`) wraps one, the layer cipher (`veil-keyprovider`) decrypts one; tests
-//! use memory. This crate knows no registry, no FUSE and no keys.
+//! use memory. This crate knows no registry, no FUSE and no keys. [`display`] holds
+//! the two text helpers every crate of the workspace shares (byte counts, error chains).
+
+pub mod display;
 
 use std::io;
 use std::ops::Range;
@@ -47,21 +50,5 @@ impl BlobSource for MemoryBlob {
                 )
             });
         Box::pin(async move { result })
-    }
-}
-
-/// A byte count in binary units for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use veil_blob::human_bytes as human;
+use veil_blob::display::human_bytes as human;
 use veil_daemon::config::Config;
 use veil_daemon::wiring;
 use veil_image::image_mount;

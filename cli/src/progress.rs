@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use veil_blob::human_bytes as human;
+use veil_blob::display::human_bytes as human;
 use veil_convert::progress::{LayerProgress, Progress};
 
 /// The progress display of one run.

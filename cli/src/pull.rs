@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
-use veil_blob::human_bytes;
+use veil_blob::display::human_bytes;
 use veil_registry::{ClientOptions, Reference, RegistryClient};
 use veil_snapshotter::labels::REMOTE_LABEL;
 
@@ -241,6 +241,9 @@ async fn pull_into(
         let chain_id = &chains[i];
         let parent = if i == 0 { "" } else { chains[i - 1].as_str() };
         let digest = desc.digest.to_string();
+        // Held by the lease before it is looked up: an existing snapshot stays until the
+        // image record references it.
+        cd.lease_snapshot(sn, chain_id).await?;
         let state = if cd.stat_snapshot(sn, chain_id).await?.is_some() {
             LayerState::Present
         } else {

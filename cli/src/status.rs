@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use tokio::io::AsyncReadExt;
-use veil_blob::human_bytes as human;
+use veil_blob::display::human_bytes as human;
 use veil_image::status::StatusReport;
 
 /// Reads the status report from the daemon at `address`.

@@ -24,7 +24,7 @@ use veil_formats::{estargz, zstdchunked};
 use veil_keyprovider::aa_packet::AnnotationPacket;
 use veil_keyprovider::ocicrypt::{is_encrypted_media_type, plain_media_type, EncryptedLayer};
 
-use veil_blob::human_bytes as human;
+use veil_blob::display::human_bytes as human;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc, LazyFormat};
 use veil_keyprovider::layer::Decryption;
 use veil_registry::{BlobDescriptor, ClientOptions, RegistryClient};

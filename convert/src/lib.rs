@@ -56,7 +56,7 @@ use self::layer::{convert_layer, ConvertedLayer, LayerFormat, LayerSpec, SourceL
 use self::manifest::{build_manifest, diff_ids, rewrite_config, Descriptor, OCI_CONFIG};
 use self::progress::{LayerProgress, Progress};
 use self::store::{Destination, ImageLocation, Source};
-use veil_blob::human_bytes as human;
+use veil_blob::display::human_bytes as human;
 use veil_registry::push::BlobBody;
 use veil_registry::{BlobDescriptor, ClientOptions, Digest, RegistryClient};
 

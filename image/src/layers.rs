@@ -94,7 +94,7 @@ struct LayerEntry {
 
 /// The most uncompressed bytes one read of a streamed layer decompresses into memory at
 /// once (coalesced chunk misses): kept small, the plaintext budget is what matters.
-const STREAMED_MAX_REQUEST: u64 = 4 << 20;
+pub const STREAMED_MAX_REQUEST: u64 = 4 << 20;
 
 /// Resolves layers from registries and mounts them through FUSE.
 pub struct LazyLayers {

@@ -362,10 +362,12 @@ impl CdhKekSource {
             )));
         }
         let url = format!("{}/cdh/resource/{}", self.url, kid.resource_path());
-        let response =
-            self.http.get(&url).send().await.map_err(|e| {
-                KekError::Failed(format!("GET {url}: {}", crate::kbs::error_chain(&e)))
-            })?;
+        let response = self.http.get(&url).send().await.map_err(|e| {
+            KekError::Failed(format!(
+                "GET {url}: {}",
+                veil_blob::display::error_chain(&e)
+            ))
+        })?;
         let status = response.status();
         let body = response
             .bytes()

@@ -354,20 +354,10 @@ impl From<RegistryError> for std::io::Error {
 /// Renders an error's causes on one line (reqwest hides the useful part in causes; its
 /// own message only repeats the URL, which the caller already names).
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let Some(first) = err.source() else {
-        return err.to_string();
-    };
-    let mut out = first.to_string();
-    let mut source = first.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
+    match err.source() {
+        Some(first) => veil_blob::display::error_chain(first),
+        None => err.to_string(),
     }
-    out
 }
 
 #[cfg(test)]

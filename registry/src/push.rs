@@ -135,30 +135,22 @@ impl RegistryClient {
         );
         let endpoint = self.push_endpoint(reference)?;
         let path = format!("{}/blobs/{digest}", reference.repository());
-        self.with_deadline(
-            &op,
-            with_retries(
-                &self.inner.options.retry,
-                &self.inner.transport.metrics,
-                &op,
-                || async {
-                    let url = endpoint.url(&path, &op)?;
-                    let sent = self
-                        .push_request(
-                            &endpoint,
-                            url,
-                            &spec(&op, reference, Method::HEAD, identity_headers()),
-                            None,
-                        )
-                        .await?;
-                    match sent.response.status() {
-                        StatusCode::OK => Ok(true),
-                        StatusCode::NOT_FOUND => Ok(false),
-                        _ => Err(status_error(sent, &op).await),
-                    }
-                },
-            ),
-        )
+        self.retried_with_deadline(&op, || async {
+            let url = endpoint.url(&path, &op)?;
+            let sent = self
+                .push_request(
+                    &endpoint,
+                    url,
+                    &spec(&op, reference, Method::HEAD, identity_headers()),
+                    None,
+                )
+                .await?;
+            match sent.response.status() {
+                StatusCode::OK => Ok(true),
+                StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(status_error(sent, &op).await),
+            }
+        })
         .await
     }
 
@@ -182,6 +174,29 @@ impl RegistryClient {
             &self.inner.transport.metrics,
             &op,
             || self.upload_once(&endpoint, reference, digest, body, &op, progress),
+        )
+        .await
+    }
+
+    /// Runs `attempt` with the client's retries, all of them under the operation
+    /// deadline.
+    async fn retried_with_deadline<T, F, Fut>(
+        &self,
+        op: &Operation,
+        attempt: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        self.with_deadline(
+            op,
+            with_retries(
+                &self.inner.options.retry,
+                &self.inner.transport.metrics,
+                op,
+                attempt,
+            ),
         )
         .await
     }
@@ -306,44 +321,36 @@ impl RegistryClient {
             })?,
         );
         headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len() as u64));
-        self.with_deadline(
-            &op,
-            with_retries(
-                &self.inner.options.retry,
-                &self.inner.transport.metrics,
-                &op,
-                || async {
-                    let url = endpoint.url(&path, &op)?;
-                    let sent = self
-                        .push_request(
-                            &endpoint,
-                            url,
-                            &spec(&op, reference, Method::PUT, headers.clone()),
-                            Some(body.clone()),
-                        )
-                        .await?;
-                    if sent.response.status() != StatusCode::CREATED {
-                        return Err(status_error(sent, &op).await);
-                    }
-                    let announced = sent
-                        .response
-                        .headers()
-                        .get(DOCKER_CONTENT_DIGEST)
-                        .and_then(|v| v.to_str().ok())
-                        .map(|v| v.trim().to_string());
-                    if let Some(announced) = announced {
-                        if announced != digest.to_string() {
-                            return Err(RegistryError::DigestMismatch {
-                                op: op.clone(),
-                                expected: digest.to_string(),
-                                actual: announced,
-                            });
-                        }
-                    }
-                    Ok(())
-                },
-            ),
-        )
+        self.retried_with_deadline(&op, || async {
+            let url = endpoint.url(&path, &op)?;
+            let sent = self
+                .push_request(
+                    &endpoint,
+                    url,
+                    &spec(&op, reference, Method::PUT, headers.clone()),
+                    Some(body.clone()),
+                )
+                .await?;
+            if sent.response.status() != StatusCode::CREATED {
+                return Err(status_error(sent, &op).await);
+            }
+            let announced = sent
+                .response
+                .headers()
+                .get(DOCKER_CONTENT_DIGEST)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string());
+            if let Some(announced) = announced {
+                if announced != digest.to_string() {
+                    return Err(RegistryError::DigestMismatch {
+                        op: op.clone(),
+                        expected: digest.to_string(),
+                        actual: announced,
+                    });
+                }
+            }
+            Ok(())
+        })
         .await?;
         Ok(digest)
     }

@@ -16,9 +16,10 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, ApplyRequest, CreateImageRequest, CreateRequest as CreateLease,
-    DeleteRequest as DeleteLease, Image, Info as ContentInfo, InfoRequest, UpdateImageRequest,
-    UpdateRequest as UpdateContent, WriteAction, WriteContentRequest,
+    leases_client::LeasesClient, AddResourceRequest, ApplyRequest, CreateImageRequest,
+    CreateRequest as CreateLease, DeleteRequest as DeleteLease, Image, Info as ContentInfo,
+    InfoRequest, Resource as LeaseResource, UpdateImageRequest, UpdateRequest as UpdateContent,
+    WriteAction, WriteContentRequest,
 };
 use containerd_client::types::{Descriptor, Mount};
 use tokio_stream::wrappers::ReceiverStream;
@@ -106,6 +107,27 @@ impl Containerd {
             .await
             .map_err(|s| status_error(s, "creating a lease"))?;
         self.lease = Some(id.to_string());
+        Ok(())
+    }
+
+    /// Adds snapshot `key` of `snapshotter` to the pull's lease (it need not exist yet), so
+    /// containerd's garbage collector keeps a snapshot that is already there until the
+    /// image record references it: without this, a snapshot left by an earlier failed
+    /// pull can be collected between our lookup and the Prepare of the layer above it.
+    pub async fn lease_snapshot(&self, snapshotter: &str, key: &str) -> anyhow::Result<()> {
+        let Some(id) = self.lease.clone() else {
+            return Ok(());
+        };
+        LeasesClient::new(self.channel.clone())
+            .add_resource(self.req(AddResourceRequest {
+                id,
+                resource: Some(LeaseResource {
+                    id: key.to_string(),
+                    r#type: format!("snapshots/{snapshotter}"),
+                }),
+            }))
+            .await
+            .map_err(|s| status_error(s, &format!("adding snapshot {key} to the pull's lease")))?;
         Ok(())
     }
 

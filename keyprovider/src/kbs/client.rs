@@ -37,11 +37,11 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use super::attester::{Attester, AttesterError};
-use super::error_chain;
 use super::jcs;
 use super::tee_key::{TeeKey, TeeKeyError, TeeKeyType};
 use crate::kek::Kid;
 use crate::secret::SecretBytes;
+use veil_blob::display::error_chain;
 
 /// The protocol version the KBS (trustee ≥ v0.14) accepts, and only this one.
 pub const KBS_PROTOCOL_VERSION: &str = "0.4.0";

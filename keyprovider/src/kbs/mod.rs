@@ -54,18 +54,3 @@ impl KekSource for KbsKekSource {
         })
     }
 }
-
-/// An error and its sources, joined with `: ` (reqwest's own message is terse).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
-}

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
              after attestation ==\n"
         );
     }
-    println!("Building veil-snapshotter and veil (cargo build -p veil-snapshotter) if needed...");
+    println!("Building veil-snapshotter and veil (cargo build -p veil-cli) if needed...");
     let bins = match std::panic::catch_unwind(Binaries::build) {
         Ok(b) => b,
         Err(_) => {

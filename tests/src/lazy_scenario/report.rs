@@ -321,21 +321,8 @@ impl LazyReport {
     }
 }
 
-/// Bytes in binary units (`1.5 KiB`).
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+/// Bytes in binary units (`1.5 KiB`): the shipped tools' formatter.
+pub use veil_blob::display::human_bytes as human;
 
 /// `part` as a percentage of `whole`.
 pub fn percent(part: u64, whole: u64) -> f64 {

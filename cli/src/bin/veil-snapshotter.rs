@@ -1,4 +1,5 @@
-//! `veil-snapshotter`: the daemon containerd talks to through `proxy_plugins`.
+//! `veil-snapshotter`: the daemon containerd talks to through `proxy_plugins`. A thin
+//! main: the flags, logging, the runtime; the daemon itself is `veil_daemon::server`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
