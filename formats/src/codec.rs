@@ -15,9 +15,13 @@ use sha2::{Digest as _, Sha256};
 
 use crate::toc::{Chunk, Compression};
 
-/// The largest chunk [`decode_chunk`] will decode (1 GiB); TOCs naming bigger ones are
-/// refused so that hostile input cannot make us allocate without bound.
-pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+pub use crate::limits::MAX_CHUNK_SIZE;
+
+/// The largest zstd window a chunk's frame may ask for: the smallest power of two that
+/// holds [`MAX_CHUNK_SIZE`] (2^24 = 16 MiB). A frame's header names the window its
+/// decoder must allocate; without this bound a hostile frame of a few bytes would make
+/// every decode allocate zstd's default maximum (128 MiB) however small the chunk.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = u64::BITS - (MAX_CHUNK_SIZE - 1).leading_zeros();
 
 /// Why a chunk could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +51,30 @@ pub enum CodecError {
     },
     /// The chunk is larger than [`MAX_CHUNK_SIZE`].
     #[error(
-        "chunk at blob offset {blob_offset} claims {size} bytes, more than the {max}-byte limit"
+        "chunk at blob offset {blob_offset} claims {size} bytes, more than the MAX_CHUNK_SIZE \
+         limit of {max} bytes"
     )]
     TooLarge {
         /// Start of the chunk's member in the blob.
         blob_offset: u64,
         /// The size the TOC claims.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The chunk starts so far inside its member or frame that reaching it would inflate
+    /// more than [`MAX_CHUNK_SIZE`] bytes.
+    #[error(
+        "chunk at blob offset {blob_offset} starts {inner_offset} bytes into its member and \
+         needs {inner_offset} + {size} bytes inflated, more than the MAX_CHUNK_SIZE limit \
+         of {max} bytes"
+    )]
+    InnerOffsetTooLarge {
+        /// Start of the chunk's member in the blob.
+        blob_offset: u64,
+        /// Where the chunk starts inside the decompressed member (`innerOffset`).
+        inner_offset: u64,
+        /// The chunk's size.
         size: u64,
         /// The limit.
         max: u64,
@@ -119,6 +141,13 @@ pub fn parse_sha256(digest: &str) -> Option<[u8; 32]> {
 /// member (gzip, possibly several concatenated) or frame (zstd, possibly several) is
 /// decompressed only as far as `inner_offset + size`; the `size` bytes after
 /// `inner_offset` are returned if their SHA-256 equals `chunk.digest`.
+///
+/// Cost is bounded by [`MAX_CHUNK_SIZE`] whatever the input: a chunk claiming more, or
+/// starting so deep in its member that more would have to be inflated, is refused
+/// before anything is decompressed or allocated; decompression stops at
+/// `inner_offset + size` however far the member would inflate (a compression bomb
+/// costs at most the limit); a zstd frame may not ask for a window larger than
+/// 2^[`MAX_ZSTD_WINDOW_LOG`].
 pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecError> {
     if chunk.blob_end <= chunk.blob_offset {
         return Err(CodecError::BadRange {
@@ -142,6 +171,14 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
             max: MAX_CHUNK_SIZE,
         });
     }
+    if chunk.inner_offset.saturating_add(chunk.size) > MAX_CHUNK_SIZE {
+        return Err(CodecError::InnerOffsetTooLarge {
+            blob_offset: chunk.blob_offset,
+            inner_offset: chunk.inner_offset,
+            size: chunk.size,
+            max: MAX_CHUNK_SIZE,
+        });
+    }
     let expected =
         parse_sha256(&chunk.digest).ok_or_else(|| CodecError::BadDigest(chunk.digest.clone()))?;
 
@@ -153,7 +190,12 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
     let reader: Box<dyn Read + '_> = match chunk.compression {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
         Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(compressed).map_err(decompress_err)?)
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(compressed).map_err(decompress_err)?;
+            decoder
+                .window_log_max(MAX_ZSTD_WINDOW_LOG)
+                .map_err(decompress_err)?;
+            Box::new(decoder)
         }
         Compression::None => Box::new(compressed),
     };
@@ -162,7 +204,8 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
 
     let skipped = io::copy(&mut (&mut reader).take(chunk.inner_offset), &mut io::sink())
         .map_err(decompress_err)?;
-    let mut data = Vec::with_capacity(usize::try_from(chunk.size.min(16 << 20)).unwrap_or(0));
+    // `size` is at most MAX_CHUNK_SIZE (checked above): the one allocation a chunk needs.
+    let mut data = Vec::with_capacity(usize::try_from(chunk.size).unwrap_or(0));
     let read = reader.read_to_end(&mut data).map_err(decompress_err)? as u64;
     if skipped < chunk.inner_offset || read < chunk.size {
         return Err(CodecError::Short {

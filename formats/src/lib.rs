@@ -5,6 +5,8 @@
 //!   digest) and deterministic writers of the two lazily pullable formats;
 //! - [`toc`]: the format-neutral index of a layer (entries, chunks, prefetch end);
 //! - [`codec`]: one chunk decompressed and checked against its digest;
+//! - [`limits`]: what any layer may cost (chunk size, inner offsets, path depth, index
+//!   memory), checked when a TOC is loaded and when a chunk is decoded;
 //! - [`tar_index`]: tar headers to TOC entries;
 //! - [`stream`]: streamed layers (plain tar, tar+gzip, tar+zstd): one indexing pass with
 //!   restart points, then random access from the nearest restart point;
@@ -16,6 +18,7 @@
 pub mod classify;
 pub mod codec;
 pub mod estargz;
+pub mod limits;
 pub mod stream;
 pub mod tar_index;
 pub mod toc;

@@ -376,7 +376,7 @@ impl ChunkReader {
         if self.options.redact_paths {
             format!("<inode {}>", node.ino)
         } else {
-            node.path.clone()
+            self.tree.path(node.ino)
         }
     }
 

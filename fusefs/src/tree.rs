@@ -16,6 +16,13 @@
 //!   kernel expects: `.wh.NAME` is presented as a character device 0/0 named `NAME`, and
 //!   `.wh..wh..opq` as the xattr `trusted.overlay.opaque = "y"` on its directory. Other
 //!   `.wh..wh.*` bookkeeping entries (aufs) are dropped.
+//! - **Bounded cost.** Each name is stored once, in its directory's child list; a node
+//!   knows its parent, and [`LayerTree::path`] rebuilds a path for logs. Memory is
+//!   linear in the TOC, not in the square of a path's depth. Paths deeper than
+//!   [`MAX_PATH_DEPTH`] are refused, and the whole tree may take at most
+//!   [`MAX_TREE_BYTES_PER_INDEX_BYTE`] times the memory of the TOC model it is built
+//!   from (at least [`TREE_BUDGET_FLOOR`]): implied directories cannot turn a small TOC
+//!   into a large tree.
 //! - **Validation.** `..` components, NUL bytes and over-long names are refused; duplicate
 //!   paths resolve deterministically (the later TOC entry wins, as when a tar is
 //!   extracted; a directory repeated keeps its children); a path under a non-directory, a
@@ -25,7 +32,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
+pub use veil_formats::limits::MAX_PATH_DEPTH;
+use veil_formats::limits::{index_bytes, shorten};
 use veil_formats::toc::{Chunk, Entry, EntryKind, LayerToc};
+
+use check::{check_chunks, check_component, split_parent, split_path};
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -38,6 +49,18 @@ pub const MAX_NAME_LEN: usize = 255;
 
 /// Longest symlink target accepted (Linux `PATH_MAX` less the terminating NUL).
 pub const MAX_LINK_LEN: usize = 4095;
+
+/// How many bytes of tree memory ([`LayerTree::memory`]) one byte of the TOC model
+/// ([`veil_formats::limits::index_bytes`]) may cost (8).
+///
+/// A tree of a TOC that lists its directories is about as large as the model (a node per
+/// entry, a name per node); eight leaves room for layers whose files sit in several
+/// levels of directories the TOC never lists. The model itself is bounded by the TOC's
+/// size (`veil_formats::limits::MAX_INDEX_BYTES_PER_TOC_BYTE`), so the tree is too.
+pub const MAX_TREE_BYTES_PER_INDEX_BYTE: u64 = 8;
+
+/// Tree memory any layer may use whatever its TOC (1 MiB).
+pub const TREE_BUDGET_FLOOR: u64 = 1 << 20;
 
 /// Mode of directories the TOC implies but does not list.
 pub const IMPLIED_DIR_MODE: u32 = 0o755;
@@ -74,9 +97,9 @@ pub struct Node {
     /// Inode number.
     pub ino: u64,
     /// Inode of the directory it was first named in (the root is its own parent).
+    /// Its name there is kept only in that directory's child list
+    /// ([`LayerTree::path`] rebuilds the path).
     pub parent: u64,
-    /// The path it was first named by (`""` for the root); for logs.
-    pub path: String,
     /// What it is.
     pub kind: NodeKind,
     /// Size in bytes: file length, symlink target length, 4096 for directories.
@@ -124,11 +147,10 @@ impl Node {
         (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
     }
 
-    fn new(ino: u64, parent: u64, path: String, kind: NodeKind) -> Self {
+    fn new(ino: u64, parent: u64, kind: NodeKind) -> Self {
         Self {
             ino,
             parent,
-            path,
             kind,
             size: 0,
             mode: 0,
@@ -146,8 +168,8 @@ impl Node {
         }
     }
 
-    fn implied_dir(ino: u64, parent: u64, path: String) -> Self {
-        let mut node = Self::new(ino, parent, path, NodeKind::Dir);
+    fn implied_dir(ino: u64, parent: u64) -> Self {
+        let mut node = Self::new(ino, parent, NodeKind::Dir);
         node.mode = IMPLIED_DIR_MODE;
         node.size = 4096;
         node
@@ -215,6 +237,31 @@ pub enum TreeError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A path (or hard-link target) is deeper than [`MAX_PATH_DEPTH`].
+    #[error(
+        "entry {name:?}: {depth} path components, more than the MAX_PATH_DEPTH limit of {max}"
+    )]
+    TooDeep {
+        /// The entry's name (shortened when long).
+        name: String,
+        /// Its depth in components.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The tree would take more memory than its budget.
+    #[error(
+        "entry {name:?}: the layer's tree would take more than {budget} bytes of memory, \
+         the MAX_TREE_BYTES_PER_INDEX_BYTE budget of a {index_bytes}-byte TOC index"
+    )]
+    OverBudget {
+        /// The entry being added when the budget ran out (shortened when long).
+        name: String,
+        /// The budget.
+        budget: u64,
+        /// The estimated memory of the TOC model it is proportional to.
+        index_bytes: u64,
+    },
     /// A regular file's chunks do not tile it exactly.
     #[error("file {name:?}: bad chunk list: {reason}")]
     BadChunks {
@@ -235,6 +282,8 @@ pub struct LayerTree {
     chunks: Vec<Chunk>,
     /// Sum of the sizes of all regular files (each inode once).
     file_bytes: u64,
+    /// Estimated memory of the tree ([`LayerTree::memory`]).
+    memory: u64,
 }
 
 /// One TOC entry after path normalization.
@@ -250,7 +299,39 @@ struct Pending<'a> {
 impl LayerTree {
     /// Builds the tree of `toc`. See the module documentation for the rules.
     pub fn build(toc: &LayerToc) -> Result<Self, TreeError> {
-        Builder::new(toc.blob_size).run(toc)
+        let index: u64 = toc.entries.iter().map(index_bytes).sum();
+        let budget = index
+            .saturating_mul(MAX_TREE_BYTES_PER_INDEX_BYTE)
+            .max(TREE_BUDGET_FLOOR);
+        Builder::new(toc.blob_size, index, budget).run(toc)
+    }
+
+    /// The path `ino` was first named by (`""` for the root), rebuilt from the parent
+    /// links and the names in the directories' child lists; for logs and errors.
+    pub fn path(&self, ino: u64) -> String {
+        let mut parts: Vec<&str> = Vec::new();
+        let mut at = ino;
+        // Parents always have smaller inode numbers than their children: this ends.
+        while at != ROOT_INO {
+            let Some(node) = self.node(at) else { break };
+            let Some(parent) = self.node(node.parent).filter(|p| p.ino < at) else {
+                break;
+            };
+            match parent.children.iter().find(|(_, child)| *child == at) {
+                Some((name, _)) => parts.push(name),
+                None => break,
+            }
+            at = parent.ino;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
+    /// Estimated memory of the tree: nodes, names, symlink targets, xattrs, chunks.
+    /// At most [`MAX_TREE_BYTES_PER_INDEX_BYTE`] times the TOC model's (or
+    /// [`TREE_BUDGET_FLOOR`]).
+    pub fn memory(&self) -> u64 {
+        self.memory
     }
 
     /// The root directory.
@@ -314,35 +395,67 @@ impl LayerTree {
     }
 }
 
+/// What one node costs in the tree besides its name: its record and its entry in the
+/// parent's child list.
+const NODE_BYTES: u64 = (std::mem::size_of::<Node>() + std::mem::size_of::<(String, u64)>()) as u64;
+
 /// Mutable state while building.
 struct Builder {
     nodes: Vec<Node>,
-    /// Children of each directory by inode, before sorting.
+    /// Children of each directory by inode, before sorting: the only place names live.
     children: HashMap<u64, BTreeMap<String, u64>>,
-    /// Normalized path -> inode.
-    by_path: HashMap<String, u64>,
     chunks: Vec<Chunk>,
     file_bytes: u64,
     blob_size: u64,
+    /// Estimated memory so far, the budget, and the model's memory it derives from.
+    memory: u64,
+    budget: u64,
+    index_bytes: u64,
 }
 
 impl Builder {
-    fn new(blob_size: u64) -> Self {
-        let mut root = Node::implied_dir(ROOT_INO, ROOT_INO, String::new());
+    fn new(blob_size: u64, index_bytes: u64, budget: u64) -> Self {
+        let mut root = Node::implied_dir(ROOT_INO, ROOT_INO);
         root.nlink = 2;
-        let mut by_path = HashMap::new();
-        by_path.insert(String::new(), ROOT_INO);
         Self {
             nodes: vec![root],
             children: HashMap::new(),
-            by_path,
             chunks: Vec::new(),
             file_bytes: 0,
             blob_size,
+            memory: NODE_BYTES,
+            budget,
+            index_bytes,
         }
     }
 
+    /// Counts `bytes` more tree memory for the entry `entry_name`.
+    fn charge(&mut self, bytes: u64, entry_name: &str) -> Result<(), TreeError> {
+        self.memory = self.memory.saturating_add(bytes);
+        if self.memory > self.budget {
+            return Err(TreeError::OverBudget {
+                name: shorten(entry_name),
+                budget: self.budget,
+                index_bytes: self.index_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The child `name` of directory `parent`, if any.
+    fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    /// The node at `path` (components), if it exists; no directories are created.
+    fn find(&self, parts: &[&str]) -> Option<u64> {
+        parts
+            .iter()
+            .try_fold(ROOT_INO, |ino, part| self.child(ino, part))
+    }
+
     fn run(mut self, toc: &LayerToc) -> Result<LayerTree, TreeError> {
+        self.charge(0, "")?;
         // 1. Normalize names; sort out the root, whiteouts and opaque markers.
         let mut pending: Vec<Pending<'_>> = Vec::new();
         let mut opaque: Vec<(String, &Entry)> = Vec::new();
@@ -429,18 +542,25 @@ impl Builder {
         &mut self.nodes[(ino - 1) as usize]
     }
 
-    /// Creates a node as child `name` of `parent`; returns its inode number.
-    fn create(&mut self, parent: u64, path: &str, name: &str, kind: NodeKind) -> u64 {
+    /// Creates a node as child `name` of `parent` for the entry `entry_name`; returns
+    /// its inode number.
+    fn create(
+        &mut self,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+        entry_name: &str,
+    ) -> Result<u64, TreeError> {
+        self.charge(NODE_BYTES + name.len() as u64, entry_name)?;
         let ino = self.nodes.len() as u64 + 1;
         let node = if kind == NodeKind::Dir {
-            Node::implied_dir(ino, parent, path.to_string())
+            Node::implied_dir(ino, parent)
         } else {
-            Node::new(ino, parent, path.to_string(), kind)
+            Node::new(ino, parent, kind)
         };
         self.nodes.push(node);
         self.link(parent, name, ino);
-        self.by_path.insert(path.to_string(), ino);
-        ino
+        Ok(ino)
     }
 
     /// Names `ino` as `name` in directory `parent`.
@@ -454,21 +574,21 @@ impl Builder {
     /// The directory at `path`, creating implied directories as needed.
     fn ensure_dir(&mut self, path: &str, entry_name: &str) -> Result<u64, TreeError> {
         let mut ino = ROOT_INO;
-        let mut so_far = String::new();
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            if !so_far.is_empty() {
-                so_far.push('/');
-            }
-            so_far.push_str(part);
-            ino = match self.by_path.get(so_far.as_str()).copied() {
+        for (depth, part) in path.split('/').filter(|p| !p.is_empty()).enumerate() {
+            ino = match self.child(ino, part) {
                 Some(child) if self.is_dir(child) => child,
                 Some(_) => {
+                    let parent: Vec<&str> = path
+                        .split('/')
+                        .filter(|p| !p.is_empty())
+                        .take(depth + 1)
+                        .collect();
                     return Err(TreeError::NotADirectory {
-                        name: entry_name.to_string(),
-                        parent: so_far,
-                    })
+                        name: shorten(entry_name),
+                        parent: shorten(&parent.join("/")),
+                    });
                 }
-                None => self.create(ino, &so_far.clone(), part, NodeKind::Dir),
+                None => self.create(ino, part, NodeKind::Dir, entry_name)?,
             };
         }
         Ok(ino)
@@ -483,20 +603,25 @@ impl Builder {
         } else {
             node_kind(entry.kind)
         };
-        let ino = match self.by_path.get(p.path.as_str()) {
+        let ino = match self.child(parent, name) {
             // Only an implied directory can be here: winners have unique paths.
-            Some(&existing) if kind == NodeKind::Dir => existing,
+            Some(existing) if kind == NodeKind::Dir => existing,
             Some(_) => {
                 return Err(TreeError::NotADirectory {
-                    name: format!("{}/...", p.path),
-                    parent: p.path.clone(),
+                    name: format!("{}/...", shorten(&p.path)),
+                    parent: shorten(&p.path),
                 })
             }
-            None => self.create(parent, &p.path, name, kind),
+            None => self.create(parent, name, kind, &entry.name)?,
         };
         if kind == NodeKind::Reg {
             check_chunks(entry, self.blob_size)?;
         }
+        // What the node holds beyond its record: xattrs, a symlink target, chunks.
+        let held = index_bytes(entry)
+            - (std::mem::size_of::<Entry>() + entry.name.len()) as u64
+            - entry.digest.as_ref().map_or(0, |d| d.len() as u64);
+        self.charge(held, &entry.name)?;
         let chunk_start = self.chunks.len();
         let node = self.node_mut(ino);
         node.apply_metadata(entry);
@@ -561,7 +686,8 @@ impl Builder {
         {
             return Err(err("hard links form a loop"));
         }
-        let Some(&target_ino) = self.by_path.get(target.as_str()) else {
+        let target_parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+        let Some(target_ino) = self.find(&target_parts) else {
             return Err(err("target does not exist in the layer"));
         };
         if target_ino == ROOT_INO || self.is_dir(target_ino) {
@@ -569,15 +695,18 @@ impl Builder {
         }
         let (dir, name) = split_parent(&p.path);
         let parent = self.ensure_dir(dir, &entry.name)?;
-        if self.by_path.contains_key(p.path.as_str()) {
+        if self.child(parent, name).is_some() {
             // An implied directory: something lies under the link's path.
             return Err(TreeError::NotADirectory {
-                name: format!("{}/...", p.path),
-                parent: p.path.clone(),
+                name: format!("{}/...", shorten(&p.path)),
+                parent: shorten(&p.path),
             });
         }
+        self.charge(
+            (std::mem::size_of::<(String, u64)>() + name.len()) as u64,
+            &entry.name,
+        )?;
         self.link(parent, name, target_ino);
-        self.by_path.insert(p.path.clone(), target_ino);
         let node = self.node_mut(target_ino);
         node.nlink = node.nlink.saturating_add(1);
         Ok(())
@@ -609,6 +738,7 @@ impl Builder {
             nodes: self.nodes,
             chunks: self.chunks,
             file_bytes: self.file_bytes,
+            memory: self.memory,
         }
     }
 }
@@ -636,90 +766,8 @@ fn symlink_error(entry: &Entry, reason: &'static str) -> TreeError {
     }
 }
 
-/// `a/b/c` -> (`a/b`, `c`); `c` -> (``, `c`).
-fn split_parent(path: &str) -> (&str, &str) {
-    match path.rsplit_once('/') {
-        Some((dir, name)) => (dir, name),
-        None => ("", path),
-    }
-}
-
-/// Splits a TOC path into checked components, dropping `.`, empty parts and leading `/`.
-fn split_path<'a>(path: &'a str, entry_name: &str) -> Result<Vec<&'a str>, TreeError> {
-    let mut parts = Vec::new();
-    for part in path.split('/') {
-        if part.is_empty() || part == "." {
-            continue;
-        }
-        check_component(part, entry_name)?;
-        parts.push(part);
-    }
-    Ok(parts)
-}
-
-fn check_component(part: &str, entry_name: &str) -> Result<(), TreeError> {
-    let invalid = |reason| TreeError::InvalidName {
-        name: entry_name.to_string(),
-        reason,
-    };
-    if part == ".." {
-        return Err(TreeError::DotDot {
-            name: entry_name.to_string(),
-        });
-    }
-    if part.is_empty() || part == "." {
-        return Err(invalid("whiteout of an empty name"));
-    }
-    if part.contains('\0') {
-        return Err(invalid("name contains a NUL byte"));
-    }
-    if part.len() > MAX_NAME_LEN {
-        return Err(invalid("name component longer than 255 bytes"));
-    }
-    Ok(())
-}
-
-/// Checks that a regular file's chunks tile `0..size` and lie inside the blob.
-fn check_chunks(entry: &Entry, blob_size: u64) -> Result<(), TreeError> {
-    let bad = |reason: String| TreeError::BadChunks {
-        name: entry.name.clone(),
-        reason,
-    };
-    let mut next = 0u64;
-    for (i, chunk) in entry.chunks.iter().enumerate() {
-        if chunk.file_offset != next {
-            return Err(bad(format!(
-                "chunk {i} starts at {} but the previous one ends at {next}",
-                chunk.file_offset
-            )));
-        }
-        if chunk.size == 0 {
-            return Err(bad(format!("chunk {i} is empty")));
-        }
-        if chunk.blob_end <= chunk.blob_offset {
-            return Err(bad(format!(
-                "chunk {i} has an empty blob range {}..{}",
-                chunk.blob_offset, chunk.blob_end
-            )));
-        }
-        if blob_size != 0 && chunk.blob_end > blob_size {
-            return Err(bad(format!(
-                "chunk {i} ends at blob offset {} past the {blob_size}-byte blob",
-                chunk.blob_end
-            )));
-        }
-        next = next
-            .checked_add(chunk.size)
-            .ok_or_else(|| bad(format!("chunk {i} overflows the file size")))?;
-    }
-    if next != entry.size {
-        return Err(bad(format!(
-            "chunks cover {next} bytes, the file has {}",
-            entry.size
-        )));
-    }
-    Ok(())
-}
+#[path = "tree_check.rs"]
+mod check;
 
 #[cfg(test)]
 #[path = "tree_tests.rs"]

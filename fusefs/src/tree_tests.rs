@@ -348,3 +348,100 @@ fn chunks_must_tile_the_file() {
         );
     }
 }
+
+#[test]
+fn paths_are_rebuilt_from_names_stored_once() {
+    let tree = build(vec![
+        dir("a", 0o755),
+        file("a/b/c.txt", 3),
+        link("a/hl", EntryKind::Hardlink, "a/b/c.txt"),
+    ]);
+    let c = tree.resolve("a/b/c.txt").unwrap();
+    assert_eq!(tree.path(c.ino), "a/b/c.txt");
+    assert_eq!(tree.path(tree.resolve("a/b").unwrap().ino), "a/b");
+    assert_eq!(tree.path(ROOT_INO), "");
+    // A hard link's inode is named by the path it was first named by.
+    assert_eq!(tree.path(tree.resolve("a/hl").unwrap().ino), "a/b/c.txt");
+    assert_eq!(tree.path(999), "");
+}
+
+#[test]
+fn a_path_thirty_thousand_directories_deep_is_refused() {
+    let deep = vec!["d"; 30_000].join("/");
+    let start = std::time::Instant::now();
+    let err = LayerTree::build(&toc(vec![file(&format!("{deep}/f"), 1)])).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    match &err {
+        TreeError::TooDeep { name, depth, max } => {
+            assert_eq!((*depth, *max), (30_001, MAX_PATH_DEPTH));
+            assert!(
+                name.len() < 300,
+                "the error repeats a {} byte name",
+                name.len()
+            );
+        }
+        other => panic!("expected TooDeep, got {other:?}"),
+    }
+    assert!(err.to_string().contains("MAX_PATH_DEPTH"));
+    // A hard link whose target is too deep, the same.
+    let err = LayerTree::build(&toc(vec![link("l", EntryKind::Hardlink, &deep)])).unwrap_err();
+    assert!(matches!(err, TreeError::TooDeep { .. }), "{err:?}");
+}
+
+#[test]
+fn memory_is_linear_in_depth() {
+    // One file at the depth limit, its directories all implied: one node and one short
+    // name per level, never a path per level (that would be ~ depth^2 / 2 bytes more).
+    let memory_at = |depth: usize| {
+        let path = format!("{}/f", vec!["dd"; depth - 1].join("/"));
+        let tree = build(vec![file(&path, 1)]);
+        assert_eq!(tree.len(), depth + 1);
+        assert_eq!(tree.path(tree.len() as u64), path);
+        tree.memory()
+    };
+    let (half, full) = (memory_at(MAX_PATH_DEPTH / 2), memory_at(MAX_PATH_DEPTH));
+    let per_level = (full - half) / (MAX_PATH_DEPTH as u64 / 2);
+    assert!(per_level < 400, "{per_level} bytes per level");
+    assert!(full < 2 * half + 1024, "{half} at depth/2, {full} at depth");
+    assert!(full < (MAX_PATH_DEPTH as u64) * 400);
+}
+
+#[test]
+fn implied_directories_cannot_outgrow_the_budget() {
+    // Many entries each implying a fresh chain of directories: the tree would be many
+    // times the TOC model, so it is refused once past the budget.
+    let chain = vec!["d"; 200].join("/");
+    let entries: Vec<Entry> = (0..2000)
+        .map(|i| Entry::new(format!("{i}/{chain}/x"), EntryKind::Fifo))
+        .collect();
+    let err = LayerTree::build(&toc(entries)).unwrap_err();
+    assert!(
+        matches!(err, TreeError::OverBudget { .. }),
+        "expected OverBudget, got {err:?}"
+    );
+    assert!(err.to_string().contains("MAX_TREE_BYTES_PER_INDEX_BYTE"));
+    // The same number of entries, each listing its place, fits.
+    let entries: Vec<Entry> = (0..2000)
+        .flat_map(|i| [dir(&format!("{i}"), 0o755), file(&format!("{i}/x"), 1)])
+        .collect();
+    let tree = build(entries);
+    let index: u64 = tree_index(&tree);
+    assert!(
+        tree.memory() < 2 * index.max(1),
+        "{} vs {index}",
+        tree.memory()
+    );
+}
+
+/// The TOC model's memory of a tree built from [`file`] and [`dir`] entries: one entry
+/// per node but the root, as built.
+fn tree_index(tree: &LayerTree) -> u64 {
+    tree.nodes()[1..]
+        .iter()
+        .map(|n| {
+            let mut e = Entry::new(tree.path(n.ino), EntryKind::Reg);
+            e.chunks = tree.file_chunks(n).to_vec();
+            veil_formats::limits::index_bytes(&e)
+        })
+        .sum()
+}

@@ -104,6 +104,19 @@ pub enum FormatError {
         /// What was wrong.
         reason: String,
     },
+    /// One TOC entry exceeds a limit of [`crate::limits`]: the TOC is authentic, but
+    /// serving it would cost more memory or CPU than any layer may.
+    #[error("TOC entry {index} ({name:?}) exceeds the {limit} limit: {reason}")]
+    Limit {
+        /// Its position in the TOC.
+        index: usize,
+        /// Its name (shortened when long).
+        name: String,
+        /// Which limit: the name of its constant in [`crate::limits`].
+        limit: &'static str,
+        /// What the entry claims, against the limit's value.
+        reason: String,
+    },
     /// A descriptor annotation has an unusable value.
     #[error("annotation {name} = {value:?} is invalid: {reason}")]
     BadAnnotation {

@@ -13,8 +13,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use sha2::{Digest as _, Sha256};
 
 use super::error::BuildError;
+use crate::codec::MAX_ZSTD_WINDOW_LOG;
 use crate::tar_index::{clean_name, padded, TarEntry};
 use crate::toc::{Compression, Entry, EntryKind};
+
+/// The first zstd level whose default window is larger than a reader accepts (level 20:
+/// 2^25; level 19 uses 2^23).
+const ZSTD_FIRST_LEVEL_OVER_WINDOW: i32 = 20;
 
 /// Where an entry's bytes come from.
 pub(crate) enum Bytes {
@@ -144,6 +149,12 @@ impl<W: Write> MemberWriter<W> {
                 Compression::Zstd => {
                     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), self.level)?;
                     enc.include_checksum(true)?;
+                    // Levels 20..=22 ask for windows of 2^25..2^27, which readers refuse
+                    // (crate::codec::MAX_ZSTD_WINDOW_LOG); a frame holds at most one
+                    // chunk, so the smaller window loses nothing. Lower levels keep theirs.
+                    if self.level >= ZSTD_FIRST_LEVEL_OVER_WINDOW {
+                        enc.window_log(MAX_ZSTD_WINDOW_LOG)?;
+                    }
                     Encoder::Zstd(enc)
                 }
             }),

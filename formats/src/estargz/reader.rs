@@ -108,6 +108,7 @@ pub async fn read_toc(
             compression: Compression::Gzip,
             payload_end: toc_offset,
             blob_size: size,
+            toc_size: json.len() as u64,
         },
     )
 }

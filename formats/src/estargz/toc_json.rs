@@ -16,7 +16,10 @@ use time::OffsetDateTime;
 
 use super::error::FormatError;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
-use crate::codec::{parse_sha256, MAX_CHUNK_SIZE};
+use crate::codec::parse_sha256;
+use crate::limits::{
+    chunk_bytes, index_budget, index_bytes, path_depth, shorten, MAX_CHUNK_SIZE, MAX_PATH_DEPTH,
+};
 use crate::tar_index::clean_name;
 use crate::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 
@@ -98,6 +101,68 @@ pub(crate) struct Layout {
     pub payload_end: u64,
     /// The blob size.
     pub blob_size: u64,
+    /// Length of the (uncompressed) TOC JSON: the index memory budget is proportional
+    /// to it ([`crate::limits::index_budget`]).
+    pub toc_size: u64,
+}
+
+/// A [`FormatError::Limit`] about entry `index` named `name`.
+fn over_limit(index: usize, name: &str, limit: &'static str, reason: String) -> FormatError {
+    FormatError::Limit {
+        index,
+        name: shorten(name),
+        limit,
+        reason,
+    }
+}
+
+/// The index memory a TOC has used so far, against its budget.
+struct Budget {
+    used: u64,
+    max: u64,
+    toc_size: u64,
+}
+
+impl Budget {
+    fn new(toc_size: u64) -> Self {
+        Self {
+            used: 0,
+            max: index_budget(toc_size),
+            toc_size,
+        }
+    }
+
+    /// Counts `bytes` more for entry `index`; an error once the budget is exceeded.
+    fn charge(&mut self, index: usize, name: &str, bytes: u64) -> Result<(), FormatError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.max {
+            return Err(over_limit(
+                index,
+                name,
+                "MAX_INDEX_BYTES_PER_TOC_BYTE",
+                format!(
+                    "the index would take more than {} bytes of memory, the budget of a \
+                     {}-byte TOC",
+                    self.max, self.toc_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a path deeper than [`MAX_PATH_DEPTH`] components.
+fn check_depth(index: usize, name: &str, what: &str, path: &str) -> Result<(), FormatError> {
+    let depth = path_depth(path);
+    if depth > MAX_PATH_DEPTH {
+        return Err(over_limit(
+            index,
+            name,
+            "MAX_PATH_DEPTH",
+            format!("{what} is {depth} components deep, more than {MAX_PATH_DEPTH}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The TOC type name of an entry kind.
@@ -153,6 +218,11 @@ struct OpenFile {
 }
 
 /// Check and convert a TOC into a [`LayerToc`].
+///
+/// Besides consistency, every entry is checked against [`crate::limits`]: chunk sizes
+/// and inner offsets against [`MAX_CHUNK_SIZE`], path and hard-link target depth
+/// against [`MAX_PATH_DEPTH`], and the memory of the whole model against the budget of
+/// a TOC of `layout.toc_size` bytes. The first entry over a limit is named in the error.
 pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, FormatError> {
     if toc.version != 1 {
         return Err(FormatError::UnsupportedVersion(toc.version));
@@ -190,6 +260,7 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
     starts.sort_unstable();
     starts.dedup();
 
+    let mut budget = Budget::new(layout.toc_size);
     let mut entries: Vec<Entry> = Vec::with_capacity(json_entries.len());
     let mut prefetch_end = None;
     let mut open: Option<OpenFile> = None;
@@ -210,7 +281,7 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
             continue;
         }
         if let Some(file) = open.take() {
-            finish_file(file, &mut entries, &starts, layout)?;
+            finish_file(file, &mut entries, &starts, layout, &mut budget)?;
         }
         skipping_chunks = false;
         let kind = parse_kind(&je.kind)
@@ -222,6 +293,7 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
                 "name or link name contains a NUL byte".into(),
             ));
         }
+        check_depth(i, &je.name, "the path", &je.name)?;
         let name = clean_name(&je.name);
         if kind == EntryKind::Reg && (name == PREFETCH_LANDMARK || name == NO_PREFETCH_LANDMARK) {
             if name == PREFETCH_LANDMARK {
@@ -249,7 +321,10 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
             e.mtime_nsec = t.nanosecond();
         }
         match kind {
-            EntryKind::Hardlink => e.link_name = clean_name(&je.link_name),
+            EntryKind::Hardlink => {
+                check_depth(i, &je.name, "the hard link's target", &je.link_name)?;
+                e.link_name = clean_name(&je.link_name);
+            }
             EntryKind::Symlink => e.link_name = je.link_name.clone(),
             EntryKind::Char | EntryKind::Block => {
                 e.dev_major = u32::try_from(je.dev_major).map_err(|_| {
@@ -300,10 +375,11 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
                 });
             }
         }
+        budget.charge(i, &je.name, index_bytes(&e))?;
         entries.push(e);
     }
     if let Some(file) = open.take() {
-        finish_file(file, &mut entries, &starts, layout)?;
+        finish_file(file, &mut entries, &starts, layout, &mut budget)?;
     }
     Ok(LayerToc {
         format: layout.format,
@@ -334,6 +410,7 @@ fn finish_file(
     entries: &mut [Entry],
     starts: &[u64],
     layout: &Layout,
+    budget: &mut Budget,
 ) -> Result<(), FormatError> {
     let entry = &mut entries[file.entry];
     let err = |index: usize, reason: String| FormatError::BadEntry {
@@ -375,10 +452,32 @@ fn finish_file(
             0 => entry.size.saturating_sub(raw.chunk_offset),
             s => s,
         };
-        if size == 0 || size > MAX_CHUNK_SIZE {
-            return Err(err(
+        if size == 0 {
+            return Err(err(raw.index, "chunk is empty".into()));
+        }
+        if size > MAX_CHUNK_SIZE {
+            return Err(over_limit(
                 raw.index,
-                format!("chunk size {size} is out of range 1..={MAX_CHUNK_SIZE}"),
+                &entry.name,
+                "MAX_CHUNK_SIZE",
+                format!(
+                    "a chunk of {size} uncompressed bytes at file offset {}, more than \
+                     {MAX_CHUNK_SIZE}",
+                    raw.chunk_offset
+                ),
+            ));
+        }
+        if raw.inner_offset.saturating_add(size) > MAX_CHUNK_SIZE {
+            return Err(over_limit(
+                raw.index,
+                &entry.name,
+                "MAX_CHUNK_SIZE",
+                format!(
+                    "innerOffset {} puts the chunk beyond any chunk: reading its {size} \
+                     bytes would inflate {} bytes of its member, more than {MAX_CHUNK_SIZE}",
+                    raw.inner_offset,
+                    raw.inner_offset.saturating_add(size)
+                ),
             ));
         }
         expected = expected
@@ -416,7 +515,7 @@ fn finish_file(
                 format!("chunk digest {digest:?} is not sha256:<hex>"),
             ));
         }
-        chunks.push(Chunk {
+        let chunk = Chunk {
             file_offset: raw.chunk_offset,
             size,
             blob_offset: raw.offset,
@@ -424,7 +523,9 @@ fn finish_file(
             inner_offset: raw.inner_offset,
             digest,
             compression: layout.compression,
-        });
+        };
+        budget.charge(raw.index, &entry.name, chunk_bytes(&chunk) as u64)?;
+        chunks.push(chunk);
     }
     if expected != entry.size {
         return Err(err(
@@ -445,17 +546,18 @@ mod tests {
 
     const D: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
-    fn layout() -> Layout {
+    fn layout(toc_size: usize) -> Layout {
         Layout {
             format: Format::Estargz,
             compression: Compression::Gzip,
             payload_end: 1000,
             blob_size: 1100,
+            toc_size: toc_size as u64,
         }
     }
 
     fn parse(json: &str) -> Result<LayerToc, FormatError> {
-        normalize(serde_json::from_str(json).unwrap(), &layout())
+        normalize(serde_json::from_str(json).unwrap(), &layout(json.len()))
     }
 
     #[test]
@@ -582,6 +684,78 @@ mod tests {
         assert_eq!((chunks[0].blob_offset, chunks[0].blob_end), (100, 101));
         assert_eq!(chunks[n - 1].blob_end, 1000);
         assert_eq!(chunks[1500].inner_offset, 500);
+    }
+
+    /// The limit a [`FormatError::Limit`] names, and the entry it names.
+    fn limit_of(result: Result<LayerToc, FormatError>) -> (&'static str, usize, String) {
+        match result {
+            Err(FormatError::Limit {
+                limit, index, name, ..
+            }) => (limit, index, name),
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunk_and_inner_offset_limits() {
+        let over = MAX_CHUNK_SIZE + 1;
+        // A single chunk (implied by the file's size) over the limit.
+        let json = format!(
+            r#"{{"version":1,"entries":[{{"name":"d","type":"dir"}},{{"name":"zeros","type":"reg","size":{over},"offset":100,"digest":"{D}"}}]}}"#
+        );
+        let err = parse(&json).unwrap_err();
+        assert!(err.to_string().contains("MAX_CHUNK_SIZE"), "{err}");
+        assert_eq!(limit_of(Err(err)), ("MAX_CHUNK_SIZE", 1, "zeros".into()));
+        // Exactly the limit is fine.
+        let json = json.replace(&over.to_string(), &MAX_CHUNK_SIZE.to_string());
+        assert!(parse(&json).is_ok());
+        // A one-byte chunk far inside its member.
+        let json = format!(
+            r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":1,"offset":100,"innerOffset":{},"chunkDigest":"{D}"}}]}}"#,
+            10u64 << 30
+        );
+        let err = parse(&json).unwrap_err();
+        assert!(err.to_string().contains("innerOffset"), "{err}");
+        assert_eq!(limit_of(Err(err)), ("MAX_CHUNK_SIZE", 0, "f".into()));
+    }
+
+    #[test]
+    fn path_depth_limit() {
+        let at_limit = vec!["d"; MAX_PATH_DEPTH].join("/");
+        let json = format!(r#"{{"version":1,"entries":[{{"name":"{at_limit}","type":"dir"}}]}}"#);
+        assert!(parse(&json).is_ok());
+        let deep = vec!["d"; 30_000].join("/");
+        let json = format!(
+            r#"{{"version":1,"entries":[{{"name":"ok","type":"dir"}},{{"name":"{deep}/f","type":"fifo"}}]}}"#
+        );
+        let err = parse(&json).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("30001 components") && shown.len() < 500,
+            "{shown}"
+        );
+        assert_eq!(limit_of(Err(err)).0, "MAX_PATH_DEPTH");
+        // A hard link whose target is too deep.
+        let json = format!(
+            r#"{{"version":1,"entries":[{{"name":"l","type":"hardlink","linkName":"{deep}"}}]}}"#
+        );
+        assert_eq!(limit_of(parse(&json)), ("MAX_PATH_DEPTH", 0, "l".into()));
+    }
+
+    #[test]
+    fn index_memory_budget() {
+        // Tiny entries each with an xattr: the model costs far more than the JSON.
+        let n = 200_000;
+        let entries: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"name":"{i:x}","type":"fifo","xattrs":{{"a":"AA=="}}}}"#))
+            .collect();
+        let json = format!(r#"{{"version":1,"entries":[{}]}}"#, entries.join(","));
+        let (limit, index, _) = limit_of(parse(&json));
+        assert_eq!(limit, "MAX_INDEX_BYTES_PER_TOC_BYTE");
+        assert!(index > 1000 && index < n, "refused at entry {index}");
+        // The same entries without the xattr fit.
+        let plain = json.replace(r#","xattrs":{"a":"AA=="}"#, "");
+        assert_eq!(parse(&plain).unwrap().entries.len(), n);
     }
 
     #[test]

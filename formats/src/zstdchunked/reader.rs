@@ -119,6 +119,7 @@ pub async fn read_toc(
             compression: Compression::Zstd,
             payload_end: frame_start,
             blob_size: size,
+            toc_size: json.len() as u64,
         },
     )
 }
