@@ -26,7 +26,15 @@ pub fn veil_binary(name: &str) -> PathBuf {
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "veil-daemon", "-p", "veil-cli", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "veil-daemon",
+                "-p",
+                "veil-cli",
+                "--bins",
+            ])
             .current_dir(workspace_root())
             .status()
             .map_err(|e| format!("running cargo build: {e}"))?;

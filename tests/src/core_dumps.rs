@@ -105,7 +105,9 @@ impl CoreDumps {
                  (status {status}, core_pattern {:?}): this machine cannot show whether \
                  Veil dumps core",
                 self.dir.display(),
-                std::fs::read_to_string(CORE_PATTERN).unwrap_or_default().trim()
+                std::fs::read_to_string(CORE_PATTERN)
+                    .unwrap_or_default()
+                    .trim()
             );
         }
         Ok(())

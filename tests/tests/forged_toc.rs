@@ -43,8 +43,16 @@ fn victim_top() -> anyhow::Result<Layer> {
         tar_of(&[
             Entry::Dir("data", 0o755),
             Entry::Dir("etc", 0o755),
-            Entry::File(VICTIM_PATH.trim_start_matches('/').into(), VICTIM_TEXT.into(), 0o644),
-            Entry::File("data/pad.bin".into(), random_bytes(256 << 10, 0xf0e9), 0o644),
+            Entry::File(
+                VICTIM_PATH.trim_start_matches('/').into(),
+                VICTIM_TEXT.into(),
+                0o644,
+            ),
+            Entry::File(
+                "data/pad.bin".into(),
+                random_bytes(256 << 10, 0xf0e9),
+                0o644,
+            ),
         ])?,
         LayerFormat::Estargz,
     )
@@ -55,7 +63,11 @@ fn attacker_top() -> anyhow::Result<Layer> {
     pack(
         tar_of(&[
             Entry::Dir("etc", 0o755),
-            Entry::File(VICTIM_PATH.trim_start_matches('/').into(), FORGED_TEXT.into(), 0o644),
+            Entry::File(
+                VICTIM_PATH.trim_start_matches('/').into(),
+                FORGED_TEXT.into(),
+                0o644,
+            ),
         ])?,
         LayerFormat::Estargz,
     )
@@ -77,7 +89,10 @@ fn a_forged_toc_without_a_seal_is_refused_by_the_hmac_before_any_read() {
         if enc_top.annotations.get(TOC_DIGEST_ANNOTATION)
             != top.annotations.get(TOC_DIGEST_ANNOTATION)
         {
-            bail!("skopeo did not keep the TOC annotation: {:?}", enc_top.annotations);
+            bail!(
+                "skopeo did not keep the TOC annotation: {:?}",
+                enc_top.annotations
+            );
         }
 
         // The forgery, with the ciphertext and the known plaintext only.
@@ -136,19 +151,18 @@ fn a_forged_toc_without_a_seal_is_refused_by_the_hmac_before_any_read() {
         )?;
         {
             let case = stack.dir.join("control");
-            let mut m =
-                VeilMount::new(&case.join("mnt"), &case.join("state"), &case.join("cli"))?;
-            let out = m.mount_with(
-                &forged_ref,
-                &["--config".as_ref(), lazy_config.as_os_str()],
-            )?;
+            let mut m = VeilMount::new(&case.join("mnt"), &case.join("state"), &case.join("cli"))?;
+            let out = m.mount_with(&forged_ref, &["--config".as_ref(), lazy_config.as_os_str()])?;
             if !out.status.success() {
                 bail!(
                     "control: with require_sealed_toc = false the forged image did not mount: {}",
                     text(&out.stderr)
                 );
             }
-            let read = read_file(&m.dir.join(VICTIM_PATH.trim_start_matches('/')), READ_TIMEOUT)?;
+            let read = read_file(
+                &m.dir.join(VICTIM_PATH.trim_start_matches('/')),
+                READ_TIMEOUT,
+            )?;
             let _ = m.umount();
             m.wait_serving_exit(std::time::Duration::from_secs(10));
             m.cleanup();
@@ -168,8 +182,7 @@ fn a_forged_toc_without_a_seal_is_refused_by_the_hmac_before_any_read() {
         // The default, veil mount: refused.
         {
             let case = stack.dir.join("default-mount");
-            let mut m =
-                VeilMount::new(&case.join("mnt"), &case.join("state"), &case.join("cli"))?;
+            let mut m = VeilMount::new(&case.join("mnt"), &case.join("state"), &case.join("cli"))?;
             let out = m.mount_with(&forged_ref, &["--keys-dir".as_ref(), keys_dir.as_os_str()])?;
             let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
             let mounted = m.is_mounted();

@@ -33,9 +33,7 @@ use veil_tests::core_dumps::CoreDumps;
 use veil_tests::encrypted_support::{
     ocicrypt_encrypt, pull_ok, scan_file, windows, write_veil_config, Keys, Needles,
 };
-use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, tar_of, Entry, Layer, LayerFormat,
-};
+use veil_tests::lazy_image::{base_entries, pack, random_bytes, tar_of, Entry, Layer, LayerFormat};
 use veil_tests::lazy_stack::{text, with_stack, LazyStack};
 use veil_tests::mount_cli::{expect_success, read_file, VeilMount, READ_TIMEOUT};
 use veil_tests::process::run_with_timeout;
@@ -55,7 +53,11 @@ fn encrypted_image(public: &PublicKey) -> anyhow::Result<(Vec<Layer>, Vec<u8>)> 
     let top = vec![
         Entry::Dir("data", 0o755),
         Entry::Dir("etc", 0o755),
-        Entry::File(MARKER_PATH.trim_start_matches('/').into(), MARKER_TEXT.into(), 0o644),
+        Entry::File(
+            MARKER_PATH.trim_start_matches('/').into(),
+            MARKER_TEXT.into(),
+            0o644,
+        ),
         Entry::File(BIG_PATH.trim_start_matches('/').into(), big.clone(), 0o644),
     ];
     let mut layers = Vec::new();
@@ -122,7 +124,11 @@ fn a_core_dump_of_the_daemon_holds_no_secret() {
             SNAPSHOTTER,
             &reference,
             &format!("{name}-read"),
-            &["sh", "-c", &format!("cat {MARKER_PATH}; sha256sum {BIG_PATH}")],
+            &[
+                "sh",
+                "-c",
+                &format!("cat {MARKER_PATH}; sha256sum {BIG_PATH}"),
+            ],
         )?;
         let big_sha = veil_tests::lazy_image::sha256_hex(&big);
         if !printed.contains(MARKER_TEXT.trim_end()) || !printed.contains(&big_sha) {
@@ -189,8 +195,14 @@ fn a_core_dump_of_the_daemon_holds_no_secret() {
 /// `cat PATH` as `nobody` (uid and gid 65534, no supplementary groups).
 fn read_as_nobody(dir: &Path, path: &Path) -> anyhow::Result<std::process::Output> {
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"])
-        .arg(path);
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "cat",
+    ])
+    .arg(path);
     run_with_timeout(cmd, Duration::from_secs(30), &dir.join("as-nobody"))
         .context("running setpriv (Debian: util-linux)")
 }
@@ -263,7 +275,10 @@ fn an_unprivileged_user_cannot_read_a_veil_mount() {
                 ),
                 (false, false, false) => {
                     if !text(&nobody.stderr).contains("Permission denied") {
-                        bail!("nobody's read failed, but not with EACCES: {}", text(&nobody.stderr));
+                        bail!(
+                            "nobody's read failed, but not with EACCES: {}",
+                            text(&nobody.stderr)
+                        );
                     }
                 }
                 (false, ..) => bail!(
@@ -280,7 +295,10 @@ fn an_unprivileged_user_cannot_read_a_veil_mount() {
                 .join(MARKER_PATH.trim_start_matches('/'));
             let through_state = read_as_nobody(&root, &layer_file)?;
             if through_state.status.success() {
-                bail!("{case}: nobody read {} through the state directory", layer_file.display());
+                bail!(
+                    "{case}: nobody read {} through the state directory",
+                    layer_file.display()
+                );
             }
             let out = m.umount()?;
             expect_success(&format!("veil umount ({case})"), &out)?;
