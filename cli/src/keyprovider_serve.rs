@@ -215,6 +215,11 @@ pub enum KeyproviderCommand {
 /// Runs `veil keyprovider serve`.
 pub fn run_keyprovider(command: KeyproviderCommand) -> ExitCode {
     let KeyproviderCommand::Serve { address, config } = command;
+    // It holds KEKs and unwrapped layer options: no core dumps.
+    if let Err(e) = veil_daemon::no_core_dumps::forbid_core_dumps() {
+        eprintln!("veil keyprovider serve: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = match veil_daemon::config::Config::load(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

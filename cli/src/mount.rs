@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::Args;
 use veil_blob::display::human_bytes as human;
 use veil_daemon::config::Config;
+use veil_daemon::no_core_dumps::forbid_core_dumps;
 use veil_daemon::wiring;
+use veil_fusefs::mount::MountOptions;
 use veil_image::image_mount;
 use veil_registry::ClientOptions;
 
@@ -35,6 +37,10 @@ pub struct MountArgs {
     /// Serve in this process until DIR is unmounted (do not return at once).
     #[arg(long)]
     foreground: bool,
+    /// Let every user read the mounted image (FUSE `allow_other`, and DIR's root keeps the
+    /// image's own mode). Without it only root, the mounting user, can enter DIR.
+    #[arg(long)]
+    allow_other: bool,
     /// Directory of private keys (PEM, DER, JWK) for encrypted layers [default: the
     /// config's [decryption] keys_dir, /etc/containerd/ocicrypt/keys].
     #[arg(long, value_name = "DIR")]
@@ -45,6 +51,32 @@ pub struct MountArgs {
     /// The (empty) directory to mount it at.
     #[arg(value_name = "DIR")]
     dir: PathBuf,
+}
+
+/// Creates `dir` (and missing parents) with mode 0700: the state directory holds the
+/// layers' mount points and the serving process's log. A directory that already exists
+/// is left as it is (it may be shared, e.g. `/run/veil/mounts`); what Veil puts in it is
+/// private itself.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or truncates) `path` with mode 0600: the serving process's log.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An older log keeps its mode on open: make it private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// The state directory of one mount: named after the mount point.
@@ -58,6 +90,11 @@ fn mount_state_dir(base: &std::path::Path, dir: &std::path::Path) -> PathBuf {
 }
 
 pub fn run_mount(args: MountArgs) -> ExitCode {
+    // The serving process holds keys and plaintext: no core dumps (set before anything).
+    if let Err(e) = forbid_core_dumps() {
+        eprintln!("veil mount: {e}");
+        return ExitCode::FAILURE;
+    }
     let dir = match std::fs::canonicalize(&args.dir) {
         Ok(d) => d,
         Err(e) => {
@@ -74,7 +111,7 @@ pub fn run_mount(args: MountArgs) -> ExitCode {
         return serve_mount(&args, &dir, &state);
     }
     // Start the serving process detached, and return once the mount is up.
-    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+    if let Err(e) = create_private_dir(&args.state_dir) {
         eprintln!("veil mount: creating {}: {e}", args.state_dir.display());
         return ExitCode::FAILURE;
     }
@@ -82,7 +119,7 @@ pub fn run_mount(args: MountArgs) -> ExitCode {
         "{}.log",
         state.file_name().unwrap_or_default().to_string_lossy()
     ));
-    let log = match std::fs::File::create(&log_path) {
+    let log = match create_private_file(&log_path) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("veil mount: creating {}: {e}", log_path.display());
@@ -103,6 +140,9 @@ pub fn run_mount(args: MountArgs) -> ExitCode {
     }
     if let Some(bytes) = args.cache_bytes {
         cmd.arg("--cache-bytes").arg(bytes.to_string());
+    }
+    if args.allow_other {
+        cmd.arg("--allow-other");
     }
     cmd.arg("--state-dir")
         .arg(&args.state_dir)
@@ -197,7 +237,11 @@ fn serve_mount(args: &MountArgs, dir: &std::path::Path, state: &std::path::Path)
             plain_http: args.plain_http,
             ..wiring::registry_options(&config)
         };
-        let lazy = wiring::image_service(&config, registry, tokio::runtime::Handle::current())?;
+        let lazy = wiring::image_service(&config, registry, tokio::runtime::Handle::current())?
+            .with_mount_options(MountOptions {
+                allow_other: args.allow_other,
+                ..MountOptions::default()
+            });
         let mounted = image_mount::mount_image(&lazy, &args.reference, dir, state).await?;
         println!(
             "mounted {} at {} ({} layers, served lazily)",

@@ -40,6 +40,10 @@ fn systemd_unit_verifies() {
         unit.contains("Type=notify"),
         "the daemon notifies readiness"
     );
+    assert!(
+        unit.lines().any(|l| l.trim() == "LimitCORE=0"),
+        "the daemon holds keys and plaintext: the unit allows no core files"
+    );
     // Point ExecStart at the binary just built, since nothing is installed here.
     let unit = unit.replace(
         "/usr/local/bin/veil-snapshotter",

@@ -362,7 +362,8 @@ async fn inspect_layer(
                             if opened.sealed_toc_digest.is_some() {
                                 "the digest sealed in the layer key"
                             } else {
-                                "the manifest annotation (no sealed digest)"
+                                "the manifest annotation only (no sealed digest): lazy only \
+                                 with require_sealed_toc = false, streamed by default"
                             }
                         );
                         readable = Some((opened.source.clone(), format));

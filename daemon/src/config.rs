@@ -75,7 +75,11 @@ pub enum KekSourceKind {
 pub struct DecryptionConfig {
     /// Directory of private keys (PEM, DER or JWK; RSA or EC) for JWE recipients.
     pub keys_dir: PathBuf,
-    /// Refuse encrypted layers whose wrapped options carry no sealed TOC digest.
+    /// Serve encrypted eStargz / zstd:chunked layers lazily only when their wrapped
+    /// options carry a sealed TOC digest; stream the others (fetch whole, check the
+    /// ocicrypt HMAC, then serve). Default true: without a seal the TOC is authenticated
+    /// by the manifest annotation alone, which the key does not cover (AES-CTR is
+    /// malleable), so a forged TOC could serve wrong bytes until the whole-blob HMAC check.
     pub require_sealed_toc: bool,
     /// KEK sources for `provider.attestation-agent` recipients, asked in this order
     /// (empty: such recipients are not unwrapped).
@@ -100,7 +104,7 @@ impl Default for DecryptionConfig {
     fn default() -> Self {
         Self {
             keys_dir: PathBuf::from(DEFAULT_KEYS_DIR),
-            require_sealed_toc: false,
+            require_sealed_toc: true,
             kek_sources: Vec::new(),
             kbs_url: None,
             kbs_ca: None,
@@ -260,6 +264,14 @@ mod tests {
         assert_eq!(c.disk_cache_dir(), PathBuf::from("/fast/veil"));
         assert_eq!(c.lazy.background_rate, 1 << 20);
         assert!(c.lazy.prefetch && c.lazy.background_fetch);
+    }
+
+    #[test]
+    fn sealed_toc_digests_are_required_by_default() {
+        assert!(Config::default().decryption.require_sealed_toc);
+        let c = Config::from_toml("[decryption]\nrequire_sealed_toc = false\n", Path::new("x"))
+            .unwrap();
+        assert!(!c.decryption.require_sealed_toc);
     }
 
     #[test]

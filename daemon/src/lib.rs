@@ -7,10 +7,12 @@
 //! - [`server`]: the `veil-snapshotter` daemon: sockets, signals, systemd readiness;
 //! - [`socket`], [`signals`], [`status_server`]: what every Veil server shares (the
 //!   `veil` CLI's `keyprovider serve` too);
+//! - [`no_core_dumps`]: what every Veil process holding keys or plaintext calls first;
 //! - the error type, [`DaemonError`] (in [`error`]).
 
 pub mod config;
 pub mod error;
+pub mod no_core_dumps;
 pub mod server;
 pub mod signals;
 pub mod socket;

@@ -7,13 +7,16 @@ use veil_snapshotter::overlay::OverlaySnapshotter;
 
 use crate::config::Config;
 use crate::error::DaemonError;
+use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
 use crate::wiring::snapshots_service;
 
-/// Serves the snapshots API for `config` until SIGTERM or SIGINT.
+/// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made
+/// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
 pub async fn serve(config: &Config) -> Result<(), DaemonError> {
+    forbid_core_dumps()?;
     let root = config.root.clone();
     let opened = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root)).await;
     let context = || format!("opening snapshotter root {}", config.root.display());

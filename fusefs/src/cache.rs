@@ -12,6 +12,10 @@
 //! unresolved (its task cancelled, say) releases its waiters with
 //! [`WaitError::Abandoned`], so they can take over the fetch instead of hanging.
 //! [`ChunkCache::get_or_fetch`] wraps the whole dance for one chunk.
+//!
+//! **Core dumps.** The pages of every chunk kept are marked `MADV_DONTDUMP`
+//! ([`crate::no_dump`]; chunks of 64 KiB or more, their whole pages), so a core dump of a
+//! process holding the cache leaves the cached plaintext out.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -329,6 +333,7 @@ impl ChunkCache {
         if len > self.budget {
             return;
         }
+        crate::no_dump::exclude_from_core_dumps(&data);
         if let Some(old) = state.lru.pop(&key) {
             state.bytes = state.bytes.saturating_sub(old.len() as u64);
         }

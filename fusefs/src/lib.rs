@@ -7,12 +7,14 @@
 //! whiteouts, hard links), [`pipeline`] (chunk reads: coalescing, single flight,
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
-//! [`mount`] (the FUSE filesystem and its mount).
+//! [`mount`] (the FUSE filesystem and its mount), [`no_dump`] (plaintext buffers left out
+//! of core dumps).
 
 pub mod cache;
 pub mod disk_cache;
 pub mod fs;
 pub mod mount;
+pub mod no_dump;
 pub mod pipeline;
 pub mod prefetch;
 pub mod tree;

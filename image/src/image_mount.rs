@@ -1,9 +1,18 @@
 //! `veil mount`: an image's merged root filesystem at a directory, lazily, without
 //! containerd.
 //!
-//! Each layer is resolved and mounted through FUSE under a private state directory, then
-//! the layers are stacked read-only at the target: a bind mount for a single layer, an
-//! overlay (top layer first) otherwise. The mount lives as long as the process that
+//! Each layer is resolved and mounted through FUSE under a private state directory (mode
+//! 0700), then the layers are stacked read-only at the target: a bind mount for a single
+//! layer, an overlay (top layer first) otherwise.
+//!
+//! **Who can read it.** When the layers are mounted without `allow_other` (the
+//! [`LazyLayers`]' mount options), only the mounting user may use them, and the image is
+//! stacked so that the same holds at the target: overlayfs reaches its lower layers with
+//! the credentials of whoever mounted it (root), so a FUSE layer alone would let anyone
+//! through the overlay. The overlay therefore gets one more, topmost lower layer: an empty
+//! directory of mode 0700 in the state directory. The merged root takes its owner and mode
+//! from the topmost layer, so nobody but root can enter the target; the layers' contents
+//! are unchanged below it. With `allow_other` the image's own root mode shows. The mount lives as long as the process that
 //! serves it; [`ImageMount::wait_until_unmounted`] returns once someone unmounts the
 //! target (`veil umount DIR`, `umount DIR`), and dropping the [`ImageMount`] takes
 //! everything down.
@@ -51,8 +60,7 @@ pub async fn mount_image(
         .await
         .registry_context(|| format!("resolving {reference}"))?;
     let manifest = image.manifest;
-    std::fs::create_dir_all(state_dir)
-        .io_context(|| format!("creating {}", state_dir.display()))?;
+    create_private_dir(state_dir)?;
     let mut mounted = ImageMount {
         target: target.to_path_buf(),
         state_dir: state_dir.to_path_buf(),
@@ -83,9 +91,28 @@ pub async fn mount_image(
     if dirs.is_empty() {
         return Err(ImageError::Invalid(format!("{reference} has no layers")));
     }
+    let private = !lazy.mount_options().allow_other;
+    if private {
+        let guard = state_dir.join("private-root");
+        create_private_dir(&guard)?;
+        dirs.push(guard);
+    }
     stack(&dirs, target)?;
     mounted.stacked = true;
     Ok(mounted)
+}
+
+/// Creates `dir` (and its parents) and makes it mode 0700, whatever the umask or an
+/// earlier run left.
+fn create_private_dir(dir: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .io_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .io_context(|| format!("making {} private (0700)", dir.display()))
 }
 
 fn sys_mount(

@@ -137,6 +137,18 @@ impl LazyLayers {
         self
     }
 
+    /// The same, mounting layers with `options` (the default: [`MountOptions::default`],
+    /// every user may read, as containers need).
+    pub fn with_mount_options(mut self, options: MountOptions) -> Self {
+        self.mount_options = options;
+        self
+    }
+
+    /// How layers are mounted.
+    pub fn mount_options(&self) -> &MountOptions {
+        &self.mount_options
+    }
+
     /// The disk cache, when there is one (for its counters).
     pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
         self.options.disk_cache.as_ref()

@@ -10,6 +10,7 @@ pub mod attested_scenario;
 pub mod binaries;
 pub mod cleanup;
 pub mod containerd;
+pub mod core_dumps;
 pub mod encrypted_support;
 pub mod gosuite;
 pub mod image;

@@ -35,6 +35,8 @@ pub struct VeilSnapshotter {
     socket: PathBuf,
     log_dir: PathBuf,
     config: Option<PathBuf>,
+    /// Start with core dumps allowed, working in this directory ([`crate::core_dumps`]).
+    core_dir: Option<PathBuf>,
     guard: Option<ChildGuard>,
     /// PIDs of every instance started, in order.
     pub pids: Vec<u32>,
@@ -52,6 +54,7 @@ impl VeilSnapshotter {
             socket,
             log_dir,
             config: None,
+            core_dir: None,
             guard: None,
             pids: Vec::new(),
             logs: Vec::new(),
@@ -62,6 +65,12 @@ impl VeilSnapshotter {
     pub fn with_config(mut self, file: PathBuf) -> Self {
         self.config = Some(file);
         self
+    }
+
+    /// From the next start on, start it with `RLIMIT_CORE` unlimited and `dir` as its
+    /// working directory (where a core file would land), or as usual (`None`).
+    pub fn set_core_dumps(&mut self, dir: Option<PathBuf>) {
+        self.core_dir = dir;
     }
 
     /// The socket containerd's proxy plugin dials.
@@ -95,6 +104,9 @@ impl VeilSnapshotter {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
+        if let Some(dir) = &self.core_dir {
+            crate::core_dumps::raise_core_limit(&mut cmd, dir);
+        }
         let mut guard = ChildGuard::spawn("veil-snapshotter", cmd, &log)?;
         let pid = guard.pid();
         self.pids.push(pid);
