@@ -42,7 +42,7 @@ use crate::cache::{ChunkKey, Lookup};
 use crate::disk_cache::CachedBlob;
 use crate::pipeline::ChunkReader;
 #[cfg(doc)]
-use crate::{cache::ChunkCache, toc::LayerToc};
+use {crate::cache::ChunkCache, veil_formats::toc::LayerToc};
 use veil_blob::BlobSource;
 use veil_formats::codec;
 use veil_formats::toc::Chunk;
