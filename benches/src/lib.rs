@@ -9,6 +9,7 @@
 
 pub mod plot;
 pub mod proxy;
+pub mod push;
 pub mod report;
 pub mod run;
 pub mod sample;

@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use veil_tests::containerd::{process_alive, shim_pids_for, Containerd};
-use veil_tests::lazy_image::{pack, push_image, LayerFormat};
+use veil_tests::lazy_image::{pack, LayerFormat};
 use veil_tests::local_registry::LocalRegistry;
 use veil_tests::process::{run_with_timeout, ChildGuard};
-use veil_tests::registry::Pusher;
 use veil_tests::scenario::VeilSnapshotter;
 
 use crate::proxy::{Shaping, ShapingProxy};
@@ -458,10 +457,8 @@ fn measure_all(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(push_image(
-        &Pusher::new(registry.base(), None),
-        REPO,
-        "plain",
+    rt.block_on(crate::push::push_layers(
+        &format!("{}/{REPO}:plain", registry.host()),
         &layers,
     ))?;
     drop(layers);

@@ -250,14 +250,9 @@ pub struct PushedLazyImage {
     pub config: Vec<u8>,
 }
 
-/// Pushes `layers`, a config with their diff IDs and an OCI manifest with their
-/// annotations to `repo:tag`.
-pub async fn push_image(
-    pusher: &Pusher,
-    repo: &str,
-    tag: &str,
-    layers: &[Layer],
-) -> anyhow::Result<PushedLazyImage> {
+/// The config (with the layers' diff IDs) and the OCI manifest (with their annotations)
+/// of an image of `layers`, as pushed by [`push_image`] and by `veil bench`.
+pub fn image_documents(layers: &[Layer]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     if layers.is_empty() {
         bail!("an image needs at least one layer");
     }
@@ -270,6 +265,29 @@ pub async fn push_image(
             "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
         },
     }))?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": sha256(&config), "size": config.len() },
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": l.media_type,
+            "digest": l.digest,
+            "size": l.blob.len(),
+            "annotations": l.annotations,
+        })).collect::<Vec<_>>(),
+    }))?;
+    Ok((config, manifest))
+}
+
+/// Pushes `layers`, a config with their diff IDs and an OCI manifest with their
+/// annotations to `repo:tag`.
+pub async fn push_image(
+    pusher: &Pusher,
+    repo: &str,
+    tag: &str,
+    layers: &[Layer],
+) -> anyhow::Result<PushedLazyImage> {
+    let (config, manifest) = image_documents(layers)?;
     let config_digest = pusher.blob(repo, &config).await;
     for layer in layers {
         let pushed = pusher.blob(repo, &layer.blob).await;
@@ -280,17 +298,6 @@ pub async fn push_image(
             );
         }
     }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": { "mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len() },
-        "layers": layers.iter().map(|l| json!({
-            "mediaType": l.media_type,
-            "digest": l.digest,
-            "size": l.blob.len(),
-            "annotations": l.annotations,
-        })).collect::<Vec<_>>(),
-    }))?;
     let manifest_digest = pusher.manifest(repo, tag, OCI_MANIFEST, &manifest).await;
     Ok(PushedLazyImage {
         manifest_digest,
