@@ -31,10 +31,13 @@ pub async fn check_present(
     info: &SnapshotInfo,
     chain_id: &str,
     desc: &BlobDescriptor,
-    mut labels: HashMap<String, String>,
+    labels: HashMap<String, String>,
     what: &str,
 ) -> anyhow::Result<()> {
     let digest = desc.digest.to_string();
+    if Decryption::is_encrypted(desc) {
+        authorize(cd, snapshotter, chain_id, labels, what).await?;
+    }
     if info.labels.contains_key(REMOTE_LABEL) {
         if let Some(made_for) = info.labels.get(LAYER_DIGEST_LABEL) {
             if *made_for != digest {
@@ -49,9 +52,17 @@ pub async fn check_present(
             }
         }
     }
-    if !Decryption::is_encrypted(desc) {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// The authorization probe of an encrypted layer (first: no key, no run, whatever else).
+async fn authorize(
+    cd: &Containerd,
+    snapshotter: &str,
+    chain_id: &str,
+    mut labels: HashMap<String, String>,
+    what: &str,
+) -> anyhow::Result<()> {
     labels.remove(TARGET_SNAPSHOT_LABEL);
     labels.insert(AUTHORIZE_LABEL.to_string(), chain_id.to_string());
     let key = format!("{} {chain_id}", super::unique("veil-authorize"));
