@@ -185,7 +185,7 @@ impl Service {
         match resolver.authorize(layer).await {
             Ok(Authorization::Granted(identity)) => Ok(Some(identity)),
             Ok(Authorization::Denied(why)) => {
-                tracing::error!(layer = %layer.layer_digest, image = %layer.image_ref, snapshot = %req.target, reason = %why, "this node may not use the layer now: refused");
+                tracing::error!(layer = %layer.layer_digest, image = %layer.image_ref, snapshot = %req.target, reason = %why, "layer cannot be served: this node may not use it now");
                 self.record_fallback(req, format!("refused: {why}"));
                 Err(Error::FailedPrecondition(why))
             }
