@@ -13,11 +13,14 @@
 //!    diff service (or, with `lazy_only`, the pull fails naming the layer).
 //! 4. Create (or update) the image record pointing at the manifest.
 //!
-//! Layers whose snapshot already exists are skipped.
+//! Layers whose snapshot already exists are not prepared again, but checked: a snapshot
+//! Veil served lazily for another blob digest is refused, and for an encrypted layer Veil
+//! is asked whether this node can unwrap its key now (`present.rs`).
 
 mod chain;
 mod containerd;
 mod labels;
+mod present;
 mod unpack;
 
 use std::path::PathBuf;
@@ -244,11 +247,13 @@ async fn pull_into(
         // Held by the lease before it is looked up: an existing snapshot stays until the
         // image record references it.
         cd.lease_snapshot(sn, chain_id).await?;
-        let state = if cd.stat_snapshot(sn, chain_id).await?.is_some() {
+        let labels = layer_labels(chain_id, image_name, &manifest_digest, layer_digests, i);
+        let state = if let Some(info) = cd.stat_snapshot(sn, chain_id).await? {
+            let what = format!("layer {}/{count} {digest}", i + 1);
+            present::check_present(cd, sn, &info, chain_id, desc, labels, &what).await?;
             LayerState::Present
         } else {
             let key = format!("{} {chain_id}", unique("veil-pull"));
-            let labels = layer_labels(chain_id, image_name, &manifest_digest, layer_digests, i);
             match cd
                 .prepare(sn, &key, parent, labels)
                 .await

@@ -73,6 +73,7 @@ pub async fn mount_image(
             image_ref: reference.to_string(),
             layer_digest: desc.digest.to_string(),
             manifest_digest: Some(manifest.digest.to_string()),
+            toc_digest: None,
         };
         let ready = match lazy.resolve(&layer).await? {
             Resolved::Lazy(l) => l,

@@ -38,13 +38,15 @@ use veil_fusefs::prefetch::{
 use veil_fusefs::tree::LayerTree;
 
 use veil_blob::BlobSource;
-use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
+use veil_formats::classify::{classify, classify_sealed, read_layer_toc, LazyFormat};
 use veil_keyprovider::layer::{Decryption, OpenedLayer};
 use veil_keyprovider::stream_cipher::HmacCheck;
 use veil_registry::{Digest, Manifest, Reference, RegistryClient};
 
 use crate::error::{ImageError, RegistryContext};
-use crate::resolver::{LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved};
+use crate::resolver::{
+    Authorization, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved,
+};
 use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
 
 /// Background fetches running at once (each waits for a slot before it starts).
@@ -204,6 +206,55 @@ impl LazyLayers {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, manifest.clone());
         Ok((reference, manifest))
+    }
+
+    /// [`LayerResolver::authorize`]: the manifest's descriptor, and for an encrypted
+    /// layer its key unwrapped now (on a blocking thread: key sources may ask a KBS).
+    async fn authorize_layer(&self, layer: &RemoteLayer) -> Result<Authorization, ImageError> {
+        let digest = Digest::parse(&layer.layer_digest)
+            .registry_context(|| format!("layer digest {:?}", layer.layer_digest))?;
+        let (reference, manifest) = self.manifest(layer).await?;
+        let desc = manifest.layer(&digest).ok_or_else(|| {
+            ImageError::Invalid(format!(
+                "layer {digest} is not in manifest {} of {reference}",
+                manifest.digest
+            ))
+        })?;
+        if !Decryption::is_encrypted(desc) {
+            return Ok(Authorization::Granted(LayerIdentity {
+                layer_digest: layer.layer_digest.clone(),
+                toc_digest: toc_digest(classify(&desc.media_type, &desc.annotations).ok()),
+                encrypted: false,
+            }));
+        }
+        let Some(decryption) = self.options.decryption.clone() else {
+            return Ok(Authorization::Denied(format!(
+                "layer {digest} is encrypted and no decryption keys are configured"
+            )));
+        };
+        let (name, desc) = (layer.layer_digest.clone(), desc.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            // Nothing of the blob is read: only the key is unwrapped.
+            let empty: Arc<dyn BlobSource> = Arc::new(veil_blob::MemoryBlob(Vec::new()));
+            decryption.open(&name, &desc, empty).map(|opened| {
+                let format = classify_sealed(
+                    &opened.plain.media_type,
+                    &opened.plain.annotations,
+                    opened.sealed_toc_digest.as_deref(),
+                );
+                toc_digest(format.ok())
+            })
+        })
+        .await
+        .map_err(|e| ImageError::Invalid(format!("checking the key of layer {digest}: {e}")))?;
+        Ok(match opened {
+            Ok(toc_digest) => Authorization::Granted(LayerIdentity {
+                layer_digest: layer.layer_digest.clone(),
+                toc_digest,
+                encrypted: true,
+            }),
+            Err(why) => Authorization::Denied(why.to_string()),
+        })
     }
 
     async fn resolve_layer(&self, layer: &RemoteLayer) -> Result<Resolved, ImageError> {
@@ -525,7 +576,22 @@ impl LazyLayers {
     }
 }
 
+/// The TOC digest a lazily servable format is authenticated by.
+fn toc_digest(format: Option<LazyFormat>) -> Option<String> {
+    match format? {
+        LazyFormat::Estargz { toc_digest } => Some(toc_digest),
+        LazyFormat::ZstdChunked(info) => info.checksum.or(info.toc_digest),
+    }
+}
+
 impl LayerResolver for LazyLayers {
+    fn authorize<'a>(
+        &'a self,
+        layer: &'a RemoteLayer,
+    ) -> BoxFuture<'a, Result<Authorization, ImageError>> {
+        Box::pin(self.authorize_layer(layer))
+    }
+
     fn resolve<'a>(
         &'a self,
         layer: &'a RemoteLayer,

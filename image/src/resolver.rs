@@ -26,6 +26,11 @@ pub struct RemoteLayer {
     /// Digest of the manifest that lists the layer, when known.
     #[serde(default)]
     pub manifest_digest: Option<String>,
+    /// The TOC digest the layer was authorized with ([`LayerIdentity::toc_digest`]),
+    /// recorded with a snapshot so that another layer claiming the same chainID can be
+    /// told apart; `None` in a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toc_digest: Option<String>,
 }
 
 /// A mounted layer filesystem. Dropping it unmounts.
@@ -48,8 +53,38 @@ pub enum Resolved {
     Fail(String),
 }
 
+/// What a layer's content is, as its manifest (and, for an encrypted layer, its unwrapped
+/// private options) say: two layers with the same chainID but another identity are
+/// different content claiming the same diff_id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerIdentity {
+    /// Digest of the layer blob (compressed, ciphertext when encrypted).
+    pub layer_digest: String,
+    /// The TOC digest the manifest or the sealed private options vouch for, when any.
+    pub toc_digest: Option<String>,
+    /// Whether the layer is encrypted.
+    pub encrypted: bool,
+}
+
+/// Whether the node may use a layer now, checked before any snapshot of it is handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// It may: the layer is not encrypted, or its key was unwrapped just now.
+    Granted(LayerIdentity),
+    /// It may not: why (names the layer, its recipients and the keys tried).
+    Denied(String),
+}
+
 /// Finds a layer and prepares it for lazy serving.
 pub trait LayerResolver: Send + Sync {
+    /// Checks that the node may use `layer` now: finds its descriptor in the manifest
+    /// and, when it is encrypted, unwraps its key (nothing of the blob is read). Called on
+    /// every request for the layer, whether or not a snapshot of it exists.
+    fn authorize<'a>(
+        &'a self,
+        layer: &'a RemoteLayer,
+    ) -> BoxFuture<'a, Result<Authorization, ImageError>>;
+
     /// Resolves `layer`: fetches what is needed to index it (manifest, TOC).
     fn resolve<'a>(&'a self, layer: &'a RemoteLayer)
         -> BoxFuture<'a, Result<Resolved, ImageError>>;

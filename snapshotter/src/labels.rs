@@ -24,6 +24,12 @@ pub const IMAGE_REF_LABEL: &str = "containerd.io/snapshot/cri.image-ref";
 pub const LAYER_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.layer-digest";
 /// Digest of the (platform) manifest.
 pub const MANIFEST_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
+/// Label of an authorization probe: a Prepare (no target) that asks only whether this
+/// node may use the layer the other labels name *now* (its key unwrapped), for a layer
+/// whose snapshot containerd already has and would otherwise never ask Veil about
+/// (`veil pull` sends it). The value is the chainID, for the log. Granted, the probe
+/// gets an ordinary empty active snapshot, which the caller removes.
+pub const AUTHORIZE_LABEL: &str = "containerd.io/snapshot/veil.authorize";
 /// stargz-snapshotter's equivalents, sent by `ctr-remote` and nerdctl.
 const STARGZ_REFERENCE_LABEL: &str = "containerd.io/snapshot/remote/stargz.reference";
 const STARGZ_DIGEST_LABEL: &str = "containerd.io/snapshot/remote/stargz.digest";
@@ -41,7 +47,17 @@ impl RemoteRequest {
     /// Reads the request from Prepare's labels; `None` when they do not ask for a
     /// remote snapshot or do not say which layer.
     pub fn from_labels(labels: &HashMap<String, String>) -> Option<Self> {
-        let target = labels.get(TARGET_SNAPSHOT_LABEL)?.clone();
+        Self::read(labels, TARGET_SNAPSHOT_LABEL)
+    }
+
+    /// Reads an authorization probe ([`AUTHORIZE_LABEL`]; `target` is the chainID it
+    /// names); `None` when the labels are not one.
+    pub fn probe_from_labels(labels: &HashMap<String, String>) -> Option<Self> {
+        Self::read(labels, AUTHORIZE_LABEL)
+    }
+
+    fn read(labels: &HashMap<String, String>, target_label: &str) -> Option<Self> {
+        let target = labels.get(target_label)?.clone();
         let get = |a: &str, b: &str| {
             labels
                 .get(a)
@@ -57,6 +73,7 @@ impl RemoteRequest {
                 image_ref,
                 layer_digest,
                 manifest_digest: labels.get(MANIFEST_DIGEST_LABEL).cloned(),
+                toc_digest: None,
             },
         })
     }
@@ -84,7 +101,12 @@ mod tests {
         assert_eq!(req.target, "sha256:chain");
         assert_eq!(req.layer.layer_digest, "sha256:layer");
         assert_eq!(req.layer.manifest_digest, None);
+        assert_eq!(RemoteRequest::probe_from_labels(&labels), None);
         labels.remove(TARGET_SNAPSHOT_LABEL);
+        assert_eq!(RemoteRequest::from_labels(&labels), None);
+        labels.insert(AUTHORIZE_LABEL.into(), "sha256:chain".into());
+        let probe = RemoteRequest::probe_from_labels(&labels).unwrap();
+        assert_eq!(probe.target, "sha256:chain");
         assert_eq!(RemoteRequest::from_labels(&labels), None);
     }
 }

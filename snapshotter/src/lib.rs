@@ -4,13 +4,15 @@
 //! Veil's unix socket). This crate serves that API: [`service`] turns gRPC requests into
 //! calls on [`overlay::OverlaySnapshotter`], which keeps snapshot directories on disk and
 //! builds overlay mounts; [`metadata`] persists what snapshots exist in a transactional
-//! store; [`labels`] reads the remote-snapshot labels of a Prepare and hands the layer
+//! store; [`identity`] decides whether an existing lazily served snapshot may answer for
+//! another request's layer; [`labels`] reads the remote-snapshot labels of a Prepare and hands the layer
 //! to the image service ([`veil_image`]); [`filters`] and [`usage`] are containerd's
 //! filter language and disk usage. Sockets, signals and configuration are the daemon's
 //! (`veil-daemon`).
 
 pub mod error;
 pub mod filters;
+pub mod identity;
 pub mod labels;
 pub mod metadata;
 pub mod overlay;

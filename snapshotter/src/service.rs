@@ -12,12 +12,13 @@ use containerd_snapshots::{Info, Kind as ApiKind, Usage as ApiUsage};
 
 use crate::error::{Error, Result};
 use crate::filters::{Fields, Filter};
+use crate::identity::conflict;
 use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
-use veil_image::resolver::{LayerResolver, Resolved};
+use veil_image::resolver::{Authorization, LayerIdentity, LayerResolver, Resolved};
 use veil_image::status::{FallbackStatus, StatusReport};
 
-use crate::labels::{RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE};
+use crate::labels::{RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_SNAPSHOT_LABEL};
 
 /// The gRPC-facing snapshotter.
 #[derive(Clone)]
@@ -107,10 +108,13 @@ impl Service {
     /// `req.target`. `Ok(true)`: done; `Ok(false)`: containerd should unpack it.
     async fn prepare_remote(
         &self,
-        req: RemoteRequest,
+        mut req: RemoteRequest,
         parent: &str,
         mut labels: HashMap<String, String>,
+        identity: Option<LayerIdentity>,
     ) -> Result<bool> {
+        // Recorded with the snapshot: another layer claiming its chainID is told apart.
+        req.layer.toc_digest = identity.as_ref().and_then(|i| i.toc_digest.clone());
         let Some(resolver) = self.resolver.clone() else {
             return Ok(false);
         };
@@ -146,13 +150,91 @@ impl Service {
                 tracing::info!(layer = %layer.layer_digest, snapshot = %req.target, "layer served lazily");
                 Ok(true)
             }
-            Err(Error::AlreadyExists(_)) => Ok(true),
+            // Made meanwhile by a concurrent request: shared only if it is the same content.
+            Err(Error::AlreadyExists(_)) => {
+                let existing = self.inner.stat(&req.target)?;
+                let made_for = existing.record.remote.as_ref();
+                match identity.and_then(|i| conflict(&req.target, made_for, &i, &layer.image_ref)) {
+                    None => Ok(true),
+                    Some(clash) => Err(Error::FailedPrecondition(clash.to_string())),
+                }
+            }
             Err(e) => {
                 tracing::warn!(layer = %layer.layer_digest, error = %e, "mounting layer failed: containerd unpacks it");
                 self.record_fallback(&req, e.to_string());
                 Ok(false)
             }
         }
+    }
+
+    /// Checks that the node may use the layer `req` names now
+    /// ([`LayerResolver::authorize`]); `Ok(None)` without a resolver. Denied: the same
+    /// FailedPrecondition as a layer whose key cannot be unwrapped when it is first served.
+    /// The check itself failing (registry unreachable, layer not in its manifest) is a
+    /// FailedPrecondition too when `fail_closed` (a snapshot would be handed out on the
+    /// strength of it), else `Ok(None)`: serving the layer finds the same problem.
+    async fn authorize(
+        &self,
+        req: &RemoteRequest,
+        fail_closed: bool,
+    ) -> Result<Option<LayerIdentity>> {
+        let Some(resolver) = self.resolver.clone() else {
+            return Ok(None);
+        };
+        let layer = &req.layer;
+        match resolver.authorize(layer).await {
+            Ok(Authorization::Granted(identity)) => Ok(Some(identity)),
+            Ok(Authorization::Denied(why)) => {
+                tracing::error!(layer = %layer.layer_digest, image = %layer.image_ref, snapshot = %req.target, reason = %why, "layer cannot be served: this node may not use it now");
+                self.record_fallback(req, format!("refused: {why}"));
+                Err(Error::FailedPrecondition(why))
+            }
+            Err(e) if fail_closed => {
+                let why = format!(
+                    "layer {} of {}: cannot check that this node may use it: {e:#}",
+                    layer.layer_digest, layer.image_ref
+                );
+                tracing::error!(snapshot = %req.target, reason = %why, "refused");
+                Err(Error::FailedPrecondition(why))
+            }
+            Err(e) => {
+                tracing::warn!(layer = %layer.layer_digest, error = %format!("{e:#}"), "checking the layer failed");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A Prepare with remote-snapshot labels whose target snapshot exists: answers
+    /// ALREADY_EXISTS only when the node may use the layer now and the snapshot was made
+    /// for the same content. `Ok(())`: not shared, containerd unpacks the layer itself
+    /// (it checks the diff_id) into an ordinary active snapshot.
+    async fn prepare_existing(&self, req: &RemoteRequest, existing: Snapshot) -> Result<()> {
+        let Some(identity) = self.authorize(req, true).await? else {
+            return Err(Error::AlreadyExists(format!(
+                "target snapshot {:?}",
+                req.target
+            )));
+        };
+        let Some(clash) = conflict(
+            &req.target,
+            existing.record.remote.as_ref(),
+            &identity,
+            &req.layer.image_ref,
+        ) else {
+            return Err(Error::AlreadyExists(format!(
+                "target snapshot {:?}",
+                req.target
+            )));
+        };
+        if identity.encrypted {
+            // containerd cannot unpack an encrypted layer: refuse, naming the conflict.
+            tracing::error!(snapshot = %req.target, reason = %clash, "layer identity conflict: refused");
+            self.record_fallback(req, format!("refused: {clash}"));
+            return Err(Error::FailedPrecondition(clash.to_string()));
+        }
+        tracing::warn!(snapshot = %req.target, reason = %clash, "layer identity conflict: containerd unpacks the requested layer");
+        self.record_fallback(req, clash.to_string());
+        Ok(())
     }
 
     async fn run<T, F>(&self, op: &'static str, key: &str, f: F) -> Result<T>
@@ -239,13 +321,25 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
-        if let Some(req) = RemoteRequest::from_labels(&labels) {
+        if let Some(probe) = RemoteRequest::probe_from_labels(&labels) {
+            // An authorization probe: refused, or an ordinary active snapshot.
+            self.authorize(&probe, true).await?;
+        } else if let Some(req) = RemoteRequest::from_labels(&labels) {
             let target = req.target.clone();
             // containerd's handshake: ALREADY_EXISTS means "the target is there, skip
-            // fetching and unpacking this layer".
-            let exists = self.inner.stat(&target).is_ok();
-            if exists || self.prepare_remote(req, &parent, labels.clone()).await? {
-                return Err(Error::AlreadyExists(format!("target snapshot {target:?}")));
+            // fetching and unpacking this layer". Said only after the layer's key and
+            // identity are checked, whether or not the target exists.
+            match self.inner.stat(&target) {
+                Ok(existing) => self.prepare_existing(&req, existing).await?,
+                Err(_) => {
+                    let identity = self.authorize(&req, false).await?;
+                    if self
+                        .prepare_remote(req, &parent, labels.clone(), identity)
+                        .await?
+                    {
+                        return Err(Error::AlreadyExists(format!("target snapshot {target:?}")));
+                    }
+                }
             }
         }
         let k = key.clone();
@@ -295,11 +389,12 @@ impl containerd_snapshots::Snapshotter for Service {
     async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<Self::InfoStream> {
         let filter = Filter::parse_all(&filters)?;
         let all = self.run("list", "", |s| s.list()).await?;
-        let infos: Vec<Result<Info>> = all
-            .into_iter()
-            .filter(|s| filter.matches(s))
-            .map(|s| Ok(to_info(s)))
-            .collect();
+        let mut found: Vec<Snapshot> = all.into_iter().filter(|s| filter.matches(s)).collect();
+        // After ALREADY_EXISTS, containerd takes the first committed snapshot whose
+        // snapshot.ref label is the target: that must be the one Veil checked and named
+        // after the target, not another namespace's snapshot carrying the same label.
+        found.sort_by_key(|s| s.record.labels.get(TARGET_SNAPSHOT_LABEL) != Some(&s.key));
+        let infos: Vec<Result<Info>> = found.into_iter().map(|s| Ok(to_info(s))).collect();
         Ok(futures::stream::iter(infos))
     }
 }

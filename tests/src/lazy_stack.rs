@@ -131,13 +131,23 @@ impl LazyStack {
 
     /// `veil pull --plain-http -a SOCK -n NS EXTRA... REF`, with its duration.
     pub fn veil_pull(&self, reference: &str, extra: &[&str]) -> anyhow::Result<(Output, Duration)> {
+        self.veil_pull_in(NAMESPACE, reference, extra)
+    }
+
+    /// [`LazyStack::veil_pull`] into containerd namespace `namespace`.
+    pub fn veil_pull_in(
+        &self,
+        namespace: &str,
+        reference: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Output, Duration)> {
         let mut cmd = Command::new(crate::veil_binary("veil"));
         cmd.arg("pull")
             .arg("--plain-http")
             .arg("-a")
             .arg(self.cd().address())
             .arg("-n")
-            .arg(NAMESPACE)
+            .arg(namespace)
             .args(extra)
             .arg(reference)
             .env_remove("CONTAINERD_ADDRESS")
