@@ -41,11 +41,11 @@ pub use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::cache::{ChunkKey, Lookup};
 use crate::disk_cache::CachedBlob;
 use crate::pipeline::ChunkReader;
-#[cfg(doc)]
-use {crate::cache::ChunkCache, veil_formats::toc::LayerToc};
 use veil_blob::BlobSource;
 use veil_formats::codec;
 use veil_formats::toc::Chunk;
+#[cfg(doc)]
+use {crate::cache::ChunkCache, veil_formats::toc::LayerToc};
 
 /// Default size of one prefetch or background range request: 8 MiB.
 pub const DEFAULT_RANGE_SIZE: u64 = 8 << 20;

@@ -5,7 +5,8 @@
 //! calls on [`overlay::OverlaySnapshotter`], which keeps snapshot directories on disk and
 //! builds overlay mounts; [`metadata`] persists what snapshots exist in a transactional
 //! store; [`labels`] reads the remote-snapshot labels of a Prepare and hands the layer
-//! to the image service ([`veil_image`]); [`filters`] and [`usage`] are containerd's
+//! to the image service ([`veil_image`]); [`restore`] mounts remote layers again after a
+//! restart (an `EIO` stand-in and background retries for one that fails); [`filters`] and [`usage`] are containerd's
 //! filter language and disk usage. Sockets, signals and configuration are the daemon's
 //! (`veil-daemon`).
 
@@ -14,6 +15,7 @@ pub mod filters;
 pub mod labels;
 pub mod metadata;
 pub mod overlay;
+pub mod restore;
 pub mod service;
 pub mod usage;
 
