@@ -8,10 +8,19 @@
 //!   blob is back the layer is mounted in the background and the image runs, without a
 //!   restart.
 //!
+//! - `registry_outage_of_20s_is_ridden_out`: the registry is stopped, a read of a file
+//!   whose bytes were never fetched starts, the registry comes back 20 s later: the read
+//!   completes with the right bytes (it waited; no EIO).
+//! - `stalled_transfer_is_retried_within_seconds`: the registry's answer to a blob
+//!   request never comes (a proxy holds it): the transfer is abandoned after the stall
+//!   timeout and retried on a fresh connection; the read completes in seconds.
+//!
 //! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd 1.6 and runc.
 //! Run with `cargo test -p veil-tests --test outages -- --nocapture`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -21,6 +30,7 @@ use veil_tests::lazy_image::{
     HELLO_PATH, HELLO_TEXT,
 };
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
+use veil_tests::proxy::{proxy, ProxyState};
 
 /// Size of the big random file: two 4 MiB chunks.
 const BIG_SIZE: usize = 8 << 20;
@@ -28,18 +38,78 @@ const BIG_SIZE: usize = 8 << 20;
 /// How long the background retry may take to mount a layer once its blob is back.
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Veil's config for these tests: plain HTTP to the stack's registry, no background
-/// fetch, and no disk cache (every byte comes from the registry, so an outage is felt).
-fn write_config(stack: &LazyStack) -> anyhow::Result<()> {
+/// The stall timeout the stall test configures (the default is 10 s).
+const TEST_STALL_SECONDS: u64 = 3;
+
+/// How long the registry stays down in the outage test.
+const OUTAGE: Duration = Duration::from_secs(20);
+
+/// Veil's config for these tests: plain HTTP to the stack's registry (and `also`), no
+/// background fetch, and no disk cache (every byte comes from the registry, so an outage
+/// is felt); `extra` is appended to `[registry]`.
+fn write_config(stack: &LazyStack, also: &[String], extra: &str) -> anyhow::Result<()> {
+    let mut hosts = vec![format!("\"{}\"", stack.registry.host())];
+    hosts.extend(also.iter().map(|h| format!("\"{h}\"")));
     std::fs::write(
         stack.dir.join("veil-config.toml"),
         format!(
-            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = false\n\n\
+            "[registry]\nplain_http = [{}]\n{extra}\n[lazy]\nbackground_fetch = false\n\n\
              [cache]\ndisk_bytes = 0\n",
-            stack.registry.host()
+            hosts.join(", ")
         ),
     )?;
     Ok(())
+}
+
+/// The two-layer eStargz image (a random file of [`BIG_SIZE`] bytes in the top layer)
+/// pushed as `outage:1`; returns the layers and the big file's SHA-256.
+fn push_image(stack: &LazyStack) -> anyhow::Result<(Vec<veil_tests::lazy_image::Layer>, String)> {
+    let big = random_bytes(BIG_SIZE, 0x07a9e);
+    let big_sha = sha256_hex(&big);
+    let layers = vec![
+        pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
+        pack(tar_of(&top_entries(big))?, LayerFormat::Estargz)?,
+    ];
+    stack.push("outage", "1", &layers)?;
+    Ok((layers, big_sha))
+}
+
+/// `veil pull REFERENCE`, failing with its output.
+fn pull(stack: &LazyStack, reference: &str) -> anyhow::Result<()> {
+    let (out, _) = stack.veil_pull(reference, &[])?;
+    if !out.status.success() {
+        bail!(
+            "veil pull failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The big file in the mounted top layer (found among the FUSE mounts below Veil's root).
+fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
+    veil_tests::mounts::mounts_below(stack.veil.root())
+        .into_iter()
+        .map(|m| Path::new(&m).join(BIG_PATH.trim_start_matches('/')))
+        .find(|p| p.exists())
+        .with_context(|| {
+            format!(
+                "no mounted layer below {} has {BIG_PATH}",
+                stack.veil.root().display()
+            )
+        })
+}
+
+/// Reads `path` whole in another thread; its SHA-256 and how long the read took.
+fn read_in_background(
+    path: PathBuf,
+) -> std::thread::JoinHandle<(std::io::Result<String>, Duration)> {
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let read = std::fs::read(&path).map(|b| sha256_hex(&b));
+        (read, t.elapsed())
+    })
 }
 
 /// Where the registry stores the blob `digest` (its `data` file).
@@ -94,24 +164,11 @@ fn check_eio(dir: &Path) -> anyhow::Result<()> {
 fn failed_layer_is_eio_and_recovers() {
     let name = "outage-failed-layer";
     with_stack(name, |stack| {
-        write_config(stack)?;
-        let big = random_bytes(BIG_SIZE, 0x07a9e);
-        let big_sha = sha256_hex(&big);
-        let layers = vec![
-            pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-            pack(tar_of(&top_entries(big))?, LayerFormat::Estargz)?,
-        ];
-        stack.push("outage", "1", &layers)?;
+        write_config(stack, &[], "")?;
+        let (layers, big_sha) = push_image(stack)?;
         stack.start()?;
         let reference = stack.image_ref("outage", "1");
-        let (out, _) = stack.veil_pull(&reference, &[])?;
-        if !out.status.success() {
-            bail!(
-                "veil pull failed:\n{}{}",
-                text(&out.stdout),
-                text(&out.stderr)
-            );
-        }
+        pull(stack, &reference)?;
         let hello = stack.cd().run_container(
             SNAPSHOTTER,
             &reference,
@@ -207,6 +264,91 @@ fn failed_layer_is_eio_and_recovers() {
             bail!("sha256sum in the container printed {sum:?}, expected {big_sha}");
         }
         eprintln!("[{name}] the big file's SHA-256 in a container is right");
+        Ok(())
+    });
+}
+
+#[test]
+fn registry_outage_of_20s_is_ridden_out() {
+    let name = "outage-20s";
+    with_stack(name, |stack| {
+        write_config(stack, &[], "")?;
+        let (_, big_sha) = push_image(stack)?;
+        stack.start()?;
+        let reference = stack.image_ref("outage", "1");
+        pull(stack, &reference)?;
+        let path = big_file(stack)?;
+
+        stack.kill_registry();
+        let reader = read_in_background(path);
+        std::thread::sleep(OUTAGE);
+        if reader.is_finished() {
+            let (read, took) = reader.join().expect("reader thread");
+            bail!("the read ended during the outage, after {took:.1?}: {read:?}");
+        }
+        stack.restart_registry()?;
+        let (read, took) = reader.join().expect("reader thread");
+        let got = read.context("reading the big file across the outage")?;
+        if got != big_sha {
+            bail!("the big file read across the outage has SHA-256 {got}, expected {big_sha}");
+        }
+        eprintln!(
+            "[{name}] the registry was down for {OUTAGE:?}; the read of the {BIG_SIZE}-byte \
+             file started during the outage and completed correctly after {took:.1?}"
+        );
+        let log = stack.veil.log_text();
+        if lines_with(&log, &["registry read succeeded after an outage"]).is_empty() {
+            bail!("the log does not say a read rode out the outage");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn stalled_transfer_is_retried_within_seconds() {
+    let name = "outage-stall";
+    with_stack(name, |stack| {
+        let state = Arc::new(ProxyState {
+            upstream: stack.registry.base(),
+            ..Default::default()
+        });
+        let server = stack.runtime.block_on(proxy(state.clone()));
+        let proxy_host = server.base().trim_start_matches("http://").to_string();
+        write_config(
+            stack,
+            std::slice::from_ref(&proxy_host),
+            &format!("stall_timeout_seconds = {TEST_STALL_SECONDS}\n"),
+        )?;
+        let (_, big_sha) = push_image(stack)?;
+        stack.start()?;
+        // The image through the proxy: every registry request goes through it.
+        let reference = format!("{proxy_host}/outage:1");
+        pull(stack, &reference)?;
+        let path = big_file(stack)?;
+
+        state.stall_blob_gets.store(1, Ordering::SeqCst);
+        let (read, took) = read_in_background(path).join().expect("reader thread");
+        let got = read.context("reading the big file through a stalled transfer")?;
+        if got != big_sha {
+            bail!("the big file read through a stall has SHA-256 {got}, expected {big_sha}");
+        }
+        if state.stall_blob_gets.load(Ordering::SeqCst) != 0 {
+            bail!("no blob request was stalled");
+        }
+        let limit = Duration::from_secs(TEST_STALL_SECONDS + 10);
+        if took > limit {
+            bail!("the read took {took:.1?} through one stall (more than {limit:?})");
+        }
+        let log = stack.veil.log_text();
+        if lines_with(&log, &["stalled"]).is_empty() {
+            bail!("the log does not mention the stalled transfer");
+        }
+        eprintln!(
+            "[{name}] one blob request stalled (no answer); with stall_timeout_seconds = \
+             {TEST_STALL_SECONDS} the read of the {BIG_SIZE}-byte file completed correctly in \
+             {took:.1?}"
+        );
+        drop(server);
         Ok(())
     });
 }
