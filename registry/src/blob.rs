@@ -14,6 +14,7 @@ use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderValue, CONTENT_RANGE, CONTENT_TYPE, RANGE};
@@ -29,7 +30,7 @@ use super::range::{
     RangeAssembler,
 };
 use super::reference::Reference;
-use super::retry::{ride_out, with_retries};
+use super::retry::{ride_out, with_retries, OUTAGE_MEMORY};
 use super::transport::{
     next_chunk, read_limited_within, redact, status_error, Endpoint, RequestSpec,
 };
@@ -46,6 +47,8 @@ pub struct RegistryBlob {
     size: u64,
     location: Mutex<Option<Location>>,
     single_range_only: AtomicBool,
+    /// When a read of this blob last spent its whole outage budget.
+    gave_up_at: Mutex<Option<Instant>>,
 }
 
 /// Where the blob's bytes were last found.
@@ -85,6 +88,7 @@ impl RegistryBlob {
             size,
             location: Mutex::new(None),
             single_range_only: AtomicBool::new(false),
+            gave_up_at: Mutex::new(None),
         }
     }
 
@@ -154,10 +158,29 @@ impl RegistryBlob {
         let metrics = &self.client.inner.transport.metrics;
         // Each round tries every host (with retries); an outage is ridden out for
         // `read_retry` before the read fails.
-        let answer = ride_out(options.read_retry, metrics, &op, || {
+        // Right after a read spent the budget (the kernel re-reads a page whose readahead
+        // failed at once), one round only: an outage costs an application one budget.
+        let gave_up_recently = self
+            .gave_up_at
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .is_some_and(|at| at.elapsed() < OUTAGE_MEMORY);
+        let budget = match gave_up_recently {
+            true => Duration::ZERO,
+            false => options.read_retry,
+        };
+        let answer = ride_out(budget, metrics, &op, || {
             self.client.with_deadline(&op, self.fetch(wanted, &op))
         })
-        .await?;
+        .await;
+        if let Ok(mut slot) = self.gave_up_at.lock() {
+            *slot = match &answer {
+                Err(e) if e.is_outage() => Some(Instant::now()),
+                _ => None,
+            };
+        }
+        let answer = answer?;
         match answer {
             Answer::Data(parts, _) => Ok(parts),
             Answer::Expired(err) => Err(err),

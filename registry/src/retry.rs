@@ -30,6 +30,11 @@ pub const OUTAGE_FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between two rounds of an outage.
 pub const OUTAGE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// After a read of a blob spent its whole outage budget, later reads of that blob within
+/// this long get one round only (no second budget for the kernel's immediate re-read of
+/// the same page); the first success ends it.
+pub const OUTAGE_MEMORY: Duration = Duration::from_secs(10);
+
 /// How often and how long to retry one operation on one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
