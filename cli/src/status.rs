@@ -84,6 +84,25 @@ pub fn render(report: &StatusReport) -> String {
             );
         }
     }
+    if !report.failed.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNOT HEALTHY: {} remote layers could not be mounted again (their files give EIO; retrying):",
+            report.failed.len()
+        );
+        for f in &report.failed {
+            let _ = writeln!(
+                out,
+                "  {}  snapshot {}  {}  failed {} times for {}s: {}",
+                short(&f.digest),
+                f.snapshot,
+                f.image,
+                f.attempts,
+                f.failing_for_secs,
+                f.reason
+            );
+        }
+    }
     if !report.fallbacks.is_empty() {
         let _ = writeln!(out, "\nunpacked by containerd:");
         for f in &report.fallbacks {
@@ -109,7 +128,7 @@ pub fn run_status(address: &Path, json: bool) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use veil_image::status::{FallbackStatus, LayerStatus};
+    use veil_image::status::{FailedLayerStatus, FallbackStatus, LayerStatus};
 
     #[test]
     fn render_shows_layers_and_fallbacks() {
@@ -128,9 +147,18 @@ mod tests {
                 image: "x".into(),
                 reason: "plain gzip".into(),
             }],
+            failed: vec![FailedLayerStatus {
+                snapshot: "sha256:cc".into(),
+                digest: "sha256:dd".into(),
+                reason: "registry down".into(),
+                attempts: 3,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let text = render(&r);
+        assert!(text.contains("NOT HEALTHY"), "{text}");
+        assert!(text.contains("registry down"), "{text}");
         assert!(text.contains("sha256:aaaaaaaaaaaa"), "{text}");
         assert!(text.contains("5.0%"), "{text}");
         assert!(text.contains("plain gzip"), "{text}");

@@ -145,7 +145,7 @@ impl Default for LazyConfig {
 }
 
 /// `[registry]`: how Veil reaches registries.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Registries (`host[:port]`) reached over plain HTTP instead of HTTPS.
@@ -158,6 +158,25 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Extra CA certificates (PEM bundle) trusted for every registry.
     pub ca_bundle: Option<PathBuf>,
+    /// Seconds a blob read keeps retrying through a registry outage before the read
+    /// fails with EIO.
+    pub read_retry_seconds: u64,
+    /// Seconds a blob transfer may go without a byte before it is abandoned and tried
+    /// again on a fresh connection.
+    pub stall_timeout_seconds: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            plain_http: Vec::new(),
+            hosts_dir: None,
+            docker_config: None,
+            ca_bundle: None,
+            read_retry_seconds: veil_registry::retry::DEFAULT_READ_RETRY.as_secs(),
+            stall_timeout_seconds: veil_registry::retry::DEFAULT_STALL_TIMEOUT.as_secs(),
+        }
+    }
 }
 
 /// `[cache]`: the bounded caches.

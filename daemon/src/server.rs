@@ -1,9 +1,17 @@
 //! Running the daemon: the unix sockets, the gRPC server, signals and systemd readiness.
+//!
+//! Readiness means "the sockets accept requests", not "every image is whole": a remote
+//! layer that could not be mounted again does not keep other images from being served.
+//! It is reported instead: `veil status` lists it under `failed`, snapshots stacked on it
+//! are refused with `UNAVAILABLE`, and systemd's status line (`systemctl status`) says
+//! `degraded: N layers not mounted` until it mounts ([`HEALTH_POLL`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_stream::wrappers::UnixListenerStream;
 use veil_snapshotter::overlay::OverlaySnapshotter;
+use veil_snapshotter::service::Service;
 
 use crate::config::Config;
 use crate::error::DaemonError;
@@ -40,6 +48,13 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     if attached > 0 {
         tracing::info!(attached, "mounted remote layers again");
     }
+    let failed = service.status().failed.len();
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "ready, but not healthy: remote layers could not be mounted again (see `veil status`)"
+        );
+    }
     let status_path = status_address(&config.address);
     let status_listener = bind_unix(&status_path).await?;
     let listener = bind_unix(&config.address).await?;
@@ -53,6 +68,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         tracing::warn!(error = %e, "could not notify systemd of readiness");
     }
     let service = Arc::new(service);
+    let health_task = tokio::spawn(report_health(service.clone()));
     let for_status = service.clone();
     let status_task = tokio::spawn(crate::status_server::serve(status_listener, move || {
         for_status.status()
@@ -65,6 +81,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         })
         .await;
     status_task.abort();
+    health_task.abort();
     let _ = std::fs::remove_file(&config.address);
     let _ = std::fs::remove_file(&status_path);
     result.map_err(|cause| DaemonError::Serve {
@@ -73,4 +90,26 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the daemon's health (failed layers) is checked for systemd's status line.
+pub const HEALTH_POLL: Duration = Duration::from_secs(2);
+
+/// Keeps systemd's status line (`STATUS=`) saying whether every remote layer on record
+/// is mounted.
+async fn report_health(service: Arc<Service>) {
+    let mut last = None;
+    loop {
+        let failed = service.status().failed.len();
+        if last != Some(failed) {
+            let line = if failed == 0 {
+                "serving; every remote layer mounted".to_string()
+            } else {
+                format!("degraded: {failed} remote layers not mounted (see `veil status`)")
+            };
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+            last = Some(failed);
+        }
+        tokio::time::sleep(HEALTH_POLL).await;
+    }
 }

@@ -37,6 +37,9 @@ pub fn registry_options(config: &Config) -> ClientOptions {
         insecure_registries: r.plain_http.clone(),
         hosts_dir: r.hosts_dir.clone(),
         ca_bundle: r.ca_bundle.clone(),
+        read_retry: Duration::from_secs(r.read_retry_seconds),
+        // A zero stall timeout would abandon every transfer: at least a second.
+        stall_timeout: Duration::from_secs(r.stall_timeout_seconds.max(1)),
         credentials: match &r.docker_config {
             Some(p) => CredentialsSource::DockerConfigFile(p.clone()),
             None => CredentialsSource::DockerDefault,

@@ -7,11 +7,13 @@
 //! whiteouts, hard links), [`pipeline`] (chunk reads: coalescing, single flight,
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
-//! [`mount`] (the FUSE filesystem and its mount), [`no_dump`] (plaintext buffers left out
+//! [`mount`] (the FUSE filesystem and its mount), [`failed`] (the
+//! `EIO` stand-in for a layer that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps).
 
 pub mod cache;
 pub mod disk_cache;
+pub mod failed;
 pub mod fs;
 pub mod mount;
 pub mod no_dump;

@@ -1,6 +1,7 @@
 //! Mounting a [`LayerFs`] at a directory, and unmounting it again.
 //!
-//! [`mount`] mounts read-only with fsname and subtype `veil` (so `/proc/mounts` shows
+//! [`mount`] mounts a layer (and [`mount_failed`] the [`FailedFs`] stand-in for one that
+//! cannot be mounted) read-only with fsname and subtype `veil` (so `/proc/mounts` shows
 //! `veil <dir> fuse.veil ro,...`), by default `allow_other` (containers run as other
 //! users), `default_permissions` (the kernel enforces mode bits) and with `dev`/`suid`
 //! kept, so the layer behaves like the unpacked directory it replaces. The mount is done
@@ -18,8 +19,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, Filesystem, MountOption, Session, SessionACL, SessionUnmounter};
 
+use crate::failed::FailedFs;
 use crate::fs::LayerFs;
 
 /// The fsname and subtype of Veil's mounts.
@@ -101,6 +103,25 @@ pub struct LayerMount {
 /// Mounts `fs` at `mountpoint` (an existing directory).
 pub fn mount(
     fs: LayerFs,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<LayerMount, MountError> {
+    mount_any(fs, mountpoint, options)
+}
+
+/// Mounts the [`FailedFs`] stand-in for `layer` at `mountpoint`: every request on it
+/// answers `EIO` until it is unmounted (and the real layer mounted in its place).
+pub fn mount_failed(
+    layer: &str,
+    reason: &str,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<LayerMount, MountError> {
+    mount_any(FailedFs::new(layer, reason), mountpoint, options)
+}
+
+fn mount_any<F: Filesystem + Send + 'static>(
+    fs: F,
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<LayerMount, MountError> {

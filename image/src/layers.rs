@@ -29,7 +29,7 @@ use veil_formats::stream::{index_stream, IndexOptions, StreamCompression, Stream
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
 use veil_fusefs::fs::{FsOptions, LayerFs};
-use veil_fusefs::mount::{mount, LayerMount, MountOptions};
+use veil_fusefs::mount::{mount, mount_failed, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
     background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
@@ -597,6 +597,19 @@ impl LayerResolver for LazyLayers {
         layer: &'a RemoteLayer,
     ) -> BoxFuture<'a, Result<Resolved, ImageError>> {
         Box::pin(self.resolve_layer(layer))
+    }
+
+    fn mount_failed(
+        &self,
+        layer: &RemoteLayer,
+        reason: &str,
+        dir: &Path,
+    ) -> Result<Box<dyn LiveMount>, ImageError> {
+        let stand_in = mount_failed(&layer.layer_digest, reason, dir, &self.mount_options)?;
+        Ok(Box::new(Mounted {
+            _background: None,
+            _mount: stand_in,
+        }))
     }
 
     fn fill_status(&self, report: &mut StatusReport) {

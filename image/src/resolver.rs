@@ -89,6 +89,16 @@ pub trait LayerResolver: Send + Sync {
     fn resolve<'a>(&'a self, layer: &'a RemoteLayer)
         -> BoxFuture<'a, Result<Resolved, ImageError>>;
 
+    /// Mounts at `dir` the stand-in for `layer`, which could not be mounted because of
+    /// `reason`: every request on it answers `EIO` (never an empty directory) until it is
+    /// dropped and the real layer mounted in its place.
+    fn mount_failed(
+        &self,
+        layer: &RemoteLayer,
+        reason: &str,
+        dir: &Path,
+    ) -> Result<Box<dyn LiveMount>, ImageError>;
+
     /// Adds what the resolver knows (layers served, bytes fetched, cache use) to a status
     /// report.
     fn fill_status(&self, _report: &mut StatusReport) {}

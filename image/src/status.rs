@@ -46,6 +46,26 @@ pub struct FallbackStatus {
     pub reason: String,
 }
 
+/// A remote layer on record that could not be mounted again (after a restart): its
+/// mount point answers `EIO` while it is retried in the background.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedLayerStatus {
+    /// The snapshot it is the directory of.
+    pub snapshot: String,
+    /// The snapshot's directory, where the layer is to be mounted (now answering `EIO`).
+    pub mountpoint: String,
+    /// Layer blob digest.
+    pub digest: String,
+    /// Image it belongs to.
+    pub image: String,
+    /// Why the last attempt to mount it failed.
+    pub reason: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Seconds since the first attempt failed.
+    pub failing_for_secs: u64,
+}
+
 /// The plaintext chunk cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheStatus {
@@ -87,10 +107,21 @@ pub struct StatusReport {
     pub layers: Vec<LayerStatus>,
     /// Layers left to containerd.
     pub fallbacks: Vec<FallbackStatus>,
+    /// Remote layers on record that are not mounted (their mount points answer `EIO`):
+    /// while this is not empty, images using them are not healthy.
+    #[serde(default)]
+    pub failed: Vec<FailedLayerStatus>,
     /// Bytes fetched from registries in all (manifests, TOCs, chunks).
     pub registry_bytes_fetched: u64,
     /// The plaintext cache.
     pub cache: CacheStatus,
     /// The disk cache, when enabled.
     pub disk_cache: Option<DiskCacheStatus>,
+}
+
+impl StatusReport {
+    /// Whether every remote layer on record is mounted and served (no [`Self::failed`]).
+    pub fn healthy(&self) -> bool {
+        self.failed.is_empty()
+    }
 }

@@ -14,6 +14,7 @@ use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderValue, CONTENT_RANGE, CONTENT_TYPE, RANGE};
@@ -23,14 +24,16 @@ use veil_blob::BlobSource;
 
 use super::client::{identity_headers, Capability, RegistryClient};
 use super::digest::Digest;
-use super::error::{error_chain, Operation, RegistryError};
+use super::error::{Operation, RegistryError};
 use super::range::{
     multipart_boundary, parse_content_range, parse_multipart_byteranges, range_header,
     RangeAssembler,
 };
 use super::reference::Reference;
-use super::retry::with_retries;
-use super::transport::{read_limited, redact, status_error, Endpoint, RequestSpec};
+use super::retry::{ride_out, with_retries, OUTAGE_MEMORY};
+use super::transport::{
+    next_chunk, read_limited_within, redact, status_error, Endpoint, RequestSpec,
+};
 
 /// Room for multipart headers and boundaries on top of the data itself.
 const MULTIPART_OVERHEAD: u64 = 64 << 10;
@@ -44,6 +47,8 @@ pub struct RegistryBlob {
     size: u64,
     location: Mutex<Option<Location>>,
     single_range_only: AtomicBool,
+    /// When a read of this blob last spent its whole outage budget.
+    gave_up_at: Mutex<Option<Instant>>,
 }
 
 /// Where the blob's bytes were last found.
@@ -83,6 +88,7 @@ impl RegistryBlob {
             size,
             location: Mutex::new(None),
             single_range_only: AtomicBool::new(false),
+            gave_up_at: Mutex::new(None),
         }
     }
 
@@ -148,10 +154,33 @@ impl RegistryBlob {
             self.reference.repository(),
             format!("{} of blob {}", range_header(wanted), self.digest),
         );
-        let answer = self
-            .client
-            .with_deadline(&op, self.fetch(wanted, &op))
-            .await?;
+        let options = &self.client.inner.options;
+        let metrics = &self.client.inner.transport.metrics;
+        // Each round tries every host (with retries); an outage is ridden out for
+        // `read_retry` before the read fails.
+        // Right after a read spent the budget (the kernel re-reads a page whose readahead
+        // failed at once), one round only: an outage costs an application one budget.
+        let gave_up_recently = self
+            .gave_up_at
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .is_some_and(|at| at.elapsed() < OUTAGE_MEMORY);
+        let budget = match gave_up_recently {
+            true => Duration::ZERO,
+            false => options.read_retry,
+        };
+        let answer = ride_out(budget, metrics, &op, || {
+            self.client.with_deadline(&op, self.fetch(wanted, &op))
+        })
+        .await;
+        if let Ok(mut slot) = self.gave_up_at.lock() {
+            *slot = match &answer {
+                Err(e) if e.is_outage() => Some(Instant::now()),
+                _ => None,
+            };
+        }
+        let answer = answer?;
         match answer {
             Answer::Data(parts, _) => Ok(parts),
             Answer::Expired(err) => Err(err),
@@ -238,7 +267,16 @@ impl RegistryBlob {
             repository: self.reference.repository(),
         };
         transport.metrics.add_range_request();
-        let sent = transport.send(endpoint, url, &spec).await?;
+        let stall = self.client.inner.options.stall_timeout;
+        let asked = redact(&url);
+        let sent = tokio::time::timeout(stall, transport.send(endpoint, url, &spec))
+            .await
+            .map_err(|_| RegistryError::Transport {
+                op: op.clone(),
+                url: asked,
+                reason: format!("stalled: no answer for {}s", stall.as_secs()),
+                timed_out: true,
+            })??;
         let status = sent.response.status();
         let location = Location {
             endpoint: endpoint.clone(),
@@ -266,7 +304,15 @@ impl RegistryBlob {
                     let data: u64 = wanted.iter().map(|r| r.end - r.start).sum();
                     let limit =
                         data + MULTIPART_OVERHEAD + MULTIPART_PER_PART * wanted.len() as u64;
-                    let body = read_limited(sent.response, limit, op, &shown_url, metrics).await?;
+                    let body = read_limited_within(
+                        sent.response,
+                        limit,
+                        op,
+                        &shown_url,
+                        metrics,
+                        Some(stall),
+                    )
+                    .await?;
                     let mut parts = parse_multipart_byteranges(&body, &boundary).map_err(bad)?;
                     parts.sort_by_key(|p| p.range.start);
                     for part in parts {
@@ -287,12 +333,13 @@ impl RegistryBlob {
                         )));
                     }
                     self.check_within(&range).map_err(bad)?;
-                    let body = read_limited(
+                    let body = read_limited_within(
                         sent.response,
                         range.end - range.start,
                         op,
                         &shown_url,
                         metrics,
+                        Some(stall),
                     )
                     .await?;
                     if body.len() as u64 != range.end - range.start {
@@ -348,16 +395,8 @@ impl RegistryBlob {
         let needed = assembler.needed_end();
         let mut offset = 0u64;
         while offset < needed {
-            let chunk = response
-                .chunk()
-                .await
-                .map_err(|e| RegistryError::Transport {
-                    op: op.clone(),
-                    url: url.to_string(),
-                    reason: format!("reading the body: {}", error_chain(&e)),
-                    timed_out: e.is_timeout(),
-                })?;
-            let Some(chunk) = chunk else {
+            let stall = Some(self.client.inner.options.stall_timeout);
+            let Some(chunk) = next_chunk(&mut response, op, url, stall).await? else {
                 return Err(bad(format!("the whole-blob answer ended at byte {offset}")));
             };
             metrics.add_bytes(chunk.len() as u64);

@@ -314,6 +314,15 @@ impl RegistryError {
         }
     }
 
+    /// Whether the error means the registry is unreachable or failing for now (what
+    /// retries are for), directly or as the last error after retries.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            RegistryError::RetriesExhausted { last, .. } => last.is_outage(),
+            other => other.is_retryable(),
+        }
+    }
+
     /// Whether the registry said the object does not exist (directly or as the last
     /// error after retries).
     pub fn is_not_found(&self) -> bool {

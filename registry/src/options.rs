@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::credentials::DockerConfig;
 use super::manifest::Platform;
-use super::retry::RetryPolicy;
+use super::retry::{RetryPolicy, DEFAULT_READ_RETRY, DEFAULT_STALL_TIMEOUT};
 
 /// Where credentials come from.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +48,12 @@ pub struct ClientOptions {
     pub operation_timeout: Duration,
     /// Retries of one request on one endpoint.
     pub retry: RetryPolicy,
+    /// How long a blob read keeps retrying through an outage (every host failing with a
+    /// connection error, a timeout, a stall or a 5xx) before it fails.
+    pub read_retry: Duration,
+    /// How long a blob transfer may go without a byte before it is abandoned and tried
+    /// again on a fresh connection.
+    pub stall_timeout: Duration,
     /// Largest manifest or index accepted (containerd uses 4 MiB).
     pub max_manifest_bytes: u64,
     /// Largest blob [`super::RegistryClient::fetch_blob`] reads into memory.
@@ -71,6 +77,8 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(60),
             operation_timeout: Duration::from_secs(180),
             retry: RetryPolicy::default(),
+            read_retry: DEFAULT_READ_RETRY,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 64 << 20,
             max_redirects: 5,

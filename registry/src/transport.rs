@@ -317,11 +317,61 @@ pub(crate) fn redact(url: &Url) -> String {
 
 /// Reads a whole body of at most `limit` bytes, counting them in `metrics` when given.
 pub(crate) async fn read_limited(
+    response: reqwest::Response,
+    limit: u64,
+    op: &Operation,
+    url: &str,
+    metrics: Option<&RegistryMetrics>,
+) -> Result<Vec<u8>, RegistryError> {
+    read_limited_within(response, limit, op, url, metrics, None).await
+}
+
+/// The next piece of `response`'s body (`None` at its end). With `stall`, a wait longer
+/// than that for it is a retryable [`RegistryError::Transport`] ("stalled"): the
+/// connection is dropped with the response, and a retry opens another.
+pub(crate) async fn next_chunk(
+    response: &mut reqwest::Response,
+    op: &Operation,
+    url: &str,
+    stall: Option<Duration>,
+) -> Result<Option<bytes::Bytes>, RegistryError> {
+    let transport_error = |reason: String, timed_out| RegistryError::Transport {
+        op: op.clone(),
+        url: url.to_string(),
+        reason,
+        timed_out,
+    };
+    let chunk = match stall {
+        Some(stall) => tokio::time::timeout(stall, response.chunk())
+            .await
+            .map_err(|_| {
+                transport_error(
+                    format!(
+                        "reading the body: stalled (no bytes for {}s)",
+                        stall.as_secs()
+                    ),
+                    true,
+                )
+            })?,
+        None => response.chunk().await,
+    };
+    chunk.map_err(|e| {
+        transport_error(
+            format!("reading the body: {}", error_chain(&e)),
+            e.is_timeout(),
+        )
+    })
+}
+
+/// [`read_limited`], abandoning a body that sends nothing for `stall` (see
+/// [`next_chunk`]).
+pub(crate) async fn read_limited_within(
     mut response: reqwest::Response,
     limit: u64,
     op: &Operation,
     url: &str,
     metrics: Option<&RegistryMetrics>,
+    stall: Option<Duration>,
 ) -> Result<Vec<u8>, RegistryError> {
     if response.content_length().is_some_and(|len| len > limit) {
         return Err(RegistryError::TooLarge {
@@ -331,16 +381,7 @@ pub(crate) async fn read_limited(
     }
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
     loop {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| RegistryError::Transport {
-                op: op.clone(),
-                url: url.to_string(),
-                reason: format!("reading the body: {}", error_chain(&e)),
-                timed_out: e.is_timeout(),
-            })?;
-        let Some(chunk) = chunk else {
+        let Some(chunk) = next_chunk(&mut response, op, url, stall).await? else {
             return Ok(body);
         };
         if let Some(metrics) = metrics {

@@ -40,6 +40,9 @@ fn options() -> ClientOptions {
             max_backoff: Duration::from_millis(200),
             max_elapsed: Duration::from_secs(10),
         },
+        // One round per read: these tests bound how a single round fails; riding out an
+        // outage over rounds is tested with real parts in tests/tests/outages.rs.
+        read_retry: Duration::ZERO,
         ..Default::default()
     }
 }

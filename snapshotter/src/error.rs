@@ -2,7 +2,8 @@
 //!
 //! The mapping follows containerd's `errdefs`: a missing snapshot is `NotFound`, a key in
 //! use is `AlreadyExists`, an operation on the wrong kind of snapshot is
-//! `FailedPrecondition`, a malformed request is `InvalidArgument`. Everything else is an
+//! `FailedPrecondition`, a malformed request is `InvalidArgument`, a snapshot stacked on a
+//! layer that is not mounted now is `Unavailable`. Everything else is an
 //! internal error whose message names what failed.
 
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A layer the snapshot stacks on is not mounted now (it is being retried).
+    #[error("{0}: unavailable")]
+    Unavailable(String),
     /// A lazily served layer could not be mounted.
     #[error("layer: {0}")]
     Layer(String),
@@ -79,6 +83,7 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => tonic::Status::already_exists(msg),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            Error::Unavailable(_) => tonic::Status::unavailable(msg),
             Error::Io { .. } | Error::Store(_) | Error::Layer(_) => tonic::Status::internal(msg),
         }
     }

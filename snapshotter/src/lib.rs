@@ -5,8 +5,10 @@
 //! calls on [`overlay::OverlaySnapshotter`], which keeps snapshot directories on disk and
 //! builds overlay mounts; [`metadata`] persists what snapshots exist in a transactional
 //! store; [`identity`] decides whether an existing lazily served snapshot may answer for
-//! another request's layer; [`labels`] reads the remote-snapshot labels of a Prepare and hands the layer
-//! to the image service ([`veil_image`]); [`filters`] and [`usage`] are containerd's
+//! another request's layer; [`labels`] reads the remote-snapshot labels of a Prepare and
+//! hands the layer to the image service ([`veil_image`]); [`restore`] mounts remote layers
+//! again after a restart (an `EIO` stand-in and background retries for one that fails);
+//! [`filters`] and [`usage`] are containerd's
 //! filter language and disk usage. Sockets, signals and configuration are the daemon's
 //! (`veil-daemon`).
 
@@ -16,6 +18,7 @@ pub mod identity;
 pub mod labels;
 pub mod metadata;
 pub mod overlay;
+pub mod restore;
 pub mod service;
 pub mod usage;
 

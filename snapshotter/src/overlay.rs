@@ -42,6 +42,9 @@ pub struct OverlaySnapshotter {
     index_off: bool,
     /// Filesystems mounted for remote snapshots, by snapshot ID.
     live: Mutex<HashMap<u64, Box<dyn LiveMount>>>,
+    /// Remote snapshots whose layer is not mounted (a stand-in answering `EIO` is), by
+    /// snapshot ID, with the reason: no mounts are handed out that stack on them.
+    unavailable: Mutex<HashMap<u64, String>>,
 }
 
 impl OverlaySnapshotter {
@@ -63,6 +66,7 @@ impl OverlaySnapshotter {
             store,
             index_off: overlay_index_enabled(),
             live: Mutex::new(HashMap::new()),
+            unavailable: Mutex::new(HashMap::new()),
         };
         let removed = sn.cleanup()?;
         if removed > 0 {
@@ -81,6 +85,11 @@ impl OverlaySnapshotter {
 
     fn snapshot_dir(&self, id: u64) -> PathBuf {
         self.root.join("snapshots").join(id.to_string())
+    }
+
+    /// The directory a remote snapshot's layer is mounted at (its `fs` directory).
+    pub fn layer_dir(&self, id: u64) -> PathBuf {
+        self.upper(id)
     }
 
     fn upper(&self, id: u64) -> PathBuf {
@@ -134,6 +143,8 @@ impl OverlaySnapshotter {
         let made = self
             .store
             .create(kind, key, parent, labels, |id, parent_ids| {
+                // Refused before anything is made: the transaction records nothing.
+                self.check_available(parent_ids)?;
                 self.make_snapshot_dir(kind, id, parent_ids)
             })?;
         tracing::debug!(
@@ -228,11 +239,68 @@ impl OverlaySnapshotter {
             .collect())
     }
 
-    /// Mounts `layer` again for the recorded remote snapshot `id`.
+    /// Mounts `layer` again for the recorded remote snapshot `id`. A stand-in mounted
+    /// there by [`Self::attach_unavailable`] is unmounted first; once the layer is
+    /// mounted, the snapshot is available again. On failure nothing is mounted at `id`.
     pub fn attach(&self, id: u64, layer: Box<dyn MountableLayer>) -> Result<()> {
+        // Unmounted outside the lock (a busy unmount waits for its session).
+        let stand_in = self.live_mounts().remove(&id);
+        drop(stand_in);
         let m = self.mount_layer(id, layer)?;
         self.live_mounts().insert(id, m);
+        self.unavailable_layers().remove(&id);
         Ok(())
+    }
+
+    /// Records that the layer of remote snapshot `id` could not be mounted (`reason`), and
+    /// mounts the stand-in `mount_stand_in` makes at its directory unless one is mounted
+    /// already. Until [`Self::attach`] succeeds, mounts stacking on `id` are refused
+    /// ([`Error::Unavailable`]).
+    pub fn attach_unavailable(
+        &self,
+        id: u64,
+        reason: &str,
+        mount_stand_in: impl FnOnce(&Path) -> std::result::Result<Box<dyn LiveMount>, String>,
+    ) -> Result<()> {
+        self.unavailable_layers().insert(id, reason.to_string());
+        if self.live_mounts().contains_key(&id) {
+            return Ok(());
+        }
+        let dir = self.upper(id);
+        let m = mount_stand_in(&dir).map_err(|e| {
+            Error::Layer(format!(
+                "mounting the failed-layer stand-in at {}: {e}",
+                dir.display()
+            ))
+        })?;
+        self.live_mounts().insert(id, m);
+        Ok(())
+    }
+
+    /// Whether the layer of remote snapshot `id` is unavailable (see
+    /// [`Self::attach_unavailable`]).
+    pub fn is_unavailable(&self, id: u64) -> bool {
+        self.unavailable_layers().contains_key(&id)
+    }
+
+    fn unavailable_layers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+        self.unavailable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses a snapshot stacked on an unavailable layer: an overlay over its stand-in
+    /// would fail to mount or, worse, a container would run without the layer.
+    fn check_available(&self, ids: &[u64]) -> Result<()> {
+        let unavailable = self.unavailable_layers();
+        match ids
+            .iter()
+            .find_map(|id| unavailable.get(id).map(|r| (id, r)))
+        {
+            None => Ok(()),
+            Some((id, reason)) => Err(Error::Unavailable(format!(
+                "lower layer (snapshot id {id}) is not mounted ({reason}); it is being retried, \
+                 see `veil status`"
+            ))),
+        }
     }
 
     /// Mounts of an active or view snapshot.
@@ -243,6 +311,7 @@ impl OverlaySnapshotter {
                 "snapshot {key:?} is committed: only active and view snapshots have mounts"
             )));
         }
+        self.check_available(&parent_ids)?;
         Ok(self.mounts_for(rec.kind, rec.id, &parent_ids))
     }
 
@@ -297,7 +366,9 @@ impl OverlaySnapshotter {
         let rec = self.store.remove(key)?;
         tracing::debug!(key, id = rec.id, "removed snapshot");
         // Unmount a lazily served layer before its directory goes.
-        drop(self.live_mounts().remove(&rec.id));
+        let mounted = self.live_mounts().remove(&rec.id);
+        drop(mounted);
+        self.unavailable_layers().remove(&rec.id);
         self.remove_dir(rec.id);
         Ok(())
     }

@@ -2,7 +2,8 @@
 //!
 //! Converts between the `containerd-snapshots` crate's types and ours, runs the blocking
 //! filesystem and database work off the async runtime, applies `List` filters and logs
-//! every failed request with the error containerd will see.
+//! every failed request with the error containerd will see. After a restart it mounts the
+//! remote layers on record again (`restore.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,17 +16,20 @@ use crate::filters::{Fields, Filter};
 use crate::identity::conflict;
 use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
+use crate::restore::FailedEntry;
 use veil_image::resolver::{Authorization, LayerIdentity, LayerResolver, Resolved};
-use veil_image::status::{FallbackStatus, StatusReport};
+use veil_image::status::{FailedLayerStatus, FallbackStatus, StatusReport};
 
 use crate::labels::{RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_SNAPSHOT_LABEL};
 
 /// The gRPC-facing snapshotter.
 #[derive(Clone)]
 pub struct Service {
-    inner: Arc<OverlaySnapshotter>,
-    resolver: Option<Arc<dyn LayerResolver>>,
+    pub(crate) inner: Arc<OverlaySnapshotter>,
+    pub(crate) resolver: Option<Arc<dyn LayerResolver>>,
     fallbacks: Arc<std::sync::Mutex<Vec<FallbackStatus>>>,
+    /// Remote layers that could not be mounted again, by snapshot ID.
+    pub(crate) failed: Arc<std::sync::Mutex<HashMap<u64, FailedEntry>>>,
 }
 
 impl Service {
@@ -35,6 +39,7 @@ impl Service {
             inner: Arc::new(inner),
             resolver: None,
             fallbacks: Arc::default(),
+            failed: Arc::default(),
         }
     }
 
@@ -44,31 +49,8 @@ impl Service {
             inner: Arc::new(inner),
             resolver: Some(resolver),
             fallbacks: Arc::default(),
+            failed: Arc::default(),
         }
-    }
-
-    /// Mounts again every remote snapshot on record (after a restart). A layer that
-    /// cannot be mounted is logged and left unmounted; its reads fail until it is removed.
-    pub async fn attach_remote_layers(&self) -> Result<usize> {
-        let Some(resolver) = self.resolver.clone() else {
-            return Ok(0);
-        };
-        let layers = self.run("list", "", |s| s.remote_snapshots()).await?;
-        let mut attached = 0;
-        for (name, id, layer) in layers {
-            let mounted = match resolver.resolve(&layer).await {
-                Ok(Resolved::Lazy(m)) => self.run("attach", &name, move |s| s.attach(id, m)).await,
-                Ok(Resolved::NotLazy(why)) | Ok(Resolved::Fail(why)) => Err(Error::Layer(why)),
-                Err(e) => Err(Error::Layer(format!("{e:#}"))),
-            };
-            match mounted {
-                Ok(()) => attached += 1,
-                Err(e) => {
-                    tracing::error!(snapshot = %name, layer = %layer.layer_digest, error = %e, "could not mount remote layer again")
-                }
-            }
-        }
-        Ok(attached)
     }
 
     /// What the daemon serves now (`veil status`).
@@ -90,6 +72,15 @@ impl Service {
         if let Some(r) = &self.resolver {
             r.fill_status(&mut report);
         }
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        report.failed = failed
+            .values()
+            .map(|e| FailedLayerStatus {
+                failing_for_secs: e.since.elapsed().as_secs(),
+                ..e.status.clone()
+            })
+            .collect();
+        report.failed.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
         report
     }
 
@@ -237,7 +228,7 @@ impl Service {
         Ok(())
     }
 
-    async fn run<T, F>(&self, op: &'static str, key: &str, f: F) -> Result<T>
+    pub(crate) async fn run<T, F>(&self, op: &'static str, key: &str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&OverlaySnapshotter) -> Result<T> + Send + 'static,

@@ -18,7 +18,7 @@ use crate::lazy_image::{push_image, Layer, PushedLazyImage};
 use crate::process::{run_with_timeout, ChildGuard};
 use crate::registry::{Pusher, Registry, REGISTRY_BIN};
 use crate::registry_log::blob_served;
-use crate::scenario::VeilSnapshotter;
+use crate::scenario::{wait_for_reconnect, Reconnect, VeilSnapshotter};
 
 /// containerd tests share `/run/containerd`; they run one at a time in a test binary.
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -117,6 +117,23 @@ impl LazyStack {
             .context("starting containerd")?;
         self.containerd = Some(cd);
         Ok(())
+    }
+
+    /// Stops veil-snapshotter (SIGTERM) and starts it again on the same root, waiting
+    /// until containerd reaches it.
+    pub fn restart_veil(&mut self) -> anyhow::Result<Reconnect> {
+        let exit = self.veil.stop();
+        if !exit.map(|e| e.success()).unwrap_or(false) {
+            bail!("veil-snapshotter exited with {exit:?} on SIGTERM");
+        }
+        self.veil
+            .start()
+            .context("starting veil-snapshotter again")?;
+        let cd = self
+            .containerd
+            .as_ref()
+            .context("containerd is not running")?;
+        wait_for_reconnect(cd, &mut self.veil)
     }
 
     /// The running containerd.

@@ -28,6 +28,12 @@ pub mod process;
 #[path = "../../registry/tests/registry_support/registry.rs"]
 pub mod registry;
 pub mod registry_log;
+// The registry client tests' loopback HTTP server and forwarding proxy (stalls, tampering):
+// one copy, shared.
+#[path = "../../registry/tests/registry_support/http.rs"]
+pub mod http;
+#[path = "../../registry/tests/registry_support/proxy.rs"]
+pub mod proxy;
 pub mod scenario;
 pub mod test_kbs;
 

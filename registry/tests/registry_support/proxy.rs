@@ -1,9 +1,10 @@
 //! A loopback forwarding proxy in front of the real registry, recording what it was sent,
 //! with knobs: require Basic auth, answer blob requests with a 307 to another server
 //! (a "storage backend"), answer 403 once (an expired pre-signed URL), ignore `Range`
-//! (so the registry sends the whole blob with 200), tamper with bodies.
+//! (so the registry sends the whole blob with 200), tamper with bodies, stall blob
+//! requests (hold them without a byte of answer).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::http::{serve, Handler, Request, Response, Server};
@@ -33,6 +34,9 @@ pub struct ProxyState {
     pub ignore_range: AtomicBool,
     /// Flip the last byte of every non-empty body sent back.
     pub tamper_bodies: AtomicBool,
+    /// Stall this many of the next blob GETs: no byte of answer until the server drops
+    /// the connection (after its 30 s limit).
+    pub stall_blob_gets: AtomicUsize,
     pub seen: Mutex<Vec<Seen>>,
 }
 
@@ -85,6 +89,15 @@ async fn handle(state: &ProxyState, http: &reqwest::Client, req: Request) -> Res
         return Response::new(403).body(
             "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
         );
+    }
+    let stall = req.method == "GET"
+        && req.path.contains("/blobs/")
+        && state
+            .stall_blob_gets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+    if stall {
+        std::future::pending::<()>().await;
     }
     let redirect = state.redirect_blobs_to.lock().unwrap().clone();
     if let Some(target) = redirect {
