@@ -158,6 +158,7 @@ impl KeyProviderService for KeyProvider {
 /// earlier run is replaced; one another process still answers on is refused. The socket
 /// file is removed on the way out.
 pub async fn serve(provider: KeyProvider, address: &ListenAddress) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let server = tonic::transport::Server::builder().add_service(provider.into_service());
     match address {
         ListenAddress::Tcp(addr) => {
@@ -168,7 +169,7 @@ pub async fn serve(provider: KeyProvider, address: &ListenAddress) -> anyhow::Re
             server
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    shutdown_signal(),
+                    shutdown,
                 )
                 .await
                 .context("serving the keyprovider API")?;
@@ -179,7 +180,7 @@ pub async fn serve(provider: KeyProvider, address: &ListenAddress) -> anyhow::Re
             let result = server
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown_signal(),
+                    shutdown,
                 )
                 .await;
             let _ = std::fs::remove_file(path);

@@ -25,6 +25,8 @@ use crate::wiring::snapshots_service;
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
 pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
+    // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
+    let shutdown = shutdown_signal();
     let root = config.root.clone();
     let opened = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root)).await;
     let context = || format!("opening snapshotter root {}", config.root.display());
@@ -76,7 +78,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-            shutdown_signal().await;
+            shutdown.await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         })
         .await;
