@@ -41,7 +41,7 @@ use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc, LazyFormat};
 use veil_keyprovider::layer::{Decryption, OpenedLayer};
 use veil_keyprovider::stream_cipher::HmacCheck;
-use veil_registry::{Digest, Manifest, Reference, RegistryClient};
+use veil_registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 
 use crate::error::{ImageError, RegistryContext};
 use crate::resolver::{
@@ -208,9 +208,11 @@ impl LazyLayers {
         Ok((reference, manifest))
     }
 
-    /// [`LayerResolver::authorize`]: the manifest's descriptor, and for an encrypted
-    /// layer its key unwrapped now (on a blocking thread: key sources may ask a KBS).
-    async fn authorize_layer(&self, layer: &RemoteLayer) -> Result<Authorization, ImageError> {
+    /// The layer's digest, its image reference and its descriptor in the manifest.
+    async fn descriptor(
+        &self,
+        layer: &RemoteLayer,
+    ) -> Result<(Digest, Reference, BlobDescriptor), ImageError> {
         let digest = Digest::parse(&layer.layer_digest)
             .registry_context(|| format!("layer digest {:?}", layer.layer_digest))?;
         let (reference, manifest) = self.manifest(layer).await?;
@@ -220,7 +222,14 @@ impl LazyLayers {
                 manifest.digest
             ))
         })?;
-        if !Decryption::is_encrypted(desc) {
+        Ok((digest, reference, desc.clone()))
+    }
+
+    /// [`LayerResolver::authorize`]: the manifest's descriptor, and for an encrypted
+    /// layer its key unwrapped now (on a blocking thread: key sources may ask a KBS).
+    async fn authorize_layer(&self, layer: &RemoteLayer) -> Result<Authorization, ImageError> {
+        let (digest, _, desc) = self.descriptor(layer).await?;
+        if !Decryption::is_encrypted(&desc) {
             return Ok(Authorization::Granted(LayerIdentity {
                 layer_digest: layer.layer_digest.clone(),
                 toc_digest: toc_digest(classify(&desc.media_type, &desc.annotations).ok()),
@@ -232,7 +241,7 @@ impl LazyLayers {
                 "layer {digest} is encrypted and no decryption keys are configured"
             )));
         };
-        let (name, desc) = (layer.layer_digest.clone(), desc.clone());
+        let name = layer.layer_digest.clone();
         let opened = tokio::task::spawn_blocking(move || {
             // Nothing of the blob is read: only the key is unwrapped.
             let empty: Arc<dyn BlobSource> = Arc::new(veil_blob::MemoryBlob(Vec::new()));
@@ -258,15 +267,8 @@ impl LazyLayers {
     }
 
     async fn resolve_layer(&self, layer: &RemoteLayer) -> Result<Resolved, ImageError> {
-        let digest = Digest::parse(&layer.layer_digest)
-            .registry_context(|| format!("layer digest {:?}", layer.layer_digest))?;
-        let (reference, manifest) = self.manifest(layer).await?;
-        let desc = manifest.layer(&digest).ok_or_else(|| {
-            ImageError::Invalid(format!(
-                "layer {digest} is not in manifest {} of {reference}",
-                manifest.digest
-            ))
-        })?;
+        let (digest, reference, desc) = self.descriptor(layer).await?;
+        let desc = &desc;
         let encrypted = Decryption::is_encrypted(desc);
         if !encrypted {
             if let Err(why) = classify(&desc.media_type, &desc.annotations) {

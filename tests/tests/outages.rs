@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use veil_tests::containerd::SNAPSHOTTER;
+use veil_tests::encrypted_support::stored_blob_path;
 use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, LayerFormat, BIG_PATH,
     HELLO_PATH, HELLO_TEXT,
@@ -112,19 +113,6 @@ fn read_in_background(
     })
 }
 
-/// Where the registry stores the blob `digest` (its `data` file).
-fn blob_file(stack: &LazyStack, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    stack
-        .registry
-        .dir
-        .path()
-        .join("data/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data")
-}
-
 /// The `failed` entries of a `veil status --json` report.
 fn failed_layers(report: &serde_json::Value) -> Vec<serde_json::Value> {
     report["failed"].as_array().cloned().unwrap_or_default()
@@ -181,7 +169,7 @@ fn failed_layer_is_eio_and_recovers() {
 
         // The top layer's blob goes missing while the daemon restarts.
         let top = &layers[1];
-        let blob = blob_file(stack, &top.digest);
+        let blob = stored_blob_path(stack, &top.digest)?;
         let hidden = blob.with_extension("hidden");
         std::fs::rename(&blob, &hidden).with_context(|| format!("hiding {}", blob.display()))?;
         let t = Instant::now();
