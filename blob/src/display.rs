@@ -17,6 +17,12 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A digest shortened for tables and progress lines: `sha256:0123456789ab` (the
+/// algorithm and the first 12 hex digits; never splits a character).
+pub fn short_digest(digest: &str) -> String {
+    digest.chars().take(19).collect()
+}
+
 /// An error and its sources, joined with `: `, each cause once (reqwest's own message is
 /// terse and its causes repeat each other).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
@@ -59,6 +65,11 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(
+            short_digest(&format!("sha256:{}", "ab".repeat(32))),
+            "sha256:abababababab"
+        );
+        assert_eq!(short_digest("sha256:é"), "sha256:é");
         let e = E(
             "request failed",
             Some(Box::new(E(

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use tokio::io::AsyncReadExt;
-use veil_blob::display::human_bytes as human;
+use veil_blob::display::{human_bytes as human, short_digest as short};
 use veil_image::status::StatusReport;
 
 /// Reads the status report from the daemon at `address`.
@@ -110,11 +110,6 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     out
-}
-
-fn short(digest: &str) -> String {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    format!("sha256:{}", &hex[..hex.len().min(12)])
 }
 
 /// Runs `veil status`.

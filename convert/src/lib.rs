@@ -56,7 +56,7 @@ use self::layer::{convert_layer, ConvertedLayer, LayerFormat, LayerSpec, SourceL
 use self::manifest::{build_manifest, diff_ids, rewrite_config, Descriptor, OCI_CONFIG};
 use self::progress::{LayerProgress, Progress};
 use self::store::{Destination, ImageLocation, Source};
-use veil_blob::display::human_bytes as human;
+use veil_blob::display::{human_bytes as human, short_digest as short};
 use veil_registry::push::BlobBody;
 use veil_registry::{BlobDescriptor, ClientOptions, Digest, RegistryClient};
 
@@ -204,11 +204,6 @@ fn percent(new: u64, old: u64) -> f64 {
     } else {
         (new as f64 - old as f64) * 100.0 / old as f64
     }
-}
-
-/// `sha256:0123456789ab`.
-fn short(digest: &str) -> String {
-    digest.chars().take(19).collect()
 }
 
 /// Which of `count` layers `picks` selects (indexes, negative from the end).
