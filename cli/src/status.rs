@@ -61,8 +61,8 @@ pub fn render(report: &StatusReport) -> String {
     if !report.layers.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<20} {:<6} {:>10} {:>10} {:>7} {:>5} {:>10}  IMAGE",
-            "LAYER", "MODE", "FETCHED", "SIZE", "%", "BAD", "BACKGROUND"
+            "\n{:<20} {:<6} {:>10} {:>10} {:>7} {:>5} {:>10} {:>8}  IMAGE",
+            "LAYER", "MODE", "FETCHED", "SIZE", "%", "BAD", "BACKGROUND", "DIFF_ID"
         );
         for l in &report.layers {
             let pct = if l.blob_size > 0 {
@@ -72,7 +72,7 @@ pub fn render(report: &StatusReport) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<20} {:<6} {:>10} {:>10} {:>6.1}% {:>5} {:>10}  {}",
+                "{:<20} {:<6} {:>10} {:>10} {:>6.1}% {:>5} {:>10} {:>8}  {}",
                 short(&l.digest),
                 l.mode,
                 human(l.bytes_fetched),
@@ -80,8 +80,21 @@ pub fn render(report: &StatusReport) -> String {
                 pct,
                 l.verify_failures,
                 l.background_state,
+                l.diff_id,
                 l.image
             );
+        }
+    }
+    let bad: Vec<_> = report.layers.iter().filter(|l| l.bad.is_some()).collect();
+    if !bad.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNOT HEALTHY: {} layers marked bad (their files give EIO, snapshots on them are refused):",
+            bad.len()
+        );
+        for l in bad {
+            let why = l.bad.as_deref().unwrap_or_default();
+            let _ = writeln!(out, "  {}  {}: {}", short(&l.digest), l.image, why);
         }
     }
     if !report.failed.is_empty() {
@@ -158,6 +171,25 @@ mod tests {
         assert!(text.contains("5.0%"), "{text}");
         assert!(text.contains("plain gzip"), "{text}");
         assert_eq!(human(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn render_names_a_bad_layer_and_why() {
+        let r = StatusReport {
+            layers: vec![LayerStatus {
+                digest: format!("sha256:{}", "e".repeat(64)),
+                image: "127.0.0.1:5000/evil:1".into(),
+                diff_id: "mismatch".into(),
+                bad: Some("diff_id mismatch: the image config says sha256:x".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!r.healthy());
+        let text = render(&r);
+        assert!(text.contains("NOT HEALTHY: 1 layers marked bad"), "{text}");
+        assert!(text.contains("diff_id mismatch: the image config says sha256:x"), "{text}");
+        assert!(text.contains("mismatch"), "{text}");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //!   digest) and deterministic writers of the two lazily pullable formats;
 //! - [`toc`]: the format-neutral index of a layer (entries, chunks, prefetch end);
 //! - [`codec`]: one chunk decompressed and checked against its digest;
+//! - [`diff_id`]: a whole layer's uncompressed digest, checked against the image config;
 //! - [`limits`]: what any layer may cost (chunk size, inner offsets, path depth, index
 //!   memory), checked when a TOC is loaded and when a chunk is decoded;
 //! - [`tar_index`]: tar headers to TOC entries;
@@ -17,6 +18,7 @@
 
 pub mod classify;
 pub mod codec;
+pub mod diff_id;
 pub mod estargz;
 pub mod limits;
 pub mod stream;

@@ -33,21 +33,27 @@ use veil_fusefs::mount::{mount, mount_failed, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
     background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
-    FetchState, PrefetchOptions, RateLimiter,
+    PrefetchOptions, RateLimiter,
 };
 use veil_fusefs::tree::LayerTree;
 
 use veil_blob::BlobSource;
-use veil_formats::classify::{classify, classify_sealed, read_layer_toc, LazyFormat};
+use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
 use veil_keyprovider::layer::{Decryption, OpenedLayer};
 use veil_keyprovider::stream_cipher::HmacCheck;
 use veil_registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 
 use crate::error::{ImageError, RegistryContext};
+use crate::identity::{check_recorded_toc, toc_digest};
+use crate::image_config::ConfigCache;
 use crate::resolver::{
     Authorization, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved,
 };
 use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
+use crate::verify::{
+    compression_of, spawn_whole_layer_checks, DiffIdCheck, DiffIdState, DIFF_ID_CHECKS_AT_ONCE,
+    DIFF_ID_OFF, DIFF_ID_PENDING,
+};
 
 /// Background fetches running at once (each waits for a slot before it starts).
 const BACKGROUND_SLOTS: usize = 2;
@@ -92,6 +98,8 @@ struct LayerEntry {
     mode: &'static str,
     /// For a streamed layer: ciphertext bytes read by the verifying pass.
     streamed_bytes: u64,
+    /// Where its `diff_id` check stands.
+    diff_id: Arc<DiffIdState>,
 }
 
 /// The most uncompressed bytes one read of a streamed layer decompresses into memory at
@@ -106,7 +114,9 @@ pub struct LazyLayers {
     mount_options: MountOptions,
     options: LazyOptions,
     background_slots: Arc<tokio::sync::Semaphore>,
+    diff_id_slots: Arc<tokio::sync::Semaphore>,
     manifests: Mutex<HashMap<String, Arc<Manifest>>>,
+    configs: ConfigCache,
     readers: Mutex<HashMap<String, LayerEntry>>,
     fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
 }
@@ -127,7 +137,9 @@ impl LazyLayers {
             mount_options: MountOptions::default(),
             options: LazyOptions::default(),
             background_slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_SLOTS)),
+            diff_id_slots: Arc::new(tokio::sync::Semaphore::new(DIFF_ID_CHECKS_AT_ONCE)),
             manifests: Mutex::new(HashMap::new()),
+            configs: ConfigCache::default(),
             readers: Mutex::new(HashMap::new()),
             fetches: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -225,6 +237,14 @@ impl LazyLayers {
         Ok((digest, reference, desc.clone()))
     }
 
+    /// The `diff_id` the image config gives the layer.
+    async fn expected_diff_id(&self, layer: &RemoteLayer) -> Result<String, ImageError> {
+        let (reference, manifest) = self.manifest(layer).await?;
+        self.configs
+            .diff_id(&self.registry, &reference, &manifest, &layer.layer_digest)
+            .await
+    }
+
     /// [`LayerResolver::authorize`]: the manifest's descriptor, and for an encrypted
     /// layer its key unwrapped now (on a blocking thread: key sources may ask a KBS).
     async fn authorize_layer(&self, layer: &RemoteLayer) -> Result<Authorization, ImageError> {
@@ -300,14 +320,18 @@ impl LazyLayers {
                 Ok(o) => o,
                 Err(why) => return Ok(Resolved::Fail(why.to_string())),
             };
+            let sealed = classify_sealed(
+                &opened.plain.media_type,
+                &opened.plain.annotations,
+                opened.sealed_toc_digest.as_deref(),
+            );
+            // The same identity authorize() computes: what the snapshot was made for.
+            if let Err(why) = check_recorded_toc(layer, toc_digest(sealed.clone().ok())) {
+                return Ok(Resolved::Fail(why));
+            }
             let lazy = match &opened.must_stream {
                 Some(why) => Err(why.clone()),
-                None => classify_sealed(
-                    &opened.plain.media_type,
-                    &opened.plain.annotations,
-                    opened.sealed_toc_digest.as_deref(),
-                )
-                .map_err(|e| e.to_string()),
+                None => sealed.map_err(|e| e.to_string()),
             };
             match lazy {
                 Ok(format) => {
@@ -324,6 +348,9 @@ impl LazyLayers {
         } else {
             let format = classify(&desc.media_type, &desc.annotations)
                 .map_err(|why| ImageError::Invalid(why.to_string()))?;
+            if let Err(why) = check_recorded_toc(layer, toc_digest(Some(format.clone()))) {
+                return Ok(Resolved::Fail(why));
+            }
             (stored, format)
         };
         let indexed = async {
@@ -357,6 +384,18 @@ impl LazyLayers {
                 ..ReaderOptions::default()
             },
         ));
+        let background_on = cached.is_some() && self.options.background_fetch;
+        let diff_id = match background_on {
+            true => Some(DiffIdCheck {
+                expected: self.expected_diff_id(layer).await?,
+                compression: compression_of(&format),
+                plain: source.clone(),
+                slots: self.diff_id_slots.clone(),
+                state: DiffIdState::new(DIFF_ID_PENDING),
+            }),
+            false => None,
+        };
+        let diff_id_state = diff_id.as_ref().map(|d| d.state.clone());
         if self.options.prefetch {
             if let Some(end) = toc.prefetch_end.filter(|&end| end > 0) {
                 self.prefetch(&reader, source.as_ref(), cached.as_deref(), end)
@@ -375,6 +414,8 @@ impl LazyLayers {
                     cached: cached.clone(),
                     mode: "lazy",
                     streamed_bytes: 0,
+                    diff_id: diff_id_state
+                        .unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
                 },
             );
         let background = cached
@@ -388,6 +429,7 @@ impl LazyLayers {
                 },
                 fetches: self.fetches.clone(),
                 hmac,
+                diff_id,
             });
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
             reader,
@@ -525,6 +567,7 @@ impl LazyLayers {
                     cached,
                     mode: "streamed",
                     streamed_bytes: read,
+                    diff_id: DiffIdState::new(DIFF_ID_OFF),
                 },
             );
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
@@ -578,14 +621,6 @@ impl LazyLayers {
     }
 }
 
-/// The TOC digest a lazily servable format is authenticated by.
-fn toc_digest(format: Option<LazyFormat>) -> Option<String> {
-    match format? {
-        LazyFormat::Estargz { toc_digest } => Some(toc_digest),
-        LazyFormat::ZstdChunked(info) => info.checksum.or(info.toc_digest),
-    }
-}
-
 impl LayerResolver for LazyLayers {
     fn authorize<'a>(
         &'a self,
@@ -611,6 +646,7 @@ impl LayerResolver for LazyLayers {
         Ok(Box::new(Mounted {
             _background: None,
             _mount: stand_in,
+            reader: None,
         }))
     }
 
@@ -645,6 +681,8 @@ impl LayerResolver for LazyLayers {
                     background_state: background
                         .map(|b| format!("{:?}", b.state()).to_lowercase())
                         .unwrap_or_else(|| "off".into()),
+                    diff_id: entry.diff_id.get(),
+                    bad: entry.reader.bad_reason().map(str::to_string),
                 }
             })
             .collect();
@@ -685,15 +723,26 @@ struct Background {
     fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
     /// For an encrypted layer: checked over the whole ciphertext once it is all fetched.
     hmac: Option<HmacCheck>,
+    /// The layer's `diff_id`, checked once it is all fetched (after the HMAC).
+    diff_id: Option<DiffIdCheck>,
 }
 
 /// A mounted layer: dropping it stops its background fetch, then unmounts.
 struct Mounted {
     _background: Option<DropGuard>,
     _mount: LayerMount,
+    /// The layer's reader (`None` for a stand-in), for its health.
+    reader: Option<Arc<ChunkReader>>,
 }
 
-impl LiveMount for Mounted {}
+impl LiveMount for Mounted {
+    fn unhealthy(&self) -> Option<String> {
+        let reader = self.reader.as_ref()?;
+        reader
+            .bad_reason()
+            .map(|why| format!("layer {} is bad: {why}", reader.layer_name()))
+    }
+}
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
@@ -709,28 +758,20 @@ impl MountableLayer for ReadyLayer {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone(), fetch.progress().clone());
-            if let Some(hmac) = bg.hmac {
-                let reader = reader.clone();
-                let source = bg.source;
-                self.runtime.spawn(async move {
-                    if fetch.wait().await != FetchState::Complete {
-                        return;
-                    }
-                    match hmac.verify(source.as_ref()).await {
-                        Ok(()) => tracing::info!(layer = %key, "whole-layer HMAC verified"),
-                        Err(why) => {
-                            // The disk copy is not what was encrypted: drop it too.
-                            source.forget(0..source.size());
-                            reader.mark_bad(format!("ocicrypt HMAC check failed: {why}"));
-                        }
-                    }
-                });
-            }
+            spawn_whole_layer_checks(
+                &self.runtime,
+                fetch,
+                bg.source,
+                bg.hmac,
+                bg.diff_id,
+                reader.clone(),
+            );
             cancel.drop_guard()
         });
         Ok(Box::new(Mounted {
             _background: guard,
             _mount: layer_mount,
+            reader: Some(reader),
         }))
     }
 }

@@ -14,12 +14,17 @@
 //!   [`veil_keyprovider::layer::Decryption`];
 //! - [`image_mount`]: a whole image's root filesystem at a directory (`veil mount`);
 //! - [`status`]: the status report model (`veil status`);
+//! - [`verify`]: the whole-layer checks once all of a lazy layer's bytes are there
+//!   (ocicrypt HMAC, `diff_id` against [`image_config`]'s `rootfs.diff_ids`);
 //! - the error type, [`ImageError`] (in [`error`]).
 
 pub mod error;
+mod identity;
+pub mod image_config;
 pub mod image_mount;
 pub mod layers;
 pub mod resolver;
 pub mod status;
+pub mod verify;
 
 pub use error::ImageError;

@@ -34,7 +34,13 @@ pub struct RemoteLayer {
 }
 
 /// A mounted layer filesystem. Dropping it unmounts.
-pub trait LiveMount: Send {}
+pub trait LiveMount: Send {
+    /// Why the layer must no longer be used (it failed a whole-layer check: its reads
+    /// fail `EIO`), if it must not.
+    fn unhealthy(&self) -> Option<String> {
+        None
+    }
+}
 
 /// A layer that has been resolved and can be mounted.
 pub trait MountableLayer: Send {

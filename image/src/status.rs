@@ -33,6 +33,14 @@ pub struct LayerStatus {
     pub background_done: u64,
     /// State of the background fetch: off, running, complete, cancelled, failed, skipped.
     pub background_state: String,
+    /// Where the check of the layer's `diff_id` against the image config stands:
+    /// `pending` (until the whole blob is fetched), `verified`, `mismatch`, `failed` (it
+    /// does not decompress), or `off` (no background fetch, or a streamed layer).
+    #[serde(default)]
+    pub diff_id: String,
+    /// Why the whole layer was marked bad (every read of it fails `EIO`), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad: Option<String>,
 }
 
 /// A layer containerd unpacked itself because Veil could not serve it lazily.
@@ -120,8 +128,9 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// Whether every remote layer on record is mounted and served (no [`Self::failed`]).
+    /// Whether every remote layer on record is mounted and served: none failed to mount
+    /// ([`Self::failed`]) and none was marked bad ([`LayerStatus::bad`]).
     pub fn healthy(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.layers.iter().all(|l| l.bad.is_none())
     }
 }

@@ -287,18 +287,30 @@ impl OverlaySnapshotter {
         self.unavailable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Refuses a snapshot stacked on an unavailable layer: an overlay over its stand-in
-    /// would fail to mount or, worse, a container would run without the layer.
+    /// Refuses a snapshot stacked on an unavailable layer (an overlay over its stand-in
+    /// would fail to mount or, worse, a container would run without the layer) or on a
+    /// layer marked bad by a whole-layer check (its reads fail `EIO`: a wrong diff_id).
     fn check_available(&self, ids: &[u64]) -> Result<()> {
-        let unavailable = self.unavailable_layers();
+        {
+            let unavailable = self.unavailable_layers();
+            if let Some((id, reason)) = ids
+                .iter()
+                .find_map(|id| unavailable.get(id).map(|r| (id, r)))
+            {
+                return Err(Error::Unavailable(format!(
+                    "lower layer (snapshot id {id}) is not mounted ({reason}); it is being \
+                     retried, see `veil status`"
+                )));
+            }
+        }
+        let mounts = self.live_mounts();
         match ids
             .iter()
-            .find_map(|id| unavailable.get(id).map(|r| (id, r)))
+            .find_map(|id| mounts.get(id).and_then(|m| m.unhealthy()).map(|r| (id, r)))
         {
             None => Ok(()),
             Some((id, reason)) => Err(Error::Unavailable(format!(
-                "lower layer (snapshot id {id}) is not mounted ({reason}); it is being retried, \
-                 see `veil status`"
+                "lower layer (snapshot id {id}) must not be used: {reason}; see `veil status`"
             ))),
         }
     }
