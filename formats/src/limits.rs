@@ -26,6 +26,17 @@ use crate::toc::{Chunk, Entry};
 /// write chunks larger than this, so everything Veil writes, it reads.
 pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
 
+/// The largest compressed range of one chunk accepted (32 MiB): the bytes Veil fetches and
+/// holds to decode one chunk (from its offset to the next chunk's, or to the end of its
+/// file's payload).
+///
+/// Twice [`MAX_CHUNK_SIZE`]: a member or frame holds at most that many uncompressed bytes,
+/// and gzip or zstd never grow incompressible data by more than a fraction of a percent;
+/// the slack covers the tar headers that may share the range. Without it, a TOC could
+/// point a one-byte chunk at a range spanning the whole blob, and every read of it would
+/// fetch and buffer gigabytes.
+pub const MAX_COMPRESSED_CHUNK_SIZE: u64 = 2 * MAX_CHUNK_SIZE;
+
 /// The deepest path accepted, in components (1024).
 ///
 /// Linux resolves at most `PATH_MAX` (4096) bytes in one call, that is at most 2048

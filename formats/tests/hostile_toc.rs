@@ -6,6 +6,9 @@
 //!   those zeros, as 1024 concatenated gzip members of 1 MiB): refused by
 //!   `MAX_CHUNK_SIZE`; the same zeros cut into chunks of the limit load and decode;
 //! - a one-byte chunk at `innerOffset` 10 GiB: refused by `MAX_CHUNK_SIZE`;
+//! - a one-byte chunk whose compressed range spans 40 MiB of the blob (every read of it
+//!   would fetch them): refused by `MAX_COMPRESSED_CHUNK_SIZE`; the same file with a
+//!   range of the limit loads;
 //! - an entry 30,000 directories deep: refused by `MAX_PATH_DEPTH`, quickly, with an
 //!   error that does not repeat the 60 KB name; an entry exactly at the limit loads;
 //! - and a real layer's index stays well inside its memory budget.
@@ -21,7 +24,8 @@ use veil_blob::MemoryBlob;
 use veil_formats::codec::{decode_chunk, sha256_digest};
 use veil_formats::estargz::{self, footer_bytes, BuildOptions, FormatError, TOC_TAR_NAME};
 use veil_formats::limits::{
-    index_bytes, MAX_CHUNK_SIZE, MAX_INDEX_BYTES_PER_TOC_BYTE, MAX_PATH_DEPTH,
+    index_bytes, MAX_CHUNK_SIZE, MAX_COMPRESSED_CHUNK_SIZE, MAX_INDEX_BYTES_PER_TOC_BYTE,
+    MAX_PATH_DEPTH,
 };
 use veil_formats::toc::LayerToc;
 
@@ -139,6 +143,43 @@ fn an_inner_offset_of_ten_gigabytes_is_refused_at_toc_load() {
     eprintln!("{shown}");
     assert_eq!((limit, name.as_str()), ("MAX_CHUNK_SIZE", "one"));
     assert!(shown.contains("innerOffset") && shown.contains(&ten_gib.to_string()));
+}
+
+/// A TOC of file `one` (the byte `x`, at offset 0) and file `two` (the byte `y`) whose
+/// member starts `gap` bytes after `one`'s: `one`'s compressed range is that long.
+fn spread_blob(gap: usize) -> (Vec<u8>, String) {
+    let (x, y) = (gzip(b"x"), gzip(b"y"));
+    assert!(gap >= x.len());
+    let mut payload = x;
+    payload.resize(gap, 0);
+    payload.extend_from_slice(&y);
+    let json = toc_of(&[
+        format!(
+            r#"{{"name":"one","type":"reg","size":1,"offset":0,"chunkDigest":"{}"}}"#,
+            sha256_digest(b"x")
+        ),
+        format!(
+            r#"{{"name":"two","type":"reg","size":1,"offset":{gap},"chunkDigest":"{}"}}"#,
+            sha256_digest(b"y")
+        ),
+    ]);
+    estargz_blob(&payload, &json)
+}
+
+#[test]
+fn a_chunk_spanning_forty_mebibytes_of_the_blob_is_refused_at_toc_load() {
+    let gap = 40 << 20;
+    let (blob, digest) = spread_blob(gap);
+    let (toc, took) = load(blob, &digest);
+    let (limit, name, shown) = refused(toc);
+    eprintln!("refused in {took:.2?}: {shown}");
+    assert_eq!((limit, name.as_str()), ("MAX_COMPRESSED_CHUNK_SIZE", "one"));
+    assert!(shown.contains(&format!("0..{gap}")), "{shown}");
+
+    // At the limit, it loads.
+    let (blob, digest) = spread_blob(MAX_COMPRESSED_CHUNK_SIZE as usize);
+    let toc = load(blob, &digest).0.expect("a range of the limit is accepted");
+    assert_eq!(toc.entries[0].chunks[0].blob_end, MAX_COMPRESSED_CHUNK_SIZE);
 }
 
 #[test]

@@ -18,7 +18,8 @@ use super::error::FormatError;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use crate::codec::parse_sha256;
 use crate::limits::{
-    chunk_bytes, index_budget, index_bytes, path_depth, shorten, MAX_CHUNK_SIZE, MAX_PATH_DEPTH,
+    chunk_bytes, index_budget, index_bytes, path_depth, shorten, MAX_CHUNK_SIZE,
+    MAX_COMPRESSED_CHUNK_SIZE, MAX_PATH_DEPTH,
 };
 use crate::tar_index::clean_name;
 use crate::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
@@ -499,6 +500,20 @@ fn finish_file(
                 format!(
                     "chunk's blob range {}..{blob_end} is empty or runs past the payload region (ends at {})",
                     raw.offset, layout.payload_end
+                ),
+            ));
+        }
+        if blob_end - raw.offset > MAX_COMPRESSED_CHUNK_SIZE {
+            return Err(over_limit(
+                raw.index,
+                &entry.name,
+                "MAX_COMPRESSED_CHUNK_SIZE",
+                format!(
+                    "the chunk at file offset {} spans blob range {}..{blob_end}: {} compressed \
+                     bytes to fetch for one chunk, more than {MAX_COMPRESSED_CHUNK_SIZE}",
+                    raw.chunk_offset,
+                    raw.offset,
+                    blob_end - raw.offset
                 ),
             ));
         }
