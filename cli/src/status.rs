@@ -188,7 +188,10 @@ mod tests {
         assert!(!r.healthy());
         let text = render(&r);
         assert!(text.contains("NOT HEALTHY: 1 layers marked bad"), "{text}");
-        assert!(text.contains("diff_id mismatch: the image config says sha256:x"), "{text}");
+        assert!(
+            text.contains("diff_id mismatch: the image config says sha256:x"),
+            "{text}"
+        );
         assert!(text.contains("mismatch"), "{text}");
     }
 

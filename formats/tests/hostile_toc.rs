@@ -178,7 +178,9 @@ fn a_chunk_spanning_forty_mebibytes_of_the_blob_is_refused_at_toc_load() {
 
     // At the limit, it loads.
     let (blob, digest) = spread_blob(MAX_COMPRESSED_CHUNK_SIZE as usize);
-    let toc = load(blob, &digest).0.expect("a range of the limit is accepted");
+    let toc = load(blob, &digest)
+        .0
+        .expect("a range of the limit is accepted");
     assert_eq!(toc.entries[0].chunks[0].blob_end, MAX_COMPRESSED_CHUNK_SIZE);
 }
 

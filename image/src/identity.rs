@@ -31,7 +31,6 @@ pub(crate) fn toc_digest(format: Option<LazyFormat>) -> Option<String> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,8 +48,8 @@ mod tests {
     fn a_recorded_toc_must_be_the_one_given_now() {
         assert!(check_recorded_toc(&layer(None), Some("sha256:new".into())).is_ok());
         assert!(check_recorded_toc(&layer(Some("sha256:t")), Some("sha256:t".into())).is_ok());
-        let err = check_recorded_toc(&layer(Some("sha256:t")), Some("sha256:new".into()))
-            .unwrap_err();
+        let err =
+            check_recorded_toc(&layer(Some("sha256:t")), Some("sha256:new".into())).unwrap_err();
         assert!(err.contains("sha256:new") && err.contains("made for TOC digest sha256:t"));
         let err = check_recorded_toc(&layer(Some("sha256:t")), None).unwrap_err();
         assert!(err.contains("(none)"), "{err}");

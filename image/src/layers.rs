@@ -414,8 +414,7 @@ impl LazyLayers {
                     cached: cached.clone(),
                     mode: "lazy",
                     streamed_bytes: 0,
-                    diff_id: diff_id_state
-                        .unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
+                    diff_id: diff_id_state.unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
                 },
             );
         let background = cached

@@ -32,7 +32,9 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, ViewSna
 use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
 use veil_tests::containerd::SNAPSHOTTER;
 use veil_tests::encrypted_support::{pull_ok, stored_blob_path};
-use veil_tests::lazy_image::{base_entries, pack, random_bytes, sha256_hex, tar_of, Entry, Layer, LayerFormat};
+use veil_tests::lazy_image::{
+    base_entries, pack, random_bytes, sha256_hex, tar_of, Entry, Layer, LayerFormat,
+};
 use veil_tests::lazy_stack::{status_layer, with_stack, LazyStack};
 
 /// The file of the second layer.
@@ -47,7 +49,11 @@ fn top(text: &str, seed: u64) -> anyhow::Result<Layer> {
         tar_of(&[
             Entry::Dir("etc", 0o755),
             Entry::File(FILE.into(), text.as_bytes().to_vec(), 0o644),
-            Entry::File("etc/veil-noise.bin".into(), random_bytes(64 << 10, seed), 0o644),
+            Entry::File(
+                "etc/veil-noise.bin".into(),
+                random_bytes(64 << 10, seed),
+                0o644,
+            ),
         ])?,
         LayerFormat::Estargz,
     )
@@ -208,7 +214,12 @@ fn a_layer_whose_diff_id_is_not_its_configs_is_marked_bad_once_fetched() {
 
 /// `Prepare` on Veil's snapshots socket with the labels `ctr-remote` and nerdctl send:
 /// the image by tag, the layer digest, no manifest digest. ALREADY_EXISTS: served.
-async fn prepare_remote(socket: &Path, target: &str, image: &str, layer: &str) -> anyhow::Result<()> {
+async fn prepare_remote(
+    socket: &Path,
+    target: &str,
+    image: &str,
+    layer: &str,
+) -> anyhow::Result<()> {
     let channel = containerd_client::connect(socket).await?;
     let labels: HashMap<String, String> = [
         ("containerd.io/snapshot.ref", target),
@@ -234,7 +245,11 @@ async fn prepare_remote(socket: &Path, target: &str, image: &str, layer: &str) -
 
 /// `View` of `parent` on Veil's snapshots socket: the directory of its (bind) mount, or
 /// the gRPC status.
-async fn view(socket: &Path, key: &str, parent: &str) -> anyhow::Result<Result<PathBuf, tonic::Status>> {
+async fn view(
+    socket: &Path,
+    key: &str,
+    parent: &str,
+) -> anyhow::Result<Result<PathBuf, tonic::Status>> {
     let channel = containerd_client::connect(socket).await?;
     let got = SnapshotsClient::new(channel)
         .view(ViewSnapshotRequest {
@@ -277,7 +292,7 @@ fn a_tag_swapped_to_another_toc_is_not_mounted_again_after_a_restart() {
             original.annotations[TOC_DIGEST_ANNOTATION].clone(),
             swapped.annotations[TOC_DIGEST_ANNOTATION].clone(),
         );
-        stack.push("swap", "1", &[original.clone()])?;
+        stack.push("swap", "1", std::slice::from_ref(&original))?;
         stack.start()?;
         let socket = stack.veil.socket().to_path_buf();
         let image = stack.image_ref("swap", "1");
@@ -291,7 +306,10 @@ fn a_tag_swapped_to_another_toc_is_not_mounted_again_after_a_restart() {
             .map_err(|s| anyhow::anyhow!("view before the swap: {s:?}"))?;
         let before = std::fs::read(dir.join(FILE))?;
         if before != b"the original file\n" {
-            bail!("before the swap the layer gave {:?}", String::from_utf8_lossy(&before));
+            bail!(
+                "before the swap the layer gave {:?}",
+                String::from_utf8_lossy(&before)
+            );
         }
 
         // The swap: the tag's manifest names the same layer digest with the attacker's TOC
@@ -303,7 +321,10 @@ fn a_tag_swapped_to_another_toc_is_not_mounted_again_after_a_restart() {
         };
         stack.push("swap", "1", &[forged])?;
         std::fs::write(stored_blob_path(stack, &original.digest)?, &swapped.blob)?;
-        eprintln!("[{name}] swapped {image}: TOC {toc_a} -> {toc_b} under {}", original.digest);
+        eprintln!(
+            "[{name}] swapped {image}: TOC {toc_a} -> {toc_b} under {}",
+            original.digest
+        );
 
         stack.restart_veil()?;
         let status = stack.status_json()?;
