@@ -250,8 +250,7 @@ impl LazyLayers {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "streamed layer verified ({check}) and indexed; serving it"
         );
-        let source: Arc<dyn BlobSource> =
-            Arc::new(StreamedSource::new(what.source, indexed.index));
+        let source: Arc<dyn BlobSource> = Arc::new(StreamedSource::new(what.source, indexed.index));
         let reader = Arc::new(ChunkReader::new(
             name.clone(),
             tree,
