@@ -58,6 +58,8 @@ enum Bundle {
     Pulling,
     /// Its root is mounted.
     Mounted(Container),
+    /// What it held is being taken down.
+    Releasing,
 }
 
 struct Inner {
@@ -207,13 +209,11 @@ impl GuestPuller {
         }
     }
 
-    /// The bundles whose roots are mounted now.
+    /// The bundles Veil holds something for now: a pull under way, a mounted root, or
+    /// a release not finished yet.
     pub fn bundles(&self) -> Vec<PathBuf> {
         let map = self.inner.bundles.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .filter(|(_, b)| matches!(b, Bundle::Mounted(_)))
-            .map(|(k, _)| k.clone())
-            .collect()
+        map.keys().cloned().collect()
     }
 
     /// Layer mounts now, and their users in all (one per container per layer).
@@ -303,6 +303,9 @@ impl Inner {
                 "it already holds {} (container {}); its rootfs is mounted",
                 c.image, c.id
             ))),
+            Some(Bundle::Releasing) => Err(bad(
+                "the container that was pulled into it is still being released".into(),
+            )),
             None => {
                 map.insert(bundle.clone(), Bundle::Pulling);
                 Ok(bundle)
@@ -638,13 +641,12 @@ impl Inner {
     fn release_bundle(&self, bundle: &Path) -> bool {
         let container = {
             let mut map = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
-            match map.remove(bundle) {
-                Some(Bundle::Mounted(c)) => c,
-                Some(other) => {
-                    map.insert(bundle.to_path_buf(), other);
-                    return false;
-                }
-                None => return false,
+            match map.get_mut(bundle) {
+                Some(b @ Bundle::Mounted(_)) => match std::mem::replace(b, Bundle::Releasing) {
+                    Bundle::Mounted(c) => c,
+                    _ => return false,
+                },
+                _ => return false,
             }
         };
         if mount_ids().contains(&container.mount_id) {
@@ -658,6 +660,10 @@ impl Inner {
         for layer in &container.layers {
             self.pool.release(layer);
         }
+        self.bundles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(bundle);
         tracing::info!(
             container = %container.id,
             image = %container.image,
