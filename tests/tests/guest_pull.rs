@@ -10,8 +10,9 @@
 //! empty, and once the watcher has run nothing of Veil's is left in the mount table.
 //! Two concurrent pulls of one image share its layer mounts and both run. Bad input —
 //! an unknown image, a registry that is down, a policy that rejects (or requires a
-//! signature Veil cannot check), a missing key, a bundle that does not exist or whose
-//! rootfs is already mounted — each fails with a clear error and leaves nothing mounted.
+//! signature Veil cannot check, or does not parse), a missing key, a plain layer whose
+//! bytes the registry altered, a bundle that does not exist or whose rootfs is already
+//! mounted — each fails with a clear error and leaves nothing mounted.
 //!
 //! Needs root, docker-registry, busybox-static, openssl, runc, FUSE and overlayfs. Run
 //! with `cargo test -p veil-tests --test guest_pull -- --nocapture`.
@@ -545,6 +546,31 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_mounted() {
             "missing key",
             r,
             &["cannot be decrypted", &enc_top.digest],
+        )?;
+
+        // A plain (streamed) layer whose bytes the registry alters: refused by the blob
+        // digest check before anything of it is served.
+        let plain = layers(LayerFormat::PlainGzip)?;
+        guest.push("tampered", &plain)?;
+        let hex = plain[1].digest.trim_start_matches("sha256:");
+        let stored = guest
+            .registry
+            .dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        let mut blob = std::fs::read(&stored).with_context(|| format!("{}", stored.display()))?;
+        let at = blob.len() / 2;
+        blob[at] ^= 0x01;
+        std::fs::write(&stored, &blob)?;
+        let r = guest.pull(&guest.image("tampered"), &b);
+        expect_error(
+            &guest,
+            "tampered plain layer",
+            r,
+            &["failed authentication", "blob digest", &plain[1].digest],
         )?;
 
         let r = guest.pull(&image, &guest.dir.join("bundles/never-made"));
