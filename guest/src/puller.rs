@@ -158,6 +158,7 @@ impl GuestPuller {
             bundle: bundle.clone(),
             rootfs: bundle.join(BUNDLE_ROOTFS),
             created_rootfs: false,
+            acquired: Mutex::new(Vec::new()),
             layers: Vec::new(),
             container_dir: None,
             mounted: false,
@@ -239,6 +240,10 @@ struct PullWork {
     bundle: PathBuf,
     rootfs: PathBuf,
     created_rootfs: bool,
+    /// Layers acquired so far, by their index in the manifest, as they are acquired (so
+    /// a pull dropped half-way releases them too).
+    acquired: Mutex<Vec<(usize, Arc<SharedLayer>)>>,
+    /// The acquired layers in manifest order, once all are mounted.
     layers: Vec<Arc<SharedLayer>>,
     container_dir: Option<PathBuf>,
     mounted: bool,
@@ -254,7 +259,12 @@ impl Drop for PullWork {
         if let Some(dir) = &self.container_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
-        for layer in self.layers.drain(..) {
+        let acquired = std::mem::take(self.acquired.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for layer in self
+            .layers
+            .drain(..)
+            .chain(acquired.into_iter().map(|(_, l)| l))
+        {
             self.inner.pool.release(&layer);
         }
         if self.created_rootfs {
@@ -350,19 +360,26 @@ impl Inner {
 
         // Every layer, concurrently: authorized (keys unwrapped) on every pull, then
         // shared by identity and mounted once.
-        let layers = futures::future::join_all(
-            manifest
-                .layers
-                .iter()
-                .map(|desc| self.layer(image, reference, &manifest, desc.digest.to_string())),
-        )
-        .await;
+        let results =
+            futures::future::join_all(manifest.layers.iter().enumerate().map(|(index, desc)| {
+                let acquired = &work.acquired;
+                self.layer(
+                    image,
+                    reference,
+                    &manifest,
+                    index,
+                    desc.digest.to_string(),
+                    acquired,
+                )
+            }))
+            .await;
+        let mut acquired =
+            std::mem::take(&mut *work.acquired.lock().unwrap_or_else(|p| p.into_inner()));
+        acquired.sort_by_key(|(index, _)| *index);
+        work.layers = acquired.into_iter().map(|(_, l)| l).collect();
         let mut first_error = None;
         let mut shared = 0;
-        for (layer, result) in layers {
-            if let Some(l) = layer {
-                work.layers.push(l);
-            }
+        for result in results {
             match result {
                 Ok(was_mounted) => shared += usize::from(was_mounted),
                 Err(e) => {
@@ -553,15 +570,18 @@ impl Inner {
         Ok(config)
     }
 
-    /// Authorizes, shares and mounts one layer: the shared layer when acquired (to be
-    /// released by the caller whatever the result), and whether it was mounted already.
+    /// Authorizes, shares and mounts layer `index` of the manifest; whether it was
+    /// mounted already. The shared layer, once acquired, goes into `acquired` at once (the
+    /// caller releases it whatever the result).
     async fn layer(
         &self,
         image: &str,
         reference: &Reference,
         manifest: &Manifest,
+        index: usize,
         digest: String,
-    ) -> (Option<Arc<SharedLayer>>, Result<bool, GuestError>) {
+        acquired: &Mutex<Vec<(usize, Arc<SharedLayer>)>>,
+    ) -> Result<bool, GuestError> {
         let remote = RemoteLayer {
             image_ref: reference.to_string(),
             layer_digest: digest.clone(),
@@ -576,18 +596,19 @@ impl Inner {
         let identity = match self.lazy.authorize(&remote).await {
             Ok(Authorization::Granted(identity)) => identity,
             Ok(Authorization::Denied(reason)) => {
-                return (
-                    None,
-                    Err(GuestError::KeyMissing {
-                        image: image.to_string(),
-                        layer: digest.clone(),
-                        reason,
-                    }),
-                )
+                return Err(GuestError::KeyMissing {
+                    image: image.to_string(),
+                    layer: digest.clone(),
+                    reason,
+                })
             }
-            Err(e) => return (None, Err(layer_err(e.to_string()))),
+            Err(e) => return Err(layer_err(e.to_string())),
         };
         let shared = self.pool.acquire(&identity);
+        acquired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((index, shared.clone()));
         let was_mounted = shared.is_mounted();
         let dir = shared.dir.clone();
         let lazy = self.lazy.clone();
@@ -616,7 +637,7 @@ impl Inner {
                 })
             })
             .await;
-        (Some(shared), mounted.map(|()| was_mounted))
+        mounted.map(|()| was_mounted)
     }
 
     /// Releases every container whose root overlay is no longer in the mount table.

@@ -284,3 +284,45 @@ impl LazyLayers {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_blob::MemoryBlob;
+
+    fn pass_over(blob: Vec<u8>, expected: Digest) -> DigestPass {
+        DigestPass::new(
+            Arc::new(MemoryBlob(blob)),
+            expected,
+            tokio::runtime::Handle::current(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_digest_pass_accepts_the_blob_and_refuses_a_flipped_byte() {
+        let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::sha256_of(&blob);
+        let (good, bad) = (blob.clone(), {
+            let mut b = blob;
+            b[1_234_567] ^= 1;
+            b
+        });
+        let d = digest.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            let mut pass = Box::new(pass_over(good, d));
+            // Reading part of it, then finishing, checks all of it.
+            let mut first = [0u8; 1000];
+            pass.read_exact(&mut first).unwrap();
+            pass.finish()
+        })
+        .await
+        .unwrap();
+        verdict.unwrap();
+        let verdict =
+            tokio::task::spawn_blocking(move || Box::new(pass_over(bad, digest)).finish())
+                .await
+                .unwrap();
+        let err = verdict.unwrap_err();
+        assert!(err.contains("the manifest says sha256:"), "{err}");
+    }
+}
