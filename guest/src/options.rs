@@ -67,3 +67,34 @@ pub(crate) fn credentials_fit(client: &ClientOptions, options: &GuestOptions) ->
         (Some(_), _) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_registry_client_must_read_the_configured_credentials() {
+        let options = GuestOptions {
+            auth_file: Some(PathBuf::from("/run/peerpod/auth.json")),
+            ..GuestOptions::default()
+        };
+        let wired = registry_options(ClientOptions::default(), &options);
+        assert!(matches!(
+            &wired.credentials,
+            CredentialsSource::DockerConfigFile(p) if p == Path::new("/run/peerpod/auth.json")
+        ));
+        assert!(credentials_fit(&wired, &options));
+        assert!(!credentials_fit(&ClientOptions::default(), &options));
+        let other = GuestOptions {
+            auth_file: Some(PathBuf::from("/elsewhere.json")),
+            ..GuestOptions::default()
+        };
+        assert!(!credentials_fit(&wired, &other));
+        // Without an auth file any client fits.
+        assert!(credentials_fit(
+            &ClientOptions::default(),
+            &GuestOptions::default()
+        ));
+    }
+}
