@@ -230,6 +230,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, CallError::Connect { .. }));
-        assert!(err.to_string().contains(&socket.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&socket.display().to_string()),
+            "{err}"
+        );
     }
 }

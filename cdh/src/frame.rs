@@ -249,7 +249,10 @@ mod tests {
             read_frame(&mut reader, MAX_MESSAGE_LEN).await.unwrap(),
             Some(frame.clone())
         );
-        assert_eq!(read_frame(&mut reader, MAX_MESSAGE_LEN).await.unwrap(), None);
+        assert_eq!(
+            read_frame(&mut reader, MAX_MESSAGE_LEN).await.unwrap(),
+            None
+        );
 
         // A header claiming 4 GiB: refused without reading (or allocating) the payload.
         let huge = FrameHeader {
@@ -262,17 +265,42 @@ mod tests {
         let err = read_frame(&mut &huge[..], MAX_MESSAGE_LEN)
             .await
             .unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { length: u32::MAX, stream_id: 7, .. }));
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                length: u32::MAX,
+                stream_id: 7,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("4194304-byte limit"), "{err}");
 
         let err = read_frame(&mut &wire[..4], MAX_MESSAGE_LEN)
             .await
             .unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { expected: 10, got: 4 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::Truncated {
+                    expected: 10,
+                    got: 4
+                }
+            ),
+            "{err}"
+        );
         let err = read_frame(&mut &wire[..12], MAX_MESSAGE_LEN)
             .await
             .unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { expected: 15, got: 12 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::Truncated {
+                    expected: 15,
+                    got: 12
+                }
+            ),
+            "{err}"
+        );
 
         let big = Frame::new(1, TYPE_DATA, vec![0; 11]);
         let err = write_frame(&mut Vec::new(), &big, 10).await.unwrap_err();

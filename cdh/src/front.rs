@@ -368,7 +368,10 @@ impl Connection {
         match end {
             End::Shutdown => {
                 let grace = self.shared.config.shutdown_grace;
-                if tokio::time::timeout(grace, self.pulls.wait()).await.is_err() {
+                if tokio::time::timeout(grace, self.pulls.wait())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(?grace, "pulls still running at shutdown are cancelled");
                     self.cancel_pulls.cancel();
                 }
@@ -392,11 +395,18 @@ impl Connection {
     }
 
     /// Routes one frame. `Err`: the client broke the protocol; close its connection.
-    async fn dispatch(&mut self, frame: Frame, to_client: &mpsc::Sender<Frame>) -> Result<(), String> {
+    async fn dispatch(
+        &mut self,
+        frame: Frame,
+        to_client: &mpsc::Sender<Frame>,
+    ) -> Result<(), String> {
         let stream_id = frame.header.stream_id;
         if frame.header.kind != TYPE_REQUEST {
             if self.is_local(stream_id) {
-                tracing::debug!(stream_id, "dropped a non-request frame on a PullImage stream");
+                tracing::debug!(
+                    stream_id,
+                    "dropped a non-request frame on a PullImage stream"
+                );
                 return Ok(());
             }
             self.forward(frame, None, to_client).await;
@@ -422,7 +432,12 @@ impl Connection {
 
     /// Sends a frame to the upstream CDH (connecting first if needed); a request that
     /// cannot get there is answered `UNAVAILABLE`.
-    async fn forward(&mut self, frame: Frame, call: Option<String>, to_client: &mpsc::Sender<Frame>) {
+    async fn forward(
+        &mut self,
+        frame: Frame,
+        call: Option<String>,
+        to_client: &mpsc::Sender<Frame>,
+    ) {
         let stream_id = frame.header.stream_id;
         let config = &self.shared.config;
         if self.upstream.as_ref().is_some_and(Upstream::is_closed) {
@@ -430,14 +445,18 @@ impl Connection {
         }
         let result = match &mut self.upstream {
             Some(upstream) => upstream.forward(&frame, call.as_deref()).await,
-            None => match Upstream::connect(&config.upstream, to_client.clone(), config.max_message_len).await {
-                Ok(mut upstream) => {
-                    let result = upstream.forward(&frame, call.as_deref()).await;
-                    self.upstream = Some(upstream);
-                    result
+            None => {
+                match Upstream::connect(&config.upstream, to_client.clone(), config.max_message_len)
+                    .await
+                {
+                    Ok(mut upstream) => {
+                        let result = upstream.forward(&frame, call.as_deref()).await;
+                        self.upstream = Some(upstream);
+                        result
+                    }
+                    Err(why) => Err(why),
                 }
-                Err(why) => Err(why),
-            },
+            }
         };
         let Err(why) = result else { return };
         match call {
@@ -507,7 +526,9 @@ async fn serve_pull(handler: &dyn PullHandler, stream_id: u32, request: &proto::
         match tokio::time::timeout(timeout, future).await {
             Ok(result) => result,
             Err(_) => {
-                let cause = format!("not done within the caller's timeout of {timeout:?}; the pull was cancelled");
+                let cause = format!(
+                    "not done within the caller's timeout of {timeout:?}; the pull was cancelled"
+                );
                 tracing::warn!(image = %image_url, %cause, "PullImage failed");
                 return status_frame(
                     stream_id,
@@ -522,7 +543,10 @@ async fn serve_pull(handler: &dyn PullHandler, stream_id: u32, request: &proto::
     match result {
         Ok(manifest_digest) => {
             tracing::info!(image = %image_url, digest = %manifest_digest, elapsed = ?started.elapsed(), "PullImage done");
-            ok_frame(stream_id, ImagePullResponse { manifest_digest }.encode_to_vec())
+            ok_frame(
+                stream_id,
+                ImagePullResponse { manifest_digest }.encode_to_vec(),
+            )
         }
         Err(failure) => {
             tracing::warn!(image = %image_url, error = %failure, "PullImage failed");

@@ -81,9 +81,12 @@ impl CdhTtrpcKekSource {
                     socket.display()
                 )))
             }
-            Err(e @ CallError::Status { code: code::NOT_FOUND, .. }) => {
-                return Err(KekError::NotFound(format!("GetResource({}): {e}", kid.uri)))
-            }
+            Err(
+                e @ CallError::Status {
+                    code: code::NOT_FOUND,
+                    ..
+                },
+            ) => return Err(KekError::NotFound(format!("GetResource({}): {e}", kid.uri))),
             Err(e) => return Err(KekError::Failed(format!("GetResource({}): {e}", kid.uri))),
         };
         let decoded = GetResourceResponse::decode(&payload[..]);

@@ -113,11 +113,18 @@ pub async fn record_image_pull(
     })?;
     match RuntimeMeasurementResult::from_i32(response.result) {
         Some(RuntimeMeasurementResult::Ok) => {
-            tracing::info!(image = image_url, digest = manifest_digest, "pull recorded in the runtime measurements");
+            tracing::info!(
+                image = image_url,
+                digest = manifest_digest,
+                "pull recorded in the runtime measurements"
+            );
             Ok(MeasurementOutcome::Recorded)
         }
         Some(RuntimeMeasurementResult::NotSupported) => {
-            tracing::warn!(image = image_url, "the platform does not support runtime measurement: the pull is not recorded");
+            tracing::warn!(
+                image = image_url,
+                "the platform does not support runtime measurement: the pull is not recorded"
+            );
             Ok(MeasurementOutcome::NotSupported)
         }
         Some(RuntimeMeasurementResult::NotEnabled) => {

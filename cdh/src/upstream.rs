@@ -32,7 +32,9 @@ struct State {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The message of an `UNAVAILABLE` answer for a call that could not reach the CDH.
@@ -65,20 +67,16 @@ impl Upstream {
         to_client: mpsc::Sender<Frame>,
         max_message_len: usize,
     ) -> Result<Self, String> {
-        let stream = match tokio::time::timeout(
-            UPSTREAM_CONNECT_TIMEOUT,
-            UnixStream::connect(path),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(format!("connect: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "connect: no answer within {UPSTREAM_CONNECT_TIMEOUT:?}"
-                ))
-            }
-        };
+        let stream =
+            match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, UnixStream::connect(path)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(format!("connect: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "connect: no answer within {UPSTREAM_CONNECT_TIMEOUT:?}"
+                    ))
+                }
+            };
         let (read, writer) = stream.into_split();
         let state = Arc::new(Mutex::new(State::default()));
         let reader = tokio::spawn(copy_back(
