@@ -6,13 +6,13 @@
 //! `.proto` files, so they share no code with `veil-cdh`: a front door or client that
 //! gets the wire wrong fails against them.
 //!
-//! - [`CdhStandIn`]: serves `api.GetResourceService/GetResource` from a map (a missing
-//!   resource gets CDH's answer, `INTERNAL` "[CDH] [ERROR]: Get Resource failed"), and a
+//! - [`CdhStandIn`] — serves `api.GetResourceService/GetResource` from a map (a missing
+//!   resource gets CDH's answer: `INTERNAL`, [`CDH_GET_RESOURCE_ERROR`]), and a
 //!   service Veil does not know, `veiltest.EchoService` (`Echo` answers its payload,
 //!   `EchoStream` echoes each data frame of a duplex stream); records every call.
-//! - [`AaStandIn`]: `attestation_agent.AttestationAgentService/ExtendRuntimeMeasurement`,
+//! - [`AaStandIn`] — `attestation_agent.AttestationAgentService/ExtendRuntimeMeasurement`,
 //!   answering a chosen result and recording each request.
-//! - [`TtrpcClient`] and [`pull_image`]: call the socket the way kata-agent does (one
+//! - [`TtrpcClient`] and [`pull_image`] call the socket the way kata-agent does (one
 //!   connection for every service, `timeout_nano` set on each request).
 
 use std::collections::HashMap;

@@ -447,6 +447,41 @@ async fn an_unreachable_cdh_is_named_and_reconnected_to() {
 }
 
 #[tokio::test]
+async fn a_cdh_that_dies_mid_call_still_gets_the_caller_an_answer() {
+    let s = sockets();
+    // An upstream that takes the request and hangs up without answering.
+    let listener = tokio::net::UnixListener::bind(&s.cdh).unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let got = read_raw_frame(&mut conn).await.unwrap();
+        drop(conn);
+        got
+    });
+    let puller = TestPuller::new(|url, _| Box::pin(async move { Ok(digest_of(&url)) }));
+    let front = front_door(&s, puller).await;
+    let client = TtrpcClient::connect(&s.front).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .call(ECHO_SERVICE, ECHO_METHOD, b"lost".to_vec(), CALL_TIMEOUT)
+        .await
+        .unwrap_err();
+    let CallFailure::Status { code, message } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(code, UNAVAILABLE, "{message}");
+    assert!(message.contains(&s.cdh.display().to_string()), "{message}");
+    assert!(message.contains("before answering"), "{message}");
+    assert!(
+        started.elapsed() < CALL_TIMEOUT / 2,
+        "answered at once, not at the timeout"
+    );
+    let forwarded = upstream.await.unwrap();
+    let request = ttrpc::Request::decode(&forwarded[10..]).unwrap();
+    assert_eq!(request.payload, b"lost");
+    front.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_broken_client_loses_only_its_own_connection() {
     let s = sockets();
     let cdh = CdhStandIn::start(&s.cdh, HashMap::new()).await.unwrap();
