@@ -97,8 +97,8 @@ pub enum CallError {
 
 /// Calls `service`/`method` with an encoded request `payload` on the ttrpc server at
 /// `socket`, waiting at most `timeout` (also sent as the request's `timeout_nano`). Returns
-/// the encoded response message. The frame buffers are wiped once decoded (answers may be
-/// keys); the caller owns the returned bytes.
+/// the encoded response message. The answer's frame buffers are wiped once decoded (answers
+/// may be keys); the caller owns the returned bytes.
 pub async fn unary_call(
     socket: &Path,
     service: &str,
@@ -134,7 +134,7 @@ async fn exchange(
     socket: &Path,
     service: &str,
     method: &str,
-    mut payload: Vec<u8>,
+    payload: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, CallError> {
     let conn_err = |source| CallError::Connection {
@@ -152,19 +152,15 @@ async fn exchange(
     let request = proto::Request {
         service: service.to_string(),
         method: method.to_string(),
-        payload: std::mem::take(&mut payload),
+        payload,
         timeout_nano: i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX),
         metadata: Vec::new(),
     };
-    let mut request_bytes = request.encode_to_vec();
-    let mut request = request;
-    request.payload.zeroize();
-    let frame = Frame::new(STREAM_ID, TYPE_REQUEST, std::mem::take(&mut request_bytes));
+    let frame = Frame::new(STREAM_ID, TYPE_REQUEST, request.encode_to_vec());
     let (read, mut write) = stream.into_split();
-    let sent = frame::write_frame(&mut write, &frame, MAX_MESSAGE_LEN).await;
-    let mut frame = frame;
-    frame.payload.zeroize();
-    sent.map_err(conn_err)?;
+    frame::write_frame(&mut write, &frame, MAX_MESSAGE_LEN)
+        .await
+        .map_err(conn_err)?;
 
     let mut read = BufReader::new(read);
     loop {

@@ -30,11 +30,13 @@ use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::fmt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt as _;
 use prost::Message;
 use thiserror::Error;
 use tokio::io::BufReader;
@@ -480,9 +482,22 @@ impl Connection {
         let cancel = self.cancel_pulls.clone();
         let local_streams = self.local_streams.clone();
         self.pulls.spawn(async move {
+            // A panicking handler still gets its caller an answer.
+            let pull = AssertUnwindSafe(serve_pull(handler.as_ref(), stream_id, &request))
+                .catch_unwind()
+                .map(|served| {
+                    served.unwrap_or_else(|_| {
+                        tracing::error!(stream_id, "the PullImage handler panicked");
+                        status_frame(
+                            stream_id,
+                            code::INTERNAL,
+                            format!("{CDH_ERROR_PREFIX}Image Pull error: veil: the pull handler panicked"),
+                        )
+                    })
+                });
             let answer = tokio::select! {
                 _ = cancel.cancelled() => None,
-                frame = serve_pull(handler.as_ref(), stream_id, &request) => Some(frame),
+                frame = pull => Some(frame),
             };
             lock_set(&local_streams).remove(&stream_id);
             if let Some(frame) = answer {

@@ -213,6 +213,7 @@ async fn failed_and_overdue_pulls_get_cdh_shaped_errors() {
     let puller = TestPuller::new(move |url, _| {
         let flag = flag.clone();
         Box::pin(async move {
+            assert!(!url.contains("panic"), "a handler bug");
             if url.contains("slow") {
                 struct SetOnDrop(Arc<AtomicBool>);
                 impl Drop for SetOnDrop {
@@ -251,6 +252,21 @@ async fn failed_and_overdue_pulls_get_cdh_shaped_errors() {
         message.contains("manifest unknown: registry.example answered 404"),
         "{message}"
     );
+
+    // A handler that panics: still an answer, not a hang.
+    let err = pull_image(
+        &s.front,
+        "registry.example/panic:1",
+        Path::new("/b"),
+        CALL_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    let CallFailure::Status { code, message } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(code, INTERNAL);
+    assert!(message.contains("panicked"), "{message}");
 
     // timeout_nano of 300 ms on a pull that never ends: DEADLINE_EXCEEDED, and the pull
     // future is dropped. (Raw frames: the ttrpc client would give up at the same moment.)
