@@ -120,7 +120,7 @@ fn fuse_vs_tmpfs(c: &mut Criterion) {
         .unwrap();
     let reader = Arc::new(ChunkReader::new(
         "sha256:bench",
-        Arc::new(LayerTree::build(&toc).unwrap()),
+        Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap()),
         Arc::new(MemoryBlob(blob)),
         Arc::new(ChunkCache::new(2 * FILE_SIZE as u64)),
         ReaderOptions::default(),

@@ -10,6 +10,7 @@ use std::io::Write;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sha2::{Digest, Sha256};
 use veil_formats::codec::{decode_chunk, sha256_digest};
+use veil_formats::limits::Limits;
 use veil_formats::toc::{Chunk, Compression};
 
 /// Veil's default chunk size (`veil convert --chunk-size 4M`).
@@ -94,7 +95,7 @@ fn chunk_decode(c: &mut Criterion) {
     ] {
         let chunk = chunk_for(&data, blob, compression);
         g.bench_function(name, |b| {
-            b.iter(|| decode_chunk(black_box(&chunk), black_box(blob)).unwrap())
+            b.iter(|| decode_chunk(black_box(&chunk), black_box(blob), &Limits::default()).unwrap())
         });
     }
     g.finish();

@@ -26,6 +26,7 @@ use veil_keyprovider::ocicrypt::{is_encrypted_media_type, plain_media_type, Encr
 
 use veil_blob::display::human_bytes as human;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc, LazyFormat};
+use veil_formats::limits::Limits;
 use veil_keyprovider::layer::Decryption;
 use veil_registry::{BlobDescriptor, ClientOptions, RegistryClient};
 
@@ -404,7 +405,7 @@ async fn inspect_layer(
     }
     if let Some((source, format)) = readable {
         if opts.read_toc {
-            match read_layer_toc(source.as_ref(), &format).await {
+            match read_layer_toc(source.as_ref(), &format, &Limits::default()).await {
                 Ok(toc) => {
                     let (chunks, files) = count(&toc);
                     info.chunks = Some(chunks);

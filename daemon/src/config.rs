@@ -33,6 +33,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Encrypted layers.
     pub decryption: DecryptionConfig,
+    /// What a hostile layer may cost.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cache: CacheConfig::default(),
             decryption: DecryptionConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -202,6 +205,93 @@ impl Default for CacheConfig {
     }
 }
 
+/// `[limits]`: what any layer, however hostile, may cost to index and read (see
+/// `veil_formats::limits`; sizes in bytes). Each key must lie in its range (zero would
+/// refuse every layer, a huge value would lift the bound); the defaults are the
+/// constants of `veil_formats::limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest uncompressed chunk, and most bytes a chunk may need inflated from its
+    /// member or frame (`innerOffset + size`).
+    pub max_chunk_size: u64,
+    /// Largest compressed blob range one chunk may span (what one chunk read fetches).
+    pub max_compressed_chunk_size: u64,
+    /// Deepest path (and hard-link target) in a layer, in components.
+    pub max_path_depth: u64,
+    /// Bytes of TOC index memory allowed per byte of TOC JSON (at least 1 MiB in all).
+    pub max_index_bytes_per_toc_byte: u64,
+    /// Bytes of filesystem tree memory allowed per byte of TOC index (at least 1 MiB).
+    pub max_tree_bytes_per_index_byte: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use veil_formats::limits as l;
+        Self {
+            max_chunk_size: l::MAX_CHUNK_SIZE,
+            max_compressed_chunk_size: l::MAX_COMPRESSED_CHUNK_SIZE,
+            max_path_depth: l::MAX_PATH_DEPTH as u64,
+            max_index_bytes_per_toc_byte: l::MAX_INDEX_BYTES_PER_TOC_BYTE,
+            max_tree_bytes_per_index_byte: l::MAX_TREE_BYTES_PER_INDEX_BYTE,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Each key with its value and the range it must lie in
+    /// (`veil_formats::limits::CHUNK_SIZE_RANGE`, ...).
+    fn ranges(&self) -> [(&'static str, u64, u64, u64); 5] {
+        use veil_formats::limits as l;
+        let depth = l::PATH_DEPTH_RANGE;
+        let range = |r: std::ops::RangeInclusive<u64>| (*r.start(), *r.end());
+        let (c, cc, b) = (
+            range(l::CHUNK_SIZE_RANGE),
+            range(l::COMPRESSED_CHUNK_SIZE_RANGE),
+            range(l::BYTES_PER_BYTE_RANGE),
+        );
+        [
+            ("max_chunk_size", self.max_chunk_size, c.0, c.1),
+            (
+                "max_compressed_chunk_size",
+                self.max_compressed_chunk_size,
+                cc.0,
+                cc.1,
+            ),
+            (
+                "max_path_depth",
+                self.max_path_depth,
+                *depth.start() as u64,
+                *depth.end() as u64,
+            ),
+            (
+                "max_index_bytes_per_toc_byte",
+                self.max_index_bytes_per_toc_byte,
+                b.0,
+                b.1,
+            ),
+            (
+                "max_tree_bytes_per_index_byte",
+                self.max_tree_bytes_per_index_byte,
+                b.0,
+                b.1,
+            ),
+        ]
+    }
+
+    /// The first key outside its range, as a message naming it.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value, min, max) in self.ranges() {
+            if value < min || value > max {
+                return Err(format!(
+                    "[limits] {key} = {value} is out of range: it must be between {min} and {max}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -233,12 +323,16 @@ impl Config {
             .unwrap_or_else(|| self.root.join("cache"))
     }
 
-    /// Parses a configuration from TOML text; `path` is only used in errors.
+    /// Parses a configuration from TOML text and checks its values (`[limits]` ranges);
+    /// `path` is only used in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let config: Self = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        config.limits.check().map_err(parse_error)?;
+        Ok(config)
     }
 
     /// Loads `explicit` if given (it must exist), else [`DEFAULT_CONFIG_PATH`] if it
@@ -320,6 +414,45 @@ mod tests {
             e.contains("/etc/veil/config.toml") && e.contains("rooot"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn limits_default_to_the_constants_and_are_range_checked() {
+        let c = Config::from_toml("[limits]\nmax_chunk_size = 8388608\n", Path::new("x")).unwrap();
+        assert_eq!(c.limits.max_chunk_size, 8 << 20);
+        assert_eq!(
+            c.limits.max_path_depth,
+            veil_formats::limits::MAX_PATH_DEPTH as u64
+        );
+        for key in [
+            "max_chunk_size",
+            "max_compressed_chunk_size",
+            "max_path_depth",
+            "max_index_bytes_per_toc_byte",
+            "max_tree_bytes_per_index_byte",
+        ] {
+            let e = Config::from_toml(
+                &format!("[limits]\n{key} = 0\n"),
+                Path::new("/etc/veil/config.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("/etc/veil/config.toml") && e.contains(&format!("[limits] {key} = 0")),
+                "{e}"
+            );
+        }
+        let e = Config::from_toml("[limits]\nmax_path_depth = 100000\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_path_depth = 100000") && e.contains("2048"),
+            "{e}"
+        );
+        let e = Config::from_toml("[limits]\nmax_chunk_size = -1\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_chunk_size"), "{e}");
     }
 
     #[test]

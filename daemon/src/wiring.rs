@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::prefetch::RateLimiter;
@@ -24,7 +25,7 @@ use veil_registry::{ClientOptions, CredentialsSource, RegistryClient};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
-use crate::config::{Config, DecryptionConfig, KekSourceKind};
+use crate::config::{Config, DecryptionConfig, KekSourceKind, LimitsConfig};
 use crate::error::DaemonError;
 
 /// Timeout of each KBS / CDH request.
@@ -134,8 +135,20 @@ pub fn decryption(config: &DecryptionConfig) -> Decryption {
     decryption.with_kek_chain(move || kek_chain(&owned))
 }
 
+/// The hostile-input limits `[limits]` sets (checked against their ranges when the
+/// config was parsed), for every layer's TOC, tree, streamed index and chunk decodes.
+pub fn limits(config: &LimitsConfig) -> Limits {
+    Limits {
+        max_chunk_size: config.max_chunk_size,
+        max_compressed_chunk_size: config.max_compressed_chunk_size,
+        max_path_depth: usize::try_from(config.max_path_depth).unwrap_or(usize::MAX),
+        max_index_bytes_per_toc_byte: config.max_index_bytes_per_toc_byte,
+        max_tree_bytes_per_index_byte: config.max_tree_bytes_per_index_byte,
+    }
+}
+
 /// The image service options the config asks for: the disk cache (opened here),
-/// prefetch, background fetching and its rate, decryption.
+/// prefetch, background fetching and its rate, decryption, the limits.
 pub fn lazy_options(config: &Config) -> LazyOptions {
     LazyOptions {
         disk_cache: disk_cache(config),
@@ -148,6 +161,7 @@ pub fn lazy_options(config: &Config) -> LazyOptions {
         decryption: Some(Arc::new(decryption(&config.decryption))),
         // The snapshotter lets containerd unpack plain layers.
         stream_plain: false,
+        limits: limits(&config.limits),
     }
 }
 
@@ -192,5 +206,26 @@ mod tests {
         };
         let err = kek_chain(&config).err().unwrap().to_string();
         assert!(err.contains("needs [decryption] kbs_url"), "{err}");
+    }
+
+    #[test]
+    fn limits_come_from_the_limits_section() {
+        assert_eq!(limits(&LimitsConfig::default()), Limits::default());
+        let config = Config::from_toml(
+            "[limits]\nmax_chunk_size = 4194304\nmax_compressed_chunk_size = 8388608\n\
+             max_path_depth = 64\nmax_index_bytes_per_toc_byte = 4\n\
+             max_tree_bytes_per_index_byte = 2\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let want = Limits {
+            max_chunk_size: 4 << 20,
+            max_compressed_chunk_size: 8 << 20,
+            max_path_depth: 64,
+            max_index_bytes_per_toc_byte: 4,
+            max_tree_bytes_per_index_byte: 2,
+        };
+        assert_eq!(limits(&config.limits), want);
+        assert_eq!(want.validate(), Ok(()));
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use veil_blob::BlobSource;
 
 use crate::estargz::{self, FormatError};
+use crate::limits::Limits;
 use crate::toc::LayerToc;
 use crate::zstdchunked;
 
@@ -97,14 +98,20 @@ pub fn classify_sealed(
     Err(NotLazy::MediaType(mt.to_string()))
 }
 
-/// Reads and authenticates the TOC of a lazily servable layer.
+/// Reads and authenticates the TOC of a lazily servable layer, checking every entry
+/// against `limits`.
 pub async fn read_layer_toc(
     source: &dyn BlobSource,
     format: &LazyFormat,
+    limits: &Limits,
 ) -> Result<LayerToc, FormatError> {
     match format {
-        LazyFormat::Estargz { toc_digest } => estargz::read_toc(source, Some(toc_digest)).await,
-        LazyFormat::ZstdChunked(info) => zstdchunked::read_toc(source, info).await,
+        LazyFormat::Estargz { toc_digest } => {
+            estargz::read_toc_with_limits(source, Some(toc_digest), limits).await
+        }
+        LazyFormat::ZstdChunked(info) => {
+            zstdchunked::read_toc_with_limits(source, info, limits).await
+        }
     }
 }
 

@@ -13,12 +13,14 @@ use std::io::{self, Read};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::limits::Limits;
 use crate::toc::{Chunk, Compression};
 
 pub use crate::limits::MAX_CHUNK_SIZE;
 
-/// The largest zstd window a chunk's frame may ask for: the smallest power of two that
-/// holds [`MAX_CHUNK_SIZE`] (2^24 = 16 MiB). A frame's header names the window its
+/// The largest zstd window a chunk's frame may ask for under the default limits: the
+/// smallest power of two that holds [`MAX_CHUNK_SIZE`] (2^24 = 16 MiB); with other
+/// limits, [`Limits::zstd_window_log`]. A frame's header names the window its
 /// decoder must allocate; without this bound a hostile frame of a few bytes would make
 /// every decode allocate zstd's default maximum (128 MiB) however small the chunk.
 pub const MAX_ZSTD_WINDOW_LOG: u32 = u64::BITS - (MAX_CHUNK_SIZE - 1).leading_zeros();
@@ -49,7 +51,7 @@ pub enum CodecError {
         /// End of the range.
         blob_end: u64,
     },
-    /// The chunk is larger than [`MAX_CHUNK_SIZE`].
+    /// The chunk is larger than [`Limits::max_chunk_size`].
     #[error(
         "chunk at blob offset {blob_offset} claims {size} bytes, more than the MAX_CHUNK_SIZE \
          limit of {max} bytes"
@@ -63,7 +65,7 @@ pub enum CodecError {
         max: u64,
     },
     /// The chunk starts so far inside its member or frame that reaching it would inflate
-    /// more than [`MAX_CHUNK_SIZE`] bytes.
+    /// more than [`Limits::max_chunk_size`] bytes.
     #[error(
         "chunk at blob offset {blob_offset} starts {inner_offset} bytes into its member and \
          needs {inner_offset} + {size} bytes inflated, more than the MAX_CHUNK_SIZE limit \
@@ -142,13 +144,19 @@ pub fn parse_sha256(digest: &str) -> Option<[u8; 32]> {
 /// decompressed only as far as `inner_offset + size`; the `size` bytes after
 /// `inner_offset` are returned if their SHA-256 equals `chunk.digest`.
 ///
-/// Cost is bounded by [`MAX_CHUNK_SIZE`] whatever the input: a chunk claiming more, or
+/// Cost is bounded by `limits.max_chunk_size` ([`Limits::max_chunk_size`]) whatever the
+/// input: a chunk claiming more, or
 /// starting so deep in its member that more would have to be inflated, is refused
 /// before anything is decompressed or allocated; decompression stops at
 /// `inner_offset + size` however far the member would inflate (a compression bomb
 /// costs at most the limit); a zstd frame may not ask for a window larger than
-/// 2^[`MAX_ZSTD_WINDOW_LOG`].
-pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecError> {
+/// 2^[`Limits::zstd_window_log`].
+pub fn decode_chunk(
+    chunk: &Chunk,
+    compressed: &[u8],
+    limits: &Limits,
+) -> Result<Vec<u8>, CodecError> {
+    let max = limits.max_chunk_size;
     if chunk.blob_end <= chunk.blob_offset {
         return Err(CodecError::BadRange {
             blob_offset: chunk.blob_offset,
@@ -164,19 +172,19 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
             actual: compressed.len() as u64,
         });
     }
-    if chunk.size > MAX_CHUNK_SIZE {
+    if chunk.size > max {
         return Err(CodecError::TooLarge {
             blob_offset: chunk.blob_offset,
             size: chunk.size,
-            max: MAX_CHUNK_SIZE,
+            max,
         });
     }
-    if chunk.inner_offset.saturating_add(chunk.size) > MAX_CHUNK_SIZE {
+    if chunk.inner_offset.saturating_add(chunk.size) > max {
         return Err(CodecError::InnerOffsetTooLarge {
             blob_offset: chunk.blob_offset,
             inner_offset: chunk.inner_offset,
             size: chunk.size,
-            max: MAX_CHUNK_SIZE,
+            max,
         });
     }
     let expected =
@@ -193,7 +201,7 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
             let mut decoder =
                 zstd::stream::read::Decoder::with_buffer(compressed).map_err(decompress_err)?;
             decoder
-                .window_log_max(MAX_ZSTD_WINDOW_LOG)
+                .window_log_max(limits.zstd_window_log())
                 .map_err(decompress_err)?;
             Box::new(decoder)
         }
@@ -204,7 +212,7 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, CodecEr
 
     let skipped = io::copy(&mut (&mut reader).take(chunk.inner_offset), &mut io::sink())
         .map_err(decompress_err)?;
-    // `size` is at most MAX_CHUNK_SIZE (checked above): the one allocation a chunk needs.
+    // `size` is at most the chunk limit (checked above): the one allocation a chunk needs.
     let mut data = Vec::with_capacity(usize::try_from(chunk.size).unwrap_or(0));
     let read = reader.read_to_end(&mut data).map_err(decompress_err)? as u64;
     if skipped < chunk.inner_offset || read < chunk.size {
@@ -264,7 +272,10 @@ mod tests {
     fn gzip_chunk_with_inner_offset() {
         let member = gzip(b"headerPAYLOADtrailer");
         let chunk = chunk_for(&member, 6, b"PAYLOAD", Compression::Gzip);
-        assert_eq!(decode_chunk(&chunk, &member).unwrap(), b"PAYLOAD");
+        assert_eq!(
+            decode_chunk(&chunk, &member, &Limits::default()).unwrap(),
+            b"PAYLOAD"
+        );
     }
 
     #[test]
@@ -272,7 +283,10 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let frame = zstd_frame(&data);
         let chunk = chunk_for(&frame, 0, &data, Compression::Zstd);
-        assert_eq!(decode_chunk(&chunk, &frame).unwrap(), data);
+        assert_eq!(
+            decode_chunk(&chunk, &frame, &Limits::default()).unwrap(),
+            data
+        );
     }
 
     #[test]
@@ -280,7 +294,10 @@ mod tests {
         let mut frames = zstd_frame(b"abc");
         frames.extend(zstd_frame(b"def"));
         let chunk = chunk_for(&frames, 1, b"bcde", Compression::Zstd);
-        assert_eq!(decode_chunk(&chunk, &frames).unwrap(), b"bcde");
+        assert_eq!(
+            decode_chunk(&chunk, &frames, &Limits::default()).unwrap(),
+            b"bcde"
+        );
     }
 
     #[test]
@@ -288,7 +305,7 @@ mod tests {
         let member = gzip(b"hello");
         let mut chunk = chunk_for(&member, 0, b"hello", Compression::Gzip);
         chunk.digest = sha256_digest(b"other");
-        match decode_chunk(&chunk, &member) {
+        match decode_chunk(&chunk, &member, &Limits::default()) {
             Err(CodecError::DigestMismatch { expected, actual }) => {
                 assert_eq!(expected, sha256_digest(b"other"));
                 assert_eq!(actual, sha256_digest(b"hello"));
@@ -309,7 +326,7 @@ mod tests {
             let cut = &member[..member.len() / 2];
             let chunk = chunk_for(cut, 0, &data, compression);
             assert!(
-                decode_chunk(&chunk, cut).is_err(),
+                decode_chunk(&chunk, cut, &Limits::default()).is_err(),
                 "{compression:?} truncated"
             );
             // Every single flipped byte: an error, never a panic, never wrong bytes.
@@ -317,14 +334,14 @@ mod tests {
                 let mut bad = member.clone();
                 bad[i] ^= 0x5a;
                 let chunk = chunk_for(&bad, 0, &data, compression);
-                if let Ok(out) = decode_chunk(&chunk, &bad) {
+                if let Ok(out) = decode_chunk(&chunk, &bad, &Limits::default()) {
                     assert_eq!(out, data);
                 }
             }
             // Garbage.
             let garbage = vec![0xffu8; 64];
             let chunk = chunk_for(&garbage, 0, &data, compression);
-            assert!(decode_chunk(&chunk, &garbage).is_err());
+            assert!(decode_chunk(&chunk, &garbage, &Limits::default()).is_err());
         }
     }
 
@@ -334,7 +351,7 @@ mod tests {
         let mut chunk = chunk_for(&member, 2, b"tiny", Compression::Gzip);
         chunk.size = 4;
         assert!(matches!(
-            decode_chunk(&chunk, &member),
+            decode_chunk(&chunk, &member, &Limits::default()),
             Err(CodecError::Short { available: 4, .. })
         ));
     }
@@ -344,25 +361,25 @@ mod tests {
         let member = gzip(b"x");
         let chunk = chunk_for(&member, 0, b"x", Compression::Gzip);
         assert!(matches!(
-            decode_chunk(&chunk, &member[1..]),
+            decode_chunk(&chunk, &member[1..], &Limits::default()),
             Err(CodecError::WrongLength { .. })
         ));
         let mut c = chunk.clone();
         c.blob_end = c.blob_offset;
         assert!(matches!(
-            decode_chunk(&c, &[]),
+            decode_chunk(&c, &[], &Limits::default()),
             Err(CodecError::BadRange { .. })
         ));
         let mut c = chunk.clone();
         c.digest = "sha256:xyz".into();
         assert!(matches!(
-            decode_chunk(&c, &member),
+            decode_chunk(&c, &member, &Limits::default()),
             Err(CodecError::BadDigest(_))
         ));
         let mut c = chunk.clone();
         c.size = MAX_CHUNK_SIZE + 1;
         assert!(matches!(
-            decode_chunk(&c, &member),
+            decode_chunk(&c, &member, &Limits::default()),
             Err(CodecError::TooLarge { .. })
         ));
     }

@@ -10,8 +10,16 @@
 //! The chunk codec applies the chunk limit again to every chunk it decodes
 //! ([`crate::codec::decode_chunk`]), whatever the chunk's origin.
 //!
+//! The limits in force are a [`Limits`] value passed to every place that checks them
+//! (TOC loading, chunk decoding, the streamed indexer, the filesystem tree); its
+//! [`Default`] is the constants below. The daemon's `[limits]` config section builds
+//! another; [`Limits::validate`] refuses values that would disable a bound or make every
+//! layer unreadable, naming the field.
+//!
 //! [`index_bytes`] estimates the memory of the format-neutral model; the filesystem tree
 //! built on top of it has its own budget, proportional to this estimate (`veil-fusefs`).
+
+use std::ops::RangeInclusive;
 
 use crate::toc::{Chunk, Entry};
 
@@ -57,12 +65,133 @@ pub const MAX_INDEX_BYTES_PER_TOC_BYTE: u64 = 8;
 /// refused for the fixed overhead of their records.
 pub const INDEX_BUDGET_FLOOR: u64 = 1 << 20;
 
-/// The index memory budget of a TOC whose JSON is `toc_size` bytes:
-/// [`MAX_INDEX_BYTES_PER_TOC_BYTE`] per byte, at least [`INDEX_BUDGET_FLOOR`].
-pub fn index_budget(toc_size: u64) -> u64 {
-    toc_size
-        .saturating_mul(MAX_INDEX_BYTES_PER_TOC_BYTE)
-        .max(INDEX_BUDGET_FLOOR)
+/// How many bytes of filesystem tree memory (`veil_fusefs::tree::LayerTree::memory`) one
+/// byte of the TOC model ([`index_bytes`]) may cost (8).
+///
+/// A tree of a TOC that lists its directories is about as large as the model (a node per
+/// entry, a name per node); eight leaves room for layers whose files sit in several
+/// levels of directories the TOC never lists. The model itself is bounded by the TOC's
+/// size ([`MAX_INDEX_BYTES_PER_TOC_BYTE`]), so the tree is too.
+pub const MAX_TREE_BYTES_PER_INDEX_BYTE: u64 = 8;
+
+/// The values [`Limits::max_chunk_size`] may be configured to: 4 KiB to 1 GiB. Below,
+/// ordinary layers become unreadable; above, one read could cost gigabytes.
+pub const CHUNK_SIZE_RANGE: RangeInclusive<u64> = 4096..=(1 << 30);
+
+/// The values [`Limits::max_compressed_chunk_size`] may be configured to: 4 KiB to 2 GiB.
+pub const COMPRESSED_CHUNK_SIZE_RANGE: RangeInclusive<u64> = 4096..=(2 << 30);
+
+/// The values [`Limits::max_path_depth`] may be configured to: 1 to 2048 components
+/// (a 4096-byte `PATH_MAX` holds no more).
+pub const PATH_DEPTH_RANGE: RangeInclusive<usize> = 1..=2048;
+
+/// The values the two memory ratios ([`Limits::max_index_bytes_per_toc_byte`],
+/// [`Limits::max_tree_bytes_per_index_byte`]) may be configured to: 1 to 1024.
+pub const BYTES_PER_BYTE_RANGE: RangeInclusive<u64> = 1..=1024;
+
+/// The limits in force: what one chunk, one path and one layer's index may cost.
+///
+/// [`Default`] is the constants of this module; a configured value replaces one of them
+/// for every layer read with this value. Field names are the daemon's `[limits]` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest uncompressed chunk, and the most bytes a chunk may need inflated from
+    /// its member or frame (`innerOffset + size`), in bytes ([`MAX_CHUNK_SIZE`]). Also
+    /// bounds the zstd window a chunk's frame may ask for.
+    pub max_chunk_size: u64,
+    /// The largest compressed blob range of one chunk, in bytes
+    /// ([`MAX_COMPRESSED_CHUNK_SIZE`]).
+    pub max_compressed_chunk_size: u64,
+    /// The deepest path (and hard-link target), in components ([`MAX_PATH_DEPTH`]).
+    pub max_path_depth: usize,
+    /// Bytes of TOC model memory allowed per byte of TOC JSON
+    /// ([`MAX_INDEX_BYTES_PER_TOC_BYTE`]; at least [`INDEX_BUDGET_FLOOR`] in all).
+    pub max_index_bytes_per_toc_byte: u64,
+    /// Bytes of filesystem tree memory allowed per byte of TOC model
+    /// ([`MAX_TREE_BYTES_PER_INDEX_BYTE`]).
+    pub max_tree_bytes_per_index_byte: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_chunk_size: MAX_CHUNK_SIZE,
+            max_compressed_chunk_size: MAX_COMPRESSED_CHUNK_SIZE,
+            max_path_depth: MAX_PATH_DEPTH,
+            max_index_bytes_per_toc_byte: MAX_INDEX_BYTES_PER_TOC_BYTE,
+            max_tree_bytes_per_index_byte: MAX_TREE_BYTES_PER_INDEX_BYTE,
+        }
+    }
+}
+
+/// A [`Limits`] field set outside the range it may take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value} is out of range: it must be between {min} and {max}")]
+pub struct LimitsError {
+    /// The field (the `[limits]` config key).
+    pub field: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// The smallest value accepted.
+    pub min: u64,
+    /// The largest value accepted.
+    pub max: u64,
+}
+
+impl Limits {
+    /// Checks every field against its range ([`CHUNK_SIZE_RANGE`], ...): zero would
+    /// refuse every layer, a huge value would remove the bound. The first field out of
+    /// range is named.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        let check = |field: &'static str, value: u64, range: RangeInclusive<u64>| {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(LimitsError {
+                    field,
+                    value,
+                    min: *range.start(),
+                    max: *range.end(),
+                })
+            }
+        };
+        let depth = PATH_DEPTH_RANGE;
+        check("max_chunk_size", self.max_chunk_size, CHUNK_SIZE_RANGE)?;
+        check(
+            "max_compressed_chunk_size",
+            self.max_compressed_chunk_size,
+            COMPRESSED_CHUNK_SIZE_RANGE,
+        )?;
+        check(
+            "max_path_depth",
+            self.max_path_depth as u64,
+            *depth.start() as u64..=*depth.end() as u64,
+        )?;
+        check(
+            "max_index_bytes_per_toc_byte",
+            self.max_index_bytes_per_toc_byte,
+            BYTES_PER_BYTE_RANGE,
+        )?;
+        check(
+            "max_tree_bytes_per_index_byte",
+            self.max_tree_bytes_per_index_byte,
+            BYTES_PER_BYTE_RANGE,
+        )
+    }
+
+    /// The index memory budget of a TOC whose JSON is `toc_size` bytes:
+    /// [`Limits::max_index_bytes_per_toc_byte`] per byte, at least [`INDEX_BUDGET_FLOOR`].
+    pub fn index_budget(&self, toc_size: u64) -> u64 {
+        toc_size
+            .saturating_mul(self.max_index_bytes_per_toc_byte)
+            .max(INDEX_BUDGET_FLOOR)
+    }
+
+    /// The largest zstd window (log2) a chunk's frame may ask for: the smallest power of
+    /// two that holds [`Limits::max_chunk_size`] (24, 16 MiB, by default).
+    pub fn zstd_window_log(&self) -> u32 {
+        u64::BITS - self.max_chunk_size.saturating_sub(1).leading_zeros()
+    }
 }
 
 /// How many components `path` has (`a/b/c`: 3; empty parts and `.` do not count).
@@ -130,12 +259,45 @@ mod tests {
 
     #[test]
     fn budget_has_a_floor_and_grows_with_the_toc() {
-        assert_eq!(index_budget(0), INDEX_BUDGET_FLOOR);
+        let limits = Limits::default();
+        assert_eq!(limits.index_budget(0), INDEX_BUDGET_FLOOR);
         assert_eq!(
-            index_budget(1 << 30),
+            limits.index_budget(1 << 30),
             (1 << 30) * MAX_INDEX_BYTES_PER_TOC_BYTE
         );
-        assert_eq!(index_budget(u64::MAX), u64::MAX);
+        assert_eq!(limits.index_budget(u64::MAX), u64::MAX);
+        let tight = Limits {
+            max_index_bytes_per_toc_byte: 2,
+            ..limits
+        };
+        assert_eq!(tight.index_budget(1 << 30), 2 << 30);
+    }
+
+    #[test]
+    fn defaults_are_valid_and_zero_or_huge_is_not() {
+        let limits = Limits::default();
+        assert_eq!(limits.validate(), Ok(()));
+        assert_eq!(limits.zstd_window_log(), 24);
+        let zero = Limits {
+            max_path_depth: 0,
+            ..limits
+        };
+        let err = zero.validate().unwrap_err();
+        assert_eq!((err.field, err.value), ("max_path_depth", 0));
+        assert!(err.to_string().contains("max_path_depth = 0"), "{err}");
+        let huge = Limits {
+            max_chunk_size: u64::MAX,
+            ..limits
+        };
+        assert_eq!(huge.validate().unwrap_err().field, "max_chunk_size");
+        let ratio = Limits {
+            max_tree_bytes_per_index_byte: 0,
+            ..limits
+        };
+        assert_eq!(
+            ratio.validate().unwrap_err().field,
+            "max_tree_bytes_per_index_byte"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use veil_formats::codec::{decode_chunk, sha256_digest, CodecError, MAX_ZSTD_WINDOW_LOG};
-use veil_formats::limits::MAX_CHUNK_SIZE;
+use veil_formats::limits::{Limits, MAX_CHUNK_SIZE};
 use veil_formats::toc::{Chunk, Compression};
 
 /// The system allocator, counting live bytes and their peak.
@@ -60,7 +60,7 @@ fn measured(chunk: &Chunk, member: &[u8]) -> (Result<Vec<u8>, CodecError>, usize
     let before = LIVE.load(Ordering::SeqCst);
     PEAK.store(before, Ordering::SeqCst);
     let start = Instant::now();
-    let out = decode_chunk(chunk, member);
+    let out = decode_chunk(chunk, member, &Limits::default());
     let took = start.elapsed();
     (out, PEAK.load(Ordering::SeqCst) - before, took)
 }
@@ -169,5 +169,5 @@ fn bombs_cost_at_most_the_chunk_limit() {
     let mut ok = frame.clone();
     ok[5] = ((MAX_ZSTD_WINDOW_LOG - 10) as u8) << 3;
     let one = chunk(&ok, 1, 0, sha256_digest(b"x"), Compression::Zstd);
-    assert_eq!(decode_chunk(&one, &ok).unwrap(), b"x");
+    assert_eq!(decode_chunk(&one, &ok, &Limits::default()).unwrap(), b"x");
 }

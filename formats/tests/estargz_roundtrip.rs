@@ -10,6 +10,7 @@ use futures::executor::block_on;
 use veil_blob::MemoryBlob;
 use veil_formats::codec::{decode_chunk, CodecError};
 use veil_formats::estargz::{self, BuildOptions, FormatError};
+use veil_formats::limits::Limits;
 use veil_formats::toc::{EntryKind, Format};
 
 fn build(tar: &[u8], opts: &BuildOptions) -> (Vec<u8>, estargz::BuildOutput) {
@@ -267,7 +268,12 @@ fn flipped_chunk_byte_is_a_digest_mismatch() {
         .unwrap();
     let c = &e.chunks[0];
     blob[c.blob_offset as usize + 100] ^= 0x01;
-    let err = decode_chunk(c, &blob[c.blob_offset as usize..c.blob_end as usize]).unwrap_err();
+    let err = decode_chunk(
+        c,
+        &blob[c.blob_offset as usize..c.blob_end as usize],
+        &Limits::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, CodecError::DigestMismatch { .. }), "{err}");
 }
 

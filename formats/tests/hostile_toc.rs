@@ -11,6 +11,9 @@
 //!   range of the limit loads;
 //! - an entry 30,000 directories deep: refused by `MAX_PATH_DEPTH`, quickly, with an
 //!   error that does not repeat the 60 KB name; an entry exactly at the limit loads;
+//! - a TOC the default limits accept is refused, naming the limit, once a smaller limit
+//!   is configured (`veil_formats::limits::Limits`, the daemon's `[limits]` keys), and a
+//!   chunk over the configured limit is refused by the decoder too;
 //! - and a real layer's index stays well inside its memory budget.
 
 mod common;
@@ -21,10 +24,11 @@ use std::time::{Duration, Instant};
 use futures::executor::block_on;
 use sha2::{Digest as _, Sha256};
 use veil_blob::MemoryBlob;
-use veil_formats::codec::{decode_chunk, sha256_digest};
+use veil_formats::classify::{read_layer_toc, LazyFormat};
+use veil_formats::codec::{decode_chunk, sha256_digest, CodecError};
 use veil_formats::estargz::{self, footer_bytes, BuildOptions, FormatError, TOC_TAR_NAME};
 use veil_formats::limits::{
-    index_bytes, MAX_CHUNK_SIZE, MAX_COMPRESSED_CHUNK_SIZE, MAX_INDEX_BYTES_PER_TOC_BYTE,
+    index_bytes, Limits, MAX_CHUNK_SIZE, MAX_COMPRESSED_CHUNK_SIZE, MAX_INDEX_BYTES_PER_TOC_BYTE,
     MAX_PATH_DEPTH,
 };
 use veil_formats::toc::LayerToc;
@@ -126,7 +130,7 @@ fn a_gigabyte_chunk_of_zeros_is_refused_at_toc_load() {
     let toc = toc.expect("chunks of the limit are accepted");
     let chunk = &toc.entries[0].chunks[5];
     let member = &blob[chunk.blob_offset as usize..chunk.blob_end as usize];
-    let data = decode_chunk(chunk, member).unwrap();
+    let data = decode_chunk(chunk, member, &Limits::default()).unwrap();
     assert_eq!(data.len() as u64, MAX_CHUNK_SIZE);
 }
 
@@ -254,4 +258,90 @@ fn a_real_layers_index_is_well_inside_its_budget() {
         json.len()
     );
     assert!(ratio * 2.0 < MAX_INDEX_BYTES_PER_TOC_BYTE as f64);
+}
+
+/// Reads the TOC of `blob` through [`read_layer_toc`] (the daemon's path) under `limits`.
+fn load_with(blob: &[u8], digest: &str, limits: &Limits) -> Result<LayerToc, FormatError> {
+    let format = LazyFormat::Estargz {
+        toc_digest: digest.to_owned(),
+    };
+    block_on(read_layer_toc(&MemoryBlob(blob.to_vec()), &format, limits))
+}
+
+#[test]
+fn smaller_configured_limits_refuse_what_the_defaults_accept() {
+    let defaults = Limits::default();
+    // A 64 KiB file in one chunk, three directories deep, whose member spans 80 KiB.
+    let data = vec![b'v'; 64 << 10];
+    let mut payload = gzip(&data);
+    payload.resize(80 << 10, 0);
+    let json = toc_of(&[format!(
+        r#"{{"name":"a/b/c/f","type":"reg","size":{},"offset":0,"chunkDigest":"{}"}}"#,
+        data.len(),
+        sha256_digest(&data)
+    )]);
+    let (blob, digest) = estargz_blob(&payload, &json);
+    let toc = load_with(&blob, &digest, &defaults).expect("the defaults accept it");
+    let chunk = toc.entries[0].chunks[0].clone();
+    let member = &blob[chunk.blob_offset as usize..chunk.blob_end as usize];
+    assert_eq!(decode_chunk(&chunk, member, &defaults).unwrap(), data);
+
+    let cases = [
+        (
+            Limits {
+                max_chunk_size: 32 << 10,
+                ..defaults
+            },
+            "MAX_CHUNK_SIZE",
+            "more than 32768",
+        ),
+        (
+            Limits {
+                max_compressed_chunk_size: 64 << 10,
+                ..defaults
+            },
+            "MAX_COMPRESSED_CHUNK_SIZE",
+            "more than 65536",
+        ),
+        (
+            Limits {
+                max_path_depth: 3,
+                ..defaults
+            },
+            "MAX_PATH_DEPTH",
+            "4 components deep, more than 3",
+        ),
+    ];
+    for (limits, want, says) in cases {
+        let (limit, name, shown) = refused(load_with(&blob, &digest, &limits));
+        assert_eq!((limit, name.as_str()), (want, "a/b/c/f"), "{shown}");
+        assert!(shown.contains(says), "{shown}");
+    }
+
+    // Index memory: 20,000 tiny entries cost about five bytes of index per TOC byte,
+    // inside the default eight, over a configured one (a few MiB, past the 1 MiB floor).
+    let entries: Vec<String> = (0..20_000)
+        .map(|i| format!(r#"{{"name":"{i:x}","type":"fifo"}}"#))
+        .collect();
+    let json = toc_of(&entries);
+    let (blob, digest) = estargz_blob(&gzip(b""), &json);
+    assert!(load_with(&blob, &digest, &defaults).is_ok());
+    let tight = Limits {
+        max_index_bytes_per_toc_byte: 1,
+        ..defaults
+    };
+    let (limit, _, shown) = refused(load_with(&blob, &digest, &tight));
+    assert_eq!(limit, "MAX_INDEX_BYTES_PER_TOC_BYTE", "{shown}");
+
+    // The decoder applies the configured chunk limit too, whatever the TOC said.
+    let small = Limits {
+        max_chunk_size: 32 << 10,
+        ..defaults
+    };
+    match decode_chunk(&chunk, member, &small) {
+        Err(CodecError::TooLarge { size, max, .. }) => {
+            assert_eq!((size, max), (64 << 10, 32 << 10))
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
 }

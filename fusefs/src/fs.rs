@@ -554,7 +554,7 @@ mod tests {
             prefetch_end: None,
             blob_size: 0,
         };
-        let tree = LayerTree::build(&toc).unwrap();
+        let tree = LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap();
         let mut node = tree.root().clone();
         node.kind = NodeKind::Reg;
         node.mode = mode;

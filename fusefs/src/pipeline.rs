@@ -516,7 +516,7 @@ impl ChunkReader {
                     let chunk = &tree.chunks()[global];
                     let from = (chunk.blob_offset - start) as usize;
                     let to = (chunk.blob_end - start) as usize;
-                    codec::decode_chunk(chunk, &bytes[from..to])
+                    codec::decode_chunk(chunk, &bytes[from..to], tree.limits())
                 })
                 .collect::<Vec<_>>()
         })

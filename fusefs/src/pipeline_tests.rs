@@ -128,7 +128,7 @@ fn fixture_with(
     if let Some(at) = tamper {
         blob[at] ^= 0x40;
     }
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let source = Arc::new(CountingSource::new(blob));
     let cache = Arc::new(ChunkCache::new(64 << 20));
     let reader = ChunkReader::new("sha256:test", tree, source.clone(), cache, options);
@@ -223,7 +223,7 @@ async fn a_cached_chunk_splits_the_misses_into_two_requests() {
 async fn max_request_caps_coalescing() {
     let data = pattern(8 * 1000, 4);
     let (toc, blob) = layer(&[("f", data.clone())], 1000);
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let source = Arc::new(CountingSource::new(blob));
     let biggest = tree
         .chunks()
@@ -337,7 +337,7 @@ async fn a_chunk_that_fails_verification_is_discarded_and_fetched_again() {
     });
     let reader = ChunkReader::new(
         "sha256:test",
-        Arc::new(LayerTree::build(&toc).unwrap()),
+        Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap()),
         source.clone(),
         Arc::new(ChunkCache::new(64 << 20)),
         ReaderOptions::default(),
@@ -378,7 +378,7 @@ async fn short_source_reply_is_an_error() {
         }
     }
     let (toc, blob) = layer(&[("f", pattern(100, 1))], 50);
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let reader = ChunkReader::new(
         "l",
         tree,
@@ -410,7 +410,7 @@ async fn concurrent_reads_of_one_chunk_fetch_it_once() {
     }
     let data = pattern(100_000, 8);
     let (toc, blob) = layer(&[("f", data.clone())], 100_000);
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let source = Arc::new(Slow(CountingSource::new(blob)));
     let reader = Arc::new(ChunkReader::new(
         "l",
@@ -520,7 +520,7 @@ async fn zstd_frames_and_inner_offsets_read_too() {
         prefetch_end: None,
         blob_size: frame.len() as u64,
     };
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let source = Arc::new(CountingSource::new(frame));
     let reader = ChunkReader::new(
         "z",

@@ -273,7 +273,7 @@ async fn fetch_piece(
                 let c = &tree.chunks()[i];
                 let from = (c.blob_offset - range.start) as usize;
                 let to = (c.blob_end - range.start) as usize;
-                codec::decode_chunk(c, &bytes[from..to])
+                codec::decode_chunk(c, &bytes[from..to], tree.limits())
             })
             .collect::<Vec<_>>()
     })

@@ -56,7 +56,7 @@ fn fixture(disk: bool, plaintext_budget: u64, tamper: Option<usize>) -> Fixture 
     if let Some(at) = tamper {
         blob[at] ^= 0x40;
     }
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let counting = Counting::new(blob);
     let dir = tempfile::tempdir().unwrap();
     let (disk, cached, source): (_, _, Arc<dyn BlobSource>) = if disk {

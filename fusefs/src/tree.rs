@@ -19,8 +19,9 @@
 //! - **Bounded cost.** Each name is stored once, in its directory's child list; a node
 //!   knows its parent, and [`LayerTree::path`] rebuilds a path for logs. Memory is
 //!   linear in the TOC, not in the square of a path's depth. Paths deeper than
-//!   [`MAX_PATH_DEPTH`] are refused, and the whole tree may take at most
-//!   [`MAX_TREE_BYTES_PER_INDEX_BYTE`] times the memory of the TOC model it is built
+//!   [`Limits::max_path_depth`] ([`MAX_PATH_DEPTH`] by default) are refused, and the
+//!   whole tree may take at most [`Limits::max_tree_bytes_per_index_byte`]
+//!   ([`MAX_TREE_BYTES_PER_INDEX_BYTE`]) times the memory of the TOC model it is built
 //!   from (at least [`TREE_BUDGET_FLOOR`]): implied directories cannot turn a small TOC
 //!   into a large tree.
 //! - **Validation.** `..` components, NUL bytes and over-long names are refused; duplicate
@@ -32,8 +33,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-pub use veil_formats::limits::MAX_PATH_DEPTH;
-use veil_formats::limits::{index_bytes, shorten};
+use veil_formats::limits::{index_bytes, shorten, Limits};
+pub use veil_formats::limits::{MAX_PATH_DEPTH, MAX_TREE_BYTES_PER_INDEX_BYTE};
 use veil_formats::toc::{Chunk, Entry, EntryKind, LayerToc};
 
 use check::{check_chunks, check_component, split_parent, split_path};
@@ -49,15 +50,6 @@ pub const MAX_NAME_LEN: usize = 255;
 
 /// Longest symlink target accepted (Linux `PATH_MAX` less the terminating NUL).
 pub const MAX_LINK_LEN: usize = 4095;
-
-/// How many bytes of tree memory ([`LayerTree::memory`]) one byte of the TOC model
-/// ([`veil_formats::limits::index_bytes`]) may cost (8).
-///
-/// A tree of a TOC that lists its directories is about as large as the model (a node per
-/// entry, a name per node); eight leaves room for layers whose files sit in several
-/// levels of directories the TOC never lists. The model itself is bounded by the TOC's
-/// size (`veil_formats::limits::MAX_INDEX_BYTES_PER_TOC_BYTE`), so the tree is too.
-pub const MAX_TREE_BYTES_PER_INDEX_BYTE: u64 = 8;
 
 /// Tree memory any layer may use whatever its TOC (1 MiB).
 pub const TREE_BUDGET_FLOOR: u64 = 1 << 20;
@@ -237,7 +229,7 @@ pub enum TreeError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A path (or hard-link target) is deeper than [`MAX_PATH_DEPTH`].
+    /// A path (or hard-link target) is deeper than [`Limits::max_path_depth`].
     #[error(
         "entry {name:?}: {depth} path components, more than the MAX_PATH_DEPTH limit of {max}"
     )]
@@ -284,6 +276,8 @@ pub struct LayerTree {
     file_bytes: u64,
     /// Estimated memory of the tree ([`LayerTree::memory`]).
     memory: u64,
+    /// The limits it was built under.
+    limits: Limits,
 }
 
 /// One TOC entry after path normalization.
@@ -297,13 +291,20 @@ struct Pending<'a> {
 }
 
 impl LayerTree {
-    /// Builds the tree of `toc`. See the module documentation for the rules.
-    pub fn build(toc: &LayerToc) -> Result<Self, TreeError> {
+    /// Builds the tree of `toc` under `limits` (path depth, tree memory); the tree
+    /// keeps them for decoding its chunks ([`LayerTree::limits`]). See the module
+    /// documentation for the rules.
+    pub fn build(toc: &LayerToc, limits: &Limits) -> Result<Self, TreeError> {
         let index: u64 = toc.entries.iter().map(index_bytes).sum();
         let budget = index
-            .saturating_mul(MAX_TREE_BYTES_PER_INDEX_BYTE)
+            .saturating_mul(limits.max_tree_bytes_per_index_byte)
             .max(TREE_BUDGET_FLOOR);
-        Builder::new(toc.blob_size, index, budget).run(toc)
+        Builder::new(toc.blob_size, index, budget, *limits).run(toc)
+    }
+
+    /// The limits the tree was built under: its chunks are decoded under the same.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The path `ino` was first named by (`""` for the root), rebuilt from the parent
@@ -328,7 +329,7 @@ impl LayerTree {
     }
 
     /// Estimated memory of the tree: nodes, names, symlink targets, xattrs, chunks.
-    /// At most [`MAX_TREE_BYTES_PER_INDEX_BYTE`] times the TOC model's (or
+    /// At most [`Limits::max_tree_bytes_per_index_byte`] times the TOC model's (or
     /// [`TREE_BUDGET_FLOOR`]).
     pub fn memory(&self) -> u64 {
         self.memory
@@ -411,10 +412,11 @@ struct Builder {
     memory: u64,
     budget: u64,
     index_bytes: u64,
+    limits: Limits,
 }
 
 impl Builder {
-    fn new(blob_size: u64, index_bytes: u64, budget: u64) -> Self {
+    fn new(blob_size: u64, index_bytes: u64, budget: u64, limits: Limits) -> Self {
         let mut root = Node::implied_dir(ROOT_INO, ROOT_INO);
         root.nlink = 2;
         Self {
@@ -426,6 +428,7 @@ impl Builder {
             memory: NODE_BYTES,
             budget,
             index_bytes,
+            limits,
         }
     }
 
@@ -460,7 +463,7 @@ impl Builder {
         let mut pending: Vec<Pending<'_>> = Vec::new();
         let mut opaque: Vec<(String, &Entry)> = Vec::new();
         for entry in &toc.entries {
-            let parts = split_path(&entry.name, &entry.name)?;
+            let parts = split_path(&entry.name, &entry.name, self.limits.max_path_depth)?;
             let Some((last, dirs)) = parts.split_last() else {
                 if entry.kind != EntryKind::Dir {
                     return Err(TreeError::RootNotDir {
@@ -671,11 +674,13 @@ impl Builder {
             reason,
         };
         // Follow link -> link -> ... to a real entry.
-        let mut target = split_path(&entry.link_name, &entry.name)?.join("/");
+        let max_depth = self.limits.max_path_depth;
+        let mut target = split_path(&entry.link_name, &entry.name, max_depth)?.join("/");
         for _ in 0..MAX_HARDLINK_CHAIN {
             match winner_of.get(target.as_str()) {
                 Some(next) if is_hardlink(next) => {
-                    target = split_path(&next.entry.link_name, &next.entry.name)?.join("/");
+                    let (link, name) = (&next.entry.link_name, &next.entry.name);
+                    target = split_path(link, name, max_depth)?.join("/");
                 }
                 _ => break,
             }
@@ -739,6 +744,7 @@ impl Builder {
             chunks: self.chunks,
             file_bytes: self.file_bytes,
             memory: self.memory,
+            limits: self.limits,
         }
     }
 }

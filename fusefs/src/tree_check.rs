@@ -1,10 +1,10 @@
 //! Checks of TOC paths and file chunks for [`super::LayerTree`]: name components, path
-//! depth ([`MAX_PATH_DEPTH`]), and chunk lists that must tile their file.
+//! depth (`Limits::max_path_depth`), and chunk lists that must tile their file.
 
 use veil_formats::limits::shorten;
 use veil_formats::toc::Entry;
 
-use super::{TreeError, MAX_NAME_LEN, MAX_PATH_DEPTH};
+use super::{TreeError, MAX_NAME_LEN};
 
 /// `a/b/c` -> (`a/b`, `c`); `c` -> (``, `c`).
 pub(super) fn split_parent(path: &str) -> (&str, &str) {
@@ -15,8 +15,12 @@ pub(super) fn split_parent(path: &str) -> (&str, &str) {
 }
 
 /// Splits a TOC path into checked components, dropping `.`, empty parts and leading `/`;
-/// refuses paths deeper than [`MAX_PATH_DEPTH`].
-pub(super) fn split_path<'a>(path: &'a str, entry_name: &str) -> Result<Vec<&'a str>, TreeError> {
+/// refuses paths deeper than `max_depth` components.
+pub(super) fn split_path<'a>(
+    path: &'a str,
+    entry_name: &str,
+    max_depth: usize,
+) -> Result<Vec<&'a str>, TreeError> {
     let mut parts = Vec::new();
     for part in path.split('/') {
         if part.is_empty() || part == "." {
@@ -25,11 +29,11 @@ pub(super) fn split_path<'a>(path: &'a str, entry_name: &str) -> Result<Vec<&'a 
         check_component(part, entry_name)?;
         parts.push(part);
     }
-    if parts.len() > MAX_PATH_DEPTH {
+    if parts.len() > max_depth {
         return Err(TreeError::TooDeep {
             name: shorten(entry_name),
             depth: parts.len(),
-            max: MAX_PATH_DEPTH,
+            max: max_depth,
         });
     }
     Ok(parts)

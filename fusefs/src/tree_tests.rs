@@ -43,8 +43,13 @@ fn link(name: &str, kind: EntryKind, target: &str) -> Entry {
     e
 }
 
+/// Builds under the default limits.
+fn build_tree(toc: &LayerToc) -> Result<LayerTree, TreeError> {
+    LayerTree::build(toc, &Limits::default())
+}
+
 fn build(entries: Vec<Entry>) -> LayerTree {
-    LayerTree::build(&toc(entries)).expect("tree builds")
+    build_tree(&toc(entries)).expect("tree builds")
 }
 
 fn names(tree: &LayerTree, path: &str) -> Vec<String> {
@@ -154,19 +159,19 @@ fn hardlinks_share_the_inode_and_count_links() {
 
 #[test]
 fn hardlink_errors() {
-    let missing = LayerTree::build(&toc(vec![link("a", EntryKind::Hardlink, "nope")]));
+    let missing = build_tree(&toc(vec![link("a", EntryKind::Hardlink, "nope")]));
     assert!(matches!(missing, Err(TreeError::Hardlink { .. })));
-    let to_dir = LayerTree::build(&toc(vec![
+    let to_dir = build_tree(&toc(vec![
         dir("d", 0o755),
         link("a", EntryKind::Hardlink, "d"),
     ]));
     assert!(matches!(to_dir, Err(TreeError::Hardlink { .. })));
-    let looped = LayerTree::build(&toc(vec![
+    let looped = build_tree(&toc(vec![
         link("a", EntryKind::Hardlink, "b"),
         link("b", EntryKind::Hardlink, "a"),
     ]));
     assert!(matches!(looped, Err(TreeError::Hardlink { .. })));
-    let escape = LayerTree::build(&toc(vec![
+    let escape = build_tree(&toc(vec![
         file("f", 1),
         link("a", EntryKind::Hardlink, "../f"),
     ]));
@@ -249,7 +254,7 @@ fn names_are_normalized_and_validated() {
     assert!(tree.resolve("a/b/c").is_some());
     assert!(tree.resolve("abs").is_some());
     for bad in ["../etc/passwd", "a/../../b", "a/.wh..."] {
-        let result = LayerTree::build(&toc(vec![file(bad, 1)]));
+        let result = build_tree(&toc(vec![file(bad, 1)]));
         assert!(
             matches!(result, Err(TreeError::DotDot { .. })),
             "{bad}: {result:?}"
@@ -257,23 +262,23 @@ fn names_are_normalized_and_validated() {
     }
     let long = "x".repeat(MAX_NAME_LEN + 1);
     assert!(matches!(
-        LayerTree::build(&toc(vec![file(&long, 1)])),
+        build_tree(&toc(vec![file(&long, 1)])),
         Err(TreeError::InvalidName { .. })
     ));
     assert!(matches!(
-        LayerTree::build(&toc(vec![file("a\0b", 1)])),
+        build_tree(&toc(vec![file("a\0b", 1)])),
         Err(TreeError::InvalidName { .. })
     ));
     assert!(matches!(
-        LayerTree::build(&toc(vec![Entry::new("d/.wh.", EntryKind::Reg)])),
+        build_tree(&toc(vec![Entry::new("d/.wh.", EntryKind::Reg)])),
         Err(TreeError::InvalidName { .. })
     ));
     assert!(matches!(
-        LayerTree::build(&toc(vec![file("./", 1)])),
+        build_tree(&toc(vec![file("./", 1)])),
         Err(TreeError::RootNotDir { .. })
     ));
     assert!(matches!(
-        LayerTree::build(&toc(vec![link("s", EntryKind::Symlink, "")])),
+        build_tree(&toc(vec![link("s", EntryKind::Symlink, "")])),
         Err(TreeError::Symlink { .. })
     ));
 }
@@ -289,7 +294,7 @@ fn paths_under_non_directories_are_errors() {
             file("h/x", 1),
         ],
     ] {
-        let result = LayerTree::build(&toc(entries));
+        let result = build_tree(&toc(entries));
         assert!(
             matches!(result, Err(TreeError::NotADirectory { .. })),
             "{result:?}"
@@ -341,7 +346,7 @@ fn chunks_must_tile_the_file() {
     overflow.chunks[1].size = u64::MAX;
     cases.push(overflow);
     for bad in cases {
-        let result = LayerTree::build(&toc(vec![bad]));
+        let result = build_tree(&toc(vec![bad]));
         assert!(
             matches!(result, Err(TreeError::BadChunks { .. })),
             "{result:?}"
@@ -369,7 +374,7 @@ fn paths_are_rebuilt_from_names_stored_once() {
 fn a_path_thirty_thousand_directories_deep_is_refused() {
     let deep = vec!["d"; 30_000].join("/");
     let start = std::time::Instant::now();
-    let err = LayerTree::build(&toc(vec![file(&format!("{deep}/f"), 1)])).unwrap_err();
+    let err = build_tree(&toc(vec![file(&format!("{deep}/f"), 1)])).unwrap_err();
     assert!(start.elapsed() < std::time::Duration::from_secs(5));
     match &err {
         TreeError::TooDeep { name, depth, max } => {
@@ -384,7 +389,7 @@ fn a_path_thirty_thousand_directories_deep_is_refused() {
     }
     assert!(err.to_string().contains("MAX_PATH_DEPTH"));
     // A hard link whose target is too deep, the same.
-    let err = LayerTree::build(&toc(vec![link("l", EntryKind::Hardlink, &deep)])).unwrap_err();
+    let err = build_tree(&toc(vec![link("l", EntryKind::Hardlink, &deep)])).unwrap_err();
     assert!(matches!(err, TreeError::TooDeep { .. }), "{err:?}");
 }
 
@@ -414,7 +419,7 @@ fn implied_directories_cannot_outgrow_the_budget() {
     let entries: Vec<Entry> = (0..2000)
         .map(|i| Entry::new(format!("{i}/{chain}/x"), EntryKind::Fifo))
         .collect();
-    let err = LayerTree::build(&toc(entries)).unwrap_err();
+    let err = build_tree(&toc(entries)).unwrap_err();
     assert!(
         matches!(err, TreeError::OverBudget { .. }),
         "expected OverBudget, got {err:?}"
@@ -444,4 +449,32 @@ fn tree_index(tree: &LayerTree) -> u64 {
             veil_formats::limits::index_bytes(&e)
         })
         .sum()
+}
+
+#[test]
+fn configured_limits_are_the_trees_limits() {
+    // Three levels deep: built under the defaults, refused under a depth of two.
+    let entries = vec![file("a/b/f", 1)];
+    let tree = build(entries.clone());
+    assert_eq!(tree.limits(), &Limits::default());
+    let shallow = Limits {
+        max_path_depth: 2,
+        ..Limits::default()
+    };
+    match LayerTree::build(&toc(entries), &shallow) {
+        Err(TreeError::TooDeep { depth, max, .. }) => assert_eq!((depth, max), (3, 2)),
+        other => panic!("expected TooDeep, got {other:?}"),
+    }
+    // Two implied directories per entry: inside the default budget (eight bytes of tree
+    // per byte of index), over a ratio of one (past the 1 MiB floor).
+    let entries: Vec<Entry> = (0..20_000)
+        .map(|i| Entry::new(format!("{i}/d/x"), EntryKind::Fifo))
+        .collect();
+    assert!(build_tree(&toc(entries.clone())).is_ok());
+    let tight = Limits {
+        max_tree_bytes_per_index_byte: 1,
+        ..Limits::default()
+    };
+    let err = LayerTree::build(&toc(entries), &tight).unwrap_err();
+    assert!(matches!(err, TreeError::OverBudget { .. }), "{err:?}");
 }

@@ -135,7 +135,7 @@ fn check_mounted_layer(name: &str, toc: LayerToc, blob: Vec<u8>, big: &[u8]) {
     });
     let reader = ChunkReader::new(
         name,
-        Arc::new(LayerTree::build(&toc).unwrap()),
+        Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap()),
         source.clone(),
         Arc::new(ChunkCache::default()),
         ReaderOptions::default(),

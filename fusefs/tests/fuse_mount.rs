@@ -316,7 +316,8 @@ fn layer_mounts_and_serves_exact_files() {
         .enable_all()
         .build()
         .unwrap();
-    let tree = Arc::new(LayerTree::build(&layer.toc).unwrap());
+    let tree =
+        Arc::new(LayerTree::build(&layer.toc, &veil_formats::limits::Limits::default()).unwrap());
     let source = Arc::new(TestSource {
         blob: MemoryBlob(layer.blob),
         bytes: AtomicU64::new(0),
@@ -581,7 +582,7 @@ fn busy_unmount_detaches_and_unmount_by_path_recovers() {
         .enable_all()
         .build()
         .unwrap();
-    let tree = Arc::new(LayerTree::build(&toc).unwrap());
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
     let source: Arc<dyn BlobSource> = Arc::new(MemoryBlob(blob));
     let cache = Arc::new(ChunkCache::default());
     let new_fs = || {

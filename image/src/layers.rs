@@ -38,6 +38,7 @@ use veil_fusefs::tree::LayerTree;
 
 use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
+use veil_formats::limits::Limits;
 use veil_keyprovider::layer::Decryption;
 use veil_keyprovider::stream_cipher::HmacCheck;
 use veil_registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
@@ -84,6 +85,9 @@ pub struct LazyOptions {
     /// uncompressed size on the writable disk (guest RAM when that is a tmpfs), the
     /// index only about 1 % of it.
     pub stream_plain: bool,
+    /// The hostile-input limits every layer's TOC, tree, streamed index and chunk
+    /// decodes are checked against (the daemon's `[limits]`).
+    pub limits: Limits,
 }
 
 impl Default for LazyOptions {
@@ -96,6 +100,7 @@ impl Default for LazyOptions {
             background_rate: None,
             decryption: None,
             stream_plain: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -399,15 +404,17 @@ impl LazyLayers {
             (stored, format)
         };
         let indexed = async {
-            let toc = read_layer_toc(source.as_ref(), &format)
+            let toc = read_layer_toc(source.as_ref(), &format, &self.options.limits)
                 .await
                 .map_err(|cause| ImageError::Toc {
                     layer: digest.to_string(),
                     cause,
                 })?;
-            let tree = LayerTree::build(&toc).map_err(|cause| ImageError::Index {
-                layer: digest.to_string(),
-                cause,
+            let tree = LayerTree::build(&toc, &self.options.limits).map_err(|cause| {
+                ImageError::Index {
+                    layer: digest.to_string(),
+                    cause,
+                }
             })?;
             Ok::<_, ImageError>((toc, Arc::new(tree)))
         }

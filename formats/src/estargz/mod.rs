@@ -23,7 +23,7 @@ pub(crate) mod writer;
 
 pub use error::{BuildError, FormatError};
 pub use footer::{footer_bytes, parse_footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
-pub use reader::read_toc;
+pub use reader::{read_toc, read_toc_with_limits};
 pub use writer::{build, build_to_vec, BuildOptions, BuildOutput};
 
 /// Name of the tar entry inside the TOC member that holds the TOC JSON.

@@ -10,6 +10,7 @@ use super::footer::{parse_footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
 use super::toc_json::{normalize, JsonToc, Layout};
 use super::{MAX_TOC_SIZE, TOC_TAR_NAME};
 use crate::codec::parse_sha256;
+use crate::limits::Limits;
 use crate::tar_index::clean_name;
 use crate::toc::{Compression, Format, LayerToc};
 use veil_blob::BlobSource;
@@ -62,9 +63,22 @@ pub(crate) fn check_digest(actual: &[u8; 32], expected: Option<&str>) -> Result<
 /// that does not match is rejected. Both the current 51-byte and the legacy 47-byte
 /// footers are accepted. Landmark files are not listed in the result; the
 /// `.prefetch.landmark` offset becomes [`LayerToc::prefetch_end`].
+///
+/// Entries are checked against the default [`Limits`]; [`read_toc_with_limits`] takes
+/// the limits in force.
 pub async fn read_toc(
     source: &dyn BlobSource,
     expected_toc_digest: Option<&str>,
+) -> Result<LayerToc, FormatError> {
+    read_toc_with_limits(source, expected_toc_digest, &Limits::default()).await
+}
+
+/// [`read_toc`] with every entry checked against `limits` (a TOC over one of them is
+/// refused with [`FormatError::Limit`]).
+pub async fn read_toc_with_limits(
+    source: &dyn BlobSource,
+    expected_toc_digest: Option<&str>,
+    limits: &Limits,
 ) -> Result<LayerToc, FormatError> {
     if let Some(expected) = expected_toc_digest {
         parse_sha256(expected)
@@ -109,6 +123,7 @@ pub async fn read_toc(
             payload_end: toc_offset,
             blob_size: size,
             toc_size: json.len() as u64,
+            limits: *limits,
         },
     )
 }

@@ -17,10 +17,7 @@ use time::OffsetDateTime;
 use super::error::FormatError;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use crate::codec::parse_sha256;
-use crate::limits::{
-    chunk_bytes, index_budget, index_bytes, path_depth, shorten, MAX_CHUNK_SIZE,
-    MAX_COMPRESSED_CHUNK_SIZE, MAX_PATH_DEPTH,
-};
+use crate::limits::{chunk_bytes, index_bytes, path_depth, shorten, Limits};
 use crate::tar_index::clean_name;
 use crate::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 
@@ -103,8 +100,10 @@ pub(crate) struct Layout {
     /// The blob size.
     pub blob_size: u64,
     /// Length of the (uncompressed) TOC JSON: the index memory budget is proportional
-    /// to it ([`crate::limits::index_budget`]).
+    /// to it ([`Limits::index_budget`]).
     pub toc_size: u64,
+    /// The limits every entry is checked against.
+    pub limits: Limits,
 }
 
 /// A [`FormatError::Limit`] about entry `index` named `name`.
@@ -125,10 +124,10 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(toc_size: u64) -> Self {
+    fn new(toc_size: u64, limits: &Limits) -> Self {
         Self {
             used: 0,
-            max: index_budget(toc_size),
+            max: limits.index_budget(toc_size),
             toc_size,
         }
     }
@@ -152,15 +151,20 @@ impl Budget {
     }
 }
 
-/// Refuses a path deeper than [`MAX_PATH_DEPTH`] components.
-fn check_depth(index: usize, name: &str, what: &str, path: &str) -> Result<(), FormatError> {
+/// Refuses a path deeper than `max` ([`Limits::max_path_depth`]) components.
+fn check_depth(
+    (index, name): (usize, &str),
+    what: &str,
+    path: &str,
+    max: usize,
+) -> Result<(), FormatError> {
     let depth = path_depth(path);
-    if depth > MAX_PATH_DEPTH {
+    if depth > max {
         return Err(over_limit(
             index,
             name,
             "MAX_PATH_DEPTH",
-            format!("{what} is {depth} components deep, more than {MAX_PATH_DEPTH}"),
+            format!("{what} is {depth} components deep, more than {max}"),
         ));
     }
     Ok(())
@@ -220,9 +224,10 @@ struct OpenFile {
 
 /// Check and convert a TOC into a [`LayerToc`].
 ///
-/// Besides consistency, every entry is checked against [`crate::limits`]: chunk sizes
-/// and inner offsets against [`MAX_CHUNK_SIZE`], path and hard-link target depth
-/// against [`MAX_PATH_DEPTH`], and the memory of the whole model against the budget of
+/// Besides consistency, every entry is checked against `layout.limits`: chunk sizes
+/// and inner offsets against [`Limits::max_chunk_size`], compressed ranges against
+/// [`Limits::max_compressed_chunk_size`], path and hard-link target depth against
+/// [`Limits::max_path_depth`], and the memory of the whole model against the budget of
 /// a TOC of `layout.toc_size` bytes. The first entry over a limit is named in the error.
 pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, FormatError> {
     if toc.version != 1 {
@@ -261,7 +266,8 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
     starts.sort_unstable();
     starts.dedup();
 
-    let mut budget = Budget::new(layout.toc_size);
+    let mut budget = Budget::new(layout.toc_size, &layout.limits);
+    let max_depth = layout.limits.max_path_depth;
     let mut entries: Vec<Entry> = Vec::with_capacity(json_entries.len());
     let mut prefetch_end = None;
     let mut open: Option<OpenFile> = None;
@@ -294,7 +300,7 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
                 "name or link name contains a NUL byte".into(),
             ));
         }
-        check_depth(i, &je.name, "the path", &je.name)?;
+        check_depth((i, &je.name), "the path", &je.name, max_depth)?;
         let name = clean_name(&je.name);
         if kind == EntryKind::Reg && (name == PREFETCH_LANDMARK || name == NO_PREFETCH_LANDMARK) {
             if name == PREFETCH_LANDMARK {
@@ -323,7 +329,12 @@ pub(crate) fn normalize(toc: JsonToc, layout: &Layout) -> Result<LayerToc, Forma
         }
         match kind {
             EntryKind::Hardlink => {
-                check_depth(i, &je.name, "the hard link's target", &je.link_name)?;
+                check_depth(
+                    (i, &je.name),
+                    "the hard link's target",
+                    &je.link_name,
+                    max_depth,
+                )?;
                 e.link_name = clean_name(&je.link_name);
             }
             EntryKind::Symlink => e.link_name = je.link_name.clone(),
@@ -420,6 +431,8 @@ fn finish_file(
         reason,
     };
     let single = file.chunks.len() == 1;
+    let max_chunk = layout.limits.max_chunk_size;
+    let max_compressed = layout.limits.max_compressed_chunk_size;
     // Members of one file come in blob order; the next larger start of a member in this
     // file, found in one backward pass (several chunks may share a member).
     let mut next_in_file: Vec<Option<u64>> = vec![None; file.chunks.len()];
@@ -456,26 +469,26 @@ fn finish_file(
         if size == 0 {
             return Err(err(raw.index, "chunk is empty".into()));
         }
-        if size > MAX_CHUNK_SIZE {
+        if size > max_chunk {
             return Err(over_limit(
                 raw.index,
                 &entry.name,
                 "MAX_CHUNK_SIZE",
                 format!(
                     "a chunk of {size} uncompressed bytes at file offset {}, more than \
-                     {MAX_CHUNK_SIZE}",
+                     {max_chunk}",
                     raw.chunk_offset
                 ),
             ));
         }
-        if raw.inner_offset.saturating_add(size) > MAX_CHUNK_SIZE {
+        if raw.inner_offset.saturating_add(size) > max_chunk {
             return Err(over_limit(
                 raw.index,
                 &entry.name,
                 "MAX_CHUNK_SIZE",
                 format!(
                     "innerOffset {} puts the chunk beyond any chunk: reading its {size} \
-                     bytes would inflate {} bytes of its member, more than {MAX_CHUNK_SIZE}",
+                     bytes would inflate {} bytes of its member, more than {max_chunk}",
                     raw.inner_offset,
                     raw.inner_offset.saturating_add(size)
                 ),
@@ -503,14 +516,14 @@ fn finish_file(
                 ),
             ));
         }
-        if blob_end - raw.offset > MAX_COMPRESSED_CHUNK_SIZE {
+        if blob_end - raw.offset > max_compressed {
             return Err(over_limit(
                 raw.index,
                 &entry.name,
                 "MAX_COMPRESSED_CHUNK_SIZE",
                 format!(
                     "the chunk at file offset {} spans blob range {}..{blob_end}: {} compressed \
-                     bytes to fetch for one chunk, more than {MAX_COMPRESSED_CHUNK_SIZE}",
+                     bytes to fetch for one chunk, more than {max_compressed}",
                     raw.chunk_offset,
                     raw.offset,
                     blob_end - raw.offset
@@ -558,6 +571,7 @@ fn finish_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{MAX_CHUNK_SIZE, MAX_PATH_DEPTH};
 
     const D: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -568,6 +582,7 @@ mod tests {
             payload_end: 1000,
             blob_size: 1100,
             toc_size: toc_size as u64,
+            limits: Limits::default(),
         }
     }
 

@@ -37,8 +37,9 @@ use std::io::{self, Read};
 
 pub use reader::StreamedSource;
 
+use crate::limits::{path_depth, shorten, Limits};
 use crate::tar_index::TarIndexError;
-use crate::toc::{Format, LayerToc};
+use crate::toc::{EntryKind, Format, LayerToc};
 
 /// Default distance between restart points, in bytes of decompressed output.
 pub const DEFAULT_SPACING: u64 = 4 << 20;
@@ -131,11 +132,16 @@ impl StreamIndex {
 pub struct IndexOptions {
     /// Decompressed bytes between restart points.
     pub spacing: u64,
-    /// Chunk size.
+    /// Chunk size (at most `limits.max_chunk_size` is used, so that every chunk
+    /// decodes under the same limits).
     pub chunk_size: u64,
     /// Drop eStargz bookkeeping entries (TOC, landmarks): set when the layer is an
     /// eStargz layer streamed as a plain tar.gz.
     pub drop_estargz_bookkeeping: bool,
+    /// The limits in force: every entry's path depth is checked against
+    /// [`Limits::max_path_depth`], and chunks are cut no larger than
+    /// [`Limits::max_chunk_size`].
+    pub limits: Limits,
 }
 
 impl Default for IndexOptions {
@@ -144,6 +150,7 @@ impl Default for IndexOptions {
             spacing: DEFAULT_SPACING,
             chunk_size: DEFAULT_CHUNK_SIZE,
             drop_estargz_bookkeeping: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -157,6 +164,16 @@ pub enum StreamError {
     /// The decompressed stream is not a tar archive a layer may be.
     #[error("the layer's tar stream is bad: {0}")]
     Tar(#[from] TarIndexError),
+    /// An entry is over one of the limits ([`IndexOptions::limits`]).
+    #[error("entry {name:?} is over the {limit} limit: {reason}")]
+    Limit {
+        /// The entry's name (shortened when long).
+        name: String,
+        /// The limit's constant name (`MAX_PATH_DEPTH`).
+        limit: &'static str,
+        /// What exceeds it, and by how much.
+        reason: String,
+    },
 }
 
 /// A streamed layer's index: its TOC and restart points.
@@ -197,7 +214,26 @@ fn walk<R: Read>(
     } else {
         &[]
     };
-    let entries = tar_index::index_entries(&mut counting, options.chunk_size, skip)?;
+    let chunk_size = options.chunk_size.min(options.limits.max_chunk_size);
+    let entries = tar_index::index_entries(&mut counting, chunk_size, skip)?;
+    let max_depth = options.limits.max_path_depth;
+    for entry in &entries {
+        let target = (entry.kind == EntryKind::Hardlink).then_some(entry.link_name.as_str());
+        let paths = [
+            ("the path", Some(entry.name.as_str())),
+            ("the hard link's target", target),
+        ];
+        for (what, path) in paths {
+            let depth = path.map_or(0, path_depth);
+            if depth > max_depth {
+                return Err(StreamError::Limit {
+                    name: shorten(&entry.name),
+                    limit: "MAX_PATH_DEPTH",
+                    reason: format!("{what} is {depth} components deep, more than {max_depth}"),
+                });
+            }
+        }
+    }
     io::copy(&mut counting, &mut io::sink()).map_err(StreamError::Decompress)?;
     Ok((entries, counting.count))
 }

@@ -100,7 +100,7 @@ async fn check(compression: StreamCompression, blob: Vec<u8>, tar: &[u8], min_po
     let options = IndexOptions {
         spacing: 1 << 20,
         chunk_size: 256 << 10,
-        drop_estargz_bookkeeping: false,
+        ..IndexOptions::default()
     };
     let indexed = index_stream(compression, blob.as_slice(), &options).unwrap();
     assert_eq!(indexed.index.size, tar.len() as u64);
@@ -154,7 +154,9 @@ async fn check(compression: StreamCompression, blob: Vec<u8>, tar: &[u8], min_po
                 .read_range(chunk.blob_offset..chunk.blob_end)
                 .await
                 .unwrap();
-            let decoded = crate::codec::decode_chunk(chunk, &bytes).unwrap();
+            let decoded =
+                crate::codec::decode_chunk(chunk, &bytes, &crate::limits::Limits::default())
+                    .unwrap();
             content[chunk.file_offset as usize..][..decoded.len()].copy_from_slice(&decoded);
         }
         let start = entry.chunks.first().map_or(0, |c| c.blob_offset) as usize;
@@ -246,6 +248,46 @@ fn estargz_bookkeeping_is_dropped_when_asked() {
         .map(|e| e.name.as_str())
         .collect();
     assert_eq!(names, ["a"]);
+}
+
+#[test]
+fn configured_limits_bound_depth_and_chunks() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(10_000);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "a/b/c/f", &vec![7u8; 10_000][..])
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let defaults = IndexOptions::default();
+    let indexed = index_stream(StreamCompression::None, tar.as_slice(), &defaults).unwrap();
+    assert_eq!(indexed.toc.entries[0].chunks.len(), 1);
+    // Chunks are cut no larger than the configured chunk limit.
+    let small_chunks = IndexOptions {
+        limits: crate::limits::Limits {
+            max_chunk_size: 4096,
+            ..crate::limits::Limits::default()
+        },
+        ..defaults
+    };
+    let indexed = index_stream(StreamCompression::None, tar.as_slice(), &small_chunks).unwrap();
+    assert_eq!(indexed.toc.entries[0].chunks.len(), 3);
+    // A path deeper than the configured depth is refused, naming the entry.
+    let shallow = IndexOptions {
+        limits: crate::limits::Limits {
+            max_path_depth: 3,
+            ..crate::limits::Limits::default()
+        },
+        ..defaults
+    };
+    let err = index_stream(StreamCompression::None, tar.as_slice(), &shallow).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("a/b/c/f")
+            && shown.contains("MAX_PATH_DEPTH")
+            && shown.contains("4 components"),
+        "{shown}"
+    );
 }
 
 #[test]

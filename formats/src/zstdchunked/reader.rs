@@ -11,6 +11,7 @@ use super::MANIFEST_TYPE_CRFS;
 use crate::estargz::reader::{check_digest, fetch};
 use crate::estargz::toc_json::{normalize, JsonToc, Layout};
 use crate::estargz::{FormatError, MAX_TOC_SIZE};
+use crate::limits::Limits;
 use crate::toc::{Compression, Format, LayerToc};
 use veil_blob::BlobSource;
 
@@ -21,9 +22,22 @@ use veil_blob::BlobSource;
 /// (`sha256:` of the compressed TOC) and `info.toc_digest` (of the uncompressed JSON) are
 /// checked when given. Landmark files are not listed; `.prefetch.landmark` sets
 /// [`LayerToc::prefetch_end`].
+///
+/// Entries are checked against the default [`Limits`]; [`read_toc_with_limits`] takes
+/// the limits in force.
 pub async fn read_toc(
     source: &dyn BlobSource,
     info: &ManifestInfo,
+) -> Result<LayerToc, FormatError> {
+    read_toc_with_limits(source, info, &Limits::default()).await
+}
+
+/// [`read_toc`] with every entry checked against `limits` (a TOC over one of them is
+/// refused with [`FormatError::Limit`]).
+pub async fn read_toc_with_limits(
+    source: &dyn BlobSource,
+    info: &ManifestInfo,
+    limits: &Limits,
 ) -> Result<LayerToc, FormatError> {
     for digest in [&info.checksum, &info.toc_digest].into_iter().flatten() {
         crate::codec::parse_sha256(digest)
@@ -120,6 +134,7 @@ pub async fn read_toc(
             payload_end: frame_start,
             blob_size: size,
             toc_size: json.len() as u64,
+            limits: *limits,
         },
     )
 }

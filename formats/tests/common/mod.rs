@@ -97,7 +97,10 @@ pub fn decode_all(toc: &LayerToc, blob: &[u8]) -> BTreeMap<String, Vec<u8>> {
                 e.name
             );
             let bytes = &blob[c.blob_offset as usize..c.blob_end as usize];
-            data.extend(decode_chunk(c, bytes).unwrap_or_else(|err| panic!("{}: {err}", e.name)));
+            data.extend(
+                decode_chunk(c, bytes, &veil_formats::limits::Limits::default())
+                    .unwrap_or_else(|err| panic!("{}: {err}", e.name)),
+            );
         }
         assert_eq!(data.len() as u64, e.size, "{}", e.name);
         out.insert(e.name.clone(), data);

@@ -186,6 +186,7 @@ impl LazyLayers {
                 .plain
                 .annotations
                 .contains_key(estargz::TOC_DIGEST_ANNOTATION),
+            limits: self.options.limits,
             ..IndexOptions::default()
         };
         tracing::info!(
@@ -235,7 +236,7 @@ impl LazyLayers {
             Ok(i) => i,
             Err(e) => return Ok(fail(&e)),
         };
-        let tree = match LayerTree::build(&indexed.toc) {
+        let tree = match LayerTree::build(&indexed.toc, &self.options.limits) {
             Ok(t) => Arc::new(t),
             Err(e) => return Ok(fail(&e)),
         };
