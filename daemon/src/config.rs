@@ -4,6 +4,7 @@
 //! exists, else runs on the defaults. Command-line flags override the file. Unknown keys
 //! are an error, so that a typo does not silently leave a default in force.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -241,50 +242,37 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Each key with its value and the range it must lie in
     /// (`veil_formats::limits::CHUNK_SIZE_RANGE`, ...).
-    fn ranges(&self) -> [(&'static str, u64, u64, u64); 5] {
+    fn ranges(&self) -> [(&'static str, u64, RangeInclusive<u64>); 5] {
         use veil_formats::limits as l;
-        let depth = l::PATH_DEPTH_RANGE;
-        let range = |r: std::ops::RangeInclusive<u64>| (*r.start(), *r.end());
-        let (c, cc, b) = (
-            range(l::CHUNK_SIZE_RANGE),
-            range(l::COMPRESSED_CHUNK_SIZE_RANGE),
-            range(l::BYTES_PER_BYTE_RANGE),
-        );
         [
-            ("max_chunk_size", self.max_chunk_size, c.0, c.1),
+            ("max_chunk_size", self.max_chunk_size, l::CHUNK_SIZE_RANGE),
             (
                 "max_compressed_chunk_size",
                 self.max_compressed_chunk_size,
-                cc.0,
-                cc.1,
+                l::COMPRESSED_CHUNK_SIZE_RANGE,
             ),
-            (
-                "max_path_depth",
-                self.max_path_depth,
-                *depth.start() as u64,
-                *depth.end() as u64,
-            ),
+            ("max_path_depth", self.max_path_depth, l::PATH_DEPTH_RANGE),
             (
                 "max_index_bytes_per_toc_byte",
                 self.max_index_bytes_per_toc_byte,
-                b.0,
-                b.1,
+                l::BYTES_PER_BYTE_RANGE,
             ),
             (
                 "max_tree_bytes_per_index_byte",
                 self.max_tree_bytes_per_index_byte,
-                b.0,
-                b.1,
+                l::BYTES_PER_BYTE_RANGE,
             ),
         ]
     }
 
     /// The first key outside its range, as a message naming it.
     pub fn check(&self) -> Result<(), String> {
-        for (key, value, min, max) in self.ranges() {
-            if value < min || value > max {
+        for (key, value, range) in self.ranges() {
+            if !range.contains(&value) {
                 return Err(format!(
-                    "[limits] {key} = {value} is out of range: it must be between {min} and {max}"
+                    "[limits] {key} = {value} is out of range: it must be between {} and {}",
+                    range.start(),
+                    range.end()
                 ));
             }
         }

@@ -83,7 +83,7 @@ pub const COMPRESSED_CHUNK_SIZE_RANGE: RangeInclusive<u64> = 4096..=(2 << 30);
 
 /// The values [`Limits::max_path_depth`] may be configured to: 1 to 2048 components
 /// (a 4096-byte `PATH_MAX` holds no more).
-pub const PATH_DEPTH_RANGE: RangeInclusive<usize> = 1..=2048;
+pub const PATH_DEPTH_RANGE: RangeInclusive<u64> = 1..=2048;
 
 /// The values the two memory ratios ([`Limits::max_index_bytes_per_toc_byte`],
 /// [`Limits::max_tree_bytes_per_index_byte`]) may be configured to: 1 to 1024.
@@ -155,7 +155,6 @@ impl Limits {
                 })
             }
         };
-        let depth = PATH_DEPTH_RANGE;
         check("max_chunk_size", self.max_chunk_size, CHUNK_SIZE_RANGE)?;
         check(
             "max_compressed_chunk_size",
@@ -164,8 +163,8 @@ impl Limits {
         )?;
         check(
             "max_path_depth",
-            self.max_path_depth as u64,
-            *depth.start() as u64..=*depth.end() as u64,
+            u64::try_from(self.max_path_depth).unwrap_or(u64::MAX),
+            PATH_DEPTH_RANGE,
         )?;
         check(
             "max_index_bytes_per_toc_byte",
@@ -191,6 +190,19 @@ impl Limits {
     /// two that holds [`Limits::max_chunk_size`] (24, 16 MiB, by default).
     pub fn zstd_window_log(&self) -> u32 {
         u64::BITS - self.max_chunk_size.saturating_sub(1).leading_zeros()
+    }
+}
+
+/// The daemon's `[limits]` config key of the limit whose constant is named `limit`
+/// (`MAX_CHUNK_SIZE` -> `max_chunk_size`), as errors name it; `"?"` for another name.
+pub fn config_key(limit: &str) -> &'static str {
+    match limit {
+        "MAX_CHUNK_SIZE" => "max_chunk_size",
+        "MAX_COMPRESSED_CHUNK_SIZE" => "max_compressed_chunk_size",
+        "MAX_PATH_DEPTH" => "max_path_depth",
+        "MAX_INDEX_BYTES_PER_TOC_BYTE" => "max_index_bytes_per_toc_byte",
+        "MAX_TREE_BYTES_PER_INDEX_BYTE" => "max_tree_bytes_per_index_byte",
+        _ => "?",
     }
 }
 
@@ -248,6 +260,13 @@ pub fn shorten(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::toc::EntryKind;
+
+    #[test]
+    fn every_limit_names_its_config_key() {
+        assert_eq!(config_key("MAX_CHUNK_SIZE"), "max_chunk_size");
+        assert_eq!(config_key("MAX_PATH_DEPTH"), "max_path_depth");
+        assert_eq!(config_key("MAX_NOTHING"), "?");
+    }
 
     #[test]
     fn depth_counts_real_components() {

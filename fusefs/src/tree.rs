@@ -244,7 +244,8 @@ pub enum TreeError {
     /// The tree would take more memory than its budget.
     #[error(
         "entry {name:?}: the layer's tree would take more than {budget} bytes of memory, \
-         the MAX_TREE_BYTES_PER_INDEX_BYTE budget of a {index_bytes}-byte TOC index"
+         the MAX_TREE_BYTES_PER_INDEX_BYTE ([limits] max_tree_bytes_per_index_byte) budget \
+         of a {index_bytes}-byte TOC index"
     )]
     OverBudget {
         /// The entry being added when the budget ran out (shortened when long).

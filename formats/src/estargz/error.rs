@@ -106,7 +106,10 @@ pub enum FormatError {
     },
     /// One TOC entry exceeds a limit of [`crate::limits`]: the TOC is authentic, but
     /// serving it would cost more memory or CPU than any layer may.
-    #[error("TOC entry {index} ({name:?}) exceeds the {limit} limit: {reason}")]
+    #[error(
+        "TOC entry {index} ({name:?}) exceeds the {limit} limit ([limits] {}): {reason}",
+        crate::limits::config_key(.limit)
+    )]
     Limit {
         /// Its position in the TOC.
         index: usize,

@@ -165,7 +165,10 @@ pub enum StreamError {
     #[error("the layer's tar stream is bad: {0}")]
     Tar(#[from] TarIndexError),
     /// An entry is over one of the limits ([`IndexOptions::limits`]).
-    #[error("entry {name:?} is over the {limit} limit: {reason}")]
+    #[error(
+        "entry {name:?} is over the {limit} limit ([limits] {}): {reason}",
+        crate::limits::config_key(.limit)
+    )]
     Limit {
         /// The entry's name (shortened when long).
         name: String,
