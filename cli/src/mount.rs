@@ -23,8 +23,9 @@ pub struct MountArgs {
     #[arg(long)]
     plain_http: bool,
     /// veil-snapshotter's config file: registry access ([registry]), the plaintext cache
-    /// budget ([cache] memory_bytes) and keys ([decryption]) come from it; the flags below
-    /// override it [default: /etc/veil/config.toml if it exists].
+    /// budget ([cache] memory_bytes), keys ([decryption]) and the hostile-input limits
+    /// ([limits]) come from it; the flags below override it [default:
+    /// /etc/veil/config.toml if it exists].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the layers' own mount points and the serving process's log live.
@@ -268,5 +269,46 @@ fn serve_mount(args: &MountArgs, dir: &std::path::Path, state: &std::path::Path)
             eprintln!("veil mount: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountArgs,
+    }
+
+    fn config_from(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text)?;
+        let cli = Cli::try_parse_from([
+            "veil-mount",
+            "--config",
+            path.to_str().unwrap_or_default(),
+            "registry.invalid/app:v1",
+            "/mnt/app",
+        ])?;
+        mount_config(&cli.mount)
+    }
+
+    #[test]
+    fn the_config_files_limits_are_the_mounts_limits() {
+        let config =
+            config_from("[limits]\nmax_path_depth = 64\nmax_chunk_size = 4194304\n").unwrap();
+        let limits = wiring::lazy_options(&config).limits;
+        assert_eq!(
+            (limits.max_path_depth, limits.max_chunk_size),
+            (64, 4 << 20)
+        );
+        let err = config_from("[limits]\nmax_compressed_chunk_size = 0\n").unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains("max_compressed_chunk_size = 0"), "{shown}");
     }
 }
