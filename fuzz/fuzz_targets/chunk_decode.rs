@@ -55,6 +55,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(out) = decode_chunk(&chunk, compressed) {
         assert!(reference, "decoded a chunk the reference decoder refuses");
-        assert_eq!(Some(out.as_slice()), expected, "decoded bytes differ from the reference");
+        assert_eq!(
+            Some(out.as_slice()),
+            expected,
+            "decoded bytes differ from the reference"
+        );
     }
 });

@@ -9,7 +9,9 @@ use veil_daemon::authority_rewrite::AuthorityRewriter;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&step, frames)) = data.split_first() else { return };
+    let Some((&step, frames)) = data.split_first() else {
+        return;
+    };
     let step = usize::from(step).max(1);
     let mut rewriter = AuthorityRewriter::new();
     let mut out = Vec::new();

@@ -5,6 +5,9 @@ use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = veil_registry::hosts::parse_hosts_toml(text, Path::new("/etc/containerd/certs.d/fuzz/hosts.toml"));
+        let _ = veil_registry::hosts::parse_hosts_toml(
+            text,
+            Path::new("/etc/containerd/certs.d/fuzz/hosts.toml"),
+        );
     }
 });

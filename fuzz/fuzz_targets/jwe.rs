@@ -3,11 +3,11 @@
 //! and an EC P-256 private key (made once).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
+use std::sync::OnceLock;
 use veil_keyprovider::keys::PrivateKey;
 
 fn keys() -> &'static [PrivateKey] {
@@ -18,7 +18,9 @@ fn keys() -> &'static [PrivateKey] {
         let ec = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
         [rsa, ec]
             .iter()
-            .flat_map(|k| PrivateKey::from_bytes(&k.private_key_to_pem_pkcs8().unwrap(), "fuzz").unwrap())
+            .flat_map(|k| {
+                PrivateKey::from_bytes(&k.private_key_to_pem_pkcs8().unwrap(), "fuzz").unwrap()
+            })
             .collect()
     })
 }

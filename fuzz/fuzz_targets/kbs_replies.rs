@@ -21,7 +21,11 @@ fn keys() -> &'static [TeeKey] {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(challenge) = parse_challenge(data) {
-        let _ = runtime_data_digest(&challenge.nonce, keys()[0].public(), &challenge.extra_params);
+        let _ = runtime_data_digest(
+            &challenge.nonce,
+            keys()[0].public(),
+            &challenge.extra_params,
+        );
     }
     let _ = parse_token_answer(data);
     let _ = KbsRefusal::from_answer(401, data);

@@ -14,9 +14,9 @@ fuzz_target!(|data: &[u8]| {
     ] {
         let _ = manifest_kind(content_type, data);
     }
-    if let Ok(digest) = Digest::parse(
-        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-    ) {
+    if let Ok(digest) =
+        Digest::parse("sha256:0000000000000000000000000000000000000000000000000000000000000000")
+    {
         if let Ok(manifest) = Manifest::parse(data.to_vec(), digest) {
             for layer in &manifest.layers {
                 let _ = manifest.layer(&layer.digest);

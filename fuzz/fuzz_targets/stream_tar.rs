@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use veil_formats::stream::{index_stream, IndexOptions, StreamCompression};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, blob)) = data.split_first() else { return };
+    let Some((&selector, blob)) = data.split_first() else {
+        return;
+    };
     let compression = match selector % 3 {
         0 => StreamCompression::None,
         1 => StreamCompression::Gzip,

@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
         "io.github.containers.zstd-chunked.manifest-position",
         annotation.as_ref(),
     )]);
-    let Ok(compressed) = zstd::encode_all(json, 1) else { return };
+    let Ok(compressed) = zstd::encode_all(json, 1) else {
+        return;
+    };
     let mut blob = vec![0u8; 64];
     blob.extend(SKIPPABLE_MAGIC);
     blob.extend((compressed.len() as u32).to_le_bytes());
