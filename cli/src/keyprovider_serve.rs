@@ -178,10 +178,7 @@ pub async fn serve(provider: KeyProvider, address: &ListenAddress) -> anyhow::Re
             let listener = bind_unix(path).await?;
             tracing::info!(address = %path.display(), "keyprovider ready");
             let result = server
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    shutdown,
-                )
+                .serve_with_incoming_shutdown(veil_daemon::grpc_unix::incoming(listener), shutdown)
                 .await;
             let _ = std::fs::remove_file(path);
             result.context("serving the keyprovider API")?;

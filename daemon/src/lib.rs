@@ -7,11 +7,15 @@
 //! - [`server`]: the `veil-snapshotter` daemon: sockets, signals, systemd readiness;
 //! - [`socket`], [`signals`], [`status_server`]: what every Veil server shares (the
 //!   `veil` CLI's `keyprovider serve` too);
+//! - [`grpc_unix`] (with [`authority_rewrite`]): gRPC connections on unix sockets that
+//!   accept any HTTP/2 `:authority` (a socket path, as grpc-go and grpcio send it);
 //! - [`no_core_dumps`]: what every Veil process holding keys or plaintext calls first;
 //! - the error type, [`DaemonError`] (in [`error`]).
 
+pub mod authority_rewrite;
 pub mod config;
 pub mod error;
+pub mod grpc_unix;
 pub mod no_core_dumps;
 pub mod server;
 pub mod signals;

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::UnixListenerStream;
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
@@ -77,7 +76,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     }));
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(crate::grpc_unix::incoming(listener), async {
             shutdown.await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         })

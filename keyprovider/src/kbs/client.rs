@@ -361,23 +361,54 @@ async fn read_body(
     }
 }
 
-/// A non-200 answer as a refusal (ErrorInformation if the body is one).
+/// A non-200 answer as a refusal.
 fn refusal(status: reqwest::StatusCode, body: &[u8]) -> KbsRefusal {
-    match serde_json::from_slice::<ErrorInformation>(body) {
-        Ok(info) => KbsRefusal {
-            status: status.as_u16(),
-            error_type: Some(info.error_type),
-            detail: info.detail,
-        },
-        Err(_) => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-            KbsRefusal {
-                status: status.as_u16(),
-                error_type: None,
-                detail: text.trim().to_string(),
+    KbsRefusal::from_answer(status.as_u16(), body)
+}
+
+impl KbsRefusal {
+    /// A non-200 answer with HTTP `status` and `body`: the KBS's ErrorInformation if the
+    /// body is one, else the start of the body as the detail.
+    pub fn from_answer(status: u16, body: &[u8]) -> Self {
+        match serde_json::from_slice::<ErrorInformation>(body) {
+            Ok(info) => KbsRefusal {
+                status,
+                error_type: Some(info.error_type),
+                detail: info.detail,
+            },
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                KbsRefusal {
+                    status,
+                    error_type: None,
+                    detail: text.trim().to_string(),
+                }
             }
         }
     }
+}
+
+/// The challenge of the KBS's `auth` answer.
+pub fn parse_challenge(body: &[u8]) -> Result<Challenge, KbsError> {
+    serde_json::from_slice(body).map_err(|e| KbsError::Protocol {
+        step: "auth",
+        detail: format!("the challenge is not JSON of the expected shape ({e})"),
+    })
+}
+
+/// The token of the KBS's `attest` answer (`{"token": JWT}`), and the JWT's `exp` claim
+/// when it has one.
+pub fn parse_token_answer(body: &[u8]) -> Result<(String, Option<u64>), KbsError> {
+    #[derive(serde::Deserialize)]
+    struct TokenAnswer {
+        token: String,
+    }
+    let answer: TokenAnswer = serde_json::from_slice(body).map_err(|e| KbsError::Protocol {
+        step: "attest",
+        detail: format!("the answer is not {{\"token\": ...}} ({e})"),
+    })?;
+    let exp = jwt_exp(&answer.token);
+    Ok((answer.token, exp))
 }
 
 impl KbsClient {
@@ -521,11 +552,7 @@ impl KbsClient {
         };
         let (headers, body) = self.post("auth", &auth_url, &request, None).await?;
         let mut cookie = session_cookie(&headers);
-        let challenge: Challenge =
-            serde_json::from_slice(&body).map_err(|e| KbsError::Protocol {
-                step: "auth",
-                detail: format!("the challenge is not JSON of the expected shape ({e})"),
-            })?;
+        let challenge = parse_challenge(&body)?;
         if cookie.is_none() {
             return Err(KbsError::Protocol {
                 step: "auth",
@@ -561,21 +588,12 @@ impl KbsClient {
         if let Some(renewed) = session_cookie(&headers) {
             cookie = Some(renewed);
         }
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            token: String,
-        }
-        let answer: TokenAnswer =
-            serde_json::from_slice(&body).map_err(|e| KbsError::Protocol {
-                step: "attest",
-                detail: format!("the answer is not {{\"token\": ...}} ({e})"),
-            })?;
-        let exp = jwt_exp(&answer.token);
+        let (token, exp) = parse_token_answer(&body)?;
         let count = self.attestations.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(kbs = %self.base, tee = %tee, attestations = count, token_exp = ?exp, "attested to the KBS");
         Ok(Session {
             cookie,
-            token: answer.token,
+            token,
             exp,
             key,
         })
