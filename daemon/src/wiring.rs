@@ -146,6 +146,8 @@ pub fn lazy_options(config: &Config) -> LazyOptions {
             rate => Some(RateLimiter::new(rate)),
         },
         decryption: Some(Arc::new(decryption(&config.decryption))),
+        // The snapshotter lets containerd unpack plain layers.
+        stream_plain: false,
     }
 }
 

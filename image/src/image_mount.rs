@@ -1,5 +1,6 @@
 //! `veil mount`: an image's merged root filesystem at a directory, lazily, without
-//! containerd.
+//! containerd; and the mount helpers the guest's pulls share with it (overlays with or
+//! without a writable layer, the mount table, detaching).
 //!
 //! Each layer is resolved and mounted through FUSE under a private state directory (mode
 //! 0700), then the layers are stacked read-only at the target: a bind mount for a single
@@ -105,7 +106,7 @@ pub async fn mount_image(
 
 /// Creates `dir` (and its parents) and makes it mode 0700, whatever the umask or an
 /// earlier run left.
-fn create_private_dir(dir: &Path) -> Result<(), ImageError> {
+pub fn create_private_dir(dir: &Path) -> Result<(), ImageError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -166,28 +167,104 @@ fn stack(dirs: &[PathBuf], target: &Path) -> Result<(), ImageError> {
         .io_context(|| format!("making {} read-only", target.display()))?;
         return Ok(());
     }
-    let lower: Vec<String> = dirs
+    mount_overlay("overlay", dirs, None, target)
+}
+
+/// The writable layer of an overlay: its upper and work directories (on the same file
+/// system).
+#[derive(Debug, Clone, Copy)]
+pub struct Writable<'a> {
+    /// Where changes go.
+    pub upper: &'a Path,
+    /// overlayfs's scratch directory.
+    pub work: &'a Path,
+}
+
+/// Largest mount data the kernel takes (one page, with its terminating NUL).
+const MAX_MOUNT_DATA: usize = 4095;
+
+/// Mounts an overlay of `lowers` (bottom first) at `target`, named `source` in the
+/// mount table: read-only without `writable`, else with that upper layer.
+pub fn mount_overlay(
+    source: &str,
+    lowers: &[PathBuf],
+    writable: Option<Writable<'_>>,
+    target: &Path,
+) -> Result<(), ImageError> {
+    let lower: Vec<String> = lowers
         .iter()
         .rev()
         .map(|d| d.to_string_lossy().into_owned())
         .collect();
-    let data = format!("lowerdir={}", lower.join(":"));
-    sys_mount("overlay", target, "overlay", libc::MS_RDONLY, &data)
+    let mut data = format!("lowerdir={}", lower.join(":"));
+    let flags = match writable {
+        Some(w) => {
+            data.push_str(&format!(
+                ",upperdir={},workdir={}",
+                w.upper.display(),
+                w.work.display()
+            ));
+            0
+        }
+        None => libc::MS_RDONLY,
+    };
+    if data.len() > MAX_MOUNT_DATA {
+        return Err(ImageError::Invalid(format!(
+            "the overlay at {} needs {} bytes of mount options for {} layers, more than the \
+             kernel's {MAX_MOUNT_DATA}",
+            target.display(),
+            data.len(),
+            lowers.len()
+        )));
+    }
+    sys_mount(source, target, "overlay", flags, &data)
         .io_context(|| format!("mounting overlay at {}", target.display()))
 }
 
-/// Whether `path` is a mount point, read from `/proc/self/mountinfo`.
-pub fn is_mount_point(path: &Path) -> bool {
+/// The mount IDs (first field of `/proc/self/mountinfo`) of what is mounted at `path`,
+/// in mount order (the last one is on top); empty when nothing is.
+pub fn mount_ids_at(path: &Path) -> Vec<u64> {
     let Ok(canon) = std::fs::canonicalize(path) else {
-        return false;
+        return Vec::new();
     };
     let want = canon.to_string_lossy().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|info| {
             info.lines()
-                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+                .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+                .filter_map(|l| l.split(' ').next()?.parse().ok())
+                .collect()
         })
-        .unwrap_or(false)
+        .unwrap_or_default()
+}
+
+/// The mount IDs in `/proc/self/mountinfo` now.
+pub fn mount_ids() -> std::collections::HashSet<u64> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Detaches what is mounted at `target` (`umount -l`): it goes from the mount table now
+/// and from the kernel once no one uses it.
+pub fn detach(target: &Path) -> Result<(), ImageError> {
+    let c = CString::new(target.as_os_str().as_bytes())
+        .io_context(|| format!("unmounting {}", target.display()))?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .io_context(|| format!("unmounting {}", target.display()));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point, read from `/proc/self/mountinfo`.
+pub fn is_mount_point(path: &Path) -> bool {
+    !mount_ids_at(path).is_empty()
 }
 
 /// Unmounts the image stacked at `target` (`veil umount`). The process serving it
@@ -243,10 +320,7 @@ impl ImageMount {
 impl Drop for ImageMount {
     fn drop(&mut self) {
         if self.stacked && is_mount_point(&self.target) {
-            if let Ok(c) = CString::new(self.target.as_os_str().as_bytes()) {
-                // SAFETY: c is a valid NUL-terminated path.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+            let _ = detach(&self.target);
         }
         // Top layers first, then the state directory.
         while let Some(layer) = self.layers.pop() {

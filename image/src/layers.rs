@@ -9,7 +9,8 @@
 //! such, so the snapshotter lets containerd unpack them; encrypted ones (which containerd
 //! cannot unpack) are streamed: fetched whole, authenticated by the ocicrypt HMAC and
 //! indexed, then served through the same FUSE filesystem
-//! (`LazyLayers::resolve_streamed`). Whether a layer is lazily servable is decided by
+//! (`LazyLayers::resolve_streamed`, in `layers/streamed.rs`; unencrypted plain layers too
+//! with [`LazyOptions::stream_plain`]). Whether a layer is lazily servable is decided by
 //! [`veil_formats::classify`]; encrypted layers are opened by
 //! [`veil_keyprovider::layer::Decryption`].
 //!
@@ -24,8 +25,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use veil_formats::estargz;
-use veil_formats::stream::{index_stream, IndexOptions, StreamCompression, StreamedSource};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
 use veil_fusefs::fs::{FsOptions, LayerFs};
@@ -39,7 +38,7 @@ use veil_fusefs::tree::LayerTree;
 
 use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc, LazyFormat};
-use veil_keyprovider::layer::{Decryption, OpenedLayer};
+use veil_keyprovider::layer::Decryption;
 use veil_keyprovider::stream_cipher::HmacCheck;
 use veil_registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 
@@ -48,6 +47,10 @@ use crate::resolver::{
     Authorization, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved,
 };
 use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
+
+mod streamed;
+
+use streamed::{DigestPass, StreamedLayer};
 
 /// Background fetches running at once (each waits for a slot before it starts).
 const BACKGROUND_SLOTS: usize = 2;
@@ -66,6 +69,15 @@ pub struct LazyOptions {
     pub background_rate: Option<Arc<RateLimiter>>,
     /// Keys for encrypted layers; `None`: encrypted layers are refused.
     pub decryption: Option<Arc<Decryption>>,
+    /// Serve unencrypted layers that cannot be read lazily (plain tar, tar+gzip,
+    /// tar+zstd) through the streamed path: fetched whole once, checked against the
+    /// descriptor's digest, indexed, then served from restart points (see
+    /// `layers/streamed.rs`). Off: they resolve to [`Resolved::NotLazy`], and the
+    /// snapshotter lets containerd unpack them. The guest, which has no containerd,
+    /// turns it on. Streamed rather than unpacked: unpacking costs the layer's whole
+    /// uncompressed size on the writable disk (guest RAM when that is a tmpfs), the
+    /// index only about 1 % of it.
+    pub stream_plain: bool,
 }
 
 impl Default for LazyOptions {
@@ -77,6 +89,7 @@ impl Default for LazyOptions {
             background_fetch: false,
             background_rate: None,
             decryption: None,
+            stream_plain: false,
         }
     }
 }
@@ -270,9 +283,13 @@ impl LazyLayers {
         let (digest, reference, desc) = self.descriptor(layer).await?;
         let desc = &desc;
         let encrypted = Decryption::is_encrypted(desc);
+        let mut plain_not_lazy = None;
         if !encrypted {
             if let Err(why) = classify(&desc.media_type, &desc.annotations) {
-                return Ok(Resolved::NotLazy(why.to_string()));
+                if !self.options.stream_plain {
+                    return Ok(Resolved::NotLazy(why.to_string()));
+                }
+                plain_not_lazy = Some(why.to_string());
             }
         }
         // The disk cache sits right on the registry blob: it keeps bytes exactly as
@@ -316,11 +333,39 @@ impl LazyLayers {
                 }
                 // Not lazily servable: fetched whole, authenticated, then served.
                 Err(why) => {
-                    return self
-                        .resolve_streamed(layer, desc.size, opened, stored, cached, &why)
-                        .await
+                    let pass = opened
+                        .cipher
+                        .reader(stored.clone(), tokio::runtime::Handle::current());
+                    let what = StreamedLayer {
+                        layer,
+                        plain: &opened.plain,
+                        blob_size: desc.size,
+                        encrypted: true,
+                        source: opened.source.clone(),
+                        cached,
+                        why_not_lazy: &why,
+                    };
+                    return self.resolve_streamed(what, Box::new(pass)).await;
                 }
             }
+        } else if let Some(why) = plain_not_lazy {
+            // Unencrypted and not lazily servable, with stream_plain on: fetched whole,
+            // checked against the descriptor's digest, indexed, then served.
+            let pass = DigestPass::new(
+                stored.clone(),
+                digest.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            let what = StreamedLayer {
+                layer,
+                plain: desc,
+                blob_size: desc.size,
+                encrypted: false,
+                source: stored,
+                cached,
+                why_not_lazy: &why,
+            };
+            return self.resolve_streamed(what, Box::new(pass)).await;
         } else {
             let format = classify(&desc.media_type, &desc.annotations)
                 .map_err(|why| ImageError::Invalid(why.to_string()))?;
@@ -394,144 +439,6 @@ impl LazyLayers {
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
             background,
-        })))
-    }
-
-    /// Serves an encrypted layer that cannot be read lazily: the streamed path.
-    ///
-    /// The whole ciphertext is fetched (through the disk cache, which keeps it as
-    /// ciphertext), decrypted, decompressed and indexed in one pass
-    /// ([`veil_formats::stream`]), and the ocicrypt HMAC over all of it is checked at the
-    /// end. **Nothing is served before that check passes**: the layer is mounted only
-    /// after it, so a lookup waits (Prepare does not return) until the stream has been
-    /// read and verified whole, and an ENOENT is only ever given by a complete, verified
-    /// index. A mismatch (or a stream that does not decompress or is not a tar) fails
-    /// Prepare, naming the layer; the disk copy is dropped. The chunk digests recorded
-    /// during the verified pass then guard every later read: each chunk is decrypted and
-    /// decompressed again from the nearest restart point (in memory, into the plaintext
-    /// cache) and served only if it matches.
-    async fn resolve_streamed(
-        &self,
-        layer: &RemoteLayer,
-        blob_size: u64,
-        opened: OpenedLayer,
-        stored: Arc<dyn BlobSource>,
-        cached: Option<Arc<CachedBlob>>,
-        why_not_lazy: &str,
-    ) -> Result<Resolved, ImageError> {
-        let name = layer.layer_digest.clone();
-        let mt = opened.plain.media_type.clone();
-        let Some(compression) = StreamCompression::from_media_type(&mt) else {
-            return Ok(Resolved::Fail(format!(
-                "encrypted layer {name} cannot be served lazily ({why_not_lazy}) and its media \
-                 type {mt:?} is not a tar layer Veil can stream"
-            )));
-        };
-        let options = IndexOptions {
-            drop_estargz_bookkeeping: opened
-                .plain
-                .annotations
-                .contains_key(estargz::TOC_DIGEST_ANNOTATION),
-            ..IndexOptions::default()
-        };
-        tracing::info!(
-            layer = %name,
-            compression = compression.name(),
-            blob_size,
-            reason = why_not_lazy,
-            "streaming the whole encrypted layer: fetch, decrypt, verify the HMAC, index"
-        );
-        let started = std::time::Instant::now();
-        let mut reader = opened
-            .cipher
-            .reader(stored.clone(), tokio::runtime::Handle::current());
-        let pass = tokio::task::spawn_blocking(move || {
-            let indexed = index_stream(compression, &mut reader, &options);
-            let read = reader.bytes_read();
-            // The HMAC verdict comes first: a stream that fails to decompress because it
-            // was tampered with is reported as tampered.
-            let verdict = reader.finish();
-            (indexed, verdict, read)
-        })
-        .await;
-        let (indexed, verdict, read) = match pass {
-            Ok(p) => p,
-            Err(e) => {
-                return Ok(Resolved::Fail(format!(
-                    "encrypted layer {name}: the streaming task failed: {e}"
-                )))
-            }
-        };
-        if let Err(why) = verdict {
-            if let Some(cached) = &cached {
-                cached.forget(0..cached.size());
-            }
-            tracing::error!(layer = %name, reason = %why, "streamed layer failed authentication; nothing of it is served");
-            return Ok(Resolved::Fail(format!(
-                "encrypted layer {name} failed authentication after streaming all {blob_size} bytes: \
-                 {why} (the ciphertext was altered or corrupted); nothing of it is served"
-            )));
-        }
-        let indexed = match indexed {
-            Ok(i) => i,
-            Err(e) => {
-                return Ok(Resolved::Fail(format!(
-                    "encrypted layer {name} is authentic but cannot be served: {e}"
-                )))
-            }
-        };
-        let tree = match LayerTree::build(&indexed.toc) {
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                return Ok(Resolved::Fail(format!(
-                    "encrypted layer {name} is authentic but cannot be served: {e}"
-                )))
-            }
-        };
-        tracing::info!(
-            layer = %name,
-            compression = compression.name(),
-            blob_size,
-            ciphertext_read = read,
-            uncompressed = indexed.index.size,
-            entries = indexed.toc.entries.len(),
-            restart_points = indexed.index.restart_points(),
-            index_memory = indexed.index.memory(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "streamed layer verified (ocicrypt HMAC) and indexed; serving it"
-        );
-        let source: Arc<dyn BlobSource> =
-            Arc::new(StreamedSource::new(opened.source.clone(), indexed.index));
-        let reader = Arc::new(ChunkReader::new(
-            name.clone(),
-            tree,
-            source,
-            self.cache.clone(),
-            ReaderOptions {
-                max_request: STREAMED_MAX_REQUEST,
-                // Encrypted: file names are plaintext; logs name inodes.
-                redact_paths: true,
-            },
-        ));
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name,
-                LayerEntry {
-                    reader: reader.clone(),
-                    image: layer.image_ref.clone(),
-                    blob_size,
-                    cached,
-                    mode: "streamed",
-                    streamed_bytes: read,
-                },
-            );
-        Ok(Resolved::Lazy(Box::new(ReadyLayer {
-            reader,
-            runtime: self.runtime.clone(),
-            options: self.mount_options.clone(),
-            background: None,
         })))
     }
 
