@@ -5,13 +5,18 @@
 //! - [`wiring`]: the only place config types are read: the registry client, the caches,
 //!   the decryption keys and KEK chain, the image service and the snapshots service;
 //! - [`server`]: the `veil-snapshotter` daemon: sockets, signals, systemd readiness;
+//! - [`guest_server`]: the `veil-guest` daemon: the CDH front door serving pulls with the
+//!   guest puller, recording each in the runtime measurements;
+//! - [`cdh_toml`]: the `[image]` keys `veil-guest` takes from CDH's own `cdh.toml`;
 //! - [`socket`], [`signals`], [`status_server`]: what every Veil server shares (the
 //!   `veil` CLI's `keyprovider serve` too);
 //! - [`no_core_dumps`]: what every Veil process holding keys or plaintext calls first;
 //! - the error type, [`DaemonError`] (in [`error`]).
 
+pub mod cdh_toml;
 pub mod config;
 pub mod error;
+pub mod guest_server;
 pub mod no_core_dumps;
 pub mod server;
 pub mod signals;

@@ -60,6 +60,7 @@
 //! running as root, does not create directories at paths a socket peer names. (CDH's
 //! image-rs would create it.) `rootfs` inside it is created.
 
+mod adopt;
 pub mod error;
 pub mod options;
 pub mod policy;
