@@ -8,6 +8,7 @@
 
 pub mod attested_scenario;
 pub mod binaries;
+pub mod bundle;
 pub mod cdh_standin;
 pub mod cleanup;
 pub mod containerd;

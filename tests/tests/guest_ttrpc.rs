@@ -1,0 +1,558 @@
+//! `veil-guest` end to end, as a CoCo guest runs it: the real binary (a process of its
+//! own, config file written here) binds a temporary "CDH socket", the CDH stand-in
+//! (`veil_tests::cdh_standin`) is the real CDH moved to the upstream socket, the
+//! attestation-agent stand-in records runtime measurements, and a kata-agent-like ttrpc
+//! client (containerd's Rust `ttrpc`, no code shared with Veil) calls
+//! `api.ImagePullService/PullImage` on one connection, as kata-agent does.
+//!
+//! 1. Three images pulled at once: (a) plain tar.gz, (b) encrypted eStargz for a
+//!    `--kbs-kid` kid whose KEK the CDH stand-in releases through `GetResource` (KEK
+//!    source `cdh-ttrpc`; the stand-in records the call), (c) encrypted eStargz whose KEK
+//!    the test KBS releases after Veil's own attestation (KEK source `kbs`, sample
+//!    attester). Each answer is the pushed manifest digest; each bundle runs with
+//!    `runc run` and prints files of both layers; the attestation agent recorded one
+//!    measurement per pull with the manifest digest. The registry credentials named in
+//!    the `cdh.toml` (`kbs:///…`) were fetched through the CDH at start-up.
+//! 2. Forwarding: an unknown-service call and a `GetResource` call on Veil's socket reach
+//!    the stand-in and come back unchanged.
+//! 3. kata-agent's teardown: `umount rootfs` leaves an empty directory and, once the
+//!    watcher ran, nothing of Veil's is mounted.
+//! 4. Bad input through the socket: unknown image, policy reject (the policy file named by
+//!    the cdh.toml's `image_security_policy_uri = "file:///…"`), a key nobody has — each a
+//!    clear ttrpc error, nothing mounted, nothing measured.
+//! 5. SIGTERM with a container running: clean exit, the socket removed, the container's
+//!    root still mounted; a restart adopts it and, once kata-agent unmounts it, releases
+//!    its layers: nothing of Veil's left.
+//! 6. CDH upstream down: a forwarded call is answered `UNAVAILABLE` naming the upstream
+//!    socket; a start-up whose cdh.toml needs the CDH fails with a clear message.
+//!
+//! Needs root, docker-registry, busybox-static, runc, FUSE and overlayfs. Run with
+//! `cargo test -p veil-tests --test guest_ttrpc -- --nocapture`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
+use veil_tests::bundle::{runc_run_script, unmount_rootfs};
+use veil_tests::cdh_standin::{
+    AaStandIn, CallFailure, CdhStandIn, TtrpcClient, ECHO_METHOD, ECHO_SERVICE,
+    GET_RESOURCE_SERVICE,
+};
+use veil_tests::encrypted_support::kbs_kid_encrypt;
+use veil_tests::lazy_image::{
+    base_entries, pack, push_image, random_bytes, tar_of, top_entries, Layer, LayerFormat,
+    HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
+};
+use veil_tests::mounts::mounts_below;
+use veil_tests::process::run_with_timeout;
+use veil_tests::registry::{Pusher, Registry};
+use veil_tests::test_kbs::{count, resource_reads, InProcessKbs, SAMPLE_ATTESTATIONS};
+use veil_tests::{require_root, unmount_below, veil_binary, ChildGuard};
+
+/// The kid of image (b): its KEK comes from the CDH stand-in.
+const KID_CDH: &str = "kbs:///default/image_key/guest-cdh";
+/// The kid of image (c): its KEK comes from the test KBS.
+const KID_KBS: &str = "kbs:///default/image_key/guest-kbs";
+/// (c)'s resource path in the KBS.
+const RESOURCE_KBS: &str = "default/image_key/guest-kbs";
+/// A kid nobody has.
+const KID_NOBODY: &str = "kbs:///default/image_key/nobody";
+/// The registry credentials the cdh.toml names, served by the CDH stand-in.
+const CREDENTIALS_URI: &str = "kbs:///default/credential/registry";
+/// Size of the random file in each image's top layer.
+const BIG_SIZE: usize = 1 << 20;
+/// How long one `PullImage` may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a forwarded call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long veil-guest may take to bind its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the watcher may take to release what an unmounted root held.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The script each container runs, and what it prints.
+fn script() -> String {
+    format!("cat {HELLO_PATH} {LAYER2_PATH}")
+}
+fn expected_output() -> String {
+    format!("{HELLO_TEXT}{LAYER2_TEXT}")
+}
+
+/// A two-layer image (busybox + files, then a big file and one more) in `format`.
+fn layers(format: LayerFormat, seed: u64) -> anyhow::Result<Vec<Layer>> {
+    Ok(vec![
+        pack(tar_of(&base_entries()?)?, format)?,
+        pack(tar_of(&top_entries(random_bytes(BIG_SIZE, seed)))?, format)?,
+    ])
+}
+
+/// The eStargz image encrypted for `kid` (every layer, sealed TOC digests), as `veil
+/// convert --encrypt --kbs-kid` writes it.
+fn kid_image(kid: &str, kek: &[u8], seed: u64) -> anyhow::Result<Vec<Layer>> {
+    layers(LayerFormat::Estargz, seed)?
+        .iter()
+        .map(|l| {
+            let toc = l
+                .annotations
+                .get(TOC_DIGEST_ANNOTATION)
+                .context("eStargz layer without TOC digest")?;
+            kbs_kid_encrypt(l, Some(toc), kid, kek)
+        })
+        .collect()
+}
+
+/// Everything the test started, below one directory; dropped: veil-guest stopped by PID,
+/// the stand-ins stopped, every mount below the directory detached, the registry stopped.
+struct Guest {
+    veil: Option<ChildGuard>,
+    cdh: Option<CdhStandIn>,
+    aa: Option<AaStandIn>,
+    kbs: InProcessKbs,
+    registry: Registry,
+    runtime: tokio::runtime::Runtime,
+    dir: PathBuf,
+    socket: PathBuf,
+    upstream: PathBuf,
+    config: PathBuf,
+    starts: usize,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut v) = self.veil.take() {
+            v.stop();
+        }
+        if let Some(cdh) = self.cdh.take() {
+            self.runtime.block_on(cdh.stop());
+        }
+        if let Some(aa) = self.aa.take() {
+            self.runtime.block_on(aa.stop());
+        }
+        unmount_below(&self.dir);
+        self.registry.stop();
+    }
+}
+
+impl Guest {
+    fn new(kek_cdh: &[u8], kek_kbs: &[u8]) -> anyhow::Result<Self> {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("veil-guest-ttrpc-")
+            .tempdir()?;
+        let dir = tmp.path().canonicalize()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let registry = runtime.block_on(Registry::start(None));
+        let kbs = InProcessKbs::start(&dir.join("kbs"))?;
+        kbs.put(RESOURCE_KBS, kek_kbs)?;
+        let (socket, upstream, aa_socket) = (
+            dir.join("cdh.sock"),
+            dir.join("cdh-upstream.sock"),
+            dir.join("aa.sock"),
+        );
+        let resources = HashMap::from([
+            (KID_CDH.to_string(), kek_cdh.to_vec()),
+            (CREDENTIALS_URI.to_string(), br#"{"auths":{}}"#.to_vec()),
+        ]);
+        let cdh = runtime.block_on(CdhStandIn::start(&upstream, resources))?;
+        let aa = runtime.block_on(AaStandIn::start(&aa_socket, 0))?;
+        let policy = dir.join("policy.json");
+        std::fs::write(
+            &policy,
+            format!(
+                r#"{{"default":[{{"type":"insecureAcceptAnything"}}],
+                   "transports":{{"docker":{{"{}/refused":[{{"type":"reject"}}]}}}}}}"#,
+                registry.host()
+            ),
+        )?;
+        // CDH's own config, as a peer-pod VM's initdata delivers it.
+        let cdh_toml = dir.join("cdh.toml");
+        std::fs::write(
+            &cdh_toml,
+            format!(
+                "socket = \"unix://{}\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://kbs.invalid\"\n\n\
+                 [image]\nimage_security_policy_uri = \"file://{}\"\n\
+                 authenticated_registry_credentials_uri = \"{CREDENTIALS_URI}\"\n",
+                upstream.display(),
+                policy.display()
+            ),
+        )?;
+        let config = dir.join("veil-guest.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "log_level = \"info\"\n\n[registry]\nplain_http = [\"{host}\"]\nread_retry_seconds = 5\n\n\
+                 [lazy]\nbackground_fetch = false\n\n\
+                 [decryption]\nkeys_dir = \"{no_keys}\"\nkek_sources = [\"cdh-ttrpc\", \"kbs\"]\n\
+                 kbs_url = \"{kbs}\"\nkbs_allow_plain_http = true\nattester = \"sample\"\n\n\
+                 [guest]\nsocket = \"{socket}\"\nupstream_socket = \"{upstream}\"\n\
+                 aa_socket = \"{aa}\"\nwork_dir = \"{work}\"\nwatch_interval_ms = 300\n\
+                 cdh_config = \"{cdh_toml}\"\nshutdown_grace_seconds = 10\n",
+                host = registry.host(),
+                no_keys = dir.join("no-keys").display(),
+                kbs = kbs.url(),
+                socket = socket.display(),
+                upstream = upstream.display(),
+                aa = aa_socket.display(),
+                work = dir.join("work").display(),
+                cdh_toml = cdh_toml.display(),
+            ),
+        )?;
+        Ok(Self {
+            veil: None,
+            cdh: Some(cdh),
+            aa: Some(aa),
+            kbs,
+            registry,
+            runtime,
+            dir,
+            socket,
+            upstream,
+            config,
+            starts: 0,
+            _tmp: tmp,
+        })
+    }
+
+    /// Starts veil-guest and waits for its ready line.
+    fn start(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let mut cmd = Command::new(veil_binary("veil-guest"));
+        cmd.arg("--config").arg(&self.config);
+        let log = self.dir.join(format!("veil-guest-{}.log", self.starts));
+        let mut veil = ChildGuard::spawn("veil-guest", cmd, &log)?;
+        veil.wait_for_path(&self.socket, START_TIMEOUT)?;
+        let start = Instant::now();
+        while !veil.output().contains("veil-guest ready") {
+            veil.check_running()?;
+            if start.elapsed() > START_TIMEOUT {
+                bail!("no ready line from veil-guest: {}", veil.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.veil = Some(veil);
+        Ok(())
+    }
+
+    fn veil(&mut self) -> anyhow::Result<&mut ChildGuard> {
+        self.veil.as_mut().context("veil-guest is not running")
+    }
+
+    fn push(&self, repo: &str, layers: &[Layer]) -> anyhow::Result<(String, String)> {
+        let pusher = Pusher::new(self.registry.base(), None);
+        let pushed = self
+            .runtime
+            .block_on(push_image(&pusher, repo, "1", layers))?;
+        Ok((self.image(repo), pushed.manifest_digest))
+    }
+
+    fn image(&self, repo: &str) -> String {
+        format!("{}/{repo}:1", self.registry.host())
+    }
+
+    /// A fresh bundle directory, as kata-agent makes one.
+    fn bundle(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let b = self.dir.join("bundles").join(name);
+        std::fs::create_dir_all(&b)?;
+        Ok(b)
+    }
+
+    fn client(&self) -> anyhow::Result<TtrpcClient> {
+        self.runtime.block_on(TtrpcClient::connect(&self.socket))
+    }
+
+    fn measurements(&self) -> Vec<(String, String)> {
+        let aa = self
+            .aa
+            .as_ref()
+            .map(|a| a.measurements())
+            .unwrap_or_default();
+        aa.into_iter()
+            .map(|m| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&m.content).unwrap_or(serde_json::Value::Null);
+                assert_eq!(m.domain, "github.com/confidential-containers");
+                assert_eq!(m.operation, "PullImage");
+                (
+                    v["image"].as_str().unwrap_or_default().to_string(),
+                    v["digest"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Veil's mounts: every mount below the test's directory (the layer mounts in the
+    /// work directory and the roots in the bundles).
+    fn mounts(&self) -> Vec<String> {
+        mounts_below(&self.dir)
+    }
+
+    /// Waits until nothing is mounted below the test's directory.
+    fn wait_nothing_mounted(&self, after: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let left = self.mounts();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > RELEASE_TIMEOUT {
+                bail!("after {after}: still mounted: {left:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Fails unless `result` is an `INTERNAL` pull error whose message has every one of
+/// `want`; returns the message.
+fn expect_pull_error(
+    what: &str,
+    result: Result<String, CallFailure>,
+    want: &[&str],
+) -> anyhow::Result<String> {
+    let (code, message) = match result {
+        Ok(d) => bail!("{what}: the pull succeeded ({d})"),
+        Err(CallFailure::Status { code, message }) => (code, message),
+        Err(CallFailure::Other(e)) => bail!("{what}: no ttrpc status: {e}"),
+    };
+    if code != 13 || !message.starts_with("[CDH] [ERROR]: Image Pull error") {
+        bail!("{what}: expected INTERNAL with CDH's prefix, got code {code}: {message}");
+    }
+    for w in want {
+        if !message.contains(w) {
+            bail!("{what}: the error does not say {w:?}: {message}");
+        }
+    }
+    eprintln!("[guest_ttrpc] {what}: {message}");
+    Ok(message)
+}
+
+#[test]
+fn veil_guest_serves_kata_agents_pulls_forwards_the_rest_and_cleans_up() {
+    let kek_cdh = random_bytes(32, 0x6364_6821);
+    let kek_kbs = random_bytes(32, 0x6b62_7321);
+    let mut guest = Guest::new(&kek_cdh, &kek_kbs).unwrap();
+    let mut run = || -> anyhow::Result<()> {
+        let plain = guest.push("plain", &layers(LayerFormat::PlainGzip, 1)?)?;
+        let via_cdh = guest.push("kid-cdh", &kid_image(KID_CDH, &kek_cdh, 2)?)?;
+        let via_kbs = guest.push("kid-kbs", &kid_image(KID_KBS, &kek_kbs, 3)?)?;
+        let nobody = guest.push(
+            "kid-nobody",
+            &kid_image(KID_NOBODY, &random_bytes(32, 9), 4)?,
+        )?;
+        guest.start()?;
+        // The credentials the cdh.toml names were fetched through the CDH at start-up.
+        let calls = guest.cdh.as_ref().map(|c| c.calls()).unwrap_or_default();
+        if !calls.iter().any(|c| {
+            c.service == GET_RESOURCE_SERVICE
+                && String::from_utf8_lossy(&c.payload).contains(CREDENTIALS_URI)
+        }) {
+            bail!("veil-guest did not fetch {CREDENTIALS_URI} through the CDH: {calls:?}");
+        }
+
+        // 1. Three pulls at once on kata-agent's one connection.
+        let client = guest.client()?;
+        let pulls = [
+            ("plain", &plain),
+            ("kid-cdh", &via_cdh),
+            ("kid-kbs", &via_kbs),
+        ];
+        let bundles: Vec<PathBuf> = pulls
+            .iter()
+            .map(|(name, _)| guest.bundle(name))
+            .collect::<anyhow::Result<_>>()?;
+        let t = Instant::now();
+        let answers =
+            guest
+                .runtime
+                .block_on(futures::future::join_all(pulls.iter().zip(&bundles).map(
+                    |((_, (image, _)), bundle)| {
+                        let client = client.clone();
+                        async move { client.pull_image(image, bundle, PULL_TIMEOUT).await }
+                    },
+                )));
+        eprintln!("[guest_ttrpc] three pulls at once: {:.2?}", t.elapsed());
+        for (((name, (_, digest)), bundle), answer) in pulls.iter().zip(&bundles).zip(answers) {
+            let got = answer.map_err(|e| anyhow::anyhow!("PullImage {name}: {e:?}"))?;
+            if &got != digest {
+                bail!("PullImage {name} answered {got}, the pushed manifest is {digest}");
+            }
+            let out = runc_run_script(&guest.dir, bundle, name, &script())?;
+            if out != expected_output() {
+                bail!("{name}: the container printed {out:?}");
+            }
+        }
+        let calls = guest.cdh.as_ref().map(|c| c.calls()).unwrap_or_default();
+        if !calls.iter().any(|c| {
+            c.service == GET_RESOURCE_SERVICE
+                && c.method == "GetResource"
+                && String::from_utf8_lossy(&c.payload).contains(KID_CDH)
+        }) {
+            bail!("the KEK of {KID_CDH} was not asked of the CDH: {calls:?}");
+        }
+        let metrics = guest.kbs.metrics()?;
+        if count(&metrics, &resource_reads(RESOURCE_KBS)) != 1
+            || count(&metrics, SAMPLE_ATTESTATIONS) < 1
+        {
+            bail!("the KBS did not release {RESOURCE_KBS} once after attestation: {metrics:?}");
+        }
+        let mut measured = guest.measurements();
+        measured.sort();
+        let mut want: Vec<(String, String)> = pulls
+            .iter()
+            .map(|(_, (i, d))| (i.clone(), d.clone()))
+            .collect();
+        want.sort();
+        if measured != want {
+            bail!("runtime measurements {measured:?}, expected one per pull {want:?}");
+        }
+
+        // 2. Forwarding, on the same connection.
+        let ping = b"unknown service through veil".to_vec();
+        let echoed = guest
+            .runtime
+            .block_on(client.call(ECHO_SERVICE, ECHO_METHOD, ping.clone(), CALL_TIMEOUT))
+            .map_err(|e| anyhow::anyhow!("echo through veil: {e:?}"))?;
+        let kek = guest
+            .runtime
+            .block_on(client.get_resource(KID_CDH, CALL_TIMEOUT))
+            .map_err(|e| anyhow::anyhow!("GetResource through veil: {e:?}"))?;
+        if echoed != ping || kek != kek_cdh {
+            bail!("forwarded calls came back changed");
+        }
+        let calls = guest.cdh.as_ref().map(|c| c.calls()).unwrap_or_default();
+        if !calls
+            .iter()
+            .any(|c| c.service == ECHO_SERVICE && c.payload == ping)
+        {
+            bail!("the unknown-service call did not reach the CDH: {calls:?}");
+        }
+
+        // 3. kata-agent's teardown.
+        for bundle in &bundles {
+            unmount_rootfs(bundle)?;
+        }
+        guest.wait_nothing_mounted("unmounting every rootfs")?;
+
+        // 4. Bad input.
+        let measured_before = guest.measurements().len();
+        let b = guest.bundle("bad")?;
+        let r = guest.runtime.block_on(client.pull_image(
+            &guest.image("nothing-here"),
+            &b,
+            PULL_TIMEOUT,
+        ));
+        expect_pull_error("unknown image", r, &["no such image", "nothing-here"])?;
+        let r =
+            guest
+                .runtime
+                .block_on(client.pull_image(&guest.image("refused"), &b, PULL_TIMEOUT));
+        expect_pull_error(
+            "policy reject",
+            r,
+            &["rejects it", "refused", "policy.json"],
+        )?;
+        let r = guest
+            .runtime
+            .block_on(client.pull_image(&nobody.0, &b, PULL_TIMEOUT));
+        expect_pull_error("missing key", r, &[KID_NOBODY, "cdh-ttrpc", "kbs"])?;
+        if !guest.mounts().is_empty() || guest.measurements().len() != measured_before {
+            bail!(
+                "failed pulls left mounts {:?} or measurements {:?}",
+                guest.mounts(),
+                guest.measurements()
+            );
+        }
+
+        // 5. SIGTERM with a container running, then a restart.
+        let kept = guest.bundle("kept")?;
+        guest
+            .runtime
+            .block_on(client.pull_image(&plain.0, &kept, PULL_TIMEOUT))
+            .map_err(|e| anyhow::anyhow!("pull into kept: {e:?}"))?;
+        drop(client);
+        let status = guest
+            .veil()?
+            .stop_with(libc::SIGTERM, Duration::from_secs(20));
+        if !status.is_some_and(|s| s.success()) {
+            bail!("veil-guest did not exit cleanly on SIGTERM: {status:?}");
+        }
+        guest.veil = None;
+        if guest.socket.exists() {
+            bail!(
+                "the socket {} is left after SIGTERM",
+                guest.socket.display()
+            );
+        }
+        let rootfs = kept.join("rootfs").to_string_lossy().into_owned();
+        if !guest.mounts().contains(&rootfs) {
+            bail!(
+                "SIGTERM took down a running container's root: {:?}",
+                guest.mounts()
+            );
+        }
+        guest.start()?;
+        if !guest.veil()?.output().contains("still mounted") {
+            bail!("the restarted veil-guest did not adopt the mounted root");
+        }
+        unmount_rootfs(&kept)?;
+        guest.wait_nothing_mounted("unmounting the adopted root")?;
+
+        // 6. The CDH goes down.
+        if let Some(cdh) = guest.cdh.take() {
+            guest.runtime.block_on(cdh.stop());
+        }
+        let client = guest.client()?;
+        match guest
+            .runtime
+            .block_on(client.get_resource(KID_CDH, CALL_TIMEOUT))
+        {
+            Err(CallFailure::Status { code: 14, message })
+                if message.contains(&*guest.upstream.to_string_lossy()) =>
+            {
+                eprintln!("[guest_ttrpc] CDH down: {message}")
+            }
+            other => bail!("GetResource with the CDH down: {other:?}"),
+        }
+        drop(client);
+        let status = guest
+            .veil()?
+            .stop_with(libc::SIGTERM, Duration::from_secs(20));
+        if !status.is_some_and(|s| s.success()) {
+            bail!("veil-guest did not exit cleanly: {status:?}");
+        }
+        guest.veil = None;
+        // Its cdh.toml names a kbs:// resource: without the CDH it cannot start.
+        let mut cmd = Command::new(veil_binary("veil-guest"));
+        cmd.arg("--config").arg(&guest.config);
+        let out = run_with_timeout(cmd, START_TIMEOUT, &guest.dir.join("veil-guest-no-cdh"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success()
+            || !stderr.contains(CREDENTIALS_URI)
+            || !stderr.contains(&*guest.upstream.to_string_lossy())
+        {
+            bail!("start-up without the CDH: {} {stderr}", out.status);
+        }
+        if guest.socket.exists() || !guest.mounts().is_empty() {
+            bail!("a failed start-up left its socket or mounts");
+        }
+        Ok(())
+    };
+    let result = run();
+    if let Err(e) = &result {
+        for i in 1..=guest.starts {
+            let log = guest.dir.join(format!("veil-guest-{i}.log"));
+            eprintln!(
+                "--- {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        panic!("{e:#}");
+    }
+}
