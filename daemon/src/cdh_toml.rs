@@ -152,9 +152,52 @@ fn location(text: &str) -> Result<Option<ResourceLocation>, String> {
     Ok(Some(ResourceLocation::File(PathBuf::from(text))))
 }
 
+/// CDH's config text `original` (none: CDH's defaults) with its `socket` key set to
+/// `upstream` (`unix://` + the path): the config the drop-in starts the real CDH with, so
+/// it listens where Veil forwards to. Everything else is kept (comments are not).
+pub fn with_upstream_socket(
+    original: Option<&str>,
+    upstream: &Path,
+    path: &Path,
+) -> Result<String, CdhTomlError> {
+    let mut table: toml::Table = match original {
+        Some(text) => toml::from_str(text).map_err(|e| CdhTomlError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?,
+        None => toml::Table::new(),
+    };
+    table.insert(
+        "socket".into(),
+        toml::Value::String(format!("unix://{}", upstream.display())),
+    );
+    toml::to_string(&table).map_err(|e| CdhTomlError::Parse {
+        path: path.to_path_buf(),
+        message: format!("writing it back: {e}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_config_moves_only_the_socket() {
+        let text = "socket = 'unix:///run/confidential-containers/cdh.sock'\ncredentials = []\n\
+                    [kbc]\nname = \"cc_kbc\"\nurl = \"https://kbs\"\n\
+                    [image]\nimage_security_policy_uri = \"kbs:///default/security-policy/x\"\n";
+        let out = with_upstream_socket(Some(text), Path::new("/run/cdh-up.sock"), Path::new("x"))
+            .unwrap();
+        let table: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(table["socket"].as_str(), Some("unix:///run/cdh-up.sock"));
+        assert_eq!(table["kbc"]["url"].as_str(), Some("https://kbs"));
+        assert_eq!(
+            table["image"]["image_security_policy_uri"].as_str(),
+            Some("kbs:///default/security-policy/x")
+        );
+        let out = with_upstream_socket(None, Path::new("/u.sock"), Path::new("x")).unwrap();
+        assert_eq!(out.trim(), "socket = \"unix:///u.sock\"");
+    }
 
     #[test]
     fn the_image_keys_are_read() {

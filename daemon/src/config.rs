@@ -141,6 +141,9 @@ pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 2000;
 /// Default time running pulls get to finish on SIGTERM, in seconds.
 pub const DEFAULT_GUEST_SHUTDOWN_GRACE_SECONDS: u64 = 30;
 
+/// Default time start-up waits for the upstream CDH socket, in seconds.
+pub const DEFAULT_UPSTREAM_WAIT_SECONDS: u64 = 30;
+
 /// `[guest]`: `veil-guest`, Veil on the Confidential Data Hub's socket inside a CoCo guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -168,6 +171,9 @@ pub struct GuestConfig {
     pub cdh_config: Option<PathBuf>,
     /// Seconds running pulls get to finish on SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Seconds start-up waits for the upstream socket to appear when `cdh_config` names a
+    /// `kbs://` resource (CDH may still be starting).
+    pub upstream_wait_seconds: u64,
 }
 
 impl Default for GuestConfig {
@@ -182,6 +188,7 @@ impl Default for GuestConfig {
             watch_interval_ms: DEFAULT_WATCH_INTERVAL_MS,
             cdh_config: None,
             shutdown_grace_seconds: DEFAULT_GUEST_SHUTDOWN_GRACE_SECONDS,
+            upstream_wait_seconds: DEFAULT_UPSTREAM_WAIT_SECONDS,
         }
     }
 }

@@ -217,6 +217,9 @@ pub fn guest_lazy_options(config: &Config) -> LazyOptions {
     }
 }
 
+/// How often start-up looks for the upstream socket while it waits for it.
+pub const UPSTREAM_POLL: Duration = Duration::from_millis(100);
+
 /// File name of a `kbs://` resource of `cdh.toml` once fetched, in `work_dir`.
 pub const FETCHED_POLICY: &str = "cdh-image-security-policy.json";
 /// File name of fetched registry credentials, in `work_dir`.
@@ -279,6 +282,10 @@ async fn fetch_cdh_resource(
             g.upstream_socket.display()
         ))
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(g.upstream_wait_seconds);
+    while !g.upstream_socket.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(UPSTREAM_POLL).await;
+    }
     let request = veil_cdh::proto::GetResourceRequest {
         resource_path: uri.to_string(),
     };
@@ -311,6 +318,41 @@ async fn fetch_cdh_resource(
     write().map_err(|e| fail(format!("writing {}: {e}", file.display())))?;
     tracing::info!(uri, file = %file.display(), "fetched a cdh.toml resource through CDH");
     Ok(file)
+}
+
+/// Writes the config the real CDH is started with (the drop-in
+/// `confidential-data-hub.service.d/10-veil-upstream.conf`): CDH's own config
+/// (`[guest] cdh_config`, or CDH's defaults when there is none) with its `socket` moved to
+/// `[guest] upstream_socket`. Mode 0600: a cdh.toml may hold credentials.
+pub fn write_upstream_cdh_config(config: &Config, out: &Path) -> Result<(), DaemonError> {
+    let g = &config.guest;
+    let source = g.cdh_config_path();
+    let original = match &source {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            DaemonError::Wiring(format!("[guest] cdh_config {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
+    let text = crate::cdh_toml::with_upstream_socket(
+        original.as_deref(),
+        &g.upstream_socket,
+        source.as_deref().unwrap_or(Path::new("(CDH's defaults)")),
+    )
+    .map_err(|e| DaemonError::Wiring(e.to_string()))?;
+    let fail = |e: std::io::Error| DaemonError::Wiring(format!("writing {}: {e}", out.display()));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(fail)?;
+    f.write_all(text.as_bytes()).map_err(fail)
 }
 
 /// What `veil-guest` runs: the guest puller (on its image service), the front door's

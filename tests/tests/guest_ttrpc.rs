@@ -192,7 +192,7 @@ impl Guest {
                  kbs_url = \"{kbs}\"\nkbs_allow_plain_http = true\nattester = \"sample\"\n\n\
                  [guest]\nsocket = \"{socket}\"\nupstream_socket = \"{upstream}\"\n\
                  aa_socket = \"{aa}\"\nwork_dir = \"{work}\"\nwatch_interval_ms = 300\n\
-                 cdh_config = \"{cdh_toml}\"\nshutdown_grace_seconds = 10\n",
+                 cdh_config = \"{cdh_toml}\"\nshutdown_grace_seconds = 10\nupstream_wait_seconds = 2\n",
                 host = registry.host(),
                 no_keys = dir.join("no-keys").display(),
                 kbs = kbs.url(),

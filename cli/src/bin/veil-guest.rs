@@ -24,6 +24,11 @@ struct Args {
     /// /etc/veil/guest.toml if it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Write the config the real CDH is to run with — [guest] cdh_config (or CDH's
+    /// defaults) with its `socket` moved to [guest] upstream_socket — to FILE, and exit
+    /// (the CDH drop-in's ExecStartPre)
+    #[arg(long, value_name = "FILE")]
+    write_upstream_cdh_config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +47,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(out) = args.write_upstream_cdh_config {
+        return match veil_daemon::wiring::write_upstream_cdh_config(&config, &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veil-guest: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level));
     let filter = match filter {
