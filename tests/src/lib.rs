@@ -15,6 +15,8 @@ pub mod containerd;
 pub mod core_dumps;
 pub mod encrypted_support;
 pub mod gosuite;
+pub mod guest_scenario;
+pub mod guest_stack;
 pub mod image;
 pub mod kbs_server;
 pub mod lazy_image;

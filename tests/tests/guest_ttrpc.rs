@@ -37,20 +37,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
 use veil_tests::bundle::{runc_run_script, unmount_rootfs};
-use veil_tests::cdh_standin::{
-    AaStandIn, CallFailure, CdhStandIn, TtrpcClient, ECHO_METHOD, ECHO_SERVICE,
-    GET_RESOURCE_SERVICE,
-};
+use veil_tests::cdh_standin::{CallFailure, ECHO_METHOD, ECHO_SERVICE, GET_RESOURCE_SERVICE};
 use veil_tests::encrypted_support::kbs_kid_encrypt;
+use veil_tests::guest_stack::{GuestStack, START_TIMEOUT};
 use veil_tests::lazy_image::{
-    base_entries, pack, push_image, random_bytes, tar_of, top_entries, Layer, LayerFormat,
-    HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
+    base_entries, pack, random_bytes, tar_of, top_entries, Layer, LayerFormat, HELLO_PATH,
+    HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
-use veil_tests::mounts::mounts_below;
 use veil_tests::process::run_with_timeout;
-use veil_tests::registry::{Pusher, Registry};
-use veil_tests::test_kbs::{count, resource_reads, InProcessKbs, SAMPLE_ATTESTATIONS};
-use veil_tests::{require_root, unmount_below, veil_binary, ChildGuard};
+use veil_tests::test_kbs::{count, resource_reads, SAMPLE_ATTESTATIONS};
+use veil_tests::veil_binary;
 
 /// The kid of image (b): its KEK comes from the CDH stand-in.
 const KID_CDH: &str = "kbs:///default/image_key/guest-cdh";
@@ -68,10 +64,6 @@ const BIG_SIZE: usize = 1 << 20;
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a forwarded call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long veil-guest may take to bind its socket.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the watcher may take to release what an unmounted root held.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The script each container runs, and what it prints.
 fn script() -> String {
     format!("cat {HELLO_PATH} {LAYER2_PATH}")
@@ -103,209 +95,57 @@ fn kid_image(kid: &str, kek: &[u8], seed: u64) -> anyhow::Result<Vec<Layer>> {
         .collect()
 }
 
-/// Everything the test started, below one directory; dropped: veil-guest stopped by PID,
-/// the stand-ins stopped, every mount below the directory detached, the registry stopped.
-struct Guest {
-    veil: Option<ChildGuard>,
-    cdh: Option<CdhStandIn>,
-    aa: Option<AaStandIn>,
-    kbs: InProcessKbs,
-    registry: Registry,
-    runtime: tokio::runtime::Runtime,
-    dir: PathBuf,
-    socket: PathBuf,
-    upstream: PathBuf,
-    config: PathBuf,
-    starts: usize,
-    _tmp: tempfile::TempDir,
+/// The stack with the CDH stand-in holding (b)'s KEK and the credentials, the KBS (c)'s
+/// KEK, a policy refusing `refused`, and a cdh.toml naming both as a peer-pod VM's
+/// initdata would; veil-guest configured with `kek_sources = ["cdh-ttrpc", "kbs"]`.
+fn stack(kek_cdh: &[u8], kek_kbs: &[u8]) -> anyhow::Result<GuestStack> {
+    let resources = HashMap::from([
+        (KID_CDH.to_string(), kek_cdh.to_vec()),
+        (CREDENTIALS_URI.to_string(), br#"{"auths":{}}"#.to_vec()),
+    ]);
+    let guest = GuestStack::new("veil-guest-ttrpc-", resources)?;
+    guest.kbs.put(RESOURCE_KBS, kek_kbs)?;
+    let policy = guest.dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default":[{{"type":"insecureAcceptAnything"}}],
+               "transports":{{"docker":{{"{}/refused":[{{"type":"reject"}}]}}}}}}"#,
+            guest.registry.host()
+        ),
+    )?;
+    // CDH's own config, as a peer-pod VM's initdata delivers it.
+    let cdh_toml = guest.dir.join("cdh.toml");
+    std::fs::write(
+        &cdh_toml,
+        format!(
+            "socket = \"unix://{}\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://kbs.invalid\"\n\n\
+             [image]\nimage_security_policy_uri = \"file://{}\"\n\
+             authenticated_registry_credentials_uri = \"{CREDENTIALS_URI}\"\n",
+            guest.upstream.display(),
+            policy.display()
+        ),
+    )?;
+    guest.write_config(&["cdh-ttrpc", "kbs"], Some(&cdh_toml))?;
+    Ok(guest)
 }
 
-impl Drop for Guest {
-    fn drop(&mut self) {
-        if let Some(mut v) = self.veil.take() {
-            v.stop();
-        }
-        if let Some(cdh) = self.cdh.take() {
-            self.runtime.block_on(cdh.stop());
-        }
-        if let Some(aa) = self.aa.take() {
-            self.runtime.block_on(aa.stop());
-        }
-        unmount_below(&self.dir);
-        self.registry.stop();
-    }
-}
-
-impl Guest {
-    fn new(kek_cdh: &[u8], kek_kbs: &[u8]) -> anyhow::Result<Self> {
-        require_root();
-        let tmp = tempfile::Builder::new()
-            .prefix("veil-guest-ttrpc-")
-            .tempdir()?;
-        let dir = tmp.path().canonicalize()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let registry = runtime.block_on(Registry::start(None));
-        let kbs = InProcessKbs::start(&dir.join("kbs"))?;
-        kbs.put(RESOURCE_KBS, kek_kbs)?;
-        let (socket, upstream, aa_socket) = (
-            dir.join("cdh.sock"),
-            dir.join("cdh-upstream.sock"),
-            dir.join("aa.sock"),
-        );
-        let resources = HashMap::from([
-            (KID_CDH.to_string(), kek_cdh.to_vec()),
-            (CREDENTIALS_URI.to_string(), br#"{"auths":{}}"#.to_vec()),
-        ]);
-        let cdh = runtime.block_on(CdhStandIn::start(&upstream, resources))?;
-        let aa = runtime.block_on(AaStandIn::start(&aa_socket, 0))?;
-        let policy = dir.join("policy.json");
-        std::fs::write(
-            &policy,
-            format!(
-                r#"{{"default":[{{"type":"insecureAcceptAnything"}}],
-                   "transports":{{"docker":{{"{}/refused":[{{"type":"reject"}}]}}}}}}"#,
-                registry.host()
-            ),
-        )?;
-        // CDH's own config, as a peer-pod VM's initdata delivers it.
-        let cdh_toml = dir.join("cdh.toml");
-        std::fs::write(
-            &cdh_toml,
-            format!(
-                "socket = \"unix://{}\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://kbs.invalid\"\n\n\
-                 [image]\nimage_security_policy_uri = \"file://{}\"\n\
-                 authenticated_registry_credentials_uri = \"{CREDENTIALS_URI}\"\n",
-                upstream.display(),
-                policy.display()
-            ),
-        )?;
-        let config = dir.join("veil-guest.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "log_level = \"info\"\n\n[registry]\nplain_http = [\"{host}\"]\nread_retry_seconds = 5\n\n\
-                 [lazy]\nbackground_fetch = false\n\n\
-                 [decryption]\nkeys_dir = \"{no_keys}\"\nkek_sources = [\"cdh-ttrpc\", \"kbs\"]\n\
-                 kbs_url = \"{kbs}\"\nkbs_allow_plain_http = true\nattester = \"sample\"\n\n\
-                 [guest]\nsocket = \"{socket}\"\nupstream_socket = \"{upstream}\"\n\
-                 aa_socket = \"{aa}\"\nwork_dir = \"{work}\"\nwatch_interval_ms = 300\n\
-                 cdh_config = \"{cdh_toml}\"\nshutdown_grace_seconds = 10\nupstream_wait_seconds = 2\n",
-                host = registry.host(),
-                no_keys = dir.join("no-keys").display(),
-                kbs = kbs.url(),
-                socket = socket.display(),
-                upstream = upstream.display(),
-                aa = aa_socket.display(),
-                work = dir.join("work").display(),
-                cdh_toml = cdh_toml.display(),
-            ),
-        )?;
-        Ok(Self {
-            veil: None,
-            cdh: Some(cdh),
-            aa: Some(aa),
-            kbs,
-            registry,
-            runtime,
-            dir,
-            socket,
-            upstream,
-            config,
-            starts: 0,
-            _tmp: tmp,
+/// The decoded measurements as (image, digest), checking domain and operation.
+fn measured(guest: &GuestStack) -> anyhow::Result<Vec<(String, String)>> {
+    guest
+        .measurements()
+        .into_iter()
+        .map(|m| {
+            if m.domain != "github.com/confidential-containers" || m.operation != "PullImage" {
+                bail!(
+                    "a measurement with domain {} and operation {}",
+                    m.domain,
+                    m.operation
+                );
+            }
+            Ok((m.image, m.digest))
         })
-    }
-
-    /// Starts veil-guest and waits for its ready line.
-    fn start(&mut self) -> anyhow::Result<()> {
-        self.starts += 1;
-        let mut cmd = Command::new(veil_binary("veil-guest"));
-        cmd.arg("--config").arg(&self.config);
-        let log = self.dir.join(format!("veil-guest-{}.log", self.starts));
-        let mut veil = ChildGuard::spawn("veil-guest", cmd, &log)?;
-        veil.wait_for_path(&self.socket, START_TIMEOUT)?;
-        let start = Instant::now();
-        while !veil.output().contains("veil-guest ready") {
-            veil.check_running()?;
-            if start.elapsed() > START_TIMEOUT {
-                bail!("no ready line from veil-guest: {}", veil.output());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.veil = Some(veil);
-        Ok(())
-    }
-
-    fn veil(&mut self) -> anyhow::Result<&mut ChildGuard> {
-        self.veil.as_mut().context("veil-guest is not running")
-    }
-
-    fn push(&self, repo: &str, layers: &[Layer]) -> anyhow::Result<(String, String)> {
-        let pusher = Pusher::new(self.registry.base(), None);
-        let pushed = self
-            .runtime
-            .block_on(push_image(&pusher, repo, "1", layers))?;
-        Ok((self.image(repo), pushed.manifest_digest))
-    }
-
-    fn image(&self, repo: &str) -> String {
-        format!("{}/{repo}:1", self.registry.host())
-    }
-
-    /// A fresh bundle directory, as kata-agent makes one.
-    fn bundle(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let b = self.dir.join("bundles").join(name);
-        std::fs::create_dir_all(&b)?;
-        Ok(b)
-    }
-
-    fn client(&self) -> anyhow::Result<TtrpcClient> {
-        self.runtime.block_on(TtrpcClient::connect(&self.socket))
-    }
-
-    fn measurements(&self) -> Vec<(String, String)> {
-        let aa = self
-            .aa
-            .as_ref()
-            .map(|a| a.measurements())
-            .unwrap_or_default();
-        aa.into_iter()
-            .map(|m| {
-                let v: serde_json::Value =
-                    serde_json::from_str(&m.content).unwrap_or(serde_json::Value::Null);
-                assert_eq!(m.domain, "github.com/confidential-containers");
-                assert_eq!(m.operation, "PullImage");
-                (
-                    v["image"].as_str().unwrap_or_default().to_string(),
-                    v["digest"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// Veil's mounts: every mount below the test's directory (the layer mounts in the
-    /// work directory and the roots in the bundles).
-    fn mounts(&self) -> Vec<String> {
-        mounts_below(&self.dir)
-    }
-
-    /// Waits until nothing is mounted below the test's directory.
-    fn wait_nothing_mounted(&self, after: &str) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let left = self.mounts();
-            if left.is_empty() {
-                return Ok(());
-            }
-            if start.elapsed() > RELEASE_TIMEOUT {
-                bail!("after {after}: still mounted: {left:#?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+        .collect()
 }
 
 /// Fails unless `result` is an `INTERNAL` pull error whose message has every one of
@@ -336,7 +176,7 @@ fn expect_pull_error(
 fn veil_guest_serves_kata_agents_pulls_forwards_the_rest_and_cleans_up() {
     let kek_cdh = random_bytes(32, 0x6364_6821);
     let kek_kbs = random_bytes(32, 0x6b62_7321);
-    let mut guest = Guest::new(&kek_cdh, &kek_kbs).unwrap();
+    let mut guest = stack(&kek_cdh, &kek_kbs).unwrap();
     let mut run = || -> anyhow::Result<()> {
         let plain = guest.push("plain", &layers(LayerFormat::PlainGzip, 1)?)?;
         let via_cdh = guest.push("kid-cdh", &kid_image(KID_CDH, &kek_cdh, 2)?)?;
@@ -401,7 +241,7 @@ fn veil_guest_serves_kata_agents_pulls_forwards_the_rest_and_cleans_up() {
         {
             bail!("the KBS did not release {RESOURCE_KBS} once after attestation: {metrics:?}");
         }
-        let mut measured = guest.measurements();
+        let mut measured = measured(&guest)?;
         measured.sort();
         let mut want: Vec<(String, String)> = pulls
             .iter()
@@ -545,14 +385,7 @@ fn veil_guest_serves_kata_agents_pulls_forwards_the_rest_and_cleans_up() {
     };
     let result = run();
     if let Err(e) = &result {
-        for i in 1..=guest.starts {
-            let log = guest.dir.join(format!("veil-guest-{i}.log"));
-            eprintln!(
-                "--- {}:\n{}",
-                log.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        eprintln!("{}", guest.logs());
         panic!("{e:#}");
     }
 }
