@@ -149,7 +149,7 @@ pub fn run(big_size: usize, step: &mut dyn FnMut(&str)) -> anyhow::Result<GuestR
          every layer for {GUEST_KID} (the layer keys wrapped with a KEK only the KBS holds).",
         human(big_size as u64)
     ));
-    let plain = vec![
+    let plain = [
         pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
         pack(
             tar_of(&top_entries(random_bytes(big_size, 0x6775_6d65)))?,
