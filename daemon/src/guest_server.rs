@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use veil_cdh::front::{FrontDoor, PullFailure, PullHandler};
 use veil_cdh::measure::record_image_pull;
+use veil_guest::spec::BUNDLE_CONFIG;
 use veil_guest::GuestPuller;
 
 use crate::config::Config;
@@ -45,7 +46,8 @@ impl GuestPullHandler {
 }
 
 /// A pulled root not answered yet: released if the pull future is dropped (deadline,
-/// disconnect, shutdown) before the answer.
+/// disconnect, shutdown) before the answer, or the pull fails after all. Undone the whole
+/// way, `config.json` too, so kata-agent may pull into the bundle again.
 struct Unanswered {
     puller: Arc<GuestPuller>,
     bundle: Option<PathBuf>,
@@ -60,9 +62,7 @@ impl Unanswered {
     /// Takes the root down now (the pull fails).
     async fn release(mut self) {
         if let Some(bundle) = self.bundle.take() {
-            if let Err(e) = self.puller.release(&bundle).await {
-                tracing::warn!(bundle = %bundle.display(), error = %e, "cannot release a pull that failed");
-            }
+            undo(&self.puller, &bundle).await;
         }
     }
 }
@@ -77,12 +77,25 @@ impl Drop for Unanswered {
             Ok(handle) => {
                 handle.spawn(async move {
                     tracing::info!(bundle = %bundle.display(), "pull cancelled after its root was mounted: releasing it");
-                    let _ = puller.release(&bundle).await;
+                    undo(&puller, &bundle).await;
                 });
             }
             Err(_) => {
                 tracing::warn!(bundle = %bundle.display(), "pull cancelled outside a runtime: its root stays until unmounted")
             }
+        }
+    }
+}
+
+/// Takes down what a pull into `bundle` made: the root, its layers, `config.json`.
+async fn undo(puller: &GuestPuller, bundle: &std::path::Path) {
+    if let Err(e) = puller.release(bundle).await {
+        tracing::warn!(bundle = %bundle.display(), error = %e, "cannot release a pull that failed");
+    }
+    let config = bundle.join(BUNDLE_CONFIG);
+    if let Err(e) = std::fs::remove_file(&config) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = %config.display(), error = %e, "cannot remove the spec of a pull that failed");
         }
     }
 }

@@ -22,7 +22,8 @@
 //!    clear ttrpc error, nothing mounted, nothing measured.
 //! 5. SIGTERM with a container running: clean exit, the socket removed, the container's
 //!    root still mounted; a restart adopts it and, once kata-agent unmounts it, releases
-//!    its layers: nothing of Veil's left.
+//!    its layers: nothing of Veil's left. An attestation agent that hangs up fails the
+//!    pull (the measurement is part of it) and the mounted root is taken down again.
 //! 6. CDH upstream down: a forwarded call is answered `UNAVAILABLE` naming the upstream
 //!    socket; a start-up whose cdh.toml needs the CDH fails with a clear message.
 //!
@@ -342,6 +343,35 @@ fn veil_guest_serves_kata_agents_pulls_forwards_the_rest_and_cleans_up() {
         }
         unmount_rootfs(&kept)?;
         guest.wait_nothing_mounted("unmounting the adopted root")?;
+
+        // A measurement that fails fails the pull, and the mounted root is taken down:
+        // an "attestation agent" that hangs up on every call.
+        if let Some(aa) = guest.aa.take() {
+            guest.runtime.block_on(aa.stop());
+        }
+        let hangup = std::os::unix::net::UnixListener::bind(&guest.aa_socket)?;
+        let hangups = std::thread::spawn(move || {
+            // Until the test drops its end (one connection per pull is enough here).
+            if let Ok((conn, _)) = hangup.accept() {
+                drop(conn);
+            }
+        });
+        let client = guest.client()?;
+        let b = guest.bundle("unmeasured")?;
+        let r = guest
+            .runtime
+            .block_on(client.pull_image(&plain.0, &b, PULL_TIMEOUT));
+        expect_pull_error(
+            "measurement failed",
+            r,
+            &["runtime measurements", &guest.aa_socket.to_string_lossy()],
+        )?;
+        guest.wait_nothing_mounted("a pull whose measurement failed")?;
+        if b.join("config.json").exists() {
+            bail!("a pull whose measurement failed left its config.json");
+        }
+        let _ = hangups.join();
+        drop(client);
 
         // 6. The CDH goes down.
         if let Some(cdh) = guest.cdh.take() {
