@@ -127,6 +127,16 @@ impl GuestStack {
         kek_sources: &[&str],
         cdh_config: Option<&Path>,
     ) -> anyhow::Result<()> {
+        self.write_config_with(kek_sources, cdh_config, "")
+    }
+
+    /// [`Self::write_config`] with `extra` appended (further sections, e.g. `[cache]`).
+    pub fn write_config_with(
+        &self,
+        kek_sources: &[&str],
+        cdh_config: Option<&Path>,
+        extra: &str,
+    ) -> anyhow::Result<()> {
         let sources: Vec<String> = kek_sources.iter().map(|s| format!("\"{s}\"")).collect();
         std::fs::write(
             &self.config,
@@ -137,7 +147,7 @@ impl GuestStack {
                  kbs_url = \"{kbs}\"\nkbs_allow_plain_http = true\nattester = \"sample\"\n\n\
                  [guest]\nsocket = \"{socket}\"\nupstream_socket = \"{upstream}\"\n\
                  aa_socket = \"{aa}\"\nwork_dir = \"{work}\"\nwatch_interval_ms = 300\n\
-                 cdh_config = \"{cdh_config}\"\nshutdown_grace_seconds = 10\nupstream_wait_seconds = 2\n",
+                 cdh_config = \"{cdh_config}\"\nshutdown_grace_seconds = 10\nupstream_wait_seconds = 2\n\n{extra}",
                 host = self.registry.host(),
                 no_keys = self.dir.join("no-keys").display(),
                 sources = sources.join(", "),

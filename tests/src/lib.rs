@@ -24,6 +24,7 @@ pub mod lazy_scenario;
 pub mod lazy_stack;
 pub mod local_registry;
 pub mod log_secrets;
+pub mod memory_cgroup;
 pub mod mount_cli;
 pub mod mounts;
 pub mod process;

@@ -42,8 +42,8 @@ use veil_tests::cdh_standin::{CallFailure, ECHO_METHOD, ECHO_SERVICE, GET_RESOUR
 use veil_tests::encrypted_support::kbs_kid_encrypt;
 use veil_tests::guest_stack::{GuestStack, START_TIMEOUT};
 use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, tar_of, top_entries, Layer, LayerFormat, HELLO_PATH,
-    HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Layer, LayerFormat,
+    BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
 use veil_tests::process::run_with_timeout;
 use veil_tests::test_kbs::{count, resource_reads, SAMPLE_ATTESTATIONS};
@@ -75,9 +75,14 @@ fn expected_output() -> String {
 
 /// A two-layer image (busybox + files, then a big file and one more) in `format`.
 fn layers(format: LayerFormat, seed: u64) -> anyhow::Result<Vec<Layer>> {
+    sized_layers(format, &random_bytes(BIG_SIZE, seed))
+}
+
+/// The two-layer image with `big` as [`BIG_PATH`].
+fn sized_layers(format: LayerFormat, big: &[u8]) -> anyhow::Result<Vec<Layer>> {
     Ok(vec![
         pack(tar_of(&base_entries()?)?, format)?,
-        pack(tar_of(&top_entries(random_bytes(BIG_SIZE, seed)))?, format)?,
+        pack(tar_of(&top_entries(big.to_vec()))?, format)?,
     ])
 }
 
@@ -411,6 +416,117 @@ fn veil_guest_serves_kata_agents_pulls_forwards_the_rest_and_cleans_up() {
         if guest.socket.exists() || !guest.mounts().is_empty() {
             bail!("a failed start-up left its socket or mounts");
         }
+        Ok(())
+    };
+    let result = run();
+    if let Err(e) = &result {
+        eprintln!("{}", guest.logs());
+        panic!("{e:#}");
+    }
+}
+
+/// The memory test's plaintext cache budget (`[cache] memory_bytes`).
+const SMALL_BUDGET: u64 = 16 << 20;
+/// Its big file: 4 times the budget.
+const LARGE_FILE: usize = 64 << 20;
+/// The cgroup's limit above the budget: veil-guest is killed if it needs more.
+const CGROUP_HEADROOM: u64 = 176 << 20;
+/// What veil-guest's peak RSS may exceed the budget by. Measured (debug build, this
+/// test, four runs): 21 MiB at start, peak 116–134 MiB with the 16 MiB budget after both
+/// images' 64 MiB files were read, i.e. up to 118 MiB over it: code and heap, the runtime's and FUSE's
+/// threads, and the range buffers of lazy reads (up to `veil_fusefs::pipeline::
+/// DEFAULT_MAX_REQUEST`, 16 MiB, per request in flight), which glibc keeps once freed.
+const RSS_OVERHEAD: u64 = 144 << 20;
+
+#[test]
+fn a_large_image_starts_within_a_small_memory_budget() {
+    let guest = GuestStack::new("veil-guest-memory-", HashMap::new()).unwrap();
+    let cgroup = veil_tests::memory_cgroup::MemoryCgroup::create(
+        &format!("veil-guest-test-{}", std::process::id()),
+        SMALL_BUDGET + CGROUP_HEADROOM,
+    )
+    .unwrap();
+    let mut guest = guest;
+    let mut run = || -> anyhow::Result<()> {
+        let big = random_bytes(LARGE_FILE, 0x6d65_6d21);
+        let want = format!("{}  {BIG_PATH}\n", sha256_hex(&big));
+        let images = [
+            (
+                "large-plain",
+                guest.push("large-plain", &sized_layers(LayerFormat::PlainGzip, &big)?)?,
+            ),
+            (
+                "large-estargz",
+                guest.push("large-estargz", &sized_layers(LayerFormat::Estargz, &big)?)?,
+            ),
+        ];
+        guest.write_config_with(
+            &[],
+            None,
+            &format!("[cache]\nmemory_bytes = {SMALL_BUDGET}\n"),
+        )?;
+        guest.start()?;
+        let pid = guest.veil()?.pid();
+        cgroup.add(pid)?;
+        eprintln!(
+            "[guest_ttrpc] veil-guest started: RSS {:?}",
+            veil_tests::memory_cgroup::rss(pid)?
+        );
+        let client = guest.client()?;
+        for (name, (image, digest)) in &images {
+            let bundle = guest.bundle(name)?;
+            let got = guest
+                .runtime
+                .block_on(client.pull_image(image, &bundle, PULL_TIMEOUT))
+                .map_err(|e| anyhow::anyhow!("PullImage {name}: {e:?}"))?;
+            if &got != digest {
+                bail!("{name}: answered {got}, pushed {digest}");
+            }
+            eprintln!(
+                "[guest_ttrpc] {name} pulled: RSS {:?}",
+                veil_tests::memory_cgroup::rss(pid)?
+            );
+            // The whole big file, read through the layer.
+            let out = runc_run_script(&guest.dir, &bundle, name, &format!("sha256sum {BIG_PATH}"))?;
+            if out != want {
+                bail!("{name}: sha256sum printed {out:?}, expected {want:?}");
+            }
+            eprintln!(
+                "[guest_ttrpc] {name} read: RSS {:?}",
+                veil_tests::memory_cgroup::rss(pid)?
+            );
+            unmount_rootfs(&bundle)?;
+            guest.wait_nothing_mounted(name)?;
+        }
+        let (rss, hwm) = veil_tests::memory_cgroup::rss(pid)?;
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        eprintln!(
+            "[guest_ttrpc] {} MiB file (4x the {} MiB budget), plain and eStargz: veil-guest peak RSS {:.1} MiB \
+             (now {:.1} MiB), cgroup peak {:?} MiB, limit hits {:?}",
+            LARGE_FILE >> 20,
+            SMALL_BUDGET >> 20,
+            mib(hwm),
+            mib(rss),
+            cgroup.peak().map(mib),
+            cgroup.limit_hits()
+        );
+        if hwm > SMALL_BUDGET + RSS_OVERHEAD {
+            bail!(
+                "veil-guest's peak RSS {:.1} MiB is over the {} MiB budget + {} MiB",
+                mib(hwm),
+                SMALL_BUDGET >> 20,
+                RSS_OVERHEAD >> 20
+            );
+        }
+        drop(client);
+        let status = guest.veil()?.stop();
+        if !status.is_some_and(|s| s.success()) {
+            bail!(
+                "veil-guest (in a {} MiB cgroup) did not exit cleanly: {status:?}",
+                (SMALL_BUDGET + CGROUP_HEADROOM) >> 20
+            );
+        }
+        guest.veil = None;
         Ok(())
     };
     let result = run();
