@@ -27,7 +27,14 @@
 //! 6. CDH upstream down: a forwarded call is answered `UNAVAILABLE` naming the upstream
 //!    socket; a start-up whose cdh.toml needs the CDH fails with a clear message.
 //!
-//! Needs root, docker-registry, busybox-static, runc, FUSE and overlayfs. Run with
+//! A second test: a large image in a small guest. A 64 MiB file — 4 times the 16 MiB
+//! plaintext cache budget — in a plain tar.gz and in an eStargz image, each pulled and
+//! read whole (`sha256sum` in the container), with veil-guest in a memory cgroup of the
+//! budget plus a fixed headroom; its peak RSS must stay under the budget plus the
+//! overhead measured ([`RSS_OVERHEAD`]).
+//!
+//! Needs root, docker-registry, busybox-static, runc, FUSE, overlayfs and a writable
+//! memory cgroup. Run with
 //! `cargo test -p veil-tests --test guest_ttrpc -- --nocapture`.
 
 use std::collections::HashMap;
