@@ -227,7 +227,7 @@ pub fn run_keyprovider(command: KeyproviderCommand) -> ExitCode {
     };
     crate::init_logging(&config.log_level);
     let served = crate::run::block_on("keyprovider serve", async {
-        let chain = veil_daemon::wiring::kek_chain(&config.decryption)?;
+        let chain = veil_daemon::wiring::kek_chain(&config)?;
         serve(KeyProvider::new(Arc::new(chain)), &address).await
     });
     match served {

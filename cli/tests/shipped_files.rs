@@ -18,6 +18,65 @@ fn example_config_parses_to_the_defaults() {
 }
 
 #[test]
+fn example_guest_config_parses_to_the_defaults() {
+    let path = systemd_dir().join("guest.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(Config::from_toml(&text, &path).unwrap(), Config::default());
+}
+
+#[test]
+fn the_cdh_drop_in_moves_cdh_to_the_default_upstream_socket() {
+    let text = std::fs::read_to_string(
+        systemd_dir().join("confidential-data-hub.service.d/10-veil-upstream.conf"),
+    )
+    .unwrap();
+    // ExecStart is reset, then CDH runs on the config veil-guest writes.
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let reset = lines.iter().position(|l| *l == "ExecStart=").unwrap();
+    let out = "/run/veil/cdh-upstream.toml";
+    assert!(lines[reset + 1].ends_with(&format!("-c {out}")), "{text}");
+    let pre = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ExecStartPre="))
+        .unwrap();
+    assert!(
+        pre.ends_with(&format!("--write-upstream-cdh-config {out}")),
+        "{pre}"
+    );
+    // The flag exists and writes CDH's config with the socket moved.
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cdh, written) = (
+        dir.path().join("guest.toml"),
+        dir.path().join("cdh.toml"),
+        dir.path().join("out/cdh-upstream.toml"),
+    );
+    std::fs::write(
+        &cdh,
+        "socket = 'unix:///run/confidential-containers/cdh.sock'\n[kbc]\nname = \"cc_kbc\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!("[guest]\ncdh_config = \"{}\"\n", cdh.display()),
+    )
+    .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_veil-guest"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--write-upstream-cdh-config")
+        .arg(&written)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let value: toml::Value = toml::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    assert_eq!(
+        value["socket"].as_str(),
+        Some(format!("unix://{}", veil_daemon::config::DEFAULT_UPSTREAM_SOCKET).as_str())
+    );
+    assert_eq!(value["kbc"]["name"].as_str(), Some("cc_kbc"));
+}
+
+#[test]
 fn containerd_snippet_points_at_the_default_socket() {
     let text = std::fs::read_to_string(systemd_dir().join("containerd-veil.toml")).unwrap();
     let value: toml::Value = toml::from_str(&text).unwrap();
@@ -28,6 +87,34 @@ fn containerd_snippet_points_at_the_default_socket() {
 
 #[test]
 fn systemd_unit_verifies() {
+    verify_unit(
+        "veil-snapshotter.service",
+        "veil-snapshotter",
+        env!("CARGO_BIN_EXE_veil-snapshotter"),
+    );
+}
+
+#[test]
+fn guest_unit_verifies() {
+    let unit = std::fs::read_to_string(systemd_dir().join("veil-guest.service")).unwrap();
+    let before: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Before="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(
+        before.contains(&"kata-agent.service") && before.contains(&"kata-agent.path"),
+        "veil-guest must be ready before kata-agent connects: {before:?}"
+    );
+    verify_unit(
+        "veil-guest.service",
+        "veil-guest",
+        env!("CARGO_BIN_EXE_veil-guest"),
+    );
+}
+
+/// Checks the shipped unit `name` (ExecStart pointed at `binary`) with systemd-analyze.
+fn verify_unit(name: &str, installed: &str, binary: &str) {
     if Command::new("systemd-analyze")
         .arg("--version")
         .output()
@@ -35,7 +122,7 @@ fn systemd_unit_verifies() {
     {
         panic!("systemd-analyze is needed to check the unit file (Debian package systemd)");
     }
-    let unit = std::fs::read_to_string(systemd_dir().join("veil-snapshotter.service")).unwrap();
+    let unit = std::fs::read_to_string(systemd_dir().join(name)).unwrap();
     assert!(
         unit.contains("Type=notify"),
         "the daemon notifies readiness"
@@ -45,12 +132,9 @@ fn systemd_unit_verifies() {
         "the daemon holds keys and plaintext: the unit allows no core files"
     );
     // Point ExecStart at the binary just built, since nothing is installed here.
-    let unit = unit.replace(
-        "/usr/local/bin/veil-snapshotter",
-        env!("CARGO_BIN_EXE_veil-snapshotter"),
-    );
+    let unit = unit.replace(&format!("/usr/local/bin/{installed}"), binary);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("veil-snapshotter.service");
+    let path = dir.path().join(name);
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -60,9 +144,6 @@ fn systemd_unit_verifies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Lines about other units on this machine (or containerd.service being absent) are
     // not ours; any line naming our unit is a defect.
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("veil-snapshotter.service"))
-        .collect();
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
     assert!(ours.is_empty(), "systemd-analyze verify: {stderr}");
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub decryption: DecryptionConfig,
     /// What a hostile layer may cost.
     pub limits: LimitsConfig,
+    /// The CoCo guest puller (`veil-guest`); the snapshotter ignores it.
+    pub guest: GuestConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             decryption: DecryptionConfig::default(),
             limits: LimitsConfig::default(),
+            guest: GuestConfig::default(),
         }
     }
 }
@@ -71,6 +74,10 @@ pub enum KekSourceKind {
     Cdh,
     /// Read `<kek_dir>/<repo>/<type>/<tag>` (tests, machines without a TEE).
     File,
+    /// Ask the Confidential Data Hub over its ttrpc socket (`GetResource`), inside a
+    /// CoCo guest: the socket is `[guest] upstream_socket` (the real CDH, moved).
+    #[serde(rename = "cdh-ttrpc")]
+    CdhTtrpc,
 }
 
 /// `[decryption]`: keys for ocicrypt-encrypted layers.
@@ -116,6 +123,88 @@ impl Default for DecryptionConfig {
             attester: "auto".into(),
             cdh_url: DEFAULT_CDH_URL.into(),
             kek_dir: PathBuf::from(DEFAULT_KEK_DIR),
+        }
+    }
+}
+
+/// Default socket of the guest front door: the one kata-agent calls.
+pub const DEFAULT_GUEST_SOCKET: &str = "/run/confidential-containers/cdh.sock";
+/// Default socket of the real CDH once a drop-in moved it (`systemd/cdh-upstream.conf`).
+pub const DEFAULT_UPSTREAM_SOCKET: &str = "/run/confidential-containers/cdh-upstream.sock";
+/// Default attestation agent socket (CDH's `[aa] aa_socket` default).
+pub const DEFAULT_AA_SOCKET: &str =
+    "/run/confidential-containers/attestation-agent/attestation-agent.sock";
+/// Default work directory of the guest puller (guest memory unless a scratch disk is
+/// mounted at `/run/kata-containers`).
+pub const DEFAULT_GUEST_WORK_DIR: &str = "/run/kata-containers/veil";
+/// CDH's config in a peer-pod VM (written from the initdata by `process-user-data`):
+/// read when `[guest] cdh_config` is not set and the file exists.
+pub const PEERPOD_CDH_CONFIG: &str = "/run/peerpod/cdh.toml";
+/// Default time between mount table checks of the guest puller, in milliseconds.
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 2000;
+/// Default time running pulls get to finish on SIGTERM, in seconds.
+pub const DEFAULT_GUEST_SHUTDOWN_GRACE_SECONDS: u64 = 30;
+
+/// Default time start-up waits for the upstream CDH socket, in seconds.
+pub const DEFAULT_UPSTREAM_WAIT_SECONDS: u64 = 30;
+
+/// `[guest]`: `veil-guest`, Veil on the Confidential Data Hub's socket inside a CoCo guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestConfig {
+    /// The socket kata-agent calls (Veil binds it).
+    pub socket: PathBuf,
+    /// The real CDH's socket: every call but `PullImage` is forwarded there, and the
+    /// `cdh-ttrpc` KEK source and `kbs://` URIs of `cdh_config` ask it.
+    pub upstream_socket: PathBuf,
+    /// The attestation agent: every pull is recorded in the runtime measurements
+    /// (a missing socket is skipped with a warning).
+    pub aa_socket: PathBuf,
+    /// Layer mounts and the containers' writable layers (mode 0700).
+    pub work_dir: PathBuf,
+    /// containers-policy.json (overrides cdh.toml's `image_security_policy_uri`).
+    pub image_security_policy: Option<PathBuf>,
+    /// docker `config.json` with registry credentials (overrides cdh.toml's
+    /// `authenticated_registry_credentials_uri`).
+    pub registry_auth_file: Option<PathBuf>,
+    /// Milliseconds between checks of the mount table for unmounted roots (besides
+    /// change events).
+    pub watch_interval_ms: u64,
+    /// CDH's `cdh.toml`, whose `[image]` keys are read [default: [`PEERPOD_CDH_CONFIG`]
+    /// if it exists]; `""`: none.
+    pub cdh_config: Option<PathBuf>,
+    /// Seconds running pulls get to finish on SIGTERM.
+    pub shutdown_grace_seconds: u64,
+    /// Seconds start-up waits for the upstream socket to appear when `cdh_config` names a
+    /// `kbs://` resource (CDH may still be starting).
+    pub upstream_wait_seconds: u64,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_GUEST_SOCKET),
+            upstream_socket: PathBuf::from(DEFAULT_UPSTREAM_SOCKET),
+            aa_socket: PathBuf::from(DEFAULT_AA_SOCKET),
+            work_dir: PathBuf::from(DEFAULT_GUEST_WORK_DIR),
+            image_security_policy: None,
+            registry_auth_file: None,
+            watch_interval_ms: DEFAULT_WATCH_INTERVAL_MS,
+            cdh_config: None,
+            shutdown_grace_seconds: DEFAULT_GUEST_SHUTDOWN_GRACE_SECONDS,
+            upstream_wait_seconds: DEFAULT_UPSTREAM_WAIT_SECONDS,
+        }
+    }
+}
+
+impl GuestConfig {
+    /// The CDH config to read: `cdh_config` (none when `""`), else
+    /// [`PEERPOD_CDH_CONFIG`] when it exists.
+    pub fn cdh_config_path(&self) -> Option<PathBuf> {
+        match &self.cdh_config {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(PEERPOD_CDH_CONFIG)).filter(|p| p.exists()),
         }
     }
 }
@@ -391,6 +480,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vault"), "{e}");
+    }
+
+    #[test]
+    fn guest_section() {
+        let c = Config::from_toml(
+            "[guest]\nupstream_socket = \"/run/cdh2.sock\"\ncdh_config = \"\"\n\
+             [decryption]\nkek_sources = [\"cdh-ttrpc\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.guest.upstream_socket, PathBuf::from("/run/cdh2.sock"));
+        assert_eq!(c.guest.socket, PathBuf::from(DEFAULT_GUEST_SOCKET));
+        assert_eq!(c.guest.cdh_config_path(), None);
+        assert_eq!(c.decryption.kek_sources, [KekSourceKind::CdhTtrpc]);
+        let e = Config::from_toml("[guest]\nsockets = \"/x\"\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sockets"), "{e}");
     }
 
     #[test]

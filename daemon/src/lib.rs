@@ -5,6 +5,9 @@
 //! - [`wiring`]: the only place config types are read: the registry client, the caches,
 //!   the decryption keys and KEK chain, the image service and the snapshots service;
 //! - [`server`]: the `veil-snapshotter` daemon: sockets, signals, systemd readiness;
+//! - [`guest_server`]: the `veil-guest` daemon: the CDH front door serving pulls with the
+//!   guest puller, recording each in the runtime measurements;
+//! - [`cdh_toml`]: the `[image]` keys `veil-guest` takes from CDH's own `cdh.toml`;
 //! - [`socket`], [`signals`], [`status_server`]: what every Veil server shares (the
 //!   `veil` CLI's `keyprovider serve` too);
 //! - [`grpc_unix`] (with [`authority_rewrite`]): gRPC connections on unix sockets that
@@ -13,9 +16,11 @@
 //! - the error type, [`DaemonError`] (in [`error`]).
 
 pub mod authority_rewrite;
+pub mod cdh_toml;
 pub mod config;
 pub mod error;
 pub mod grpc_unix;
+pub mod guest_server;
 pub mod no_core_dumps;
 pub mod server;
 pub mod signals;

@@ -8,14 +8,17 @@
 //! (opening the disk cache, loading keys, starting the KEK runtime thread, probing the
 //! TEE); all of it happens here, at start-up, never in the layers below.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use veil_formats::limits::Limits;
+use veil_cdh::front::FrontDoorConfig;
+use veil_cdh::kek::{CdhTtrpcKekSource, DEFAULT_GET_RESOURCE_TIMEOUT};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::prefetch::RateLimiter;
+use veil_guest::{GuestOptions, GuestPuller};
 use veil_image::layers::{LazyLayers, LazyOptions};
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
 use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
@@ -25,7 +28,10 @@ use veil_registry::{ClientOptions, CredentialsSource, RegistryClient};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
-use crate::config::{Config, DecryptionConfig, KekSourceKind, LimitsConfig};
+use crate::cdh_toml::{CdhImageConfig, ResourceLocation};
+#[cfg(test)]
+use crate::config::DecryptionConfig;
+use crate::config::{Config, KekSourceKind, LimitsConfig};
 use crate::error::DaemonError;
 
 /// Timeout of each KBS / CDH request.
@@ -80,12 +86,18 @@ pub fn disk_cache(config: &Config) -> Option<Arc<DiskCache>> {
 }
 
 /// The KEK chain of `[decryption] kek_sources`, in order (the attester of the `kbs`
-/// source is detected here). Runs on the thread the chain's HTTP clients will use.
-pub fn kek_chain(config: &DecryptionConfig) -> Result<KekChain, DaemonError> {
+/// source is detected here; the `cdh-ttrpc` source asks `[guest] upstream_socket`). Runs
+/// on the thread the chain's HTTP clients will use.
+pub fn kek_chain(full: &Config) -> Result<KekChain, DaemonError> {
+    let config = &full.decryption;
     let wiring = |m: String| DaemonError::Wiring(m);
     let mut sources: Vec<Arc<dyn KekSource>> = Vec::new();
     for kind in &config.kek_sources {
         match kind {
+            KekSourceKind::CdhTtrpc => sources.push(Arc::new(CdhTtrpcKekSource::new(
+                &full.guest.upstream_socket,
+                DEFAULT_GET_RESOURCE_TIMEOUT,
+            ))),
             KekSourceKind::File => sources.push(Arc::new(FileKekSource::new(&config.kek_dir))),
             KekSourceKind::Cdh => sources.push(Arc::new(
                 CdhKekSource::new(&config.cdh_url, KEK_REQUEST_TIMEOUT)
@@ -126,12 +138,13 @@ pub fn kek_chain(config: &DecryptionConfig) -> Result<KekChain, DaemonError> {
 /// Everything `[decryption]` configures: the keys directory, and the KEK sources of
 /// attestation-agent recipients (`kek_sources`; their chain is built on the KEK runtime's
 /// own thread).
-pub fn decryption(config: &DecryptionConfig) -> Decryption {
+pub fn decryption(full: &Config) -> Decryption {
+    let config = &full.decryption;
     let decryption = Decryption::load(&config.keys_dir, config.require_sealed_toc);
     if config.kek_sources.is_empty() {
         return decryption;
     }
-    let owned = config.clone();
+    let owned = full.clone();
     decryption.with_kek_chain(move || kek_chain(&owned))
 }
 
@@ -158,7 +171,7 @@ pub fn lazy_options(config: &Config) -> LazyOptions {
             0 => None,
             rate => Some(RateLimiter::new(rate)),
         },
-        decryption: Some(Arc::new(decryption(&config.decryption))),
+        decryption: Some(Arc::new(decryption(config))),
         // The snapshotter lets containerd unpack plain layers.
         stream_plain: false,
         limits: limits(&config.limits),
@@ -194,15 +207,215 @@ pub fn snapshots_service(
     Ok(Service::with_resolver(snapshotter, Arc::new(lazy)))
 }
 
+/// The image service options of `veil-guest`: as [`lazy_options`], but plain layers
+/// streamed too (no containerd in the guest to unpack them), and the disk cache only when
+/// `[cache] disk_dir` is set explicitly (a scratch disk; the default `<root>/cache` is a
+/// host path, and in the guest `/run` is RAM). Without a disk cache nothing is fetched in
+/// the background.
+pub fn guest_lazy_options(config: &Config) -> LazyOptions {
+    let disk_cache = if config.cache.disk_dir.is_some() {
+        disk_cache(config)
+    } else {
+        None
+    };
+    LazyOptions {
+        background_fetch: config.lazy.background_fetch && disk_cache.is_some(),
+        disk_cache,
+        prefetch: config.lazy.prefetch,
+        background_rate: match config.lazy.background_rate {
+            0 => None,
+            rate => Some(RateLimiter::new(rate)),
+        },
+        decryption: Some(Arc::new(decryption(config))),
+        stream_plain: true,
+    }
+}
+
+/// How often start-up looks for the upstream socket while it waits for it.
+pub const UPSTREAM_POLL: Duration = Duration::from_millis(100);
+
+/// File name of a `kbs://` resource of `cdh.toml` once fetched, in `work_dir`.
+pub const FETCHED_POLICY: &str = "cdh-image-security-policy.json";
+/// File name of fetched registry credentials, in `work_dir`.
+pub const FETCHED_CREDENTIALS: &str = "cdh-registry-auth.json";
+
+/// Where the policy and the credentials come from: `[guest] image_security_policy` and
+/// `registry_auth_file` win; else the `[image]` keys of CDH's `cdh.toml`
+/// ([`GuestConfig::cdh_config_path`](crate::config::GuestConfig::cdh_config_path)); a
+/// `kbs://` URI there is fetched now through CDH's `GetResource` on the upstream socket
+/// and written to `work_dir` (mode 0600; `work_dir` is 0700, in guest memory or on the
+/// encrypted scratch disk).
+pub async fn guest_options(config: &Config) -> Result<GuestOptions, DaemonError> {
+    let g = &config.guest;
+    let mut policy = g.image_security_policy.clone();
+    let mut auth = g.registry_auth_file.clone();
+    if let Some(path) = g.cdh_config_path() {
+        let cdh = CdhImageConfig::load(&path)
+            .map_err(|e| DaemonError::Wiring(format!("[guest] cdh_config: {e}")))?;
+        if !cdh.not_applied.is_empty() {
+            tracing::warn!(cdh_config = %path.display(), keys = ?cdh.not_applied, "CDH [image] keys Veil does not apply");
+        }
+        for (slot, found, name) in [
+            (&mut policy, cdh.policy, FETCHED_POLICY),
+            (&mut auth, cdh.credentials, FETCHED_CREDENTIALS),
+        ] {
+            if slot.is_some() {
+                continue;
+            }
+            *slot = match found {
+                None => None,
+                Some(ResourceLocation::File(p)) => Some(p),
+                Some(ResourceLocation::Kbs(uri)) => {
+                    Some(fetch_cdh_resource(config, &path, &uri, name).await?)
+                }
+            };
+        }
+    }
+    Ok(GuestOptions {
+        work_dir: g.work_dir.clone(),
+        policy,
+        auth_file: auth,
+        watch_interval: Duration::from_millis(g.watch_interval_ms.max(10)),
+    })
+}
+
+/// Fetches the `kbs://` resource `uri` (named in `cdh_config`) through CDH's
+/// `GetResource` on the upstream socket into `work_dir/name`; the file's path.
+async fn fetch_cdh_resource(
+    config: &Config,
+    cdh_config: &Path,
+    uri: &str,
+    name: &str,
+) -> Result<PathBuf, DaemonError> {
+    use prost::Message as _;
+    let g = &config.guest;
+    let fail = |m: String| {
+        DaemonError::Wiring(format!(
+            "{uri} (named in {}): through the CDH at {}: {m}",
+            cdh_config.display(),
+            g.upstream_socket.display()
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(g.upstream_wait_seconds);
+    while !g.upstream_socket.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(UPSTREAM_POLL).await;
+    }
+    let request = veil_cdh::proto::GetResourceRequest {
+        resource_path: uri.to_string(),
+    };
+    let payload = veil_cdh::client::unary_call(
+        &g.upstream_socket,
+        veil_cdh::kek::GET_RESOURCE_SERVICE,
+        veil_cdh::kek::GET_RESOURCE_METHOD,
+        request.encode_to_vec(),
+        DEFAULT_GET_RESOURCE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let resource = veil_cdh::proto::GetResourceResponse::decode(&payload[..])
+        .map_err(|e| fail(format!("not an api.GetResourceResponse: {e}")))?
+        .resource;
+    veil_image::image_mount::create_private_dir(&g.work_dir)
+        .map_err(|e| fail(format!("creating {}: {e}", g.work_dir.display())))?;
+    let file = g.work_dir.join(name);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)?;
+        f.write_all(&resource)
+    };
+    write().map_err(|e| fail(format!("writing {}: {e}", file.display())))?;
+    tracing::info!(uri, file = %file.display(), "fetched a cdh.toml resource through CDH");
+    Ok(file)
+}
+
+/// Writes the config the real CDH is started with (the drop-in
+/// `confidential-data-hub.service.d/10-veil-upstream.conf`): CDH's own config
+/// (`[guest] cdh_config`, or CDH's defaults when there is none) with its `socket` moved to
+/// `[guest] upstream_socket`. Mode 0600: a cdh.toml may hold credentials.
+pub fn write_upstream_cdh_config(config: &Config, out: &Path) -> Result<(), DaemonError> {
+    let g = &config.guest;
+    let source = g.cdh_config_path();
+    let original = match &source {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            DaemonError::Wiring(format!("[guest] cdh_config {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
+    let text = crate::cdh_toml::with_upstream_socket(
+        original.as_deref(),
+        &g.upstream_socket,
+        source.as_deref().unwrap_or(Path::new("(CDH's defaults)")),
+    )
+    .map_err(|e| DaemonError::Wiring(e.to_string()))?;
+    let fail = |e: std::io::Error| DaemonError::Wiring(format!("writing {}: {e}", out.display()));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(fail)?;
+    f.write_all(text.as_bytes()).map_err(fail)
+}
+
+/// What `veil-guest` runs: the guest puller (on its image service), the front door's
+/// config, and the attestation agent's socket.
+pub struct GuestService {
+    /// The puller `PullImage` calls.
+    pub puller: Arc<GuestPuller>,
+    /// Where the front door listens and forwards.
+    pub front_door: FrontDoorConfig,
+    /// The attestation agent: each pull is recorded in the runtime measurements.
+    pub aa_socket: PathBuf,
+}
+
+/// The guest service `config` asks for (see [`guest_options`], [`guest_lazy_options`]);
+/// run on the runtime that will serve it.
+pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError> {
+    let options = guest_options(config).await?;
+    let registry = veil_guest::registry_options(registry_options(config), &options);
+    let registry = RegistryClient::new(registry)
+        .map_err(|e| DaemonError::Wiring(format!("setting up the registry client: {e}")))?;
+    let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
+    let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
+        .with_options(guest_lazy_options(config));
+    let puller = tokio::task::spawn_blocking(move || GuestPuller::new(Arc::new(lazy), options))
+        .await
+        .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
+        .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
+    let g = &config.guest;
+    let mut front_door = FrontDoorConfig::new(&g.socket, &g.upstream_socket);
+    front_door.shutdown_grace = Duration::from_secs(g.shutdown_grace_seconds);
+    Ok(GuestService {
+        puller: Arc::new(puller),
+        front_door,
+        aa_socket: g.aa_socket.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_kbs_source_without_a_url_is_a_configuration_error() {
-        let config = DecryptionConfig {
-            kek_sources: vec![KekSourceKind::Kbs],
-            ..DecryptionConfig::default()
+        let config = Config {
+            decryption: DecryptionConfig {
+                kek_sources: vec![KekSourceKind::Kbs],
+                ..DecryptionConfig::default()
+            },
+            ..Config::default()
         };
         let err = kek_chain(&config).err().unwrap().to_string();
         assert!(err.contains("needs [decryption] kbs_url"), "{err}");

@@ -51,6 +51,13 @@
 //!    is gone, its writable layer is removed and its layers released — a layer is
 //!    unmounted when its last container goes. [`GuestPuller::release`] does the same on
 //!    request, [`GuestPuller::shutdown`] for everything.
+//! 7. **Restarts** (`adopt.rs`): a process stopping while containers run calls
+//!    [`GuestPuller::leave_mounted`] (nothing is taken down); the next puller on the same
+//!    work directory sweeps only what no mounted root uses, and *adopts* the roots still
+//!    in the mount table (their layer directories and writable layers), releasing them
+//!    once they are unmounted. The layer filesystems were served by the old process, so
+//!    a running container's uncached reads fail (`ENOTCONN`) after it exits; adoption
+//!    keeps its root in place and the cleanup correct.
 //!
 //! Errors ([`GuestError`]) name the image and what is to blame (layer, kid, path, policy
 //! scope); on any error the pull is undone: nothing stays mounted, no count leaks.
@@ -60,6 +67,7 @@
 //! running as root, does not create directories at paths a socket peer names. (CDH's
 //! image-rs would create it.) `rootfs` inside it is created.
 
+mod adopt;
 pub mod error;
 pub mod options;
 pub mod policy;

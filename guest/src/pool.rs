@@ -87,12 +87,13 @@ fn key(identity: &LayerIdentity) -> String {
 }
 
 impl LayerPool {
-    /// A pool mounting layers below `dir` (which exists, mode 0700).
-    pub fn new(dir: PathBuf) -> Self {
+    /// A pool mounting layers below `dir` (which exists, mode 0700), numbering its
+    /// directories from `first_generation` (past those a previous run left in use).
+    pub fn new(dir: PathBuf, first_generation: u64) -> Self {
         Self {
             dir,
             slots: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
+            generation: AtomicU64::new(first_generation),
         }
     }
 
@@ -188,7 +189,7 @@ mod tests {
 
     #[test]
     fn only_the_same_identity_shares_a_layer() {
-        let pool = LayerPool::new(PathBuf::from("/nonexistent"));
+        let pool = LayerPool::new(PathBuf::from("/nonexistent"), 0);
         let a = pool.acquire(&id("sha256:a", Some("sha256:t"), false));
         let a2 = pool.acquire(&id("sha256:a", Some("sha256:t"), false));
         assert!(Arc::ptr_eq(&a, &a2));

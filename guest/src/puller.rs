@@ -16,6 +16,7 @@ use veil_image::layers::LazyLayers;
 use veil_image::resolver::{Authorization, LayerResolver, RemoteLayer, Resolved};
 use veil_registry::{Manifest, Reference, RegistryError};
 
+use crate::adopt::{release_gone, sweep, Adopted};
 use crate::error::GuestError;
 use crate::options::{credentials_fit, GuestOptions};
 use crate::policy::{Policy, Verdict};
@@ -71,12 +72,16 @@ struct Inner {
     run: String,
     next_id: AtomicU64,
     shut: AtomicBool,
+    /// Roots of a previous run still mounted: released once unmounted.
+    adopted: Mutex<Vec<Adopted>>,
 }
 
 /// Serves the guest's image pulls lazily; see the crate documentation.
 pub struct GuestPuller {
     inner: Arc<Inner>,
     watcher: Mutex<Option<Watcher>>,
+    /// Set by [`GuestPuller::leave_mounted`]: dropping takes nothing down.
+    leave: AtomicBool,
 }
 
 impl GuestPuller {
@@ -104,7 +109,7 @@ impl GuestPuller {
         for d in [&layers_dir, &containers_dir] {
             create_private_dir(d).map_err(|e| setup("work directory", &e))?;
         }
-        sweep_leftovers(&layers_dir, &containers_dir);
+        let (adopted, next_generation) = sweep(&layers_dir, &containers_dir, OVERLAY_SOURCE);
         let run = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -115,7 +120,8 @@ impl GuestPuller {
         );
         let inner = Arc::new(Inner {
             lazy,
-            pool: LayerPool::new(layers_dir),
+            pool: LayerPool::new(layers_dir, next_generation),
+            adopted: Mutex::new(adopted),
             containers_dir,
             bundles: Mutex::new(HashMap::new()),
             run,
@@ -133,6 +139,7 @@ impl GuestPuller {
         Ok(Self {
             inner,
             watcher: Mutex::new(Some(watcher)),
+            leave: AtomicBool::new(false),
         })
     }
 
@@ -210,6 +217,33 @@ impl GuestPuller {
         }
     }
 
+    /// Stops without taking anything down, for a process about to exit while containers
+    /// run: later pulls fail, the watcher stops, and the roots and layer mounts stay
+    /// mounted (dropping the puller afterwards unmounts nothing; the process's exit ends
+    /// the layer filesystems' server, and the next puller on this work directory adopts
+    /// the roots still mounted).
+    pub fn leave_mounted(&self) {
+        self.inner.shut.store(true, Ordering::Release);
+        self.leave.store(true, Ordering::Release);
+        if let Some(mut w) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.stop();
+        }
+    }
+
+    /// How many roots of a previous run (still mounted at start-up) are not released yet.
+    pub fn adopted_roots(&self) -> usize {
+        self.inner
+            .adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// The bundles Veil holds something for now: a pull under way, a mounted root, or
     /// a release not finished yet.
     pub fn bundles(&self) -> Vec<PathBuf> {
@@ -230,6 +264,11 @@ impl GuestPuller {
 
 impl Drop for GuestPuller {
     fn drop(&mut self) {
+        if self.leave.load(Ordering::Acquire) {
+            // The layer mounts are dropped with `Inner`: keep it for the process's life.
+            std::mem::forget(self.inner.clone());
+            return;
+        }
         self.shutdown();
     }
 }
@@ -643,6 +682,12 @@ impl Inner {
     /// Releases every container whose root overlay is no longer in the mount table.
     fn release_unmounted(&self) {
         let present = mount_ids();
+        {
+            let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+            if !adopted.is_empty() {
+                release_gone(&mut adopted, &present);
+            }
+        }
         let gone: Vec<PathBuf> = {
             let map = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
             map.iter()
@@ -721,27 +766,3 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
-
-/// Takes down what a previous puller left in the work directory: layer mounts still in
-/// the mount table are detached and their directories removed; writable layers of
-/// containers no mount uses any more are removed.
-fn sweep_leftovers(layers_dir: &Path, containers_dir: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if let Ok(entries) = std::fs::read_dir(layers_dir) {
-        for e in entries.flatten() {
-            let path = e.path();
-            if !mount_ids_at(&path).is_empty() {
-                let _ = detach(&path);
-            }
-            let _ = std::fs::remove_dir(&path);
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(containers_dir) {
-        for e in entries.flatten() {
-            let path = e.path();
-            if !info.contains(&*path.to_string_lossy()) {
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-    }
-}

@@ -567,6 +567,45 @@ pub fn ocicrypt_encrypt(
     annotation: Option<&str>,
     recipient: &PublicKey,
 ) -> anyhow::Result<Layer> {
+    encrypt_for(layer, sealed, annotation, |options| {
+        Ok(Recipient {
+            scheme: jwe::SCHEME.to_string(),
+            wrapped: jwe::encrypt(options, std::slice::from_ref(recipient))
+                .map_err(|e| anyhow!("wrapping the layer options: {e}"))?,
+        })
+    })
+}
+
+/// Encrypts `layer` as coco_keyprovider does for `veil convert --kbs-kid KID`: the
+/// private options (with `sealed` as the sealed TOC digest, if any) wrapped with `kek`
+/// under `kid` (the `provider.attestation-agent` packet) and no other recipient; the TOC
+/// digest annotation kept as the plain layer had it.
+pub fn kbs_kid_encrypt(
+    layer: &Layer,
+    sealed: Option<&str>,
+    kid: &str,
+    kek: &[u8],
+) -> anyhow::Result<Layer> {
+    let annotation = layer.annotations.get(TOC_DIGEST_ANNOTATION).cloned();
+    encrypt_for(layer, sealed, annotation.as_deref(), |options| {
+        let kek = veil_keyprovider::secret::SecretBytes::new(kek.to_vec());
+        let packet = veil_keyprovider::aa_packet::AnnotationPacket::wrap(kid, &kek, options)
+            .map_err(|e| anyhow!("wrapping the layer options for {kid}: {e}"))?;
+        Ok(Recipient {
+            scheme: veil_keyprovider::aa_packet::SCHEME.to_string(),
+            wrapped: packet.to_json(),
+        })
+    })
+}
+
+/// Encrypts `layer` (see [`ocicrypt_encrypt`]) for the one recipient `wrap` makes of the
+/// private options' JSON.
+fn encrypt_for(
+    layer: &Layer,
+    sealed: Option<&str>,
+    annotation: Option<&str>,
+    wrap: impl FnOnce(&[u8]) -> anyhow::Result<Recipient>,
+) -> anyhow::Result<Layer> {
     let mut private = PrivateLayerBlockCipherOptions::generate(&layer.digest)?;
     if let Some(sealed) = sealed {
         set_sealed_toc_digest(&mut private, sealed)?;
@@ -575,14 +614,9 @@ pub fn ocicrypt_encrypt(
     let mut blob = layer.blob.clone();
     apply_keystream_at(&params.key, &params.nonce, 0, &mut blob);
     let pubopts = PublicLayerBlockCipherOptions::new(hmac_sha256(&params.key, &blob));
-    let wrapped = jwe::encrypt(&private.to_json(), std::slice::from_ref(recipient))
-        .map_err(|e| anyhow!("wrapping the layer options: {e}"))?;
     let enc = EncryptedLayer {
         pubopts,
-        recipients: vec![Recipient {
-            scheme: jwe::SCHEME.to_string(),
-            wrapped,
-        }],
+        recipients: vec![wrap(&private.to_json())?],
     };
     let mut annotations = layer.annotations.clone();
     annotations.remove(TOC_DIGEST_ANNOTATION);

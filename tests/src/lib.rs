@@ -8,12 +8,15 @@
 
 pub mod attested_scenario;
 pub mod binaries;
+pub mod bundle;
 pub mod cdh_standin;
 pub mod cleanup;
 pub mod containerd;
 pub mod core_dumps;
 pub mod encrypted_support;
 pub mod gosuite;
+pub mod guest_scenario;
+pub mod guest_stack;
 pub mod image;
 pub mod kbs_server;
 pub mod lazy_image;
@@ -21,6 +24,7 @@ pub mod lazy_scenario;
 pub mod lazy_stack;
 pub mod local_registry;
 pub mod log_secrets;
+pub mod memory_cgroup;
 pub mod mount_cli;
 pub mod mounts;
 pub mod process;

@@ -10,6 +10,11 @@
 //! after sample attestation, `veil pull` + `ctr run` lazily, one attestation and one
 //! resource request for the whole image, the summary the demo prints.
 //!
+//! The guest flow (`veil_tests::guest_scenario`, `veil-demo --flow guest`) as a third:
+//! veil-guest on a CDH socket, PullImage of an encrypted image whose KEK the test KBS
+//! releases after attestation, runc, a fraction of the image fetched, one attestation, one
+//! measurement, nothing left mounted.
+//!
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static and FUSE. Run with
 //! `cargo test -p veil-tests --test demo -- --nocapture --test-threads=1`.
 
@@ -290,4 +295,29 @@ fn demo_flow_starts_a_container_lazily_across_a_restart() {
             .collect::<Vec<_>>()
             .join("; ")
     );
+}
+
+#[test]
+fn guest_demo_flow_pulls_an_encrypted_image_inside_a_guest_lazily() {
+    veil_tests::require_root();
+    let report =
+        veil_tests::guest_scenario::run(16 << 20, &mut |step| eprintln!("[demo guest] {step}\n"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("[demo guest] summary:\n{}", report.summary());
+    assert_eq!(report.answered_digest, report.pushed_digest);
+    assert_eq!(report.output, report.expected_output);
+    assert!(report.first_output <= report.exited);
+    // The container read two small files: a small part of the big layer was fetched.
+    let big = report.layers.last().unwrap();
+    assert!(big.served * 10 < big.size, "{big:?}");
+    assert_eq!(
+        (report.kbs_attest, report.kbs_kek_reads),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.measurements,
+        [(report.image.clone(), report.answered_digest.clone())]
+    );
+    assert!(report.left_mounted.is_empty(), "{:?}", report.left_mounted);
 }

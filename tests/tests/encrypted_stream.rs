@@ -37,6 +37,7 @@ use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, Layer, LayerFormat, NOTES_PATH,
 };
 use veil_tests::lazy_stack::{lines_with, status_layer, with_stack, LazyStack};
+use veil_tests::memory_cgroup::rss;
 
 /// A small file in the top layer whose text is unique: never to be found on disk.
 const SECRET_PATH: &str = "etc/veil-stream-secret.txt";
@@ -615,24 +616,6 @@ fn huge_layer(format: LayerFormat) -> anyhow::Result<(Layer, String)> {
         },
         file_sha,
     ))
-}
-
-/// `VmRSS` and `VmHWM` of process `pid`, in bytes.
-fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
-        let kib: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .context("no value")?
-            .parse()?;
-        Ok(kib << 10)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn mib(bytes: u64) -> String {

@@ -30,13 +30,13 @@ use veil_image::layers::{LazyLayers, LazyOptions};
 use veil_keyprovider::keys::PublicKey;
 use veil_keyprovider::layer::Decryption;
 use veil_registry::{ClientOptions, RegistryClient, RetryPolicy};
+use veil_tests::bundle::{runc_run_script, unmount_rootfs};
 use veil_tests::encrypted_support::{ocicrypt_encrypt, Keys};
 use veil_tests::lazy_image::{
     base_entries, pack, push_image, random_bytes, tar_of, top_entries, whiteout_of, Layer,
     LayerFormat, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT, NOTES_PATH,
 };
 use veil_tests::mounts::mounts_below;
-use veil_tests::process::run_with_timeout;
 use veil_tests::registry::{Pusher, Registry};
 use veil_tests::{require_root, unmount_below};
 
@@ -44,8 +44,6 @@ use veil_tests::{require_root, unmount_below};
 const BIG_SIZE: usize = 2 << 20;
 /// Plaintext cache of the image service.
 const CACHE_BYTES: u64 = 64 << 20;
-/// How long one `runc run` may take.
-const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the watcher may take to release a container after its root is unmounted.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the test's puller checks the mount table besides change events.
@@ -221,7 +219,7 @@ impl Guest {
 /// what it printed.
 fn runc_run(dir: &Path, bundle: &Path, id: &str) -> anyhow::Result<String> {
     let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("parsing {}", path.display()))?;
     if spec["root"]["path"] != "rootfs" {
         bail!("config.json's root is {}, expected rootfs", spec["root"]);
@@ -242,48 +240,14 @@ fn runc_run(dir: &Path, bundle: &Path, id: &str) -> anyhow::Result<String> {
     if spec["process"]["env"] != serde_json::json!(["PATH=/bin"]) {
         bail!("config.json's process.env is {}", spec["process"]["env"]);
     }
-    spec["process"]["args"] = script;
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
-    let state = dir.join("runc-state");
-    std::fs::create_dir_all(&state)?;
-    let mut cmd = Command::new("runc");
-    cmd.arg("--root")
-        .arg(&state)
-        .args(["run", "--bundle"])
-        .arg(bundle)
-        .arg(id);
-    let out = run_with_timeout(cmd, RUNC_TIMEOUT, &dir.join(format!("runc-{id}")))?;
-    if !out.status.success() {
-        bail!(
-            "runc run {id} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let script = script[2].as_str().unwrap_or_default().to_string();
+    runc_run_script(dir, bundle, id, &script)
 }
 
 /// Unmounts `bundle/rootfs` as kata-agent does, checks it is empty, and waits until the
 /// watcher released the container.
 fn unmount_like_kata(guest: &Guest, bundle: &Path) -> anyhow::Result<Duration> {
-    let rootfs = bundle.join("rootfs");
-    let c = std::ffi::CString::new(rootfs.to_string_lossy().as_bytes())?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-        bail!(
-            "umount {}: {}",
-            rootfs.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    let entries: Vec<_> = std::fs::read_dir(&rootfs)?.collect();
-    if !entries.is_empty() {
-        bail!(
-            "{} is not empty after umount: {entries:?}",
-            rootfs.display()
-        );
-    }
+    unmount_rootfs(bundle)?;
     let canon = bundle.canonicalize()?;
     let start = Instant::now();
     while guest.puller().bundles().contains(&canon) {

@@ -104,6 +104,9 @@ enum Flow {
     Attested,
     /// The unencrypted image, then containerd's own pull of it side by side.
     Lazy,
+    /// Inside a CoCo guest: veil-guest on the CDH socket, kata-agent's PullImage of an
+    /// encrypted image whose KEK the test KBS releases after attestation, runc.
+    Guest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +125,21 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    if cli.flow == Flow::Guest && !cli.import {
+        println!(
+            "== Veil demo: a pod's image pulled inside a CoCo guest (veil-guest on the CDH \
+             socket), its key released after attestation ==\n"
+        );
+        println!("Building veil-guest (cargo build -p veil-cli) if needed...\n");
+        let ok = guest_demo((cli.big_mib as usize) << 20);
+        return if ok {
+            println!("\nDone: everything the demo started has been stopped and removed.");
+            ExitCode::SUCCESS
+        } else {
+            println!("\nDone, with problems (see above). Everything started has been stopped.");
+            ExitCode::FAILURE
+        };
+    }
     if cli.import {
         println!("== Veil demo (--import): containerd with Veil as its snapshotter ==\n");
     } else if cli.flow == Flow::Lazy {
@@ -193,6 +211,44 @@ fn main() -> ExitCode {
         println!("\nDone, with problems (see above). Everything started has been stopped.");
         ExitCode::FAILURE
     }
+}
+
+/// The guest flow (`veil_tests::guest_scenario`): prints each step and the summary;
+/// whether every check passed.
+fn guest_demo(big_size: usize) -> bool {
+    let report = match veil_tests::guest_scenario::run(big_size, &mut |s| println!("{s}\n")) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("The guest flow failed: {e:#}");
+            return false;
+        }
+    };
+    println!("== Summary ==\n{}", report.summary());
+    let mut ok = true;
+    let mut check = |good: bool, what: &str| {
+        if !good {
+            println!("PROBLEM: {what}");
+            ok = false;
+        }
+    };
+    check(
+        report.answered_digest == report.pushed_digest,
+        "PullImage answered another digest than the one pushed",
+    );
+    check(
+        report.output == report.expected_output,
+        "the container printed something else than the image's files",
+    );
+    check(
+        report.kbs_attest == 1 && report.kbs_kek_reads == 1,
+        "the KBS did not see exactly one attestation and one KEK read",
+    );
+    check(
+        report.measurements == [(report.image.clone(), report.answered_digest.clone())],
+        "the pull was not recorded once in the runtime measurements",
+    );
+    check(report.left_mounted.is_empty(), "mounts were left behind");
+    ok
 }
 
 /// The encrypted image, its KEK released by the test KBS after attestation.

@@ -1,0 +1,268 @@
+//! The demo's guest flow (`veil-demo --flow guest`, and the `demo` test): a pod-shaped
+//! pull inside a CoCo guest, with every part real except the TEE and kata-agent.
+//!
+//! An image (busybox and small files, then a large random file; eStargz) is encrypted
+//! for the kid `kbs:///default/image_key/veil-guest-demo` as `veil convert --encrypt
+//! --kbs-kid` does (every layer; the KEK wraps the layer keys) and pushed to Debian's
+//! docker-registry on loopback; the test KBS (sample TEE) holds the KEK. `veil-guest` runs
+//! on a temporary "CDH socket" with the CDH and attestation-agent stand-ins behind it and
+//! `kek_sources = ["kbs"]`: it attests to the KBS itself. A kata-agent-like ttrpc client
+//! makes the bundle directory and calls `PullImage`, then runs the bundle with `runc`
+//! (the container prints a small file of each layer), as kata-agent would. The report
+//! has the time from `PullImage` to the container's first output, the bytes the registry
+//! served against the image's size (what CDH's own puller downloads, decrypts and unpacks
+//! into guest memory before the container can start), the KBS's request counts, the
+//! runtime measurement, and whether kata-agent's `umount` left nothing mounted.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
+
+use crate::bundle::{runc_run_timed, unmount_rootfs};
+use crate::encrypted_support::kbs_kid_encrypt;
+use crate::guest_stack::GuestStack;
+use crate::lazy_image::{
+    base_entries, pack, random_bytes, tar_of, top_entries, LayerFormat, HELLO_PATH, HELLO_TEXT,
+    LAYER2_PATH, LAYER2_TEXT,
+};
+use crate::lazy_scenario::{human, percent, secs};
+use crate::registry_log::blob_served;
+use crate::test_kbs::{count, resource_reads, ATTESTATION_REQUESTS, AUTH_REQUESTS};
+
+/// The kid the demo image is encrypted for.
+pub const GUEST_KID: &str = "kbs:///default/image_key/veil-guest-demo";
+/// Its resource path in the KBS.
+pub const GUEST_RESOURCE: &str = "default/image_key/veil-guest-demo";
+/// How long `PullImage` may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One layer of the demo image.
+#[derive(Debug, Clone)]
+pub struct GuestLayer {
+    /// Its digest.
+    pub digest: String,
+    /// Its size in the registry.
+    pub size: u64,
+    /// Bytes of it the registry served up to the container's exit.
+    pub served: u64,
+}
+
+/// What the guest flow measured.
+#[derive(Debug, Clone)]
+pub struct GuestReport {
+    /// The image reference.
+    pub image: String,
+    /// The manifest digest pushed, and the one `PullImage` answered.
+    pub pushed_digest: String,
+    /// What `PullImage` answered.
+    pub answered_digest: String,
+    /// The layers, lowest first.
+    pub layers: Vec<GuestLayer>,
+    /// From the `PullImage` call to its answer.
+    pub pull_time: Duration,
+    /// From the `PullImage` call to the container's first output.
+    pub first_output: Duration,
+    /// From the `PullImage` call to the container's exit.
+    pub exited: Duration,
+    /// What the container printed.
+    pub output: String,
+    /// What it should print.
+    pub expected_output: String,
+    /// KBS authentications, attestations and reads of the KEK.
+    pub kbs_auth: u64,
+    /// Attestations.
+    pub kbs_attest: u64,
+    /// Reads of the KEK's resource.
+    pub kbs_kek_reads: u64,
+    /// Runtime measurements recorded for the pull (image, digest).
+    pub measurements: Vec<(String, String)>,
+    /// Mounts left after kata-agent's `umount` and the watcher (none expected).
+    pub left_mounted: Vec<String>,
+}
+
+impl GuestReport {
+    /// Layer bytes the registry served.
+    pub fn served(&self) -> u64 {
+        self.layers.iter().map(|l| l.served).sum()
+    }
+
+    /// The image's layer bytes.
+    pub fn image_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+
+    /// The summary the demo prints.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "PullImage answered in {} (manifest {}).\n",
+            secs(self.pull_time),
+            self.answered_digest
+        ));
+        s.push_str(&format!(
+            "Time from PullImage to the container's first output: {} (exited after {}).\n",
+            secs(self.first_output),
+            secs(self.exited)
+        ));
+        for (i, l) in self.layers.iter().enumerate() {
+            s.push_str(&format!(
+                "  layer {i} {}: {} of {} fetched ({:.1} %)\n",
+                &l.digest[..19.min(l.digest.len())],
+                human(l.served),
+                human(l.size),
+                percent(l.served, l.size)
+            ));
+        }
+        s.push_str(&format!(
+            "Bytes fetched: {} of the image's {} ({:.1} %). CDH's own puller downloads all {}, \
+             decrypts and unpacks it into guest memory before the container can start.\n",
+            human(self.served()),
+            human(self.image_bytes()),
+            percent(self.served(), self.image_bytes()),
+            human(self.image_bytes())
+        ));
+        s.push_str(&format!(
+            "KBS: {} authentication(s), {} attestation(s), {} read(s) of the KEK for the whole image.\n",
+            self.kbs_auth, self.kbs_attest, self.kbs_kek_reads
+        ));
+        s.push_str(&format!(
+            "Runtime measurements recorded: {:?}\n",
+            self.measurements
+        ));
+        s.push_str(&if self.left_mounted.is_empty() {
+            "After kata-agent's umount of rootfs: nothing of Veil's left mounted.\n".to_string()
+        } else {
+            format!("Left mounted: {:?}\n", self.left_mounted)
+        });
+        s
+    }
+}
+
+/// Runs the guest flow with a `big_size`-byte file in the top layer, telling `step` what
+/// happens as it goes.
+pub fn run(big_size: usize, step: &mut dyn FnMut(&str)) -> anyhow::Result<GuestReport> {
+    let kek = random_bytes(32, 0x6775_6573);
+    step(&format!(
+        "Building the image (busybox and small files; a {} random file) as eStargz, encrypting \
+         every layer for {GUEST_KID} (the layer keys wrapped with a KEK only the KBS holds).",
+        human(big_size as u64)
+    ));
+    let plain = [
+        pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
+        pack(
+            tar_of(&top_entries(random_bytes(big_size, 0x6775_6d65)))?,
+            LayerFormat::Estargz,
+        )?,
+    ];
+    let layers = plain
+        .iter()
+        .map(|l| {
+            let toc = l
+                .annotations
+                .get(TOC_DIGEST_ANNOTATION)
+                .context("eStargz layer without TOC digest")?;
+            kbs_kid_encrypt(l, Some(toc), GUEST_KID, &kek)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut guest = GuestStack::new("veil-demo-guest-", HashMap::new())?;
+    let (image, pushed_digest) = guest.push("pod-app", &layers)?;
+    step(&format!(
+        "Pushed {image} to the registry on loopback; the test KBS (sample TEE) at {} holds the KEK \
+         as {GUEST_RESOURCE}.",
+        guest.kbs.url()
+    ));
+    guest.kbs.put(GUEST_RESOURCE, &kek)?;
+    guest.write_config(&["kbs"], None)?;
+    guest.start()?;
+    step(&format!(
+        "veil-guest is serving kata-agent's CDH socket {} (the CDH stand-in behind it at {}, the \
+         attestation-agent stand-in at {}); KEK source \"kbs\": Veil attests to the KBS itself.",
+        guest.socket.display(),
+        guest.upstream.display(),
+        guest.aa_socket.display()
+    ));
+    let result = pod(&mut guest, &image, &pushed_digest, &layers, step);
+    if result.is_err() {
+        step(&guest.logs());
+    }
+    result
+}
+
+/// kata-agent's part: the pull, the container, the teardown.
+fn pod(
+    guest: &mut GuestStack,
+    image: &str,
+    pushed_digest: &str,
+    layers: &[crate::lazy_image::Layer],
+    step: &mut dyn FnMut(&str),
+) -> anyhow::Result<GuestReport> {
+    let bundle = guest.bundle("pod-app")?;
+    let client = guest.client()?;
+    step(&format!(
+        "kata-agent: PullImage {{image_url: {image}, bundle_path: {}}}",
+        bundle.display()
+    ));
+    let started = Instant::now();
+    let answered_digest = guest
+        .runtime
+        .block_on(client.pull_image(image, &bundle, PULL_TIMEOUT))
+        .map_err(|e| anyhow::anyhow!("PullImage: {e:?}"))?;
+    let pull_time = started.elapsed();
+    step(&format!(
+        "PullImage answered {answered_digest} after {}: the root is one overlay of the lazily \
+         served layers at {}/rootfs.",
+        secs(pull_time),
+        bundle.display()
+    ));
+    let script = format!("cat {HELLO_PATH} {LAYER2_PATH}");
+    let run = runc_run_timed(&guest.dir, &bundle, "pod-app", &script, started)?;
+    step(&format!(
+        "runc run (kata-agent starts the container): it printed {:?}",
+        run.stdout
+    ));
+    let log = guest.registry.log();
+    let layer_report: Vec<GuestLayer> = layers
+        .iter()
+        .map(|l| GuestLayer {
+            digest: l.digest.clone(),
+            size: l.size(),
+            served: blob_served(&log, &l.digest).1,
+        })
+        .collect();
+    let metrics = guest.kbs.metrics()?;
+    let measurements = guest
+        .measurements()
+        .into_iter()
+        .map(|m| (m.image, m.digest))
+        .collect();
+    step("kata-agent tears the container down: umount rootfs.");
+    unmount_rootfs(&bundle)?;
+    let left_mounted = match guest.wait_nothing_mounted("the umount") {
+        Ok(()) => Vec::new(),
+        Err(_) => guest.mounts(),
+    };
+    drop(client);
+    let status = guest.veil()?.stop();
+    if !status.is_some_and(|s| s.success()) {
+        bail!("veil-guest did not stop cleanly: {status:?}");
+    }
+    guest.veil = None;
+    Ok(GuestReport {
+        image: image.to_string(),
+        pushed_digest: pushed_digest.to_string(),
+        answered_digest,
+        layers: layer_report,
+        pull_time,
+        first_output: run.first_output,
+        exited: run.exited,
+        output: run.stdout,
+        expected_output: format!("{HELLO_TEXT}{LAYER2_TEXT}"),
+        kbs_auth: count(&metrics, AUTH_REQUESTS),
+        kbs_attest: count(&metrics, ATTESTATION_REQUESTS),
+        kbs_kek_reads: count(&metrics, &resource_reads(GUEST_RESOURCE)),
+        measurements,
+        left_mounted,
+    })
+}
