@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use veil_formats::limits::Limits;
 use veil_cdh::front::FrontDoorConfig;
 use veil_cdh::kek::{CdhTtrpcKekSource, DEFAULT_GET_RESOURCE_TIMEOUT};
+use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::prefetch::RateLimiter;
@@ -228,6 +228,7 @@ pub fn guest_lazy_options(config: &Config) -> LazyOptions {
         },
         decryption: Some(Arc::new(decryption(config))),
         stream_plain: true,
+        limits: limits(&config.limits),
     }
 }
 
