@@ -29,6 +29,7 @@ use crate::lazy_image::{
 };
 use crate::lazy_scenario::{human, percent, secs};
 use crate::registry_log::blob_served;
+use crate::status_quo_pull::{self, file_bytes, WholePull};
 use crate::test_kbs::{count, resource_reads, ATTESTATION_REQUESTS, AUTH_REQUESTS};
 
 /// The kid the demo image is encrypted for.
@@ -80,6 +81,12 @@ pub struct GuestReport {
     pub measurements: Vec<(String, String)>,
     /// Mounts left after kata-agent's `umount` and the watcher (none expected).
     pub left_mounted: Vec<String>,
+    /// Bytes of regular files in veil-guest's work directory when the container had
+    /// exited (its FUSE layer mounts not counted: they hold no files of their own).
+    pub work_dir_bytes: u64,
+    /// The same image pulled as CDH's own puller does, the same command run (or why that
+    /// failed), after Veil's pull in the same run.
+    pub status_quo: Result<WholePull, String>,
 }
 
 impl GuestReport {
@@ -91,6 +98,73 @@ impl GuestReport {
     /// The image's layer bytes.
     pub fn image_bytes(&self) -> u64 {
         self.layers.iter().map(|l| l.size).sum()
+    }
+
+    /// Veil against CDH's puller, side by side: time to first output, bytes fetched,
+    /// bytes written to the work directory, and the ratios.
+    pub fn comparison_table(&self) -> String {
+        let sq = match &self.status_quo {
+            Ok(sq) => sq,
+            Err(e) => return format!("The status quo's whole pull failed: {e}\n"),
+        };
+        let ratio = |v: f64, s: f64| {
+            if s == 0.0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", v / s)
+            }
+        };
+        let rows = [
+            (
+                "time from pull start to first output",
+                secs(self.first_output),
+                secs(sq.first_output),
+                ratio(
+                    self.first_output.as_secs_f64(),
+                    sq.first_output.as_secs_f64(),
+                ),
+            ),
+            (
+                "bytes fetched from the registry",
+                human(self.served()),
+                human(sq.served()),
+                ratio(self.served() as f64, sq.served() as f64),
+            ),
+            (
+                "bytes written to the work dir",
+                human(self.work_dir_bytes),
+                human(sq.work_dir_bytes),
+                ratio(self.work_dir_bytes as f64, sq.work_dir_bytes as f64),
+            ),
+        ];
+        let mut s = format!(
+            "Guest pull of {} ({} of layers), same run:\n| {:<38} | {:>12} | {:>26} | {:>17} |\n|{}|{}|{}|{}|\n",
+            self.image,
+            human(self.image_bytes()),
+            "",
+            "Veil (lazy)",
+            "CDH's puller (status quo)",
+            "Veil / status quo",
+            "-".repeat(40),
+            "-".repeat(14),
+            "-".repeat(28),
+            "-".repeat(19)
+        );
+        for (what, veil, quo, r) in rows {
+            s.push_str(&format!(
+                "| {what:<38} | {veil:>12} | {quo:>26} | {r:>17} |\n"
+            ));
+        }
+        s.push_str(&format!(
+            "(status quo: pull done in {}, {} unpacked from {} of uncompressed tar; Veil: \
+             PullImage answered in {}, its plaintext cache in RAM within its configured \
+             budget, no disk cache in the guest unless [cache] disk_dir is set)\n",
+            secs(sq.pull_time),
+            human(sq.unpacked()),
+            human(sq.layers.iter().map(|l| l.tar_bytes).sum()),
+            secs(self.pull_time)
+        ));
+        s
     }
 
     /// The summary the demo prints.
@@ -136,6 +210,7 @@ impl GuestReport {
         } else {
             format!("Left mounted: {:?}\n", self.left_mounted)
         });
+        s.push_str(&self.comparison_table());
         s
     }
 }
@@ -183,11 +258,37 @@ pub fn run(big_size: usize, step: &mut dyn FnMut(&str)) -> anyhow::Result<GuestR
         guest.upstream.display(),
         guest.aa_socket.display()
     ));
-    let result = pod(&mut guest, &image, &pushed_digest, &layers, step);
-    if result.is_err() {
-        step(&guest.logs());
+    let mut report = pod(&mut guest, &image, &pushed_digest, &layers, step);
+    match &mut report {
+        Err(_) => step(&guest.logs()),
+        Ok(report) => {
+            step(
+                "The status quo on the same image: CDH's puller fetches every layer whole, \
+                 gets the KEK from the KBS after attestation, decrypts, decompresses and unpacks \
+                 each layer into its work dir (/run, a tmpfs in a guest), checks the diff_ids, \
+                 overlays them at the bundle's rootfs; then runc runs the same command.",
+            );
+            report.status_quo =
+                status_quo_pull::run(&guest, &image, &guest_script()).map_err(|e| format!("{e:#}"));
+            match &report.status_quo {
+                Ok(sq) => step(&format!(
+                    "Status quo: the container printed {:?} after {}; {} fetched, {} written \
+                     to the work dir.",
+                    sq.output,
+                    secs(sq.first_output),
+                    human(sq.served()),
+                    human(sq.work_dir_bytes)
+                )),
+                Err(e) => step(&format!("The status quo's whole pull failed: {e}")),
+            }
+        }
     }
-    result
+    report
+}
+
+/// The command both containers run: a small file of each layer.
+fn guest_script() -> String {
+    format!("cat {HELLO_PATH} {LAYER2_PATH}")
 }
 
 /// kata-agent's part: the pull, the container, the teardown.
@@ -216,8 +317,8 @@ fn pod(
         secs(pull_time),
         bundle.display()
     ));
-    let script = format!("cat {HELLO_PATH} {LAYER2_PATH}");
-    let run = runc_run_timed(&guest.dir, &bundle, "pod-app", &script, started)?;
+    let run = runc_run_timed(&guest.dir, &bundle, "pod-app", &guest_script(), started)?;
+    let work_dir_bytes = file_bytes(&guest.dir.join("work"))?;
     step(&format!(
         "runc run (kata-agent starts the container): it printed {:?}",
         run.stdout
@@ -264,5 +365,7 @@ fn pod(
         kbs_kek_reads: count(&metrics, &resource_reads(GUEST_RESOURCE)),
         measurements,
         left_mounted,
+        work_dir_bytes,
+        status_quo: Err("not run".to_string()),
     })
 }

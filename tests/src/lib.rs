@@ -40,6 +40,7 @@ pub mod http;
 #[path = "../../registry/tests/registry_support/proxy.rs"]
 pub mod proxy;
 pub mod scenario;
+pub mod status_quo_pull;
 pub mod test_kbs;
 
 pub use binaries::{require_root, veil_binary};

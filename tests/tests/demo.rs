@@ -13,7 +13,10 @@
 //! The guest flow (`veil_tests::guest_scenario`, `veil-demo --flow guest`) as a third:
 //! veil-guest on a CDH socket, PullImage of an encrypted image whose KEK the test KBS
 //! releases after attestation, runc, a fraction of the image fetched, one attestation, one
-//! measurement, nothing left mounted.
+//! measurement, nothing left mounted; then, in the same run, the status quo (the image
+//! pulled whole as CDH's puller does it, decrypted, unpacked into a work dir, overlaid, the
+//! same command run with runc) side by side: same output, Veil fetched less than the whole
+//! image, the status quo's unpacked plaintext at least the image's data.
 //!
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static and FUSE. Run with
 //! `cargo test -p veil-tests --test demo -- --nocapture --test-threads=1`.
@@ -300,8 +303,9 @@ fn demo_flow_starts_a_container_lazily_across_a_restart() {
 #[test]
 fn guest_demo_flow_pulls_an_encrypted_image_inside_a_guest_lazily() {
     veil_tests::require_root();
+    const BIG: usize = 16 << 20;
     let report =
-        veil_tests::guest_scenario::run(16 << 20, &mut |step| eprintln!("[demo guest] {step}\n"))
+        veil_tests::guest_scenario::run(BIG, &mut |step| eprintln!("[demo guest] {step}\n"))
             .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("[demo guest] summary:\n{}", report.summary());
     assert_eq!(report.answered_digest, report.pushed_digest);
@@ -320,4 +324,23 @@ fn guest_demo_flow_pulls_an_encrypted_image_inside_a_guest_lazily() {
         [(report.image.clone(), report.answered_digest.clone())]
     );
     assert!(report.left_mounted.is_empty(), "{:?}", report.left_mounted);
+
+    // The status quo in the same run: CDH's puller (fetch whole, decrypt, unpack, overlay).
+    let sq = report
+        .status_quo
+        .as_ref()
+        .unwrap_or_else(|e| panic!("the status quo's whole pull: {e}"));
+    // Both containers print the same.
+    assert_eq!(sq.output, report.output);
+    // Veil fetched fewer bytes than the whole image; the status quo all of it.
+    assert!(report.served() < report.image_bytes(), "{report:?}");
+    assert!(sq.served() >= report.image_bytes(), "{sq:?}");
+    // The status quo's unpacked plaintext holds at least the image's data (the big random
+    // file alone), and its work dir at least that; Veil's work dir holds less.
+    assert!(sq.unpacked() >= BIG as u64, "{sq:?}");
+    assert!(sq.work_dir_bytes >= sq.unpacked(), "{sq:?}");
+    assert!(report.work_dir_bytes < sq.work_dir_bytes, "{report:?}");
+    assert!(sq.first_output <= sq.exited);
+    assert!(sq.left_mounted.is_empty(), "{:?}", sq.left_mounted);
+    assert!(report.summary().contains("CDH's puller (status quo)"));
 }

@@ -248,6 +248,27 @@ fn guest_demo(big_size: usize) -> bool {
         "the pull was not recorded once in the runtime measurements",
     );
     check(report.left_mounted.is_empty(), "mounts were left behind");
+    match &report.status_quo {
+        Ok(sq) => {
+            check(
+                sq.output == report.output,
+                "the status quo's container printed something else than Veil's",
+            );
+            check(
+                report.served() < report.image_bytes(),
+                "Veil fetched the whole image",
+            );
+            check(
+                sq.served() >= report.image_bytes(),
+                "the status quo fetched less than the whole image",
+            );
+            check(
+                sq.left_mounted.is_empty(),
+                "the status quo left mounts behind",
+            );
+        }
+        Err(_) => check(false, "the status quo's whole pull failed"),
+    }
     ok
 }
 
