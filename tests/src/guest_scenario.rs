@@ -156,10 +156,12 @@ impl GuestReport {
             ));
         }
         s.push_str(&format!(
-            "(status quo: pull done in {}, {} unpacked from {} of uncompressed tar; Veil: \
+            "(status quo: pull done in {} (fetching {}; KEK, decrypting, unpacking {}), {} unpacked from {} of uncompressed tar; Veil: \
              PullImage answered in {}, its plaintext cache in RAM within its configured \
              budget, no disk cache in the guest unless [cache] disk_dir is set)\n",
             secs(sq.pull_time),
+            secs(sq.fetch_time),
+            secs(sq.unpack_time),
             human(sq.unpacked()),
             human(sq.layers.iter().map(|l| l.tar_bytes).sum()),
             secs(self.pull_time)

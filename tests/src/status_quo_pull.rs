@@ -73,6 +73,11 @@ pub struct WholePull {
     pub layers: Vec<WholeLayer>,
     /// From the pull's start until the root was mounted and config.json written.
     pub pull_time: Duration,
+    /// Of that, the time spent fetching the layer blobs.
+    pub fetch_time: Duration,
+    /// Of that, the time spent getting the KEK (attestation), decrypting, decompressing,
+    /// hashing and unpacking them.
+    pub unpack_time: Duration,
     /// From the pull's start to the container's first output.
     pub first_output: Duration,
     /// From the pull's start to the container's exit.
@@ -175,9 +180,13 @@ fn pull_and_run(
 
     let mut layers = Vec::new();
     let mut lowers = Vec::new();
+    let (mut fetch_time, mut unpack_time) = (Duration::ZERO, Duration::ZERO);
     for (n, (desc, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
         let name = desc.digest.to_string();
+        let fetching = Instant::now();
         let blob = rt.block_on(client.fetch_blob(&reference, &desc.digest))?;
+        fetch_time += fetching.elapsed();
+        let unpacking = Instant::now();
         let size = blob.len() as u64;
         let dir = work.join("layers").join(n.to_string());
         std::fs::create_dir_all(&dir)?;
@@ -205,6 +214,7 @@ fn pull_and_run(
                 .finish()
                 .map_err(|e| anyhow::anyhow!("layer {name} is not authentic: {e}"))?;
         }
+        unpack_time += unpacking.elapsed();
         layers.push(WholeLayer {
             digest: name,
             size,
@@ -232,6 +242,8 @@ fn pull_and_run(
     Ok(WholePull {
         layers,
         pull_time,
+        fetch_time,
+        unpack_time,
         first_output: run.first_output,
         exited: run.exited,
         output: run.stdout,
