@@ -310,7 +310,7 @@ fn unpack_layer(
     }
     let source = if media_type.ends_with("tar+gzip") || media_type.ends_with(".tar.gzip") {
         Source::Gzip(flate2::read::MultiGzDecoder::new(plain))
-    } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+    } else if media_type.ends_with("tar") {
         Source::Tar(plain)
     } else {
         bail!("media type {media_type} is not handled by the whole pull (tar, tar+gzip only)");
@@ -477,4 +477,103 @@ pub fn file_bytes(dir: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+
+    fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, *data).expect("tar entry");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn unpacks_files_whiteouts_and_checks_the_tar_digest() {
+        let tar = tar_with(&[
+            ("etc/hello", b"hi\n"),
+            ("etc/.wh.gone", b""),
+            ("var/.wh..wh..opq", b""),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (bytes, digest, _) = unpack_layer(
+            Plain::Clear(std::io::Cursor::new(gz.finish().expect("gzip"))),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            dir.path(),
+        )
+        .expect("unpack");
+        assert_eq!(bytes, tar.len() as u64);
+        assert_eq!(
+            digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/hello")).expect("file"),
+            b"hi\n"
+        );
+        let gone = std::fs::symlink_metadata(dir.path().join("etc/gone")).expect("whiteout");
+        assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+        assert!(!dir.path().join("var/.wh..wh..opq").exists());
+        let var = std::ffi::CString::new(dir.path().join("var").as_os_str().as_encoded_bytes())
+            .expect("path");
+        let mut value = [0u8; 4];
+        // SAFETY: valid NUL-terminated path and name, a 4-byte buffer.
+        let n = unsafe {
+            libc::getxattr(
+                var.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert_eq!((n, value[0]), (1, b'y'), "var is not opaque");
+        assert_eq!(file_bytes(dir.path()).expect("size"), 3);
+    }
+
+    #[test]
+    fn refuses_paths_leaving_the_layer_and_unknown_media_types() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        let mut raw = h.as_bytes().to_vec();
+        raw[..9].copy_from_slice(b"../escape");
+        let mut header = tar::Header::new_old();
+        header.as_mut_bytes().copy_from_slice(&raw);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(&[b'x'; 512]);
+        tar.extend_from_slice(&[0; 1024]);
+        let err = unpack_layer(
+            Plain::Clear(std::io::Cursor::new(tar)),
+            "application/vnd.oci.image.layer.v1.tar",
+            dir.path(),
+        )
+        .err()
+        .expect("an error");
+        assert!(err.to_string().contains("../escape"), "{err}");
+        assert!(!dir.path().parent().expect("parent").join("escape").exists());
+        let err = unpack_layer(
+            Plain::Clear(std::io::Cursor::new(Vec::new())),
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            dir.path(),
+        )
+        .err()
+        .expect("an error");
+        assert!(err.to_string().contains("tar+zstd"), "{err}");
+    }
 }
