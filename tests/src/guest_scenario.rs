@@ -12,7 +12,11 @@
 //! has the time from `PullImage` to the container's first output, the bytes the registry
 //! served against the image's size (what CDH's own puller downloads, decrypts and unpacks
 //! into guest memory before the container can start), the KBS's request counts, the
-//! runtime measurement, and whether kata-agent's `umount` left nothing mounted.
+//! runtime measurement, and whether kata-agent's `umount` left nothing mounted. Then, in
+//! the same run, the status quo on the same image ([`crate::status_quo_pull`]: CDH's own
+//! puller, the image fetched whole, decrypted and unpacked into a work dir, overlaid, the
+//! same command run with runc) and a side-by-side table: time to first output, bytes
+//! fetched, bytes written to the work dir.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
