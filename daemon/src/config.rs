@@ -33,6 +33,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Encrypted layers.
     pub decryption: DecryptionConfig,
+    /// The fd store (`veil fd-store --socket PATH`) that keeps each layer's FUSE
+    /// connection across restarts and upgrades; `None`: a stop ends every layer's
+    /// connection (containers using them fail) and layers are mounted again at start.
+    pub fd_store_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cache: CacheConfig::default(),
             decryption: DecryptionConfig::default(),
+            fd_store_socket: None,
         }
     }
 }

@@ -5,11 +5,18 @@
 //! It is reported instead: `veil status` lists it under `failed`, snapshots stacked on it
 //! are refused with `UNAVAILABLE`, and systemd's status line (`systemctl status`) says
 //! `degraded: N layers not mounted` until it mounts ([`HEALTH_POLL`]).
+//!
+//! With an fd store (`fd_store_socket`), start-up takes back the layer connections the
+//! previous process left there and serves them again, and SIGTERM exits without
+//! unmounting anything: a restart or an upgrade only pauses running containers' reads.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::wrappers::UnixListenerStream;
+use veil_snapshotter::fdstore::FdStoreClient;
+use veil_snapshotter::handover::{self, HandedLayer};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
@@ -19,7 +26,7 @@ use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
-use crate::wiring::snapshots_service;
+use crate::wiring::{fd_store, snapshots_service};
 
 /// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
@@ -27,8 +34,12 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
+    let fd_store = fd_store(config);
+    let handed = take_handed_layers(fd_store.as_ref()).await;
+    let keep: HashSet<u64> = handed.keys().copied().collect();
     let root = config.root.clone();
-    let opened = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root)).await;
+    let opened =
+        tokio::task::spawn_blocking(move || OverlaySnapshotter::open_keeping(&root, &keep)).await;
     let context = || format!("opening snapshotter root {}", config.root.display());
     let snapshotter = match opened {
         Ok(result) => result.map_err(|cause| DaemonError::Snapshotter {
@@ -37,7 +48,11 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         })?,
         Err(e) => return Err(DaemonError::Wiring(format!("{}: {e}", context()))),
     };
-    let service = snapshots_service(config, snapshotter)?;
+    let snapshotter = match &fd_store {
+        Some(store) => snapshotter.with_fd_store(store.clone()),
+        None => snapshotter,
+    };
+    let service = snapshots_service(config, snapshotter)?.with_handed_layers(handed);
     // Remote layers are mounted again before containerd can ask for them.
     let attached =
         service
@@ -72,6 +87,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     let service = Arc::new(service);
     let health_task = tokio::spawn(report_health(service.clone()));
     let for_status = service.clone();
+    let for_exit = service.clone();
     let status_task = tokio::spawn(crate::status_server::serve(status_listener, move || {
         for_status.status()
     }));
@@ -84,6 +100,10 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         .await;
     status_task.abort();
     health_task.abort();
+    if fd_store.is_some() {
+        // The fd store holds every connection: the next process serves them on.
+        for_exit.keep_mounted();
+    }
     let _ = std::fs::remove_file(&config.address);
     let _ = std::fs::remove_file(&status_path);
     result.map_err(|cause| DaemonError::Serve {
@@ -92,6 +112,40 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The connections the fd store holds for us (handed over by the previous process), by
+/// snapshot ID. An unreachable store is logged: layers are then mounted afresh.
+async fn take_handed_layers(store: Option<&FdStoreClient>) -> HashMap<u64, HandedLayer> {
+    let Some(store) = store.cloned() else {
+        return HashMap::new();
+    };
+    let taken = tokio::task::spawn_blocking(move || {
+        let taken = store.take_all();
+        (store, taken)
+    })
+    .await;
+    let (store, stored) = match taken {
+        Ok((store, Ok(stored))) => (store, stored),
+        Ok((store, Err(e))) => {
+            tracing::error!(socket = %store.path().display(), error = %e,
+                "cannot reach the fd store: layers are mounted afresh, and their connections \
+                 will not outlive this process");
+            return HashMap::new();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "asking the fd store failed");
+            return HashMap::new();
+        }
+    };
+    let (layers, foreign) = handover::decode(stored);
+    for name in foreign {
+        let _ = store.remove(&name);
+    }
+    if !layers.is_empty() {
+        tracing::info!(count = layers.len(), "the fd store handed back layer connections");
+    }
+    layers
 }
 
 /// How often the daemon's health (failed layers) is checked for systemd's status line.
