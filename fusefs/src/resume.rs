@@ -116,6 +116,8 @@ fn pump_requests(dev: &OwnedFd, socket: &OwnedFd) {
     let mut buf = vec![0u8; PUMP_FRAME_BYTES];
     loop {
         let n = match read_frame(dev.as_fd(), &mut buf) {
+            // Nothing to pass on (the session would take an empty datagram as its end).
+            Ok(0) => continue,
             Ok(n) => n,
             Err(e) if retryable(&e) => continue,
             Err(e) => {
