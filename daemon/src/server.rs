@@ -101,8 +101,15 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     status_task.abort();
     health_task.abort();
     if fd_store.is_some() {
-        // The fd store holds every connection: the next process serves them on.
+        // The fd store holds every connection: the next process serves them on. Exit
+        // now: dropping the runtime would drop reads in flight, and fuser answers a
+        // dropped reply with EIO (a container would see it, or SIGBUS). Unanswered
+        // requests are resent to the next process instead (FUSE_NOTIFY_RESEND).
         for_exit.keep_mounted();
+        let _ = std::fs::remove_file(&config.address);
+        let _ = std::fs::remove_file(&status_path);
+        tracing::info!("stopped; layer mounts left to the next process");
+        std::process::exit(0);
     }
     let _ = std::fs::remove_file(&config.address);
     let _ = std::fs::remove_file(&status_path);
@@ -143,7 +150,10 @@ async fn take_handed_layers(store: Option<&FdStoreClient>) -> HashMap<u64, Hande
         let _ = store.remove(&name);
     }
     if !layers.is_empty() {
-        tracing::info!(count = layers.len(), "the fd store handed back layer connections");
+        tracing::info!(
+            count = layers.len(),
+            "the fd store handed back layer connections"
+        );
     }
     layers
 }

@@ -31,12 +31,12 @@ use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::handover::KernelInit;
 use veil_fusefs::mount::{mount, mount_failed, LayerMount, MountOptions};
-use veil_fusefs::resume::resume;
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
     background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
     FetchState, PrefetchOptions, RateLimiter,
 };
+use veil_fusefs::resume::resume;
 use veil_fusefs::tree::LayerTree;
 
 use veil_blob::BlobSource;
@@ -721,7 +721,11 @@ impl LiveMount for Mounted {
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
-        let fs = LayerFs::new(self.reader.clone(), self.runtime.clone(), FsOptions::default());
+        let fs = LayerFs::new(
+            self.reader.clone(),
+            self.runtime.clone(),
+            FsOptions::default(),
+        );
         let layer_mount = mount(fs, dir, &self.options)?;
         Ok(self.start(layer_mount))
     }
@@ -738,7 +742,11 @@ impl MountableLayer for ReadyLayer {
             ))
         })?;
         // The tree is built from the same TOC as before: the same inode numbers.
-        let fs = LayerFs::new(self.reader.clone(), self.runtime.clone(), FsOptions::default());
+        let fs = LayerFs::new(
+            self.reader.clone(),
+            self.runtime.clone(),
+            FsOptions::default(),
+        );
         let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
         Ok(self.start(layer_mount))
     }

@@ -77,7 +77,13 @@ impl OverlaySnapshotter {
         let kept: Vec<String> = keep
             .iter()
             .filter(|id| recorded.contains(id))
-            .map(|id| snapshots.join(id.to_string()).join("fs").display().to_string())
+            .map(|id| {
+                snapshots
+                    .join(id.to_string())
+                    .join("fs")
+                    .display()
+                    .to_string()
+            })
             .collect();
         detach_mounts_below(&snapshots, &kept);
         let sn = Self {
@@ -128,7 +134,11 @@ impl OverlaySnapshotter {
             }
         };
         match stored {
-            Ok(()) => tracing::debug!(id, layer = layer_digest, "FUSE connection kept in the fd store"),
+            Ok(()) => tracing::debug!(
+                id,
+                layer = layer_digest,
+                "FUSE connection kept in the fd store"
+            ),
             Err(e) => tracing::warn!(id, layer = layer_digest, error = %e,
                 "could not keep the layer's FUSE connection in the fd store: a restart will \
                  break containers using it"),
@@ -321,7 +331,12 @@ impl OverlaySnapshotter {
     /// Mounts `layer` again for the recorded remote snapshot `id`. A stand-in mounted
     /// there by [`Self::attach_unavailable`] is unmounted first; once the layer is
     /// mounted, the snapshot is available again. On failure nothing is mounted at `id`.
-    pub fn attach(&self, id: u64, layer_digest: &str, layer: Box<dyn MountableLayer>) -> Result<()> {
+    pub fn attach(
+        &self,
+        id: u64,
+        layer_digest: &str,
+        layer: Box<dyn MountableLayer>,
+    ) -> Result<()> {
         // Unmounted outside the lock (a busy unmount waits for its session).
         let stand_in = self.live_mounts().remove(&id);
         drop(stand_in);

@@ -51,7 +51,8 @@ impl Service {
             return Ok(0);
         };
         let layers = self.run("list", "", |s| s.remote_snapshots()).await?;
-        let mut handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut handed =
+            std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
         let mut resumed_ids = Vec::new();
         let layers: Vec<_> = layers
             .into_iter()
@@ -79,7 +80,14 @@ impl Service {
             let resolver = resolver.clone();
             async move {
                 let result = self
-                    .try_restore(&resolver, &name, id, &layer, Some(RESTORE_FIRST_WAIT), handover)
+                    .try_restore(
+                        &resolver,
+                        &name,
+                        id,
+                        &layer,
+                        Some(RESTORE_FIRST_WAIT),
+                        handover,
+                    )
                     .await;
                 (name, id, layer, result)
             }
@@ -119,7 +127,10 @@ impl Service {
             Some(wait) => tokio::time::timeout(wait, resolver.resolve(layer))
                 .await
                 .unwrap_or_else(|_| {
-                    Ok(Resolved::Fail(format!("not resolved within {}s", wait.as_secs())))
+                    Ok(Resolved::Fail(format!(
+                        "not resolved within {}s",
+                        wait.as_secs()
+                    )))
                 }),
             None => resolver.resolve(layer).await,
         };
@@ -220,7 +231,10 @@ impl Service {
                     this.forget_failed(id);
                     return;
                 }
-                match this.try_restore(&resolver, &name, id, &layer, None, None).await {
+                match this
+                    .try_restore(&resolver, &name, id, &layer, None, None)
+                    .await
+                {
                     Ok(()) => {
                         let (attempts, secs) = this.forget_failed(id);
                         tracing::info!(snapshot = %name, layer = %layer.layer_digest,

@@ -7,9 +7,9 @@
 //! veil-snapshotter is killed with SIGKILL and started again, stopped with SIGTERM and
 //! started again, and replaced by a copy of its binary at another path (an upgrade). The
 //! page cache of the file is dropped all the time (from the host, `POSIX_FADV_DONTNEED`
-//! on the layer's FUSE mount), so every iteration reads through FUSE. Every hash the
+//! on the layer's FUSE mount, by `read-prober`), so every iteration reads through FUSE. Every hash the
 //! container prints is the right one, it never prints an error, and no log says
-//! `Transport endpoint is not connected`. A host thread reading the same file measures
+//! `Transport endpoint is not connected`. The prober reading the same file measures
 //! how long reads paused across each restart; the test prints the pauses (each, median,
 //! worst). At the end the image is removed: containerd's Remove unmounts the layers and
 //! the fd store holds nothing any more.
@@ -17,13 +17,9 @@
 //! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd and runc.
 //! Run with `cargo test -p veil-tests --test restart_handover -- --nocapture`.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use veil_snapshotter::fdstore::FdStoreClient;
@@ -43,9 +39,6 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// The longest a read may pause across one restart before the test calls it a hang.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
-/// Bytes the host prober reads at a time.
-const PROBE_BYTES: usize = 64 * 1024;
-
 /// What containers and logs must never say.
 const ENOTCONN_TEXT: &str = "Transport endpoint is not connected";
 
@@ -53,42 +46,30 @@ const ENOTCONN_TEXT: &str = "Transport endpoint is not connected";
 const LOOP: &str = "while true; do /bin/sha256sum /data/random.bin >> /out/hashes 2>&1 \
                     || echo \"sha256sum failed: $?\" >> /out/hashes; done";
 
-/// One read of the host prober: when it started, how long it took, whether it failed.
+/// One read of the prober: when it started (wall clock), how long it took, whether it
+/// failed.
 struct Probe {
-    start: Instant,
+    start: SystemTime,
     took: Duration,
     error: Option<String>,
 }
 
-/// Reads `path` (a 64 KiB block at a moving offset, its page cache dropped first) until
-/// `stop`; every read recorded in `probes`.
-fn prober(path: PathBuf, stop: Arc<AtomicBool>, probes: Arc<Mutex<Vec<Probe>>>) {
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            probes.lock().unwrap().push(Probe {
-                start: Instant::now(),
-                took: Duration::ZERO,
-                error: Some(format!("opening {}: {e}", path.display())),
-            });
-            return;
-        }
-    };
-    let mut buf = vec![0u8; PROBE_BYTES];
-    let mut offset = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: fadvise on an open fd; DONTNEED only drops clean cached pages.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let start = Instant::now();
-        let read = file.read_exact_at(&mut buf, offset);
-        probes.lock().unwrap().push(Probe {
-            start,
-            took: start.elapsed(),
-            error: read.err().map(|e| e.to_string()),
-        });
-        offset = (offset + (1 << 20)) % (BIG_SIZE as u64 - PROBE_BYTES as u64);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// The reads `read-prober` printed to `log`.
+fn probes_of(log: &Path) -> Vec<Probe> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let start: u64 = parts.next()?.parse().ok()?;
+            let took: u64 = parts.next()?.parse().ok()?;
+            let status = parts.next()?;
+            Some(Probe {
+                start: UNIX_EPOCH + Duration::from_nanos(start),
+                took: Duration::from_nanos(took),
+                error: (status != "ok").then(|| status.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
@@ -106,7 +87,9 @@ fn check_hashes(out: &Path, want: &str) -> anyhow::Result<usize> {
     let mut n = 0;
     for line in hashes.lines() {
         if line != format!("{want}  {BIG_PATH}") {
-            bail!("the container printed {line:?} (want the hash {want}); all it printed:\n{hashes}");
+            bail!(
+                "the container printed {line:?} (want the hash {want}); all it printed:\n{hashes}"
+            );
         }
         n += 1;
     }
@@ -131,8 +114,8 @@ fn wait_for_more(out: &Path, want: &str, seen: usize, within: Duration) -> anyho
 /// How one restart went: when the old process was stopped, when the new one served.
 struct Restart {
     what: &'static str,
-    stopped: Instant,
-    ready: Instant,
+    stopped: SystemTime,
+    ready: SystemTime,
 }
 
 /// The longest read that overlapped the restart (started before the new process was
@@ -162,7 +145,8 @@ fn container_survives_kill_term_and_upgrade() {
         )?;
         let mut cmd = Command::new(veil_tests::veil_binary("veil"));
         cmd.arg("fd-store").arg("--socket").arg(&store_socket);
-        let mut supervisor = ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
+        let mut supervisor =
+            ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
         supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
         let big = random_bytes(BIG_SIZE, 0x5e55_10);
@@ -176,7 +160,11 @@ fn container_survives_kill_term_and_upgrade() {
         let reference = stack.image_ref("handover", "1");
         let (out, _) = stack.veil_pull(&reference, &[])?;
         if !out.status.success() {
-            bail!("veil pull failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+            bail!(
+                "veil pull failed:\n{}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
         }
         let stored = FdStoreClient::new(&store_socket).take_all()?;
         if stored.len() != layers.len() {
@@ -207,20 +195,20 @@ fn container_survives_kill_term_and_upgrade() {
         let mut seen = wait_for_more(&hashes, &want, 2, Duration::from_secs(60))?;
         eprintln!("[{name}] the container is hashing ({seen} hashes so far, all right)");
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let probes = Arc::new(Mutex::new(Vec::new()));
-        let probe_thread = {
-            let (path, stop, probes) = (big_file(stack)?, stop.clone(), probes.clone());
-            std::thread::spawn(move || prober(path, stop, probes))
-        };
+        // The prober reads the same file from the host, in a process of its own.
+        let probe_log = stack.dir.join("probes.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
+        cmd.arg(big_file(stack)?).arg(BIG_SIZE.to_string());
+        let mut prober = ChildGuard::spawn("read-prober", cmd, &probe_log)?;
         std::thread::sleep(SETTLE);
+        prober.check_running()?;
 
         let upgraded = stack.dir.join("upgrade").join("veil-snapshotter");
         std::fs::create_dir_all(upgraded.parent().context("no parent")?)?;
         std::fs::copy(veil_tests::veil_binary("veil-snapshotter"), &upgraded)?;
         let mut restarts = Vec::new();
         for what in ["SIGKILL", "SIGTERM", "upgrade"] {
-            let stopped = Instant::now();
+            let stopped = SystemTime::now();
             match what {
                 "SIGKILL" => {
                     stack.veil.kill();
@@ -236,7 +224,7 @@ fn container_survives_kill_term_and_upgrade() {
                 stack.veil.set_binary(upgraded.clone());
             }
             stack.start_veil_again()?;
-            let ready = Instant::now();
+            let ready = SystemTime::now();
             let log = stack.veil.log_text();
             if lines_with(&log, &["the fd store handed back layer connections"]).is_empty() {
                 bail!("after the {what} restart the daemon did not take the connections back");
@@ -246,7 +234,7 @@ fn container_survives_kill_term_and_upgrade() {
             seen = check_hashes(&hashes, &want)?;
             eprintln!(
                 "[{name}] {what}: back in {:.2?}; {seen} hashes so far, all right",
-                ready - stopped
+                ready.duration_since(stopped).unwrap_or_default()
             );
             restarts.push(Restart {
                 what,
@@ -254,15 +242,18 @@ fn container_survives_kill_term_and_upgrade() {
                 ready,
             });
         }
-        stop.store(true, Ordering::Relaxed);
-        probe_thread.join().map_err(|_| anyhow::anyhow!("the prober panicked"))?;
-        let probes = std::mem::take(&mut *probes.lock().unwrap());
+        prober.check_running()?;
+        prober.stop();
+        let probes = probes_of(&probe_log);
         if let Some(p) = probes.iter().find(|p| p.error.is_some()) {
             bail!("a host read of the layer failed: {:?}", p.error);
         }
         let mut pauses: Vec<Duration> = restarts.iter().map(|r| pause_of(r, &probes)).collect();
         for (r, p) in restarts.iter().zip(&pauses) {
-            eprintln!("[{name}] reads paused {p:.3?} across the {} restart", r.what);
+            eprintln!(
+                "[{name}] reads paused {p:.3?} across the {} restart",
+                r.what
+            );
         }
         pauses.sort();
         let median = pauses[pauses.len() / 2];

@@ -45,7 +45,12 @@ impl FdStoreClient {
 
     /// Has the store hold a copy of `fd` under `name` (replacing one held under it), with
     /// `data`.
-    pub fn store(&self, name: &str, data: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> Result<(), FdStoreError> {
+    pub fn store(
+        &self,
+        name: &str,
+        data: &[u8],
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), FdStoreError> {
         check(name, data)?;
         let request = Request::Store {
             name: name.to_string(),

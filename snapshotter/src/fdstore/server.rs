@@ -49,7 +49,10 @@ pub fn serve(socket_path: &Path) -> Result<(), FdStoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     if socket_path.exists() {
-        if crate::fdstore::FdStoreClient::new(socket_path).take_all().is_ok() {
+        if crate::fdstore::FdStoreClient::new(socket_path)
+            .take_all()
+            .is_ok()
+        {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 "another fd store is serving this socket",

@@ -198,7 +198,9 @@ impl Reader<'_> {
     fn data(&mut self) -> Result<Vec<u8>, FdStoreError> {
         let len = self.u32()? as usize;
         if len > MAX_DATA_BYTES {
-            return Err(bad(format!("data of {len} bytes, more than {MAX_DATA_BYTES}")));
+            return Err(bad(format!(
+                "data of {len} bytes, more than {MAX_DATA_BYTES}"
+            )));
         }
         Ok(self.take(len)?.to_vec())
     }
@@ -225,7 +227,13 @@ pub fn send(
     } else {
         vec![ControlMessage::ScmRights(&fds)]
     };
-    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
     Ok(())
 }
 
@@ -249,7 +257,11 @@ pub fn recv(socket: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Option<OwnedFd>)>
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(received) = c {
                     // SAFETY: the kernel installed these fds for us; nobody else owns them.
-                    fds.extend(received.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                    fds.extend(
+                        received
+                            .into_iter()
+                            .map(|f| unsafe { OwnedFd::from_raw_fd(f) }),
+                    );
                 }
             }
         }
@@ -262,7 +274,9 @@ pub fn recv(socket: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Option<OwnedFd>)>
         return Ok(None);
     }
     if flags.contains(MsgFlags::MSG_TRUNC) {
-        return Err(bad(format!("a message longer than {MAX_MESSAGE_BYTES} bytes")));
+        return Err(bad(format!(
+            "a message longer than {MAX_MESSAGE_BYTES} bytes"
+        )));
     }
     if n < 4 {
         return Err(bad("a message shorter than its length prefix"));
