@@ -149,7 +149,7 @@ fn container_survives_kill_term_and_upgrade() {
             ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
         supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
-        let big = random_bytes(BIG_SIZE, 0x5e55_10);
+        let big = random_bytes(BIG_SIZE, 0x005e_5510);
         let want = sha256_hex(&big);
         let layers = vec![
             pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,

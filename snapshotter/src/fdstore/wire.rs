@@ -237,9 +237,11 @@ pub fn send(
     Ok(())
 }
 
-/// Receives one message: its body and the fd attached to it, if any. `Ok(None)`: the
-/// peer closed the connection.
-pub fn recv(socket: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Option<OwnedFd>)>, FdStoreError> {
+/// One message received: its body and the fd attached to it, if any.
+pub type Received = (Vec<u8>, Option<OwnedFd>);
+
+/// Receives one message. `Ok(None)`: the peer closed the connection.
+pub fn recv(socket: BorrowedFd<'_>) -> Result<Option<Received>, FdStoreError> {
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 4];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let io_err = |e: nix::Error| FdStoreError::Protocol(format!("receiving: {e}"));
