@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// `FUSE_INIT`'s opcode.
 const FUSE_INIT: u32 = 26;
 
+/// `FUSE_DESTROY`'s opcode.
+const FUSE_DESTROY: u32 = 38;
+
 /// `FUSE_NOTIFY_RESEND`: the kernel sends again every request it is waiting on an answer
 /// for (Linux 6.9+).
 pub const FUSE_NOTIFY_RESEND: i32 = 7;
@@ -104,6 +107,16 @@ pub fn init_request(init: &KernelInit) -> Vec<u8> {
     frame.extend_from_slice(&((flags >> 32) as u32).to_ne_bytes());
     frame.extend_from_slice(&[0u8; 44]);
     debug_assert_eq!(frame.len(), len);
+    frame
+}
+
+/// A `FUSE_DESTROY` request: tells a session the connection is gone (its loop ends
+/// cleanly).
+pub fn destroy_request() -> [u8; IN_HEADER_LEN] {
+    let mut frame = [0u8; IN_HEADER_LEN];
+    frame[0..4].copy_from_slice(&(IN_HEADER_LEN as u32).to_ne_bytes());
+    frame[4..8].copy_from_slice(&FUSE_DESTROY.to_ne_bytes());
+    frame[8..16].copy_from_slice(&SYNTHETIC_INIT_UNIQUE.to_ne_bytes());
     frame
 }
 

@@ -24,8 +24,8 @@ use std::sync::{mpsc, Arc};
 use fuser::{Filesystem, Session};
 
 use crate::handover::{
-    error_reply, init_request, reply_header, request_unique, resend_notification, KernelInit,
-    SYNTHETIC_INIT_UNIQUE,
+    destroy_request, error_reply, init_request, reply_header, request_unique, resend_notification,
+    KernelInit, SYNTHETIC_INIT_UNIQUE,
 };
 use crate::mount::{fuser_config, LayerMount, MountError, MountOptions};
 
@@ -138,8 +138,11 @@ fn pump_requests(dev: &OwnedFd, socket: &OwnedFd) {
             Err(_) => break,
         }
     }
+    // The session ends on FUSE_DESTROY (as when the kernel ends a connection); the
+    // shutdown after it ends a session that is not reading any more.
+    let _ = send_frame(socket.as_fd(), &destroy_request());
     // SAFETY: shutdown on a valid socket fd.
-    unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
+    unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) };
 }
 
 /// Session → kernel: one datagram per reply or notification, written whole.
