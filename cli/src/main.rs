@@ -101,6 +101,13 @@ enum Command {
     /// Make key material for `veil convert --encrypt`: `veil keys gen kek|rsa|ec --out FILE`.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Hold veil-snapshotter's FUSE connections across its restarts and upgrades (the
+    /// fd store its `fd_store_socket` names; a small process that never needs upgrading).
+    FdStore {
+        /// The unix socket to serve on.
+        #[arg(long, value_name = "SOCKET", default_value = "/run/veil/fdstore.sock")]
+        socket: PathBuf,
+    },
     /// Show what the running veil-snapshotter serves: layers, bytes fetched, cache use.
     Status {
         /// The daemon's status socket (beside its snapshots socket).
@@ -185,6 +192,16 @@ fn main() -> ExitCode {
         Command::Keyprovider(command) => run_keyprovider(command),
         Command::Keys(command) => keys::run_keys(command),
         Command::Status { address, json } => run_status(&address, json),
+        Command::FdStore { socket } => {
+            init_logging("info");
+            match veil_snapshotter::fdstore::server::serve(&socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("veil fd-store: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Convert(args) => convert_cli::run_convert(args),
         Command::Inspect(args) => convert_cli::run_inspect(args),
         Command::Bench { args } => {

@@ -38,6 +38,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The CoCo guest puller (`veil-guest`); the snapshotter ignores it.
     pub guest: GuestConfig,
+    /// The fd store (`veil fd-store --socket PATH`) that keeps each layer's FUSE
+    /// connection across restarts and upgrades; `None`: a stop ends every layer's
+    /// connection (containers using them fail) and layers are mounted again at start.
+    pub fd_store_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             decryption: DecryptionConfig::default(),
             limits: LimitsConfig::default(),
             guest: GuestConfig::default(),
+            fd_store_socket: None,
         }
     }
 }

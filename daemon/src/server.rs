@@ -5,10 +5,17 @@
 //! It is reported instead: `veil status` lists it under `failed`, snapshots stacked on it
 //! are refused with `UNAVAILABLE`, and systemd's status line (`systemctl status`) says
 //! `degraded: N layers not mounted` until it mounts ([`HEALTH_POLL`]).
+//!
+//! With an fd store (`fd_store_socket`), start-up takes back the layer connections the
+//! previous process left there and serves them again, and SIGTERM exits without
+//! unmounting anything: a restart or an upgrade only pauses running containers' reads.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use veil_snapshotter::fdstore::FdStoreClient;
+use veil_snapshotter::handover::{self, HandedLayer};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
@@ -18,7 +25,7 @@ use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
-use crate::wiring::snapshots_service;
+use crate::wiring::{fd_store, snapshots_service};
 
 /// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
@@ -26,8 +33,12 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
+    let fd_store = fd_store(config);
+    let handed = take_handed_layers(fd_store.as_ref()).await;
+    let keep: HashSet<u64> = handed.keys().copied().collect();
     let root = config.root.clone();
-    let opened = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root)).await;
+    let opened =
+        tokio::task::spawn_blocking(move || OverlaySnapshotter::open_keeping(&root, &keep)).await;
     let context = || format!("opening snapshotter root {}", config.root.display());
     let snapshotter = match opened {
         Ok(result) => result.map_err(|cause| DaemonError::Snapshotter {
@@ -36,7 +47,11 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         })?,
         Err(e) => return Err(DaemonError::Wiring(format!("{}: {e}", context()))),
     };
-    let service = snapshots_service(config, snapshotter)?;
+    let snapshotter = match &fd_store {
+        Some(store) => snapshotter.with_fd_store(store.clone()),
+        None => snapshotter,
+    };
+    let service = snapshots_service(config, snapshotter)?.with_handed_layers(handed);
     // Remote layers are mounted again before containerd can ask for them.
     let attached =
         service
@@ -71,6 +86,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     let service = Arc::new(service);
     let health_task = tokio::spawn(report_health(service.clone()));
     let for_status = service.clone();
+    let for_exit = service.clone();
     let status_task = tokio::spawn(crate::status_server::serve(status_listener, move || {
         for_status.status()
     }));
@@ -83,6 +99,17 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         .await;
     status_task.abort();
     health_task.abort();
+    if fd_store.is_some() {
+        // The fd store holds every connection: the next process serves them on. Exit
+        // now: dropping the runtime would drop reads in flight, and fuser answers a
+        // dropped reply with EIO (a container would see it, or SIGBUS). Unanswered
+        // requests are resent to the next process instead (FUSE_NOTIFY_RESEND).
+        for_exit.keep_mounted();
+        let _ = std::fs::remove_file(&config.address);
+        let _ = std::fs::remove_file(&status_path);
+        tracing::info!("stopped; layer mounts left to the next process");
+        std::process::exit(0);
+    }
     let _ = std::fs::remove_file(&config.address);
     let _ = std::fs::remove_file(&status_path);
     result.map_err(|cause| DaemonError::Serve {
@@ -91,6 +118,43 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The connections the fd store holds for us (handed over by the previous process), by
+/// snapshot ID. An unreachable store is logged: layers are then mounted afresh.
+async fn take_handed_layers(store: Option<&FdStoreClient>) -> HashMap<u64, HandedLayer> {
+    let Some(store) = store.cloned() else {
+        return HashMap::new();
+    };
+    let taken = tokio::task::spawn_blocking(move || {
+        let taken = store.take_all();
+        (store, taken)
+    })
+    .await;
+    let (store, stored) = match taken {
+        Ok((store, Ok(stored))) => (store, stored),
+        Ok((store, Err(e))) => {
+            tracing::error!(socket = %store.path().display(), error = %e,
+                "cannot reach the fd store: layers are mounted afresh, and their connections \
+                 will not outlive this process");
+            return HashMap::new();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "asking the fd store failed");
+            return HashMap::new();
+        }
+    };
+    let (layers, foreign) = handover::decode(stored);
+    for name in foreign {
+        let _ = store.remove(&name);
+    }
+    if !layers.is_empty() {
+        tracing::info!(
+            count = layers.len(),
+            "the fd store handed back layer connections"
+        );
+    }
+    layers
 }
 
 /// How often the daemon's health (failed layers) is checked for systemd's status line.

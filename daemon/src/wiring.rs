@@ -4,7 +4,7 @@
 //! The daemon, `veil mount` and `veil keyprovider serve` all build their parts here, so
 //! one config file means the same thing to each: the registry client's options, the
 //! plaintext and disk caches, the decryption keys and the KEK chain (with the attester),
-//! the image service ([`LazyLayers`]) and the snapshots service. Some of it does I/O
+//! the image service ([`LazyLayers`]), the snapshots service and the fd store client. Some of it does I/O
 //! (opening the disk cache, loading keys, starting the KEK runtime thread, probing the
 //! TEE); all of it happens here, at start-up, never in the layers below.
 
@@ -25,6 +25,7 @@ use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
 use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
 use veil_keyprovider::layer::Decryption;
 use veil_registry::{ClientOptions, CredentialsSource, RegistryClient};
+use veil_snapshotter::fdstore::FdStoreClient;
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
@@ -189,6 +190,12 @@ pub fn image_service(
         .map_err(|e| DaemonError::Wiring(format!("setting up the registry client: {e}")))?;
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
     Ok(LazyLayers::new(registry, cache, runtime).with_options(lazy_options(config)))
+}
+
+/// The fd store client `fd_store_socket` asks for (`None`: connections are not kept
+/// across restarts).
+pub fn fd_store(config: &Config) -> Option<FdStoreClient> {
+    config.fd_store_socket.as_deref().map(FdStoreClient::new)
 }
 
 /// The snapshots service for `config`: lazy layers when enabled.

@@ -26,6 +26,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::ChunkReader;
 use crate::tree::{LayerTree, Node, NodeKind};
 
@@ -61,6 +62,8 @@ pub struct LayerFs {
     reader: Arc<ChunkReader>,
     runtime: Handle,
     options: FsOptions,
+    /// The kernel's INIT offer, once `init` has seen it (for a handover).
+    kernel_init: KernelInitSlot,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -80,7 +83,13 @@ impl LayerFs {
             reader,
             runtime,
             options,
+            kernel_init: KernelInitSlot::default(),
         }
+    }
+
+    /// Where `init` records the kernel's INIT offer.
+    pub(crate) fn kernel_init_slot(&self) -> KernelInitSlot {
+        self.kernel_init.clone()
     }
 
     /// The reader behind it (for stats).
@@ -206,6 +215,8 @@ fn may_access(node: &Node, uid: u32, gid: u32, mask: AccessFlags) -> bool {
 
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        *self.kernel_init.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(KernelInit::from_config(config));
         // Each is optional: ask for what the kernel has.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,

@@ -7,7 +7,8 @@
 //! whiteouts, hard links), [`pipeline`] (chunk reads: coalescing, single flight,
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
-//! [`mount`] (the FUSE filesystem and its mount), [`failed`] (the
+//! [`mount`] (the FUSE filesystem and its mount), [`handover`] and [`resume`] (serving a
+//! live connection another process made, after a restart), [`failed`] (the
 //! `EIO` stand-in for a layer that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps).
 
@@ -15,8 +16,10 @@ pub mod cache;
 pub mod disk_cache;
 pub mod failed;
 pub mod fs;
+pub mod handover;
 pub mod mount;
 pub mod no_dump;
 pub mod pipeline;
 pub mod prefetch;
+pub mod resume;
 pub mod tree;

@@ -14,6 +14,7 @@
 //! [`veil_mounts`] recover mounts left behind by a previous process.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -23,6 +24,7 @@ use fuser::{Config, Filesystem, MountOption, Session, SessionACL, SessionUnmount
 
 use crate::failed::FailedFs;
 use crate::fs::LayerFs;
+use crate::handover::{KernelInit, KernelInitSlot};
 
 /// The fsname and subtype of Veil's mounts.
 pub const FS_NAME: &str = "veil";
@@ -95,9 +97,20 @@ pub enum MountError {
 #[derive(Debug)]
 pub struct LayerMount {
     mountpoint: PathBuf,
-    unmounter: Option<SessionUnmounter>,
+    unmounter: Option<Unmounter>,
     session: Option<JoinHandle<()>>,
     session_done: Option<mpsc::Receiver<io::Result<()>>>,
+    /// The connection's `/dev/fuse` fd and the kernel's INIT offer, for a handover.
+    handover: Option<(OwnedFd, KernelInit)>,
+}
+
+/// How a [`LayerMount`] is unmounted.
+#[derive(Debug)]
+enum Unmounter {
+    /// fuser mounted it.
+    Session(SessionUnmounter),
+    /// It was handed over ([`crate::resume`]): by path.
+    Path,
 }
 
 /// Mounts `fs` at `mountpoint` (an existing directory).
@@ -106,7 +119,8 @@ pub fn mount(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<LayerMount, MountError> {
-    mount_any(fs, mountpoint, options)
+    let offer = fs.kernel_init_slot();
+    mount_any(fs, mountpoint, options, Some(offer))
 }
 
 /// Mounts the [`FailedFs`] stand-in for `layer` at `mountpoint`: every request on it
@@ -117,13 +131,14 @@ pub fn mount_failed(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<LayerMount, MountError> {
-    mount_any(FailedFs::new(layer, reason), mountpoint, options)
+    mount_any(FailedFs::new(layer, reason), mountpoint, options, None)
 }
 
 fn mount_any<F: Filesystem + Send + 'static>(
     fs: F,
     mountpoint: &Path,
     options: &MountOptions,
+    offer: Option<KernelInitSlot>,
 ) -> Result<LayerMount, MountError> {
     let mount_err = |source| MountError::Mount {
         path: mountpoint.to_path_buf(),
@@ -136,6 +151,15 @@ fn mount_any<F: Filesystem + Send + 'static>(
     }
     let mut session = Session::new(fs, mountpoint, &fuser_config(options)).map_err(mount_err)?;
     let unmounter = session.unmount_callable();
+    // The handshake is over: a LayerFs's init has recorded the kernel's offer.
+    let offer = offer.and_then(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()));
+    let handover = match offer {
+        Some(init) => Some((
+            session.as_fd().try_clone_to_owned().map_err(mount_err)?,
+            init,
+        )),
+        None => None,
+    };
     let (done_tx, done_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("veil-fuse".to_string())
@@ -145,13 +169,14 @@ fn mount_any<F: Filesystem + Send + 'static>(
         .map_err(mount_err)?;
     Ok(LayerMount {
         mountpoint: mountpoint.to_path_buf(),
-        unmounter: Some(unmounter),
+        unmounter: Some(Unmounter::Session(unmounter)),
         session: Some(thread),
         session_done: Some(done_rx),
+        handover,
     })
 }
 
-fn fuser_config(options: &MountOptions) -> Config {
+pub(crate) fn fuser_config(options: &MountOptions) -> Config {
     let mut mount_options = vec![
         MountOption::RO,
         MountOption::FSName(options.fsname.clone()),
@@ -198,18 +223,53 @@ impl LayerMount {
         &self.mountpoint
     }
 
+    /// A mount serving a handed-over connection ([`crate::resume`]).
+    pub(crate) fn resumed(
+        mountpoint: &Path,
+        session: JoinHandle<()>,
+        session_done: mpsc::Receiver<io::Result<()>>,
+        dev: OwnedFd,
+        init: KernelInit,
+    ) -> Self {
+        Self {
+            mountpoint: mountpoint.to_path_buf(),
+            unmounter: Some(Unmounter::Path),
+            session: Some(session),
+            session_done: Some(session_done),
+            handover: Some((dev, init)),
+        }
+    }
+
+    /// A copy of the connection's `/dev/fuse` fd and the kernel's INIT offer, for another
+    /// process to [`crate::resume::resume`] serving it; `None` for a mount that cannot be
+    /// handed over (the `EIO` stand-in).
+    pub fn handover(&self) -> Option<io::Result<(OwnedFd, KernelInit)>> {
+        let (fd, init) = self.handover.as_ref()?;
+        Some(fd.try_clone().map(|fd| (fd, *init)))
+    }
+
+    /// Lets go of the mount without unmounting it: the session serves on until this
+    /// process exits, and whoever holds a copy of the fd can resume it.
+    pub fn keep_mounted(mut self) {
+        self.unmounter = None;
+    }
+
     /// Unmounts; a busy mount is detached lazily instead (and still counts as success).
     pub fn unmount(mut self) -> Result<(), MountError> {
         self.unmount_inner()
     }
 
     fn unmount_inner(&mut self) -> Result<(), MountError> {
-        let Some(mut unmounter) = self.unmounter.take() else {
+        let Some(unmounter) = self.unmounter.take() else {
             return Ok(());
         };
         let session = self.session.take();
         let session_done = self.session_done.take();
-        match unmounter.unmount() {
+        let unmounted = match unmounter {
+            Unmounter::Session(mut u) => u.unmount(),
+            Unmounter::Path => unmount_now(&self.mountpoint),
+        };
+        match unmounted {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
                 tracing::warn!(mountpoint = %self.mountpoint.display(),
@@ -257,6 +317,18 @@ impl Drop for LayerMount {
         if let Err(err) = self.unmount_inner() {
             tracing::error!(error = %err, "could not unmount layer");
         }
+    }
+}
+
+/// Unmounts `path` (not lazily: `EBUSY` when in use).
+fn unmount_now(path: &Path) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

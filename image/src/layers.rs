@@ -28,12 +28,14 @@ use futures::future::BoxFuture;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
 use veil_fusefs::fs::{FsOptions, LayerFs};
+use veil_fusefs::handover::KernelInit;
 use veil_fusefs::mount::{mount, mount_failed, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
     background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
     PrefetchOptions, RateLimiter,
 };
+use veil_fusefs::resume::resume;
 use veil_fusefs::tree::LayerTree;
 
 use veil_blob::BlobSource;
@@ -47,7 +49,8 @@ use crate::error::{ImageError, RegistryContext};
 use crate::identity::{check_recorded_toc, toc_digest};
 use crate::image_config::ConfigCache;
 use crate::resolver::{
-    Authorization, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer, Resolved,
+    Authorization, Handover, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer,
+    Resolved,
 };
 use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
 use crate::verify::{
@@ -556,8 +559,8 @@ impl LayerResolver for LazyLayers {
     ) -> Result<Box<dyn LiveMount>, ImageError> {
         let stand_in = mount_failed(&layer.layer_digest, reason, dir, &self.mount_options)?;
         Ok(Box::new(Mounted {
-            _background: None,
-            _mount: stand_in,
+            background: None,
+            mount: stand_in,
             reader: None,
         }))
     }
@@ -641,8 +644,8 @@ struct Background {
 
 /// A mounted layer: dropping it stops its background fetch, then unmounts.
 struct Mounted {
-    _background: Option<DropGuard>,
-    _mount: LayerMount,
+    background: Option<DropGuard>,
+    mount: LayerMount,
     /// The layer's reader (`None` for a stand-in), for its health.
     reader: Option<Arc<ChunkReader>>,
 }
@@ -654,13 +657,68 @@ impl LiveMount for Mounted {
             .bad_reason()
             .map(|why| format!("layer {} is bad: {why}", reader.layer_name()))
     }
+
+    fn handover(&self) -> Option<Result<Handover, ImageError>> {
+        let copied = self.mount.handover()?;
+        Some(
+            copied
+                .map_err(|e| ImageError::Invalid(format!("copying the FUSE fd: {e}")))
+                .and_then(|(fd, init)| {
+                    let state = serde_json::to_string(&init).map_err(|e| {
+                        ImageError::Invalid(format!("recording the FUSE connection: {e}"))
+                    })?;
+                    Ok(Handover { fd, state })
+                }),
+        )
+    }
+
+    fn keep_mounted(self: Box<Self>) {
+        let Mounted {
+            background, mount, ..
+        } = *self;
+        // The background fetch runs on until the process exits.
+        std::mem::forget(background);
+        mount.keep_mounted();
+    }
 }
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
-        let reader = self.reader.clone();
-        let fs = LayerFs::new(self.reader, self.runtime.clone(), FsOptions::default());
+        let fs = LayerFs::new(
+            self.reader.clone(),
+            self.runtime.clone(),
+            FsOptions::default(),
+        );
         let layer_mount = mount(fs, dir, &self.options)?;
+        Ok(self.start(layer_mount))
+    }
+
+    fn resume(
+        self: Box<Self>,
+        dir: &Path,
+        handover: Handover,
+    ) -> Result<Box<dyn LiveMount>, ImageError> {
+        let init: KernelInit = serde_json::from_str(&handover.state).map_err(|e| {
+            ImageError::Invalid(format!(
+                "the handed-over FUSE connection of {} has unreadable state: {e}",
+                dir.display()
+            ))
+        })?;
+        // The tree is built from the same TOC as before: the same inode numbers.
+        let fs = LayerFs::new(
+            self.reader.clone(),
+            self.runtime.clone(),
+            FsOptions::default(),
+        );
+        let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
+        Ok(self.start(layer_mount))
+    }
+}
+
+impl ReadyLayer {
+    /// Starts the background fetch of a mounted layer.
+    fn start(self: Box<Self>, layer_mount: LayerMount) -> Box<dyn LiveMount> {
+        let reader = self.reader.clone();
         let guard = self.background.map(|bg| {
             let cancel = CancellationToken::new();
             let key = bg.source.key().to_string();
@@ -680,10 +738,10 @@ impl MountableLayer for ReadyLayer {
             );
             cancel.drop_guard()
         });
-        Ok(Box::new(Mounted {
-            _background: guard,
-            _mount: layer_mount,
+        Box::new(Mounted {
+            background: guard,
+            mount: layer_mount,
             reader: Some(reader),
-        }))
+        })
     }
 }

@@ -7,6 +7,7 @@
 //! to a [`LayerResolver`] and mount what it returns. The front-ends know only these
 //! traits; the registry client and the FUSE filesystem behind them live below.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use futures::future::BoxFuture;
@@ -33,6 +34,17 @@ pub struct RemoteLayer {
     pub toc_digest: Option<String>,
 }
 
+/// A live mount's connection, as another process needs it to serve the mount on
+/// ([`MountableLayer::resume`]): the `/dev/fuse` fd and what the connection was set up
+/// with (opaque to front-ends: store it with the fd, give both back).
+#[derive(Debug)]
+pub struct Handover {
+    /// The connection's `/dev/fuse` fd (a copy).
+    pub fd: OwnedFd,
+    /// What else resuming needs, as text.
+    pub state: String,
+}
+
 /// A mounted layer filesystem. Dropping it unmounts.
 pub trait LiveMount: Send {
     /// Why the layer must no longer be used (it failed a whole-layer check: its reads
@@ -40,12 +52,31 @@ pub trait LiveMount: Send {
     fn unhealthy(&self) -> Option<String> {
         None
     }
+
+    /// A copy of what another process needs to serve this mount on after this one exits;
+    /// `None` when it cannot be handed over (the `EIO` stand-in), Err when copying the fd
+    /// failed.
+    fn handover(&self) -> Option<Result<Handover, ImageError>> {
+        None
+    }
+
+    /// Lets go of the mount without unmounting it (this process is exiting and another
+    /// will resume it).
+    fn keep_mounted(self: Box<Self>);
 }
 
 /// A layer that has been resolved and can be mounted.
 pub trait MountableLayer: Send {
     /// Mounts the layer's filesystem at `dir` (an empty directory).
     fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError>;
+
+    /// Serves the live mount at `dir` that an earlier process made for the same layer
+    /// and handed over, instead of mounting again.
+    fn resume(
+        self: Box<Self>,
+        dir: &Path,
+        handover: Handover,
+    ) -> Result<Box<dyn LiveMount>, ImageError>;
 }
 
 /// What resolving a layer found.

@@ -8,12 +8,15 @@
 //! another request's layer; [`labels`] reads the remote-snapshot labels of a Prepare and
 //! hands the layer to the image service ([`veil_image`]); [`restore`] mounts remote layers
 //! again after a restart (an `EIO` stand-in and background retries for one that fails);
-//! [`filters`] and [`usage`] are containerd's
+//! [`fdstore`] keeps layers' FUSE connections alive across restarts (a supervisor holding
+//! their fds) and [`handover`] is what is stored with each; [`filters`] and [`usage`] are containerd's
 //! filter language and disk usage. Sockets, signals and configuration are the daemon's
 //! (`veil-daemon`).
 
 pub mod error;
+pub mod fdstore;
 pub mod filters;
+pub mod handover;
 pub mod identity;
 pub mod labels;
 pub mod metadata;

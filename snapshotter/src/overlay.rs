@@ -14,7 +14,8 @@
 //! records, never records without directories; those orphans are removed at start-up
 //! and by `Cleanup`. This file knows nothing of gRPC: see `service.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,9 +23,11 @@ use std::sync::Mutex;
 use containerd_snapshots::api::types::Mount;
 
 use crate::error::{Error, Result};
+use crate::fdstore::FdStoreClient;
+use crate::handover;
 use crate::metadata::{Kind, MetaStore, Record, Usage};
 use crate::usage::disk_usage;
-use veil_image::resolver::{LiveMount, MountableLayer, RemoteLayer};
+use veil_image::resolver::{Handover, LiveMount, MountableLayer, RemoteLayer};
 
 /// A snapshot as callers see it: its key, record and parent chain.
 #[derive(Debug, Clone)]
@@ -45,12 +48,21 @@ pub struct OverlaySnapshotter {
     /// Remote snapshots whose layer is not mounted (a stand-in answering `EIO` is), by
     /// snapshot ID, with the reason: no mounts are handed out that stack on them.
     unavailable: Mutex<HashMap<u64, String>>,
+    /// Where each layer's FUSE connection is kept across restarts, when configured.
+    fd_store: Option<FdStoreClient>,
 }
 
 impl OverlaySnapshotter {
     /// Opens the snapshotter rooted at `root`, creating it if needed, and removes any
     /// snapshot directory left without a record by an earlier crash.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_keeping(root, &HashSet::new())
+    }
+
+    /// [`Self::open`], leaving mounted the layer directories of the remote snapshots in
+    /// `keep` whose connections were handed over (their mounts are live and will be
+    /// served again); every other mount left below the root is detached.
+    pub fn open_keeping(root: &Path, keep: &HashSet<u64>) -> Result<Self> {
         let snapshots = root.join("snapshots");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -58,15 +70,29 @@ impl OverlaySnapshotter {
             .create(&snapshots)
             .map_err(|e| Error::io("creating", &snapshots, e))?;
         let store = MetaStore::open(&root.join("metadata.redb"))?;
-        // Layer filesystems served by an earlier run of the daemon died with it; their
-        // mount points answer ENOTCONN until unmounted.
-        detach_mounts_below(&snapshots);
+        // Layer filesystems served by an earlier run of the daemon died with it (unless
+        // their connections were handed over); their mount points answer ENOTCONN until
+        // unmounted.
+        let recorded = store.ids()?;
+        let kept: Vec<String> = keep
+            .iter()
+            .filter(|id| recorded.contains(id))
+            .map(|id| {
+                snapshots
+                    .join(id.to_string())
+                    .join("fs")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        detach_mounts_below(&snapshots, &kept);
         let sn = Self {
             root: root.to_path_buf(),
             store,
             index_off: overlay_index_enabled(),
             live: Mutex::new(HashMap::new()),
             unavailable: Mutex::new(HashMap::new()),
+            fd_store: None,
         };
         let removed = sn.cleanup()?;
         if removed > 0 {
@@ -76,6 +102,67 @@ impl OverlaySnapshotter {
             );
         }
         Ok(sn)
+    }
+
+    /// Keeps every layer's FUSE connection in `store` (stored after mounting, removed
+    /// when containerd removes the snapshot), so that a restart can serve it on.
+    pub fn with_fd_store(mut self, store: FdStoreClient) -> Self {
+        self.fd_store = Some(store);
+        self
+    }
+
+    /// Whether connections are kept in an fd store.
+    pub fn has_fd_store(&self) -> bool {
+        self.fd_store.is_some()
+    }
+
+    /// Hands a copy of remote snapshot `id`'s connection (its layer `layer_digest`) to
+    /// the fd store, if one is configured. A failure is logged: the layer is served, but
+    /// a restart will have to mount it again.
+    fn keep_connection(&self, id: u64, layer_digest: &str, mount: &dyn LiveMount) {
+        let Some(store) = &self.fd_store else {
+            return;
+        };
+        let stored = match mount.handover() {
+            None => return,
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(h)) => {
+                let data = handover::encode(layer_digest, &h.state);
+                store
+                    .store(&id.to_string(), &data, h.fd.as_fd())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match stored {
+            Ok(()) => tracing::debug!(
+                id,
+                layer = layer_digest,
+                "FUSE connection kept in the fd store"
+            ),
+            Err(e) => tracing::warn!(id, layer = layer_digest, error = %e,
+                "could not keep the layer's FUSE connection in the fd store: a restart will \
+                 break containers using it"),
+        }
+    }
+
+    /// Tells the fd store to close remote snapshot `id`'s connection.
+    fn drop_connection(&self, id: u64) {
+        if let Some(store) = &self.fd_store {
+            if let Err(e) = store.remove(&id.to_string()) {
+                tracing::warn!(id, error = %e, "could not remove the layer's FUSE connection from the fd store");
+            }
+        }
+    }
+
+    /// Lets go of every mounted layer without unmounting (SIGTERM with an fd store: the
+    /// next process serves the same connections).
+    pub fn keep_mounted(&self) {
+        let all: Vec<_> = self.live_mounts().drain().collect();
+        let count = all.len();
+        for (_, m) in all {
+            m.keep_mounted();
+        }
+        tracing::info!(count, "leaving layer mounts to the next process");
     }
 
     /// The root directory.
@@ -202,6 +289,7 @@ impl OverlaySnapshotter {
         layer: Box<dyn MountableLayer>,
     ) -> Result<()> {
         let mut mounted = None;
+        let digest = remote.layer_digest.clone();
         let made = self
             .store
             .create_remote(name, parent, labels, remote, |id, parent_ids| {
@@ -210,6 +298,7 @@ impl OverlaySnapshotter {
                 Ok(())
             })?;
         if let Some(m) = mounted {
+            self.keep_connection(made.record.id, &digest, m.as_ref());
             self.live_mounts().insert(made.record.id, m);
         }
         tracing::info!(name, id = made.record.id, "committed remote snapshot");
@@ -242,14 +331,55 @@ impl OverlaySnapshotter {
     /// Mounts `layer` again for the recorded remote snapshot `id`. A stand-in mounted
     /// there by [`Self::attach_unavailable`] is unmounted first; once the layer is
     /// mounted, the snapshot is available again. On failure nothing is mounted at `id`.
-    pub fn attach(&self, id: u64, layer: Box<dyn MountableLayer>) -> Result<()> {
+    pub fn attach(
+        &self,
+        id: u64,
+        layer_digest: &str,
+        layer: Box<dyn MountableLayer>,
+    ) -> Result<()> {
         // Unmounted outside the lock (a busy unmount waits for its session).
         let stand_in = self.live_mounts().remove(&id);
         drop(stand_in);
         let m = self.mount_layer(id, layer)?;
+        self.keep_connection(id, layer_digest, m.as_ref());
         self.live_mounts().insert(id, m);
         self.unavailable_layers().remove(&id);
         Ok(())
+    }
+
+    /// Serves again, with `layer`, the live mount of remote snapshot `id` that an earlier
+    /// process handed over (`handover`: its connection). On failure the connection is
+    /// closed (the fd store's copy too) and the mount detached: nothing is mounted at
+    /// `id`, and it can be mounted afresh.
+    pub fn resume(
+        &self,
+        id: u64,
+        layer: Box<dyn MountableLayer>,
+        handover: Handover,
+    ) -> Result<()> {
+        let dir = self.upper(id);
+        match layer.resume(&dir, handover) {
+            Ok(m) => {
+                self.live_mounts().insert(id, m);
+                self.unavailable_layers().remove(&id);
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon_connection(id);
+                Err(Error::Layer(format!(
+                    "serving the handed-over mount at {} again: {e:#}",
+                    dir.display()
+                )))
+            }
+        }
+    }
+
+    /// Gives up a handed-over connection of remote snapshot `id` that will not be served
+    /// again: the fd store closes its copy (ours are dropped by the caller), and the
+    /// mount is detached so the directory can be mounted afresh.
+    pub fn abandon_connection(&self, id: u64) {
+        self.drop_connection(id);
+        detach_mounts_below(&self.root.join("snapshots").join(id.to_string()), &[]);
     }
 
     /// Records that the layer of remote snapshot `id` could not be mounted (`reason`), and
@@ -380,6 +510,9 @@ impl OverlaySnapshotter {
         // Unmount a lazily served layer before its directory goes.
         let mounted = self.live_mounts().remove(&rec.id);
         drop(mounted);
+        if rec.remote.is_some() {
+            self.drop_connection(rec.id);
+        }
         self.unavailable_layers().remove(&rec.id);
         self.remove_dir(rec.id);
         Ok(())
@@ -449,8 +582,8 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("setting mode of", path, e))
 }
 
-/// Lazily unmounts every mount at or below `dir` (deepest first).
-fn detach_mounts_below(dir: &Path) {
+/// Lazily unmounts every mount at or below `dir` (deepest first), except those at `keep`.
+fn detach_mounts_below(dir: &Path, keep: &[String]) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
@@ -459,7 +592,7 @@ fn detach_mounts_below(dir: &Path) {
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| p.replace("\\040", " "))
-        .filter(|p| p.starts_with(&prefix))
+        .filter(|p| p.starts_with(&prefix) && !keep.contains(p))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {

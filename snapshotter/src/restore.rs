@@ -7,11 +7,17 @@
 //! under `failed`, snapshots stacked on it are refused with `UNAVAILABLE` (Prepare, View
 //! and Mounts), and it is retried in the background with backoff; once it resolves, the
 //! stand-in is unmounted and the real layer mounted in its place, without a restart.
+//!
+//! With an fd store (`handover.rs`), a layer whose FUSE connection the previous process
+//! handed over is not mounted again: it is resolved the same way (the same TOC gives the
+//! same inode numbers) and the live connection is served again, so containers using it
+//! only see their reads pause. One that cannot be resolved in time loses its connection
+//! (it is closed and the mount detached) and goes the way of any failed layer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use veil_image::resolver::{LayerResolver, RemoteLayer, Resolved};
+use veil_image::resolver::{Handover, LayerResolver, RemoteLayer, Resolved};
 use veil_image::status::FailedLayerStatus;
 
 use crate::error::Result;
@@ -45,11 +51,43 @@ impl Service {
             return Ok(0);
         };
         let layers = self.run("list", "", |s| s.remote_snapshots()).await?;
-        let attempts = layers.into_iter().map(|(name, id, layer)| {
+        let mut handed =
+            std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut resumed_ids = Vec::new();
+        let layers: Vec<_> = layers
+            .into_iter()
+            .map(|(name, id, layer)| {
+                // A connection is served again only for the layer it served.
+                let handover = handed
+                    .remove(&id)
+                    .filter(|h| h.layer_digest == layer.layer_digest)
+                    .map(|h| h.handover);
+                if handover.is_some() {
+                    resumed_ids.push(id);
+                }
+                (name, id, layer, handover)
+            })
+            .collect();
+        // Connections of snapshots no longer on record (or of another layer) are closed.
+        for (id, h) in handed {
+            tracing::warn!(id, layer = %h.layer_digest,
+                "the fd store holds a connection of no recorded layer; closing it");
+            drop(h);
+            let inner = self.inner.clone();
+            let _ = tokio::task::spawn_blocking(move || inner.abandon_connection(id)).await;
+        }
+        let attempts = layers.into_iter().map(|(name, id, layer, handover)| {
             let resolver = resolver.clone();
             async move {
                 let result = self
-                    .try_restore(&resolver, &name, id, &layer, Some(RESTORE_FIRST_WAIT))
+                    .try_restore(
+                        &resolver,
+                        &name,
+                        id,
+                        &layer,
+                        Some(RESTORE_FIRST_WAIT),
+                        handover,
+                    )
                     .await;
                 (name, id, layer, result)
             }
@@ -59,6 +97,11 @@ impl Service {
             match result {
                 Ok(()) => attached += 1,
                 Err(why) => {
+                    if resumed_ids.contains(&id) {
+                        tracing::error!(snapshot = %name, layer = %layer.layer_digest, reason = %why,
+                            "could not serve the handed-over connection again: containers using \
+                             this layer lose it; mounting it afresh");
+                    }
                     self.layer_failed(&resolver, &name, id, &layer, why).await;
                     self.spawn_restore(resolver.clone(), name, id, layer);
                 }
@@ -68,7 +111,9 @@ impl Service {
     }
 
     /// One attempt to resolve and mount the layer of remote snapshot `id` (`wait`: give
-    /// up resolving after so long). Err: why not.
+    /// up resolving after so long), or to serve its live mount again when an earlier
+    /// process handed its connection over (`handover`; on failure the connection is
+    /// closed and the mount detached, so a later attempt mounts afresh). Err: why not.
     async fn try_restore(
         &self,
         resolver: &Arc<dyn LayerResolver>,
@@ -76,20 +121,45 @@ impl Service {
         id: u64,
         layer: &RemoteLayer,
         wait: Option<Duration>,
+        handover: Option<Handover>,
     ) -> std::result::Result<(), String> {
         let resolved = match wait {
             Some(wait) => tokio::time::timeout(wait, resolver.resolve(layer))
                 .await
-                .map_err(|_| format!("not resolved within {}s", wait.as_secs()))?,
+                .unwrap_or_else(|_| {
+                    Ok(Resolved::Fail(format!(
+                        "not resolved within {}s",
+                        wait.as_secs()
+                    )))
+                }),
             None => resolver.resolve(layer).await,
         };
-        match resolved {
-            Ok(Resolved::Lazy(m)) => self
-                .run("attach", name, move |s| s.attach(id, m))
+        let digest = layer.layer_digest.clone();
+        match (resolved, handover) {
+            (Ok(Resolved::Lazy(m)), None) => self
+                .run("attach", name, move |s| s.attach(id, &digest, m))
                 .await
                 .map_err(|e| e.to_string()),
-            Ok(Resolved::NotLazy(why)) | Ok(Resolved::Fail(why)) => Err(why),
-            Err(e) => Err(format!("{e:#}")),
+            (Ok(Resolved::Lazy(m)), Some(h)) => self
+                .run("resume", name, move |s| s.resume(id, m, h))
+                .await
+                .map_err(|e| e.to_string()),
+            (not_served, handover) => {
+                if let Some(h) = handover {
+                    drop(h);
+                    let _ = self
+                        .run("abandon", name, move |s| {
+                            s.abandon_connection(id);
+                            Ok(())
+                        })
+                        .await;
+                }
+                match not_served {
+                    Ok(Resolved::NotLazy(why)) | Ok(Resolved::Fail(why)) => Err(why),
+                    Err(e) => Err(format!("{e:#}")),
+                    Ok(Resolved::Lazy(_)) => Err("resolved twice".into()),
+                }
+            }
         }
     }
 
@@ -161,7 +231,10 @@ impl Service {
                     this.forget_failed(id);
                     return;
                 }
-                match this.try_restore(&resolver, &name, id, &layer, None).await {
+                match this
+                    .try_restore(&resolver, &name, id, &layer, None, None)
+                    .await
+                {
                     Ok(()) => {
                         let (attempts, secs) = this.forget_failed(id);
                         tracing::info!(snapshot = %name, layer = %layer.layer_digest,

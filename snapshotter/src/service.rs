@@ -13,6 +13,7 @@ use containerd_snapshots::{Info, Kind as ApiKind, Usage as ApiUsage};
 
 use crate::error::{Error, Result};
 use crate::filters::{Fields, Filter};
+use crate::handover::HandedLayer;
 use crate::identity::conflict;
 use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
@@ -30,6 +31,8 @@ pub struct Service {
     fallbacks: Arc<std::sync::Mutex<Vec<FallbackStatus>>>,
     /// Remote layers that could not be mounted again, by snapshot ID.
     pub(crate) failed: Arc<std::sync::Mutex<HashMap<u64, FailedEntry>>>,
+    /// Connections handed over by an earlier process, by snapshot ID, until restored.
+    pub(crate) handed: Arc<std::sync::Mutex<HashMap<u64, HandedLayer>>>,
 }
 
 impl Service {
@@ -40,6 +43,7 @@ impl Service {
             resolver: None,
             fallbacks: Arc::default(),
             failed: Arc::default(),
+            handed: Arc::default(),
         }
     }
 
@@ -50,7 +54,21 @@ impl Service {
             resolver: Some(resolver),
             fallbacks: Arc::default(),
             failed: Arc::default(),
+            handed: Arc::default(),
         }
+    }
+
+    /// Serves the connections `handed` over by an earlier process (by snapshot ID) again
+    /// in [`Self::attach_remote_layers`], instead of mounting those layers afresh.
+    pub fn with_handed_layers(self, handed: HashMap<u64, HandedLayer>) -> Self {
+        *self.handed.lock().unwrap_or_else(|p| p.into_inner()) = handed;
+        self
+    }
+
+    /// Leaves every mounted layer mounted as this process exits (with an fd store: the
+    /// next process serves the same connections).
+    pub fn keep_mounted(&self) {
+        self.inner.keep_mounted();
     }
 
     /// What the daemon serves now (`veil status`).

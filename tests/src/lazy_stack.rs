@@ -126,6 +126,12 @@ impl LazyStack {
         if !exit.map(|e| e.success()).unwrap_or(false) {
             bail!("veil-snapshotter exited with {exit:?} on SIGTERM");
         }
+        self.start_veil_again()
+    }
+
+    /// Starts veil-snapshotter again on the same root (after it was stopped or killed),
+    /// waiting until containerd reaches it.
+    pub fn start_veil_again(&mut self) -> anyhow::Result<Reconnect> {
         self.veil
             .start()
             .context("starting veil-snapshotter again")?;

@@ -123,6 +123,19 @@ impl VeilSnapshotter {
         self.guard.take().and_then(|mut g| g.stop())
     }
 
+    /// Kills the running instance with SIGKILL (no clean-up of its own); returns its exit
+    /// status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.guard
+            .take()
+            .and_then(|mut g| g.stop_with(libc::SIGKILL, Duration::from_secs(5)))
+    }
+
+    /// Starts `binary` from the next start on (an upgrade: another copy of the program).
+    pub fn set_binary(&mut self, binary: PathBuf) {
+        self.binary = binary;
+    }
+
     /// Fails with the log if the running instance has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         match self.guard.as_mut() {

@@ -1,0 +1,315 @@
+//! Running containers survive restarts of veil-snapshotter (issue 14), with real parts:
+//! Debian's `docker-registry`, containerd, runc, veil-snapshotter and its fd store
+//! (`veil fd-store`) on loopback.
+//!
+//! `container_survives_kill_term_and_upgrade`: a container hashes a large lazily served
+//! file in a loop (`sha256sum` every iteration, into a file the test reads) while
+//! veil-snapshotter is killed with SIGKILL and started again, stopped with SIGTERM and
+//! started again, and replaced by a copy of its binary at another path (an upgrade). The
+//! page cache of the file is dropped all the time (from the host, `POSIX_FADV_DONTNEED`
+//! on the layer's FUSE mount, by `read-prober`), so every iteration reads through FUSE. Every hash the
+//! container prints is the right one, it never prints an error, and no log says
+//! `Transport endpoint is not connected`. The prober reading the same file measures
+//! how long reads paused across each restart; the test prints the pauses (each, median,
+//! worst). At the end the image is removed: containerd's Remove unmounts the layers and
+//! the fd store holds nothing any more.
+//!
+//! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd and runc.
+//! Run with `cargo test -p veil-tests --test restart_handover -- --nocapture`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use veil_snapshotter::fdstore::FdStoreClient;
+use veil_tests::containerd::SNAPSHOTTER;
+use veil_tests::lazy_image::{
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, LayerFormat, BIG_PATH,
+};
+use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
+use veil_tests::process::ChildGuard;
+
+/// Size of the big random file.
+const BIG_SIZE: usize = 16 << 20;
+
+/// How long the container keeps hashing between restarts.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The longest a read may pause across one restart before the test calls it a hang.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// What containers and logs must never say.
+const ENOTCONN_TEXT: &str = "Transport endpoint is not connected";
+
+/// The container's loop: hash the big file, forever, every line (or error) to /out.
+const LOOP: &str = "while true; do /bin/sha256sum /data/random.bin >> /out/hashes 2>&1 \
+                    || echo \"sha256sum failed: $?\" >> /out/hashes; done";
+
+/// One read of the prober: when it started (wall clock), how long it took, whether it
+/// failed.
+struct Probe {
+    start: SystemTime,
+    took: Duration,
+    error: Option<String>,
+}
+
+/// The reads `read-prober` printed to `log`.
+fn probes_of(log: &Path) -> Vec<Probe> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let start: u64 = parts.next()?.parse().ok()?;
+            let took: u64 = parts.next()?.parse().ok()?;
+            let status = parts.next()?;
+            Some(Probe {
+                start: UNIX_EPOCH + Duration::from_nanos(start),
+                took: Duration::from_nanos(took),
+                error: (status != "ok").then(|| status.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
+fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
+    veil_tests::mounts::mounts_below(stack.veil.root())
+        .into_iter()
+        .map(|m| Path::new(&m).join(BIG_PATH.trim_start_matches('/')))
+        .find(|p| p.exists())
+        .context("no mounted layer below Veil's root has the big file")
+}
+
+/// The container's output so far, checked: every line the right hash. Returns how many.
+fn check_hashes(out: &Path, want: &str) -> anyhow::Result<usize> {
+    let hashes = std::fs::read_to_string(out).unwrap_or_default();
+    let mut n = 0;
+    for line in hashes.lines() {
+        if line != format!("{want}  {BIG_PATH}") {
+            bail!(
+                "the container printed {line:?} (want the hash {want}); all it printed:\n{hashes}"
+            );
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Waits until the container has printed more than `seen` hashes (all checked).
+fn wait_for_more(out: &Path, want: &str, seen: usize, within: Duration) -> anyhow::Result<usize> {
+    let start = Instant::now();
+    loop {
+        let n = check_hashes(out, want)?;
+        if n > seen {
+            return Ok(n);
+        }
+        if start.elapsed() > within {
+            bail!("the container printed no new hash in {within:?} (still {n})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How one restart went: when the old process was stopped, when the new one served.
+struct Restart {
+    what: &'static str,
+    stopped: SystemTime,
+    ready: SystemTime,
+}
+
+/// The longest read that overlapped the restart (started before the new process was
+/// ready and ended after the old one was stopped).
+fn pause_of(restart: &Restart, probes: &[Probe]) -> Duration {
+    probes
+        .iter()
+        .filter(|p| p.start < restart.ready + SETTLE && p.start + p.took > restart.stopped)
+        .map(|p| p.took)
+        .max()
+        .unwrap_or_default()
+}
+
+#[test]
+fn container_survives_kill_term_and_upgrade() {
+    let name = "restart-handover";
+    with_stack(name, |stack| {
+        let store_socket = stack.dir.join("fdstore.sock");
+        std::fs::write(
+            stack.dir.join("veil-config.toml"),
+            format!(
+                "fd_store_socket = \"{}\"\n\n[registry]\nplain_http = [\"{}\"]\n\n\
+                 [lazy]\nbackground_fetch = false\n",
+                store_socket.display(),
+                stack.registry.host()
+            ),
+        )?;
+        let mut cmd = Command::new(veil_tests::veil_binary("veil"));
+        cmd.arg("fd-store").arg("--socket").arg(&store_socket);
+        let mut supervisor =
+            ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
+        supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
+
+        let big = random_bytes(BIG_SIZE, 0x005e_5510);
+        let want = sha256_hex(&big);
+        let layers = vec![
+            pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
+            pack(tar_of(&top_entries(big))?, LayerFormat::Estargz)?,
+        ];
+        stack.push("handover", "1", &layers)?;
+        stack.start()?;
+        let reference = stack.image_ref("handover", "1");
+        let (out, _) = stack.veil_pull(&reference, &[])?;
+        if !out.status.success() {
+            bail!(
+                "veil pull failed:\n{}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        let stored = FdStoreClient::new(&store_socket).take_all()?;
+        if stored.len() != layers.len() {
+            bail!(
+                "the fd store holds {} connections after the pull, not {}",
+                stored.len(),
+                layers.len()
+            );
+        }
+
+        // The container hashes the big file in a loop, into a file the test reads.
+        let out_dir = stack.dir.join("out");
+        std::fs::create_dir_all(&out_dir)?;
+        let hashes = out_dir.join("hashes");
+        let container = format!("{name}-loop");
+        let mut args: Vec<String> = vec!["run".into(), "--detach".into(), "--null-io".into()];
+        args.extend(["--snapshotter".into(), SNAPSHOTTER.into()]);
+        args.extend(stack.cd().run_args());
+        args.push("--mount".into());
+        args.push(format!(
+            "type=bind,src={},dst=/out,options=rbind:rw",
+            out_dir.display()
+        ));
+        args.extend([reference.clone(), container.clone()]);
+        args.extend(["/bin/sh".into(), "-c".into(), LOOP.into()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        stack.cd().ctr(&refs)?;
+        let mut seen = wait_for_more(&hashes, &want, 2, Duration::from_secs(60))?;
+        eprintln!("[{name}] the container is hashing ({seen} hashes so far, all right)");
+
+        // The prober reads the same file from the host, in a process of its own.
+        let probe_log = stack.dir.join("probes.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
+        cmd.arg(big_file(stack)?).arg(BIG_SIZE.to_string());
+        let mut prober = ChildGuard::spawn("read-prober", cmd, &probe_log)?;
+        std::thread::sleep(SETTLE);
+        prober.check_running()?;
+
+        let upgraded = stack.dir.join("upgrade").join("veil-snapshotter");
+        std::fs::create_dir_all(upgraded.parent().context("no parent")?)?;
+        std::fs::copy(veil_tests::veil_binary("veil-snapshotter"), &upgraded)?;
+        let mut restarts = Vec::new();
+        for what in ["SIGKILL", "SIGTERM", "upgrade"] {
+            let stopped = SystemTime::now();
+            match what {
+                "SIGKILL" => {
+                    stack.veil.kill();
+                }
+                _ => {
+                    let exit = stack.veil.stop();
+                    if !exit.map(|e| e.success()).unwrap_or(false) {
+                        bail!("veil-snapshotter exited with {exit:?} on SIGTERM");
+                    }
+                }
+            }
+            if what == "upgrade" {
+                stack.veil.set_binary(upgraded.clone());
+            }
+            stack.start_veil_again()?;
+            let ready = SystemTime::now();
+            let log = stack.veil.log_text();
+            if lines_with(&log, &["the fd store handed back layer connections"]).is_empty() {
+                bail!("after the {what} restart the daemon did not take the connections back");
+            }
+            wait_for_more(&hashes, &want, seen + 1, MAX_PAUSE)?;
+            std::thread::sleep(SETTLE);
+            seen = check_hashes(&hashes, &want)?;
+            eprintln!(
+                "[{name}] {what}: back in {:.2?}; {seen} hashes so far, all right",
+                ready.duration_since(stopped).unwrap_or_default()
+            );
+            restarts.push(Restart {
+                what,
+                stopped,
+                ready,
+            });
+        }
+        prober.check_running()?;
+        prober.stop();
+        let probes = probes_of(&probe_log);
+        if let Some(p) = probes.iter().find(|p| p.error.is_some()) {
+            bail!("a host read of the layer failed: {:?}", p.error);
+        }
+        let mut pauses: Vec<Duration> = restarts.iter().map(|r| pause_of(r, &probes)).collect();
+        for (r, p) in restarts.iter().zip(&pauses) {
+            eprintln!(
+                "[{name}] reads paused {p:.3?} across the {} restart",
+                r.what
+            );
+        }
+        pauses.sort();
+        let median = pauses[pauses.len() / 2];
+        let worst = pauses[pauses.len() - 1];
+        let mut lat: Vec<Duration> = probes.iter().map(|p| p.took).collect();
+        lat.sort();
+        eprintln!(
+            "[{name}] pause across a restart: median {median:.3?}, worst {worst:.3?} \
+             ({} host reads, median read {:.3?})",
+            probes.len(),
+            lat[lat.len() / 2]
+        );
+        if worst > MAX_PAUSE {
+            bail!("reads paused {worst:?} across a restart");
+        }
+
+        // Nothing anywhere says the connection was lost.
+        let mut logs = check_hashes(&hashes, &want).map(|_| String::new())?;
+        for log in &stack.veil.logs {
+            logs.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        logs.push_str(&stack.cd().log_text());
+        if let Some(line) = logs.lines().find(|l| l.contains(ENOTCONN_TEXT)) {
+            bail!("a log says {ENOTCONN_TEXT:?}: {line}");
+        }
+
+        // Removing the image unmounts its layers and empties the fd store.
+        let cd = stack.cd();
+        cd.ctr(&["tasks", "kill", "--signal", "SIGKILL", &container])?;
+        let start = Instant::now();
+        while cd.task_pids()?.iter().any(|(id, _)| id == &container) {
+            let _ = cd.ctr(&["tasks", "rm", &container]);
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("the container's task did not go away");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cd.ctr(&["containers", "rm", &container])?;
+        cd.ctr(&["images", "rm", "--sync", &reference])?;
+        let start = Instant::now();
+        loop {
+            let left = FdStoreClient::new(&store_socket).take_all()?.len();
+            if left == 0 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("the fd store still holds {left} connections after the image was removed");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let left = veil_tests::mounts::mounts_below(stack.veil.root());
+        if !left.is_empty() {
+            bail!("layer mounts left after the image was removed: {left:?}");
+        }
+        eprintln!("[{name}] image removed: its layers are unmounted and the fd store is empty");
+        supervisor.stop();
+        Ok(())
+    });
+}
