@@ -164,10 +164,16 @@ pub fn limits(config: &LimitsConfig) -> Limits {
 /// The image service options the config asks for: the disk cache (opened here),
 /// prefetch, background fetching and its rate, decryption, the limits.
 pub fn lazy_options(config: &Config) -> LazyOptions {
+    lazy_options_with(config, disk_cache(config))
+}
+
+/// [`lazy_options`] with the disk cache given (`None`: no disk cache, and therefore no
+/// background fetch).
+fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> LazyOptions {
     LazyOptions {
-        disk_cache: disk_cache(config),
+        background_fetch: config.lazy.background_fetch && disk_cache.is_some(),
+        disk_cache,
         prefetch: config.lazy.prefetch,
-        background_fetch: config.lazy.background_fetch,
         background_rate: match config.lazy.background_rate {
             0 => None,
             rate => Some(RateLimiter::new(rate)),
@@ -226,16 +232,8 @@ pub fn guest_lazy_options(config: &Config) -> LazyOptions {
         None
     };
     LazyOptions {
-        background_fetch: config.lazy.background_fetch && disk_cache.is_some(),
-        disk_cache,
-        prefetch: config.lazy.prefetch,
-        background_rate: match config.lazy.background_rate {
-            0 => None,
-            rate => Some(RateLimiter::new(rate)),
-        },
-        decryption: Some(Arc::new(decryption(config))),
         stream_plain: true,
-        limits: limits(&config.limits),
+        ..lazy_options_with(config, disk_cache)
     }
 }
 
