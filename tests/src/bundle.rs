@@ -24,22 +24,7 @@ pub fn runc_run_script(
     id: &str,
     script: &str,
 ) -> anyhow::Result<String> {
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
-    if spec["root"]["path"] != "rootfs" {
-        bail!("config.json's root is {}, expected rootfs", spec["root"]);
-    }
-    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
-    let state = dir.join("runc-state");
-    std::fs::create_dir_all(&state)?;
-    let mut cmd = Command::new("runc");
-    cmd.arg("--root")
-        .arg(&state)
-        .args(["run", "--bundle"])
-        .arg(bundle)
-        .arg(id);
+    let cmd = runc_command(dir, bundle, id, script)?;
     let out = run_with_timeout(cmd, RUNC_TIMEOUT, &dir.join(format!("runc-{id}")))?;
     if !out.status.success() {
         bail!(
