@@ -6,7 +6,11 @@
 //! (from the start of the pull to the end of the workload's container, through a private
 //! containerd) is measured N times through a shaping proxy (RTT, bandwidth), caches cold
 //! every time. Output: a table, JSON, and a plot (PNG, SVG).
+//!
+//! [`fuse_read`] (`--fuse-read`) measures something else: a cached file read through
+//! Veil's FUSE filesystem against tmpfs.
 
+pub mod fuse_read;
 pub mod plot;
 pub mod proxy;
 pub mod push;

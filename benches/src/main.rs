@@ -105,6 +105,18 @@ struct Cli {
     /// Where the temporary work directory (registry, containerd and Veil roots) is made.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
     work_dir: PathBuf,
+    /// Instead of the cold start: read a file whose chunks Veil has cached through Veil's
+    /// FUSE filesystem (page cache dropped, and hot) against the same file on tmpfs
+    /// (--size-mib, --runs, --json, --work-dir apply; see veil_bench::fuse_read).
+    #[arg(long)]
+    fuse_read: bool,
+    /// --fuse-read: the file's size in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    size_mib: u64,
+    /// --fuse-read: another veil-bench (e.g. built from main) to run first with the same
+    /// options, its figures shown beside these as "before".
+    #[arg(long, value_name = "BIN")]
+    baseline: Option<PathBuf>,
     /// Keep the work directory (logs; the status quo's unpacked layers are removed anyway).
     #[arg(long)]
     keep: bool,
@@ -163,6 +175,22 @@ fn main() -> ExitCode {
              FUSE and overlay filesystems and drops the page cache (sudo veil bench ...)"
         );
         return ExitCode::from(2);
+    }
+    if cli.fuse_read {
+        let plan = veil_bench::fuse_read::FuseReadPlan {
+            size_mib: cli.size_mib,
+            runs: cli.runs,
+            work_dir: cli.work_dir.clone(),
+            baseline: cli.baseline.clone(),
+            json: cli.json.clone(),
+        };
+        return match veil_bench::fuse_read::run(&plan) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veil bench --fuse-read: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     run::catch_signals();
     match bench(&cli) {
