@@ -7,10 +7,8 @@
 //!
 //! Without root or `/dev/fuse` it says so and measures nothing.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -19,13 +17,13 @@ use veil_formats::codec::sha256_digest;
 use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::fs::{FsOptions, LayerFs};
-use veil_fusefs::mount::{self, LayerMount, MountOptions};
+use veil_bench::fuse_read::{read_dropping_cache, Mounted, READ_SIZE};
+use veil_fusefs::mount::{self, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::tree::LayerTree;
 
 const FILE_SIZE: usize = 32 << 20;
 const CHUNK: usize = 1 << 20;
-const READ_SIZE: usize = 1 << 20;
 
 /// Bytes that compress a little (a pattern with noise).
 fn data() -> Vec<u8> {
@@ -75,37 +73,6 @@ fn layer(data: &[u8]) -> (LayerToc, Vec<u8>) {
     (toc, blob)
 }
 
-/// Drops the page cache of `path`, then reads it front to back; returns the bytes read.
-fn cold_read(path: &Path, buf: &mut [u8]) -> usize {
-    let mut file = File::open(path).unwrap();
-    // SAFETY: a plain advisory call on an open descriptor.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let mut total = 0;
-    loop {
-        match file.read(buf).unwrap() {
-            0 => return total,
-            n => total += n,
-        }
-    }
-}
-
-/// The mount, unmounted on drop (also on panic), by handle and then by path.
-struct Mounted {
-    mount: Option<LayerMount>,
-    path: PathBuf,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(m) = self.mount.take() {
-            let _ = m.unmount();
-        }
-        if mount::is_mountpoint(&self.path).unwrap_or(false) {
-            let _ = mount::unmount_path(&self.path);
-        }
-    }
-}
-
 fn fuse_vs_tmpfs(c: &mut Criterion) {
     if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
         eprintln!("fuse_read: SKIPPED: needs root and /dev/fuse");
@@ -129,10 +96,7 @@ fn fuse_vs_tmpfs(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("layer");
     std::fs::create_dir(&mnt).unwrap();
-    let _mounted = Mounted {
-        mount: Some(mount::mount(fs, &mnt, &MountOptions::default()).unwrap()),
-        path: mnt.clone(),
-    };
+    let _mounted = Mounted::new(mount::mount(fs, &mnt, &MountOptions::default()).unwrap());
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let on_tmpfs = shm.path().join("data.bin");
     std::fs::write(&on_tmpfs, &data).unwrap();
@@ -149,10 +113,10 @@ fn fuse_vs_tmpfs(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Bytes(FILE_SIZE as u64));
     g.bench_function("Veil FUSE", |b| {
-        b.iter(|| assert_eq!(cold_read(&on_fuse, &mut buf), FILE_SIZE))
+        b.iter(|| assert_eq!(read_dropping_cache(&on_fuse, &mut buf).unwrap(), FILE_SIZE as u64))
     });
     g.bench_function("tmpfs", |b| {
-        b.iter(|| assert_eq!(cold_read(&on_tmpfs, &mut buf), FILE_SIZE))
+        b.iter(|| assert_eq!(read_dropping_cache(&on_tmpfs, &mut buf).unwrap(), FILE_SIZE as u64))
     });
     g.finish();
 }
