@@ -5,29 +5,36 @@
 //! attribute and entry TTLs, negative lookups cached too, `FOPEN_KEEP_CACHE` on files
 //! (the page cache survives close/open) and `FOPEN_CACHE_DIR` on directories.
 //!
-//! Reads never block the FUSE session thread: each is handed to a tokio runtime and
-//! answered from its task, so a cached chunk is never stuck behind a slow fetch. A read
+//! Reads never block a FUSE session thread: a read is run on the thread that took it
+//! until it first waits; one whose chunks are all cached is answered right there (no
+//! hop to another thread), from the cached chunk's own buffer when it lies inside one
+//! chunk ([`crate::read_data`]); one that must wait for a fetch is handed to the tokio
+//! runtime and answered from its task, so a cached chunk is never stuck behind a slow
+//! fetch. Several session threads take requests at once ([`crate::mount`]). A read
 //! that fails (fetch error, digest mismatch) is answered with `EIO`.
 //!
 //! The filesystem is read-only: opening for writing and every modifying operation gets
 //! `EROFS`. It knows nothing of registries, keys or containerd.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 use crate::handover::{KernelInit, KernelInitSlot};
-use crate::pipeline::ChunkReader;
+use crate::pipeline::{ChunkReader, ReadError};
+use crate::read_data::ReadData;
 use crate::tree::{LayerTree, Node, NodeKind};
 
 /// Block size reported by `stat` and `statfs`.
@@ -176,6 +183,31 @@ fn system_time(secs: i64, nsec: u32) -> SystemTime {
     base.and_then(|t| t.checked_add(nsec)).unwrap_or(UNIX_EPOCH)
 }
 
+/// Runs `work` until it first waits, on this thread (inside `runtime`'s context): when it
+/// completes at once (a read whose chunks are all cached) `answer` gets its output here,
+/// without a hop to another thread; otherwise the rest runs as a task on `runtime` and
+/// `answer` is called from there. Either way this thread is free for the next request.
+fn answer_now_or_later<W, A>(runtime: &Handle, work: W, answer: A)
+where
+    W: Future + Send + 'static,
+    W::Output: Send,
+    A: FnOnce(W::Output) + Send + 'static,
+{
+    let mut work = Box::pin(work);
+    let first = {
+        let _context = runtime.enter();
+        // A waker that does nothing: if the work waits, the task below polls it again
+        // with its own waker before anything could have woken this one.
+        work.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    };
+    match first {
+        Poll::Ready(output) => answer(output),
+        Poll::Pending => {
+            runtime.spawn(async move { answer(work.await) });
+        }
+    }
+}
+
 /// Answers an xattr request: the size when `size` is 0, else the bytes (or `ERANGE`).
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     let Ok(len) = u32::try_from(data.len()) else {
@@ -217,15 +249,7 @@ impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         *self.kernel_init.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(KernelInit::from_config(config));
-        // Each is optional: ask for what the kernel has.
-        for flag in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
+        crate::tuning::answer_init(config);
         Ok(())
     }
 
@@ -294,15 +318,15 @@ impl Filesystem for LayerFs {
         reply: ReplyData,
     ) {
         let reader = self.reader.clone();
-        self.runtime.spawn(async move {
-            match reader.read(ino.0, offset, u64::from(size)).await {
-                Ok(data) => reply.data(&data),
-                Err(err) => {
-                    tracing::debug!(ino = ino.0, offset, size, error = %err, "read failed");
-                    reply.error(Errno::from_i32(err.errno()));
-                }
+        let read = async move { reader.read_data(ino.0, offset, u64::from(size)).await };
+        let answer = move |result: Result<ReadData, ReadError>| match result {
+            Ok(data) => reply.data(data.as_slice()),
+            Err(err) => {
+                tracing::debug!(ino = ino.0, offset, size, error = %err, "read failed");
+                reply.error(Errno::from_i32(err.errno()));
             }
-        });
+        };
+        answer_now_or_later(&self.runtime, read, answer);
     }
 
     /// Nothing is buffered for writing: a flush (every close) has nothing to do.

@@ -7,7 +7,8 @@
 //! whiteouts, hard links), [`pipeline`] (chunk reads: coalescing, single flight,
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
-//! [`mount`] (the FUSE filesystem and its mount), [`handover`] and [`resume`] (serving a
+//! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
+//! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead), [`handover`] and [`resume`] (serving a
 //! live connection another process made, after a restart), [`failed`] (the
 //! `EIO` stand-in for a layer that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps).
@@ -21,5 +22,7 @@ pub mod mount;
 pub mod no_dump;
 pub mod pipeline;
 pub mod prefetch;
+pub mod read_data;
 pub mod resume;
 pub mod tree;
+pub mod tuning;

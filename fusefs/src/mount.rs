@@ -6,7 +6,10 @@
 //! users), `default_permissions` (the kernel enforces mode bits) and with `dev`/`suid`
 //! kept, so the layer behaves like the unpacked directory it replaces. The mount is done
 //! in pure Rust by fuser: the `mount(2)` syscall when running as root, `fusermount3`
-//! otherwise; no libfuse is linked.
+//! otherwise; no libfuse is linked. Requests are taken by [`MountOptions::threads`]
+//! session threads, each reading its own clone of the connection's fd
+//! (`FUSE_DEV_IOC_CLONE`), and the mount's readahead is raised to
+//! [`MountOptions::read_ahead_kb`] ([`crate::tuning`]).
 //!
 //! The returned [`LayerMount`] unmounts when dropped or on [`LayerMount::unmount`]; a
 //! busy mount (overlayfs still using it, a process with an open file) is detached lazily
@@ -25,6 +28,7 @@ use fuser::{Config, Filesystem, MountOption, Session, SessionACL, SessionUnmount
 use crate::failed::FailedFs;
 use crate::fs::LayerFs;
 use crate::handover::{KernelInit, KernelInitSlot};
+use crate::tuning::{set_read_ahead, READ_AHEAD_KB};
 
 /// The fsname and subtype of Veil's mounts.
 pub const FS_NAME: &str = "veil";
@@ -33,6 +37,13 @@ pub const FS_NAME: &str = "veil";
 /// own (it outlives the unmount when the mount is still visible elsewhere, e.g. in another
 /// mount namespace).
 pub const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+
+/// Threads taking FUSE requests of one mount, by default: chosen with `veil bench
+/// --fuse-read` (README, "FUSE read path").
+pub const DEFAULT_THREADS: usize = 4;
+
+/// Where the kernel lists backing devices (a FUSE mount's readahead is set there).
+const SYSFS_BDI: &str = "/sys/class/bdi";
 
 /// How to mount a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +60,12 @@ pub struct MountOptions {
     pub fsname: String,
     /// Shown in the type as `fuse.<subtype>`.
     pub subtype: String,
-    /// Threads reading FUSE requests (reads themselves run on the tokio runtime).
+    /// Threads taking FUSE requests, each from its own clone of the connection's fd
+    /// (reads that must wait for a fetch continue on the tokio runtime).
     pub threads: usize,
+    /// The mount's readahead in KiB (sizes a sequential reader's FUSE requests; set as
+    /// root only); 0 leaves the kernel's default (128 KiB).
+    pub read_ahead_kb: u32,
 }
 
 impl Default for MountOptions {
@@ -62,7 +77,8 @@ impl Default for MountOptions {
             suid: true,
             fsname: FS_NAME.to_string(),
             subtype: FS_NAME.to_string(),
-            threads: 1,
+            threads: DEFAULT_THREADS,
+            read_ahead_kb: READ_AHEAD_KB,
         }
     }
 }
@@ -149,7 +165,11 @@ fn mount_any<F: Filesystem + Send + 'static>(
     if !metadata.is_dir() {
         return Err(MountError::NotADirectory(mountpoint.to_path_buf()));
     }
-    let mut session = Session::new(fs, mountpoint, &fuser_config(options)).map_err(mount_err)?;
+    let mut config = fuser_config(options);
+    // Each session thread gets a clone of the connection's fd (FUSE_DEV_IOC_CLONE): its
+    // own queue of requests being answered, no lock shared with the others.
+    config.clone_fd = true;
+    let mut session = Session::new(fs, mountpoint, &config).map_err(mount_err)?;
     let unmounter = session.unmount_callable();
     // The handshake is over: a LayerFs's init has recorded the kernel's offer.
     let offer = offer.and_then(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()));
@@ -167,6 +187,7 @@ fn mount_any<F: Filesystem + Send + 'static>(
             let _ = done_tx.send(session.run());
         })
         .map_err(mount_err)?;
+    tune_read_ahead(mountpoint, options.read_ahead_kb);
     Ok(LayerMount {
         mountpoint: mountpoint.to_path_buf(),
         unmounter: Some(Unmounter::Session(unmounter)),
@@ -210,6 +231,31 @@ pub(crate) fn fuser_config(options: &MountOptions) -> Config {
     };
     config.n_threads = Some(options.threads.max(1));
     config
+}
+
+/// Sets the readahead of the FUSE mount at `mountpoint` (the newest mount there) to `kb`
+/// KiB; 0 leaves it. Best effort: a failure (not root, no sysfs) is logged and the
+/// kernel's default stays.
+fn tune_read_ahead(mountpoint: &Path, kb: u32) {
+    if kb == 0 {
+        return;
+    }
+    let device = std::fs::read_to_string("/proc/self/mountinfo").map(|info| {
+        parse_mountinfo(&info)
+            .into_iter()
+            .rev()
+            .find(|m| m.mountpoint == mountpoint)
+            .map(|m| m.device)
+    });
+    let result = match device {
+        Ok(Some(device)) => set_read_ahead(Path::new(SYSFS_BDI), &device, kb),
+        Ok(None) => Err(io::Error::other("not in /proc/self/mountinfo")),
+        Err(e) => Err(e),
+    };
+    if let Err(error) = result {
+        tracing::debug!(mountpoint = %mountpoint.display(), %error,
+            "could not raise the mount's readahead; sequential reads use the kernel's default");
+    }
 }
 
 fn is_root() -> bool {
@@ -391,6 +437,8 @@ pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
 }
 
 struct MountInfo {
+    /// `major:minor` of the mount's device.
+    device: String,
     mountpoint: PathBuf,
     fstype: String,
     source: String,
@@ -401,11 +449,14 @@ fn parse_mountinfo(info: &str) -> Vec<MountInfo> {
     info.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let mountpoint = left.split(' ').nth(4)?;
+            let mut left = left.split(' ');
+            let device = left.nth(2)?;
+            let mountpoint = left.nth(1)?;
             let mut right = right.split(' ');
             let fstype = right.next()?;
             let source = right.next()?;
             Some(MountInfo {
+                device: device.to_string(),
                 mountpoint: PathBuf::from(unescape(mountpoint)),
                 fstype: unescape(fstype),
                 source: unescape(source),
@@ -454,6 +505,7 @@ garbage line
         assert_eq!(mounts.len(), 3);
         assert_eq!(mounts[0].mountpoint, PathBuf::from("/mnt/a b"));
         assert_eq!(mounts[1].fstype, "fuse.veil");
+        assert_eq!(mounts[1].device, "0:55");
         assert_eq!(mounts[2].source, "veil");
         assert_eq!(unescape("\\134x\\"), "\\x\\");
     }

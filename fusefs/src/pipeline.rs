@@ -24,6 +24,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::cache::{ChunkCache, ChunkData, ChunkKey, FetchGuard, Lookup, WaitError, Waiter};
+use crate::read_data::{ReadAssembler, ReadData};
 use crate::tree::{LayerTree, Node, NodeKind};
 use veil_blob::BlobSource;
 use veil_formats::codec::{self, CodecError};
@@ -283,8 +284,16 @@ impl ChunkReader {
     /// Up to `len` bytes of file `ino` from `offset` (fewer at end of file, none past it).
     ///
     /// The result is allocated whole: callers keep `len` modest (FUSE asks for at most a
-    /// few hundred KiB at a time).
+    /// few hundred KiB at a time). [`ChunkReader::read_data`] avoids the copy.
     pub async fn read(&self, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        self.read_data(ino, offset, len)
+            .await
+            .map(ReadData::into_vec)
+    }
+
+    /// [`ChunkReader::read`] without copying: a read inside one chunk is that cached
+    /// chunk's buffer and a range of it; only a read spanning chunks is copied (once).
+    pub async fn read_data(&self, ino: u64, offset: u64, len: u64) -> Result<ReadData, ReadError> {
         if let Some(reason) = self.bad.get() {
             return Err(ReadError::LayerBad {
                 layer: self.layer_name.clone(),
@@ -296,7 +305,7 @@ impl ChunkReader {
             return Err(ReadError::NotAFile(ino));
         }
         if offset >= node.size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadData::Empty);
         }
         let end = offset.saturating_add(len).min(node.size);
         let chunks = self.tree.file_chunks(node);
@@ -341,33 +350,30 @@ impl ChunkReader {
             parts[local - first] = Some(self.wait_for(node, local, waiter).await?);
         }
 
-        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        let mut out = ReadAssembler::new(usize::try_from(end - offset).unwrap_or(0));
         for local in wanted {
             let chunk = &chunks[local];
-            let data = parts[local - first].as_deref().unwrap_or(&[]);
+            let data = parts[local - first].take().unwrap_or_else(|| Arc::from([]));
             let from = offset.max(chunk.file_offset) - chunk.file_offset;
             let to = end.min(chunk.file_offset + chunk.size) - chunk.file_offset;
-            let piece = usize::try_from(from)
+            let pushed = usize::try_from(from)
                 .ok()
                 .zip(usize::try_from(to).ok())
-                .and_then(|(from, to)| data.get(from..to));
-            match piece {
-                Some(piece) => out.extend_from_slice(piece),
-                None => {
-                    return Err(ReadError::Task {
-                        layer: self.layer_name.clone(),
-                        message: format!(
-                            "chunk {} of {:?} has {} bytes, expected {}",
-                            self.global(node, local),
-                            self.shown(node),
-                            data.len(),
-                            chunk.size
-                        ),
-                    })
-                }
+                .is_some_and(|(from, to)| from <= to && out.push(&data, from..to));
+            if !pushed {
+                return Err(ReadError::Task {
+                    layer: self.layer_name.clone(),
+                    message: format!(
+                        "chunk {} of {:?} has {} bytes, expected {}",
+                        self.global(node, local),
+                        self.shown(node),
+                        data.len(),
+                        chunk.size
+                    ),
+                });
             }
         }
-        Ok(out)
+        Ok(out.finish())
     }
 
     /// How logs and errors name `node`: its path, or with

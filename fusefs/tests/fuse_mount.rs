@@ -481,6 +481,28 @@ fn layer_mounts_and_serves_exact_files() {
     assert_eq!(big.len(), 10 * MIB);
     assert_eq!(sha256_hex(&big), sha256_hex(&layer.big));
 
+    // The kernel keeps what it read (FOPEN_KEEP_CACHE, a year's attribute TTL): the file
+    // read again, opened anew, costs Veil no read at all.
+    let before = reader.stats();
+    assert_eq!(
+        sha256_hex(&fs::read(p("data/big.bin")).unwrap()),
+        sha256_hex(&layer.big)
+    );
+    let after = reader.stats();
+    assert_eq!(
+        (after.chunk_hits, after.chunks_fetched, after.chunk_waits),
+        (before.chunk_hits, before.chunks_fetched, before.chunk_waits),
+        "a second read of a file must come from the page cache"
+    );
+    // And the mount's readahead was raised (larger FUSE reads).
+    let device = run("findmnt", &["-n", "-o", "MAJ:MIN", mnt.to_str().unwrap()]);
+    let read_ahead =
+        fs::read_to_string(format!("/sys/class/bdi/{}/read_ahead_kb", device.trim())).unwrap();
+    assert_eq!(
+        read_ahead.trim(),
+        veil_fusefs::tuning::READ_AHEAD_KB.to_string()
+    );
+
     // Tampered chunk: EIO, never wrong bytes; the intact chunk before it still reads.
     let mut bad = fs::File::open(p("data/bad.bin")).unwrap();
     let mut head = vec![0u8; 4096];
