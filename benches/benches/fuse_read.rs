@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use veil_bench::fuse_read::{read_dropping_cache, Mounted, READ_SIZE};
 use veil_blob::MemoryBlob;
 use veil_formats::codec::sha256_digest;
 use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::fs::{FsOptions, LayerFs};
-use veil_bench::fuse_read::{read_dropping_cache, Mounted, READ_SIZE};
 use veil_fusefs::mount::{self, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::tree::LayerTree;
@@ -113,10 +113,20 @@ fn fuse_vs_tmpfs(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Bytes(FILE_SIZE as u64));
     g.bench_function("Veil FUSE", |b| {
-        b.iter(|| assert_eq!(read_dropping_cache(&on_fuse, &mut buf).unwrap(), FILE_SIZE as u64))
+        b.iter(|| {
+            assert_eq!(
+                read_dropping_cache(&on_fuse, &mut buf).unwrap(),
+                FILE_SIZE as u64
+            )
+        })
     });
     g.bench_function("tmpfs", |b| {
-        b.iter(|| assert_eq!(read_dropping_cache(&on_tmpfs, &mut buf).unwrap(), FILE_SIZE as u64))
+        b.iter(|| {
+            assert_eq!(
+                read_dropping_cache(&on_tmpfs, &mut buf).unwrap(),
+                FILE_SIZE as u64
+            )
+        })
     });
     g.finish();
 }

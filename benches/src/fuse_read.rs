@@ -78,6 +78,13 @@ pub struct FuseReadResult {
     pub hot: Vec<f64>,
     /// tmpfs.
     pub tmpfs: Vec<f64>,
+    /// The passthrough probe ([`crate::passthrough`]): the file in a memfd, read by the
+    /// kernel through a FUSE mount without asking the server.
+    #[serde(default)]
+    pub passthrough: Vec<f64>,
+    /// Why the passthrough probe could not run, if it could not.
+    #[serde(default)]
+    pub passthrough_error: Option<String>,
 }
 
 impl FuseReadResult {
@@ -165,6 +172,15 @@ fn print_table(after: &FuseReadResult, before: Option<&FuseReadResult>) {
     );
     let row = |name: &str, r: &FuseReadResult| {
         let t = r.tmpfs_median();
+        if let Some(e) = &r.passthrough_error {
+            println!("  {name:<8} passthrough probe: not measured: {e}");
+        } else if !r.passthrough.is_empty() {
+            let p = median(&r.passthrough);
+            println!(
+                "  {name:<8} FUSE passthrough from a memfd (probe, not Veil's path): {p:.2} ({:.1} %)",
+                100.0 * p / t
+            );
+        }
         println!(
             "  {name:<8} warm-up {:>6.2}   Veil cached {:>6.2} ({:>5.1} %)   Veil hot {:>6.2} ({:>5.1} %)   tmpfs {:>6.2}",
             r.warm_up,
@@ -248,6 +264,8 @@ fn measure(plan: &FuseReadPlan) -> anyhow::Result<FuseReadResult> {
         cached: Vec::new(),
         hot: Vec::new(),
         tmpfs: Vec::new(),
+        passthrough: Vec::new(),
+        passthrough_error: None,
     };
     for run in 1..=plan.runs {
         let cached = timed(|| read_dropping_cache(&on_fuse, &mut buf))?;
@@ -268,7 +286,46 @@ fn measure(plan: &FuseReadPlan) -> anyhow::Result<FuseReadResult> {
             rate(size, tmpfs.0)
         );
     }
+    drop(_mounted);
+    match probe_passthrough(work.path(), size, plan.runs, &mut buf) {
+        Ok(rates) => result.passthrough = rates,
+        Err(e) => result.passthrough_error = Some(format!("{e:#}")),
+    }
     Ok(result)
+}
+
+/// Reads the same bytes `runs` times through [`crate::passthrough`]'s probe (from a memfd).
+fn probe_passthrough(
+    work: &Path,
+    size: u64,
+    runs: usize,
+    buf: &mut [u8],
+) -> anyhow::Result<Vec<f64>> {
+    eprintln!("fuse-read: the FUSE passthrough probe (the file in a memfd)");
+    let backing = crate::passthrough::memfd(|f| {
+        io::copy(&mut Generator::new(size), f)?;
+        Ok(())
+    })
+    .context("filling a memfd")?;
+    let mnt = work.join("passthrough");
+    std::fs::create_dir(&mnt).context("making the probe's mount point")?;
+    let session = crate::passthrough::mount_passthrough(&mnt, FILE_NAME, size, backing)
+        .context("mounting the passthrough probe")?;
+    let path = mnt.join(FILE_NAME);
+    let mut rates = Vec::new();
+    let result = (0..runs).try_for_each(|_| {
+        let (secs, bytes) = timed(|| read_dropping_cache(&path, buf))?;
+        if bytes != size {
+            bail!("read {bytes} bytes through passthrough, expected {size}");
+        }
+        rates.push(rate(size, secs));
+        Ok(())
+    });
+    drop(session);
+    if mount::is_mountpoint(&mnt).unwrap_or(false) {
+        let _ = mount::unmount_path(&mnt);
+    }
+    result.map(|()| rates)
 }
 
 fn rate(bytes: u64, secs: f64) -> f64 {
@@ -301,7 +358,9 @@ impl Generator {
 
 impl Read for Generator {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
+        let n = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         for b in &mut buf[..n] {
             let x = &mut self.state;
             *x ^= *x << 13;

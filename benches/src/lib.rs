@@ -8,9 +8,10 @@
 //! every time. Output: a table, JSON, and a plot (PNG, SVG).
 //!
 //! [`fuse_read`] (`--fuse-read`) measures something else: a cached file read through
-//! Veil's FUSE filesystem against tmpfs.
+//! Veil's FUSE filesystem against tmpfs, with [`passthrough`]'s probe of FUSE passthrough.
 
 pub mod fuse_read;
+pub mod passthrough;
 pub mod plot;
 pub mod proxy;
 pub mod push;
