@@ -366,7 +366,7 @@ impl Read for Generator {
             *x ^= *x << 13;
             *x ^= *x >> 7;
             *x ^= *x << 17;
-            *b = if self.index % 3 == 0 {
+            *b = if self.index.is_multiple_of(3) {
                 *x as u8
             } else {
                 (self.index / 7) as u8
