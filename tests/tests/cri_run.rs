@@ -26,12 +26,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
-use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
+use anyhow::{anyhow, bail};
 use veil_keyprovider::keys::PublicKey;
 use veil_tests::cri::{push_sandbox_image, CgroupParent, CriClient};
 use veil_tests::encrypted_support::{
-    check_no_key_in_logs, ocicrypt_encrypt, write_veil_config, Keys,
+    check_no_key_in_logs, sealed_encrypt, write_veil_config, Keys,
 };
 use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, tar_of, top_entries, Entry, Layer, LayerFormat, HELLO_PATH,
@@ -88,16 +87,7 @@ fn layers(kind: &str, seed: u64, format: LayerFormat) -> anyhow::Result<Vec<Laye
 fn kinds(public: &PublicKey) -> anyhow::Result<Vec<Kind>> {
     let estargz = layers("estargz", 0xc12e_5eed_0001, LayerFormat::Estargz)?;
     let to_encrypt = layers("encrypted", 0xc12e_5eed_0002, LayerFormat::Estargz)?;
-    let encrypted = to_encrypt
-        .iter()
-        .map(|l| {
-            let toc = l
-                .annotations
-                .get(TOC_DIGEST_ANNOTATION)
-                .context("the eStargz writer gave no TOC digest")?;
-            ocicrypt_encrypt(l, Some(toc), None, public)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let encrypted = sealed_encrypt(&to_encrypt, public)?;
     Ok(vec![
         Kind {
             name: "estargz",
