@@ -146,7 +146,9 @@ fn parse_response(
     }
     let lifetime = match response.cache_duration.as_deref() {
         None | Some("") => None,
-        Some(d) => Some(go_duration(d).ok_or_else(|| format!("cacheDuration {d:?} is not a duration"))?),
+        Some(d) => {
+            Some(go_duration(d).ok_or_else(|| format!("cacheDuration {d:?} is not a duration"))?)
+        }
     };
     let best = response
         .auth
@@ -173,8 +175,12 @@ fn key_matches(key: &str, host: &str, repository: &str) -> bool {
         Some((h, p)) => (h, Some(p.trim_end_matches('/'))),
         None => (key, None),
     };
-    let (kh, kp) = key_host.rsplit_once(':').map_or((key_host, None), |(h, p)| (h, Some(p)));
-    let (hh, hp) = host.rsplit_once(':').map_or((host, None), |(h, p)| (h, Some(p)));
+    let (kh, kp) = key_host
+        .rsplit_once(':')
+        .map_or((key_host, None), |(h, p)| (h, Some(p)));
+    let (hh, hp) = host
+        .rsplit_once(':')
+        .map_or((host, None), |(h, p)| (h, Some(p)));
     if kp != hp {
         return false;
     }
@@ -201,7 +207,9 @@ fn go_duration(text: &str) -> Option<Duration> {
             .unwrap_or(rest.len());
         let value: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let seconds = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -244,7 +252,9 @@ mod tests {
             "kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"10m",
             "auth":{"reg:5000":{"username":"all","password":"p1"},
                     "reg:5000/team":{"username":"team","password":"p2"}}}"#;
-        let (c, d) = parse_response(answer, "reg:5000", "team/app").unwrap().unwrap();
+        let (c, d) = parse_response(answer, "reg:5000", "team/app")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             c,
             Credential::Basic {
@@ -253,7 +263,9 @@ mod tests {
             }
         );
         assert_eq!(d, Some(Duration::from_secs(600)));
-        assert!(parse_response(answer, "other:5000", "team/app").unwrap().is_none());
+        assert!(parse_response(answer, "other:5000", "team/app")
+            .unwrap()
+            .is_none());
         let err = parse_response(b"{\"kind\":\"Other\"}", "reg", "a").unwrap_err();
         assert!(err.contains("kind"), "{err}");
     }
@@ -268,11 +280,8 @@ mod tests {
              echo '{\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"kind\":\"CredentialProviderResponse\",\"auth\":{\"reg:5000\":{\"username\":\"u\",\"password\":\"p\"}}}'\n",
         )
         .unwrap();
-        std::fs::set_permissions(
-            &script,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let provider = CredentialProvider::new(script.clone(), vec![]);
         let got = provider
             .credential("reg:5000/app:1", "reg:5000", "app")
@@ -280,7 +289,9 @@ mod tests {
             .unwrap();
         assert!(matches!(got, Some((Credential::Basic { .. }, None))));
         let failing = CredentialProvider::new("/bin/false".into(), vec![]);
-        let err = failing.credential("reg:5000/app:1", "reg:5000", "app").await;
+        let err = failing
+            .credential("reg:5000/app:1", "reg:5000", "app")
+            .await;
         assert!(err.unwrap_err().to_string().contains("exited"));
     }
 }

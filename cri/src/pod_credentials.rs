@@ -145,6 +145,9 @@ mod tests {
         let store = PodCredentials::new(DEFAULT_CREDENTIAL_LIFETIME);
         store.record_for_lifetime("reg:5000", "app", basic("hunter2"));
         let shown = format!("{store:?}");
-        assert!(shown.contains("reg:5000/app") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("reg:5000/app") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -20,12 +20,12 @@ use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
 use crate::config::Config;
+use crate::cri_server::CriProxyServer;
 use crate::error::DaemonError;
 use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
-use crate::cri_server::CriProxyServer;
 use crate::wiring::{fd_store, image_proxy, pod_credentials, snapshots_service};
 
 /// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use veil_cdh::front::FrontDoorConfig;
 use veil_cdh::kek::{CdhTtrpcKekSource, DEFAULT_GET_RESOURCE_TIMEOUT};
+use veil_cri::{CredentialProvider, ImageProxy, PodCredentials};
 use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
@@ -24,7 +25,6 @@ use veil_keyprovider::kbs::attester::{self, AttesterKind};
 use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
 use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
 use veil_keyprovider::layer::Decryption;
-use veil_cri::{CredentialProvider, ImageProxy, PodCredentials};
 use veil_registry::{ClientOptions, CredentialsSource, RegistryClient, SharedCredentialStore};
 use veil_snapshotter::fdstore::FdStoreClient;
 use veil_snapshotter::overlay::OverlaySnapshotter;
@@ -224,11 +224,9 @@ pub fn image_proxy(
     let (Some(_), Some(credentials)) = (&config.cri.image_service_socket, credentials) else {
         return Ok(None);
     };
-    let provider = config
-        .cri
-        .credential_provider
-        .clone()
-        .map(|command| CredentialProvider::new(command, config.cri.credential_provider_args.clone()));
+    let provider = config.cri.credential_provider.clone().map(|command| {
+        CredentialProvider::new(command, config.cri.credential_provider_args.clone())
+    });
     ImageProxy::new(&config.cri.containerd_socket, credentials, provider)
         .map(Some)
         .map_err(|e| DaemonError::Wiring(format!("setting up the CRI proxy: {e}")))

@@ -34,6 +34,9 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 
 const RUN_CONTAINERD: &str = "/run/containerd";
 
+/// Makes the CRI plugin's TOML from containerd's (canonical) directory.
+pub type CriToml<'a> = &'a dyn Fn(&Path) -> anyhow::Result<String>;
+
 /// One containerd started by a test.
 pub struct Containerd {
     dir: PathBuf,
@@ -174,7 +177,7 @@ impl Containerd {
     pub fn start_cri(
         dir: &Path,
         veil_socket: &Path,
-        cri: &dyn Fn(&Path) -> anyhow::Result<String>,
+        cri: CriToml<'_>,
     ) -> anyhow::Result<Self> {
         Self::start_full(dir, veil_socket, &[], Some(cri))
     }
@@ -183,7 +186,7 @@ impl Containerd {
         dir: &Path,
         veil_socket: &Path,
         more_snapshotters: &[(&str, &Path)],
-        cri: Option<&dyn Fn(&Path) -> anyhow::Result<String>>,
+        cri: Option<CriToml<'_>>,
     ) -> anyhow::Result<Self> {
         for tool in ["containerd", "ctr", "containerd-shim-runc-v2", "runc"] {
             if which(tool).is_none() {

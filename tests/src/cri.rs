@@ -18,10 +18,9 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     AuthConfig, ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest,
-    ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -88,6 +87,37 @@ pub fn cri_config(dir: &Path, registry_host: &str, sandbox_image: &str) -> anyho
         cni = q(&cni),
         certs = q(&certs),
     ))
+}
+
+/// A file naming the image in its base layer (see [`image_layers`]).
+pub const KIND_PATH: &str = "/etc/veil-kind.txt";
+
+/// The two layers of a pod image named `kind`: busybox, small files and [`KIND_PATH`]
+/// holding `kind`; a random file of `big_size` bytes (from `seed`) and a small file. The
+/// layers of two names differ: containerd shares the snapshots of layers with the same
+/// diff IDs between images, so identical layers would be prepared for the first image
+/// only.
+pub fn image_layers(
+    kind: &str,
+    seed: u64,
+    big_size: usize,
+    format: LayerFormat,
+) -> anyhow::Result<Vec<crate::lazy_image::Layer>> {
+    let mut base = crate::lazy_image::base_entries()?;
+    base.push(Entry::File(
+        KIND_PATH.trim_start_matches('/').into(),
+        format!("{kind}\n").into_bytes(),
+        0o644,
+    ));
+    Ok(vec![
+        pack(tar_of(&base)?, format)?,
+        pack(
+            tar_of(&crate::lazy_image::top_entries(
+                crate::lazy_image::random_bytes(big_size, seed),
+            ))?,
+            format,
+        )?,
+    ])
 }
 
 /// Whether this process may lower an OOM score adjustment (`CAP_SYS_RESOURCE`): CRI gives

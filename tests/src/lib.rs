@@ -41,11 +41,12 @@ pub mod http;
 #[path = "../../registry/tests/registry_support/proxy.rs"]
 pub mod proxy;
 // The token service of the registry's `auth: token:` mode: one copy, shared.
-#[path = "../../registry/tests/registry_support/token.rs"]
-pub mod token;
 pub mod scenario;
 pub mod status_quo_pull;
 pub mod test_kbs;
+#[path = "../../registry/tests/registry_support/token.rs"]
+#[allow(clippy::new_without_default)]
+pub mod token;
 
 pub use binaries::{require_root, veil_binary};
 pub use mounts::unmount_below;

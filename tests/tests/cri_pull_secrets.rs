@@ -24,11 +24,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use k8s_cri::v1::AuthConfig;
-use veil_tests::cri::{push_sandbox_image, CgroupParent, CriClient};
-use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, tar_of, top_entries, Layer, LayerFormat, HELLO_PATH,
-    HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
-};
+use veil_tests::cri::{image_layers, push_sandbox_image, CgroupParent, CriClient};
+use veil_tests::lazy_image::{LayerFormat, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT};
 use veil_tests::lazy_stack::{status_layer, with_auth_stack, LazyStack};
 use veil_tests::log_secrets::check_no_secret_in_logs;
 use veil_tests::registry::{Pusher, TokenAuth};
@@ -43,16 +40,6 @@ const BIG_SIZE: usize = 8 << 20;
 
 /// The share of the big layer a lazily served image may have fetched.
 const LAZY_SHARE: f64 = 0.10;
-
-fn image(seed: u64) -> anyhow::Result<Vec<Layer>> {
-    Ok(vec![
-        pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-        pack(
-            tar_of(&top_entries(random_bytes(BIG_SIZE, seed)))?,
-            LayerFormat::Estargz,
-        )?,
-    ])
-}
 
 fn pod_auth() -> AuthConfig {
     AuthConfig {
@@ -99,7 +86,8 @@ fn pod_credentials_reach_lazy_fetches_through_the_cri_proxy() {
     let name = "cri-secrets";
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let issuer = Arc::new(Issuer::new());
-    let (tokens, _token_log) = runtime.block_on(token_server(issuer.clone(), Some((USER, PASSWORD))));
+    let (tokens, _token_log) =
+        runtime.block_on(token_server(issuer.clone(), Some((USER, PASSWORD))));
     let auth = TokenAuth {
         realm: format!("{}/token", tokens.base()),
         service: SERVICE.into(),
@@ -116,11 +104,12 @@ fn pod_credentials_reach_lazy_fetches_through_the_cri_proxy() {
             600,
         );
         let pusher = Pusher::new(stack.registry.base(), Some(format!("Bearer {push_token}")));
-        let (a, b) = (image(0xa11c_e5ee)?, image(0xb0b5_5eed)?);
+        let a = image_layers("private-a", 0xa11c_e5ee, BIG_SIZE, LayerFormat::Estargz)?;
+        let b = image_layers("private-b", 0xb0b5_5eed, BIG_SIZE, LayerFormat::Estargz)?;
         for (repo, layers) in [("cri/private-a", &a), ("cri/private-b", &b)] {
-            stack
-                .runtime
-                .block_on(veil_tests::lazy_image::push_image(&pusher, repo, "1", layers))?;
+            stack.runtime.block_on(veil_tests::lazy_image::push_image(
+                &pusher, repo, "1", layers,
+            ))?;
         }
         stack
             .runtime

@@ -28,13 +28,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use veil_keyprovider::keys::PublicKey;
-use veil_tests::cri::{push_sandbox_image, CgroupParent, CriClient};
+use veil_tests::cri::{image_layers, push_sandbox_image, CgroupParent, CriClient, KIND_PATH};
 use veil_tests::encrypted_support::{
     check_no_key_in_logs, sealed_encrypt, write_veil_config, Keys,
 };
 use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, tar_of, top_entries, Entry, Layer, LayerFormat, HELLO_PATH,
-    HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
+    Layer, LayerFormat, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
 use veil_tests::lazy_stack::{status_layer, with_stack, LazyStack};
 use veil_tests::log_secrets::check_no_secret_in_logs;
@@ -64,29 +63,14 @@ struct Timing {
     big_size: u64,
 }
 
-/// A file naming the image kind in its base layer: each kind's layers differ (containerd
-/// shares snapshots between images whose layers have the same diff IDs, so identical
-/// layers would be prepared once, for the first kind only).
-const KIND_PATH: &str = "/etc/veil-kind.txt";
-
-/// The two layers of kind `kind`: busybox, small files and [`KIND_PATH`]; the big random
-/// file (its own seed) and a small file.
-fn layers(kind: &str, seed: u64, format: LayerFormat) -> anyhow::Result<Vec<Layer>> {
-    let mut base = base_entries()?;
-    base.push(Entry::File(
-        KIND_PATH.trim_start_matches('/').into(),
-        format!("{kind}\n").into_bytes(),
-        0o644,
-    ));
-    Ok(vec![
-        pack(tar_of(&base)?, format)?,
-        pack(tar_of(&top_entries(random_bytes(BIG_SIZE, seed)))?, format)?,
-    ])
-}
-
 fn kinds(public: &PublicKey) -> anyhow::Result<Vec<Kind>> {
-    let estargz = layers("estargz", 0xc12e_5eed_0001, LayerFormat::Estargz)?;
-    let to_encrypt = layers("encrypted", 0xc12e_5eed_0002, LayerFormat::Estargz)?;
+    let estargz = image_layers("estargz", 0xc12e_5eed_0001, BIG_SIZE, LayerFormat::Estargz)?;
+    let to_encrypt = image_layers(
+        "encrypted",
+        0xc12e_5eed_0002,
+        BIG_SIZE,
+        LayerFormat::Estargz,
+    )?;
     let encrypted = sealed_encrypt(&to_encrypt, public)?;
     Ok(vec![
         Kind {
@@ -104,7 +88,7 @@ fn kinds(public: &PublicKey) -> anyhow::Result<Vec<Kind>> {
         Kind {
             name: "targz",
             repo: "cri/targz",
-            layers: layers("targz", 0xc12e_5eed_0003, LayerFormat::PlainGzip)?,
+            layers: image_layers("targz", 0xc12e_5eed_0003, BIG_SIZE, LayerFormat::PlainGzip)?,
             lazy: false,
         },
     ])
@@ -117,8 +101,7 @@ fn check_status(stack: &LazyStack, kind: &Kind) -> anyhow::Result<()> {
     for layer in &kind.layers {
         if kind.lazy {
             let l = status_layer(&report, &layer.digest)?;
-            if l["mode"].as_str() != Some("lazy") || l["blob_size"].as_u64() != Some(layer.size())
-            {
+            if l["mode"].as_str() != Some("lazy") || l["blob_size"].as_u64() != Some(layer.size()) {
                 bail!(
                     "[{}] veil status does not show layer {} as lazy: {l:#}",
                     kind.name,
@@ -141,7 +124,10 @@ fn check_status(stack: &LazyStack, kind: &Kind) -> anyhow::Result<()> {
                     layer.digest
                 );
             }
-            eprintln!("[cri] {} layer {}: fallback, {reason}", kind.name, layer.digest);
+            eprintln!(
+                "[cri] {} layer {}: fallback, {reason}",
+                kind.name, layer.digest
+            );
         }
     }
     Ok(())

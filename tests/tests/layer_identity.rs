@@ -21,9 +21,7 @@
 use anyhow::{anyhow, bail};
 use veil_keyprovider::keys::PublicKey;
 use veil_tests::containerd::SNAPSHOTTER;
-use veil_tests::encrypted_support::{
-    pull_fails, pull_ok, sealed_encrypt, write_veil_config, Keys,
-};
+use veil_tests::encrypted_support::{pull_fails, pull_ok, sealed_encrypt, write_veil_config, Keys};
 use veil_tests::lazy_image::{base_entries, pack, tar_of, Entry, Layer, LayerFormat};
 use veil_tests::lazy_stack::{text, with_stack, LazyStack};
 
