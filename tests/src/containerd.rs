@@ -174,11 +174,7 @@ impl Containerd {
 
     /// [`start`](Self::start) with the CRI plugin enabled: `cri` makes its TOML from
     /// containerd's (canonical) directory, see `crate::cri::cri_config`.
-    pub fn start_cri(
-        dir: &Path,
-        veil_socket: &Path,
-        cri: CriToml<'_>,
-    ) -> anyhow::Result<Self> {
+    pub fn start_cri(dir: &Path, veil_socket: &Path, cri: CriToml<'_>) -> anyhow::Result<Self> {
         Self::start_full(dir, veil_socket, &[], Some(cri))
     }
 
