@@ -147,3 +147,16 @@ fn verify_unit(name: &str, installed: &str, binary: &str) {
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
     assert!(ours.is_empty(), "systemd-analyze verify: {stderr}");
 }
+
+#[test]
+fn containerd_cri_snippet_makes_veil_the_cri_snapshotter_with_annotations() {
+    let text = std::fs::read_to_string(systemd_dir().join("containerd-cri.toml")).unwrap();
+    let value: toml::Value = toml::from_str(&text).unwrap();
+    let cri = &value["plugins"]["io.containerd.grpc.v1.cri"];
+    assert_eq!(cri["containerd"]["snapshotter"].as_str(), Some("veil"));
+    assert_eq!(
+        cri["containerd"]["disable_snapshot_annotations"].as_bool(),
+        Some(false)
+    );
+    assert_eq!(cri["image_decryption"]["key_model"].as_str(), Some("node"));
+}

@@ -42,6 +42,8 @@ pub struct Config {
     /// connection across restarts and upgrades; `None`: a stop ends every layer's
     /// connection (containers using them fail) and layers are mounted again at start.
     pub fd_store_socket: Option<PathBuf>,
+    /// The CRI image-service proxy (imagePullSecrets for lazy fetches).
+    pub cri: crate::cri_config::CriConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             guest: GuestConfig::default(),
             fd_store_socket: None,
+            cri: crate::cri_config::CriConfig::default(),
         }
     }
 }

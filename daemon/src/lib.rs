@@ -18,6 +18,8 @@
 pub mod authority_rewrite;
 pub mod cdh_toml;
 pub mod config;
+pub mod cri_config;
+pub mod cri_server;
 pub mod error;
 pub mod grpc_unix;
 pub mod guest_server;

@@ -20,12 +20,13 @@ use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
 use crate::config::Config;
+use crate::cri_server::CriProxyServer;
 use crate::error::DaemonError;
 use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
-use crate::wiring::{fd_store, snapshots_service};
+use crate::wiring::{fd_store, image_proxy, pod_credentials, snapshots_service};
 
 /// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
@@ -51,7 +52,9 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         Some(store) => snapshotter.with_fd_store(store.clone()),
         None => snapshotter,
     };
-    let service = snapshots_service(config, snapshotter)?.with_handed_layers(handed);
+    let credentials = pod_credentials(config);
+    let proxy = image_proxy(config, credentials.clone())?;
+    let service = snapshots_service(config, snapshotter, credentials)?.with_handed_layers(handed);
     // Remote layers are mounted again before containerd can ask for them.
     let attached =
         service
@@ -73,6 +76,10 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     }
     let status_path = status_address(&config.address);
     let status_listener = bind_unix(&status_path).await?;
+    let cri_proxy = match (proxy, &config.cri.image_service_socket) {
+        (Some(proxy), Some(socket)) => Some(CriProxyServer::start(socket.clone(), proxy).await?),
+        _ => None,
+    };
     let listener = bind_unix(&config.address).await?;
     tracing::info!(
         root = %config.root.display(),
@@ -99,6 +106,9 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         .await;
     status_task.abort();
     health_task.abort();
+    if let Some(proxy) = cri_proxy {
+        proxy.stop();
+    }
     if fd_store.is_some() {
         // The fd store holds every connection: the next process serves them on. Exit
         // now: dropping the runtime would drop reads in flight, and fuser answers a

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use veil_cdh::front::FrontDoorConfig;
 use veil_cdh::kek::{CdhTtrpcKekSource, DEFAULT_GET_RESOURCE_TIMEOUT};
+use veil_cri::{CredentialProvider, ImageProxy, PodCredentials};
 use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
@@ -24,7 +25,7 @@ use veil_keyprovider::kbs::attester::{self, AttesterKind};
 use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
 use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
 use veil_keyprovider::layer::Decryption;
-use veil_registry::{ClientOptions, CredentialsSource, RegistryClient};
+use veil_registry::{ClientOptions, CredentialsSource, RegistryClient, SharedCredentialStore};
 use veil_snapshotter::fdstore::FdStoreClient;
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
@@ -204,19 +205,46 @@ pub fn fd_store(config: &Config) -> Option<FdStoreClient> {
     config.fd_store_socket.as_deref().map(FdStoreClient::new)
 }
 
-/// The snapshots service for `config`: lazy layers when enabled.
+/// The store of pods' pull credentials `[cri] image_service_socket` asks for (`None`:
+/// no CRI proxy, no such credentials).
+pub fn pod_credentials(config: &Config) -> Option<Arc<PodCredentials>> {
+    config.cri.image_service_socket.as_ref().map(|_| {
+        Arc::new(PodCredentials::new(Duration::from_secs(
+            config.cri.credential_lifetime_seconds,
+        )))
+    })
+}
+
+/// The CRI image-service proxy of `[cri]`, recording into `credentials` (`None` when no
+/// `image_service_socket` is configured).
+pub fn image_proxy(
+    config: &Config,
+    credentials: Option<Arc<PodCredentials>>,
+) -> Result<Option<ImageProxy>, DaemonError> {
+    let (Some(_), Some(credentials)) = (&config.cri.image_service_socket, credentials) else {
+        return Ok(None);
+    };
+    let provider = config.cri.credential_provider.clone().map(|command| {
+        CredentialProvider::new(command, config.cri.credential_provider_args.clone())
+    });
+    ImageProxy::new(&config.cri.containerd_socket, credentials, provider)
+        .map(Some)
+        .map_err(|e| DaemonError::Wiring(format!("setting up the CRI proxy: {e}")))
+}
+
+/// The snapshots service for `config`: lazy layers when enabled, asking `credentials`
+/// (the CRI proxy's) before the docker config.
 pub fn snapshots_service(
     config: &Config,
     snapshotter: OverlaySnapshotter,
+    credentials: Option<Arc<PodCredentials>>,
 ) -> Result<Service, DaemonError> {
     if !config.lazy.enabled {
         return Ok(Service::new(snapshotter));
     }
-    let lazy = image_service(
-        config,
-        registry_options(config),
-        tokio::runtime::Handle::current(),
-    )?;
+    let mut registry = registry_options(config);
+    registry.credential_store = credentials.map(|c| SharedCredentialStore::new(c));
+    let lazy = image_service(config, registry, tokio::runtime::Handle::current())?;
     Ok(Service::with_resolver(snapshotter, Arc::new(lazy)))
 }
 

@@ -117,6 +117,7 @@ impl RegistryClient {
         let transport = Transport {
             authorizer: Default::default(),
             credentials,
+            store: options.credential_store.clone(),
             metrics: Arc::new(RegistryMetrics::default()),
             request_timeout: options.request_timeout,
             max_redirects: options.max_redirects,

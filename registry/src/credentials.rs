@@ -10,6 +10,8 @@
 //! Credential helpers (`credsStore`, `credHelpers`) are not run: Veil is a daemon that
 //! must not execute helper programs. When a helper holds a registry's credentials, the
 //! lookup says so, and authentication errors tell the user to put them in `auths`.
+//! (A kubelet-style credential provider the operator configures for the CRI proxy is
+//! another matter: `veil-cri` runs it and fills a [`crate::CredentialStore`].)
 
 use std::collections::BTreeMap;
 use std::fmt;

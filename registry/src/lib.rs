@@ -6,7 +6,8 @@
 //!   blob sizes; mirrors, retries with backoff, deadlines.
 //! - [`blob`] — [`RegistryBlob`], a [`veil_blob::BlobSource`] over HTTP ranges.
 //! - `auth`, [`challenge`], [`credentials`] — token and Basic auth, `WWW-Authenticate`,
-//!   docker `config.json`.
+//!   docker `config.json`; [`credential_store`] — credentials given at run time (a pod's
+//!   imagePullSecret), asked first.
 //! - [`push`] — blob existence, uploads and manifest pushes (`veil convert`);
 //!   [`oci_layout`] — OCI image layouts on disk (`oci:DIR[:TAG]`).
 //! - [`hosts`] — containerd `hosts.toml` mirrors and per-host TLS.
@@ -30,6 +31,7 @@ pub(crate) mod auth;
 pub mod blob;
 pub mod challenge;
 pub mod client;
+pub mod credential_store;
 pub mod credentials;
 pub mod digest;
 pub mod error;
@@ -46,6 +48,7 @@ pub(crate) mod transport;
 
 pub use blob::RegistryBlob;
 pub use client::{RawManifest, RegistryClient, ResolvedImage};
+pub use credential_store::{CredentialStore, SharedCredentialStore};
 pub use credentials::{Credential, DockerConfig};
 pub use digest::Digest;
 pub use error::{Operation, RegistryError};

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::credential_store::SharedCredentialStore;
 use super::credentials::DockerConfig;
 use super::manifest::Platform;
 use super::retry::{RetryPolicy, DEFAULT_READ_RETRY, DEFAULT_STALL_TIMEOUT};
@@ -40,6 +41,9 @@ pub struct ClientOptions {
     pub ca_bundle: Option<PathBuf>,
     /// Where credentials come from.
     pub credentials: CredentialsSource,
+    /// Credentials given at run time (a pod's imagePullSecret), asked before
+    /// [`Self::credentials`]; `None`: only those.
+    pub credential_store: Option<SharedCredentialStore>,
     /// Longest wait to connect.
     pub connect_timeout: Duration,
     /// Longest time for one request, from connecting until its body is read.
@@ -73,6 +77,7 @@ impl Default for ClientOptions {
             hosts_dir: None,
             ca_bundle: None,
             credentials: CredentialsSource::default(),
+            credential_store: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             operation_timeout: Duration::from_secs(180),

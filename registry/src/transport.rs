@@ -14,6 +14,7 @@ use url::Url;
 
 use super::auth::{no_credentials_hint, AuthContext, Authorizer};
 use super::challenge::parse_www_authenticate;
+use super::credential_store::SharedCredentialStore;
 use super::credentials::{CredentialLookup, DockerConfig};
 use super::error::{error_chain, ErrorDetail, Operation, RegistryError};
 use super::hosts::EndpointConfig;
@@ -118,6 +119,8 @@ pub(crate) struct Sent {
 pub(crate) struct Transport {
     pub authorizer: Authorizer,
     pub credentials: DockerConfig,
+    /// Asked before `credentials`.
+    pub store: Option<SharedCredentialStore>,
     pub metrics: Arc<RegistryMetrics>,
     pub request_timeout: Duration,
     pub max_redirects: u32,
@@ -130,6 +133,17 @@ impl Transport {
         endpoint: &Endpoint,
         repository: &str,
     ) -> Result<CredentialLookup, RegistryError> {
+        let host = &endpoint.config.credential_host;
+        if let Some(credential) = self
+            .store
+            .as_ref()
+            .and_then(|store| store.credential(host, repository))
+        {
+            return Ok(CredentialLookup {
+                credential: Some(credential),
+                helper: None,
+            });
+        }
         Ok(self
             .credentials
             .lookup(&endpoint.config.credential_host, repository)?)

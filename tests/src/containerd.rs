@@ -34,6 +34,9 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 
 const RUN_CONTAINERD: &str = "/run/containerd";
 
+/// Makes the CRI plugin's TOML from containerd's (canonical) directory.
+pub type CriToml<'a> = &'a dyn Fn(&Path) -> anyhow::Result<String>;
+
 /// One containerd started by a test.
 pub struct Containerd {
     dir: PathBuf,
@@ -82,6 +85,18 @@ pub fn config_toml_with(
     veil_socket: &Path,
     more_snapshotters: &[(&str, &Path)],
 ) -> String {
+    config_toml_full(dir, address, veil_socket, more_snapshotters, None)
+}
+
+/// [`config_toml_with`] with the CRI plugin enabled and configured by `cri` (TOML
+/// appended to the config, see `crate::cri`) when it is given.
+pub fn config_toml_full(
+    dir: &Path,
+    address: &Path,
+    veil_socket: &Path,
+    more_snapshotters: &[(&str, &Path)],
+    cri: Option<&str>,
+) -> String {
     let q = |p: &Path| toml_string(&p.to_string_lossy());
     let mut more = String::new();
     for (name, socket) in more_snapshotters {
@@ -90,12 +105,17 @@ pub fn config_toml_with(
             q(socket)
         ));
     }
+    let disabled = if cri.is_some() {
+        "[]"
+    } else {
+        "[\"io.containerd.grpc.v1.cri\"]"
+    };
     format!(
         r#"# containerd config written by veil-tests
 version = 2
 root = {root}
 state = {state}
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = {disabled}
 
 [grpc]
   address = {address}
@@ -110,7 +130,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   [proxy_plugins.{name}]
     type = "snapshot"
     address = {veil}
-{more}"#,
+{more}{cri}"#,
         root = q(&dir.join("root")),
         state = q(&dir.join("state")),
         address = q(address),
@@ -118,10 +138,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         opt = q(&dir.join("opt")),
         name = SNAPSHOTTER,
         veil = q(veil_socket),
+        cri = cri.unwrap_or_default(),
     )
 }
 
-fn toml_string(s: &str) -> String {
+/// `s` as a TOML basic string (quoted, `"` and `\\` escaped).
+pub fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -147,6 +169,21 @@ impl Containerd {
         veil_socket: &Path,
         more_snapshotters: &[(&str, &Path)],
     ) -> anyhow::Result<Self> {
+        Self::start_full(dir, veil_socket, more_snapshotters, None)
+    }
+
+    /// [`start`](Self::start) with the CRI plugin enabled: `cri` makes its TOML from
+    /// containerd's (canonical) directory, see `crate::cri::cri_config`.
+    pub fn start_cri(dir: &Path, veil_socket: &Path, cri: CriToml<'_>) -> anyhow::Result<Self> {
+        Self::start_full(dir, veil_socket, &[], Some(cri))
+    }
+
+    fn start_full(
+        dir: &Path,
+        veil_socket: &Path,
+        more_snapshotters: &[(&str, &Path)],
+        cri: Option<CriToml<'_>>,
+    ) -> anyhow::Result<Self> {
         for tool in ["containerd", "ctr", "containerd-shim-runc-v2", "runc"] {
             if which(tool).is_none() {
                 bail!("{tool} is not installed (Debian: apt-get install containerd runc)");
@@ -159,9 +196,16 @@ impl Containerd {
         let log = dir.join("containerd.log");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp)?;
+        let cri = cri.map(|make| make(&dir)).transpose()?;
         std::fs::write(
             &config,
-            config_toml_with(&dir, &address, veil_socket, more_snapshotters),
+            config_toml_full(
+                &dir,
+                &address,
+                veil_socket,
+                more_snapshotters,
+                cri.as_deref(),
+            ),
         )?;
         let run_dir_existed = Path::new(RUN_CONTAINERD).exists();
 

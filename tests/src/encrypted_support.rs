@@ -576,6 +576,21 @@ pub fn ocicrypt_encrypt(
     })
 }
 
+/// eStargz `layers` encrypted to `public` (see [`ocicrypt_encrypt`]) with their TOC
+/// digests sealed (as `veil convert` writes them): the same diff IDs, served lazily.
+pub fn sealed_encrypt(layers: &[Layer], public: &PublicKey) -> anyhow::Result<Vec<Layer>> {
+    layers
+        .iter()
+        .map(|l| {
+            let toc = l
+                .annotations
+                .get(TOC_DIGEST_ANNOTATION)
+                .context("the eStargz writer gave no TOC digest")?;
+            ocicrypt_encrypt(l, Some(toc), None, public)
+        })
+        .collect()
+}
+
 /// Encrypts `layer` as coco_keyprovider does for `veil convert --kbs-kid KID`: the
 /// private options (with `sealed` as the sealed TOC digest, if any) wrapped with `kek`
 /// under `kid` (the `provider.attestation-agent` packet) and no other recipient; the TOC

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use crate::containerd::{process_alive, Containerd, NAMESPACE};
 use crate::lazy_image::{push_image, Layer, PushedLazyImage};
 use crate::process::{run_with_timeout, ChildGuard};
-use crate::registry::{Pusher, Registry, REGISTRY_BIN};
+use crate::registry::{Pusher, Registry, TokenAuth, REGISTRY_BIN};
 use crate::registry_log::blob_served;
 use crate::scenario::{wait_for_reconnect, Reconnect, VeilSnapshotter};
 
@@ -56,6 +56,12 @@ impl LazyStack {
     /// Starts the registry only (images are pushed before the rest starts), in a fresh
     /// temporary directory named after `name`.
     pub fn new(name: &str) -> anyhow::Result<Self> {
+        Self::new_with_auth(name, None)
+    }
+
+    /// [`new`](Self::new) with the registry in token-auth mode (`auth`; see
+    /// `crate::token` for the token service).
+    pub fn new_with_auth(name: &str, auth: Option<&TokenAuth>) -> anyhow::Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("veil-{name}-"))
             .tempdir()?;
@@ -64,7 +70,7 @@ impl LazyStack {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let registry = runtime.block_on(Registry::start(None));
+        let registry = runtime.block_on(Registry::start(auth));
         // Veil reaches the registry over plain HTTP.
         let config = dir.join("veil-config.toml");
         std::fs::write(
@@ -115,6 +121,20 @@ impl LazyStack {
         self.veil.start().context("starting veil-snapshotter")?;
         let cd = Containerd::start(&self.dir.join("containerd"), self.veil.socket())
             .context("starting containerd")?;
+        self.containerd = Some(cd);
+        Ok(())
+    }
+
+    /// Starts Veil and a containerd with its CRI plugin on (Veil as the CRI snapshotter,
+    /// plain HTTP to this stack's registry, `sandbox_image` as the pods' sandbox image;
+    /// see [`crate::cri::cri_config`]).
+    pub fn start_cri(&mut self, sandbox_image: &str) -> anyhow::Result<()> {
+        self.veil.start().context("starting veil-snapshotter")?;
+        let host = self.registry.host();
+        let cd = Containerd::start_cri(&self.dir.join("containerd"), self.veil.socket(), &|dir| {
+            crate::cri::cri_config(dir, &host, sandbox_image)
+        })
+        .context("starting containerd with its CRI plugin")?;
         self.containerd = Some(cd);
         Ok(())
     }
@@ -345,9 +365,18 @@ pub fn status_layer<'a>(
 /// failure, panics with the error and the logs; on success, shows the snapshotter's
 /// warnings and checks the clean-up.
 pub fn with_stack(name: &str, body: impl FnOnce(&mut LazyStack) -> anyhow::Result<()>) {
+    with_auth_stack(name, None, body)
+}
+
+/// [`with_stack`] with the registry in token-auth mode (`auth`).
+pub fn with_auth_stack(
+    name: &str,
+    auth: Option<&TokenAuth>,
+    body: impl FnOnce(&mut LazyStack) -> anyhow::Result<()>,
+) {
     crate::require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut stack = LazyStack::new(name).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut stack = LazyStack::new_with_auth(name, auth).unwrap_or_else(|e| panic!("{e:#}"));
     if let Err(e) = body(&mut stack) {
         let logs = stack.logs();
         drop(stack);

@@ -13,6 +13,7 @@ pub mod cdh_standin;
 pub mod cleanup;
 pub mod containerd;
 pub mod core_dumps;
+pub mod cri;
 pub mod encrypted_support;
 pub mod gosuite;
 pub mod guest_scenario;
@@ -39,9 +40,13 @@ pub mod registry_log;
 pub mod http;
 #[path = "../../registry/tests/registry_support/proxy.rs"]
 pub mod proxy;
+// The token service of the registry's `auth: token:` mode: one copy, shared.
 pub mod scenario;
 pub mod status_quo_pull;
 pub mod test_kbs;
+#[path = "../../registry/tests/registry_support/token.rs"]
+#[allow(clippy::new_without_default)]
+pub mod token;
 
 pub use binaries::{require_root, veil_binary};
 pub use mounts::unmount_below;

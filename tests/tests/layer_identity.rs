@@ -18,13 +18,10 @@
 //! Needs root, containerd 1.6, runc, docker-registry, busybox-static, FUSE and openssl.
 //! Run with `cargo test -p veil-tests --test layer_identity -- --nocapture`.
 
-use anyhow::{anyhow, bail, Context};
-use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
+use anyhow::{anyhow, bail};
 use veil_keyprovider::keys::PublicKey;
 use veil_tests::containerd::SNAPSHOTTER;
-use veil_tests::encrypted_support::{
-    ocicrypt_encrypt, pull_fails, pull_ok, write_veil_config, Keys,
-};
+use veil_tests::encrypted_support::{pull_fails, pull_ok, sealed_encrypt, write_veil_config, Keys};
 use veil_tests::lazy_image::{base_entries, pack, tar_of, Entry, Layer, LayerFormat};
 use veil_tests::lazy_stack::{text, with_stack, LazyStack};
 
@@ -47,20 +44,6 @@ fn layers(text: &str) -> anyhow::Result<Vec<Layer>> {
             LayerFormat::Estargz,
         )?,
     ])
-}
-
-/// `layers` encrypted to `public` with sealed TOC digests: the same diff_ids.
-fn encrypted(layers: &[Layer], public: &PublicKey) -> anyhow::Result<Vec<Layer>> {
-    layers
-        .iter()
-        .map(|l| {
-            let toc = l
-                .annotations
-                .get(TOC_DIGEST_ANNOTATION)
-                .context("the eStargz writer gave no TOC digest")?;
-            ocicrypt_encrypt(l, Some(toc), None, public)
-        })
-        .collect()
 }
 
 /// A third namespace, where no snapshot of the victim exists.
@@ -103,7 +86,7 @@ fn encrypted_twin_needs_its_key_although_plain_snapshots_exist() {
         let plain = layers(VICTIM_TEXT)?;
         let keys = Keys::make(&stack.dir)?;
         let public = PublicKey::from_file(&keys.public).map_err(|e| anyhow!("{e}"))?;
-        let enc = encrypted(&plain, &public)?;
+        let enc = sealed_encrypt(&plain, &public)?;
         stack.push("plain", "1", &plain)?;
         stack.push("enc", "1", &enc)?;
         write_veil_config(stack, &keys.empty_dir, false)?;
@@ -164,7 +147,7 @@ fn a_layer_claiming_another_layers_chain_id_is_not_served_in_its_place() {
         }
         let keys = Keys::make(&stack.dir)?;
         let public = PublicKey::from_file(&keys.public).map_err(|e| anyhow!("{e}"))?;
-        let victim_enc = encrypted(&victim, &public)?;
+        let victim_enc = sealed_encrypt(&victim, &public)?;
         stack.push("victim", "1", &victim)?;
         stack.push("evil", "1", &evil)?;
         stack.push("victim-enc", "1", &victim_enc)?;
