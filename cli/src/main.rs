@@ -116,6 +116,12 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead of the report, print the files of layer DIGEST (`all`: every layer)
+        /// that were opened or read, first touch first, one path a line: the list
+        /// `veil optimize --access-list` takes. File names are plaintext of an encrypted
+        /// image: the daemon tells them only to root.
+        #[arg(long, value_name = "DIGEST|all")]
+        access_order: Option<String>,
     },
 }
 
@@ -191,7 +197,11 @@ fn main() -> ExitCode {
         },
         Command::Keyprovider(command) => run_keyprovider(command),
         Command::Keys(command) => keys::run_keys(command),
-        Command::Status { address, json } => run_status(&address, json),
+        Command::Status {
+            address,
+            json,
+            access_order,
+        } => run_status(&address, json, access_order.as_deref()),
         Command::FdStore { socket } => {
             init_logging("info");
             match veil_snapshotter::fdstore::server::serve(&socket) {

@@ -4,11 +4,13 @@ use std::path::Path;
 
 use tokio::io::AsyncReadExt;
 use veil_blob::display::{human_bytes as human, short_digest as short};
-use veil_image::status::StatusReport;
+use veil_image::status::{merged_access_list, AccessOrder, StatusReport, StatusRequest};
 
-/// Reads the status report from the daemon at `address`.
-pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
+/// Sends `request` (one JSON line; empty: the report) to the daemon's status socket at
+/// `address` and reads its answer.
+async fn ask(address: &Path, request: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::UnixStream::connect(address),
@@ -21,6 +23,10 @@ pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
             address.display()
         )
     })?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .with_context(|| format!("writing to {}", address.display()))?;
     let mut body = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -28,8 +34,68 @@ pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
     )
     .await
     .with_context(|| format!("reading status from {}: timed out", address.display()))??;
+    Ok(body)
+}
+
+/// Reads the status report from the daemon at `address`.
+pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
+    use anyhow::Context;
+    let body = ask(address, "").await?;
     serde_json::from_slice(&body)
         .with_context(|| format!("status from {} is not valid", address.display()))
+}
+
+/// Reads the access order of `layer` (a digest, or `all`) from the daemon at `address`.
+pub async fn fetch_access_orders(
+    address: &Path,
+    layer: &str,
+) -> anyhow::Result<Vec<AccessOrder>> {
+    let request = serde_json::to_string(&StatusRequest {
+        access_order: Some(layer.to_string()),
+    })?;
+    let body = ask(address, &request).await?;
+    if let Ok(orders) = serde_json::from_slice::<Vec<AccessOrder>>(&body) {
+        if orders.is_empty() {
+            anyhow::bail!("the daemon at {} serves no layer {layer}", address.display());
+        }
+        return Ok(orders);
+    }
+    #[derive(serde::Deserialize)]
+    struct Refused {
+        error: String,
+    }
+    match serde_json::from_slice::<Refused>(&body) {
+        Ok(r) => anyhow::bail!("{}: {}", address.display(), r.error),
+        Err(_) => anyhow::bail!(
+            "the access order from {} is not valid (an older daemon?)",
+            address.display()
+        ),
+    }
+}
+
+/// Access orders as a list `veil optimize --access-list` reads: one absolute path a
+/// line, first touch first, with a comment naming the layers.
+pub fn render_access_list(orders: &[AccessOrder]) -> String {
+    let mut out = String::new();
+    for o in orders {
+        out.push_str(&format!(
+            "# layer {} ({}, {}): {} files{}\n",
+            o.digest,
+            o.image,
+            o.mode,
+            o.files.len(),
+            if o.dropped > 0 {
+                format!(", {} more not recorded", o.dropped)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    for path in merged_access_list(orders) {
+        out.push_str(&path);
+        out.push('\n');
+    }
+    out
 }
 
 /// The report as a human-readable table.
@@ -125,12 +191,24 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
-/// Runs `veil status`.
-pub fn run_status(address: &Path, json: bool) -> std::process::ExitCode {
+/// Runs `veil status`; with `access_order`, dumps that layer's access order instead.
+pub fn run_status(
+    address: &Path,
+    json: bool,
+    access_order: Option<&str>,
+) -> std::process::ExitCode {
     let Some(rt) = crate::run::runtime("status") else {
         return std::process::ExitCode::FAILURE;
     };
-    crate::run::print_report("status", rt.block_on(fetch(address)), json, render)
+    match access_order {
+        Some(layer) => crate::run::print_report(
+            "status",
+            rt.block_on(fetch_access_orders(address, layer)),
+            json,
+            |orders| render_access_list(orders),
+        ),
+        None => crate::run::print_report("status", rt.block_on(fetch(address)), json, render),
+    }
 }
 
 #[cfg(test)]

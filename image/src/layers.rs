@@ -65,6 +65,9 @@ mod streamed;
 
 use streamed::{DigestPass, StreamedLayer};
 
+/// The layer name that asks for the access order of every layer.
+pub const ACCESS_ORDER_ALL: &str = "all";
+
 /// Background fetches running at once (each waits for a slot before it starts).
 const BACKGROUND_SLOTS: usize = 2;
 
@@ -222,7 +225,7 @@ impl LazyLayers {
     }
 
     /// [`Self::access_order`] of every layer resolved so far.
-    pub fn access_orders(&self) -> Vec<AccessOrder> {
+    pub fn all_access_orders(&self) -> Vec<AccessOrder> {
         let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
             .map(|(digest, entry)| access_order_of(digest, entry))
@@ -587,6 +590,14 @@ impl LayerResolver for LazyLayers {
             mount: stand_in,
             reader: None,
         }))
+    }
+
+    fn access_orders(&self, digest: &str) -> Vec<AccessOrder> {
+        if digest == ACCESS_ORDER_ALL {
+            self.all_access_orders()
+        } else {
+            self.access_order(digest).into_iter().collect()
+        }
     }
 
     fn fill_status(&self, report: &mut StatusReport) {
