@@ -10,6 +10,7 @@
 pub mod plot;
 pub mod proxy;
 pub mod push;
+pub mod read_set;
 pub mod report;
 pub mod run;
 pub mod sample;
