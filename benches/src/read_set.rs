@@ -124,7 +124,9 @@ mod tests {
             ]
         );
         assert_eq!((set.bytes, set.compressed_bytes), (130, 60));
-        assert!(set.prefetch_list().ends_with("/usr/lib/python3/json/__init__.py\n"));
+        assert!(set
+            .prefetch_list()
+            .ends_with("/usr/lib/python3/json/__init__.py\n"));
     }
 
     #[test]

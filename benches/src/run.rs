@@ -525,10 +525,13 @@ fn measure_all(
         check_interrupted()?;
         let secs = convert_image(plan, registry, *mode, &public, &prefetch, workload)?;
         let tag = mode.tag();
-        say(&format!("{} → :{tag} in {secs:.1} s", match mode {
-            Mode::Optimized { .. } => "veil optimize",
-            _ => "veil convert",
-        }));
+        say(&format!(
+            "{} → :{tag} in {secs:.1} s",
+            match mode {
+                Mode::Optimized { .. } => "veil optimize",
+                _ => "veil convert",
+            }
+        ));
         convert_s.push((tag.clone(), secs));
         image_bytes.insert(tag.clone(), manifest_layer_bytes(registry, &tag)?);
         if i == 0 {

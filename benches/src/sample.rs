@@ -229,7 +229,10 @@ pub const HEAVY_EXPECT: &str = "veil-bench: imported the heavy set";
 
 /// The heavier built-in workload (`--workload heavy`): a `sh -c` command line.
 pub fn heavy_workload() -> String {
-    let modules: String = HEAVY_MODULES.split_whitespace().collect::<Vec<_>>().join(" ");
+    let modules: String = HEAVY_MODULES
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     format!("python3 -c 'import {modules}; print(\"{HEAVY_EXPECT}\")'")
 }
 

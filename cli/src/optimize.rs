@@ -138,10 +138,7 @@ fn mount_config(args: &OptimizeArgs) -> anyhow::Result<Config> {
 
 /// Runs the workload against SRC mounted lazily; the access orders of its layers and
 /// what the run did.
-async fn record(
-    args: &OptimizeArgs,
-    work: &Path,
-) -> anyhow::Result<(Vec<AccessOrder>, Recorded)> {
+async fn record(args: &OptimizeArgs, work: &Path) -> anyhow::Result<(Vec<AccessOrder>, Recorded)> {
     let reference = match ImageLocation::parse(&args.convert.source).map_err(anyhow::Error::msg)? {
         ImageLocation::Registry(r) => r.to_string(),
         ImageLocation::Layout { .. } => bail!(

@@ -46,17 +46,17 @@ pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
 }
 
 /// Reads the access order of `layer` (a digest, or `all`) from the daemon at `address`.
-pub async fn fetch_access_orders(
-    address: &Path,
-    layer: &str,
-) -> anyhow::Result<Vec<AccessOrder>> {
+pub async fn fetch_access_orders(address: &Path, layer: &str) -> anyhow::Result<Vec<AccessOrder>> {
     let request = serde_json::to_string(&StatusRequest {
         access_order: Some(layer.to_string()),
     })?;
     let body = ask(address, &request).await?;
     if let Ok(orders) = serde_json::from_slice::<Vec<AccessOrder>>(&body) {
         if orders.is_empty() {
-            anyhow::bail!("the daemon at {} serves no layer {layer}", address.display());
+            anyhow::bail!(
+                "the daemon at {} serves no layer {layer}",
+                address.display()
+            );
         }
         return Ok(orders);
     }

@@ -82,7 +82,13 @@ impl Bundle {
             Workload::Shell(cmd) => {
                 process.set_args(Some(vec!["/bin/sh".into(), "-c".into(), cmd.clone()]));
             }
-            Workload::Image if spec.process().as_ref().and_then(|p| p.args().as_ref()).is_none() => {
+            Workload::Image
+                if spec
+                    .process()
+                    .as_ref()
+                    .and_then(|p| p.args().as_ref())
+                    .is_none() =>
+            {
                 bail!("the image has no Entrypoint or Cmd: give the command with --cmd")
             }
             Workload::Image => {}
@@ -164,5 +170,7 @@ fn tail(path: &Path) -> String {
         let _ = f.read_to_end(&mut bytes);
     }
     let from = bytes.len().saturating_sub(OUTPUT_TAIL);
-    String::from_utf8_lossy(&bytes[from..]).trim_end().to_string()
+    String::from_utf8_lossy(&bytes[from..])
+        .trim_end()
+        .to_string()
 }

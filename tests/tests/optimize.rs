@@ -126,11 +126,7 @@ fn tar_order(blob: &[u8]) -> anyhow::Result<Vec<(String, bool)>> {
 /// Checks that in each layer of `repo:tag` the regular files before the landmark are the
 /// listed files that layer has, in list order, and that the landmark follows them.
 /// Returns how many files each layer has first.
-fn check_prioritized(
-    stack: &LazyStack,
-    repo: &str,
-    list: &[String],
-) -> anyhow::Result<Vec<usize>> {
+fn check_prioritized(stack: &LazyStack, repo: &str, list: &[String]) -> anyhow::Result<Vec<usize>> {
     let (_, layers) = registry_manifest(stack, repo, "v1")?;
     let mut counts = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
@@ -198,7 +194,9 @@ fn optimize_puts_the_workloads_files_first_and_the_encrypted_image_reads_lazily(
         eprintln!(
             "veil optimize: recorded {} files in {:.2} s, {} bytes fetched; {}",
             report["recorded"]["files"],
-            report["recorded"]["workload_seconds"].as_f64().unwrap_or(0.0),
+            report["recorded"]["workload_seconds"]
+                .as_f64()
+                .unwrap_or(0.0),
             report["recorded"]["fetched"],
             text(&out.stderr).lines().last().unwrap_or_default()
         );
@@ -209,7 +207,9 @@ fn optimize_puts_the_workloads_files_first_and_the_encrypted_image_reads_lazily(
             .iter()
             .map(|p| list.iter().position(|l| l == p))
             .collect::<Option<_>>()
-            .with_context(|| format!("the recorded list misses some of {READ_ORDER:?}: {list:?}"))?;
+            .with_context(|| {
+                format!("the recorded list misses some of {READ_ORDER:?}: {list:?}")
+            })?;
         if !positions.windows(2).all(|w| w[0] < w[1]) {
             bail!("the recorded list has {READ_ORDER:?} out of order: {list:?}");
         }
@@ -217,7 +217,11 @@ fn optimize_puts_the_workloads_files_first_and_the_encrypted_image_reads_lazily(
             bail!("the recorded list holds {p}, which the workload never touched: {list:?}");
         }
         if report["listed"].as_u64() != Some(list.len() as u64) {
-            bail!("the report lists {} paths, the file {}", report["listed"], list.len());
+            bail!(
+                "the report lists {} paths, the file {}",
+                report["listed"],
+                list.len()
+            );
         }
 
         // 2. The converted image, decrypted: recorded files first, then the landmark.
@@ -232,7 +236,10 @@ fn optimize_puts_the_workloads_files_first_and_the_encrypted_image_reads_lazily(
             ],
         )?;
         let counts = check_prioritized(stack, "optimize-dec", &list)?;
-        eprintln!("prioritized files per layer: {counts:?} (recorded list: {} paths)", list.len());
+        eprintln!(
+            "prioritized files per layer: {counts:?} (recorded list: {} paths)",
+            list.len()
+        );
         if counts.iter().sum::<usize>() != list.len() {
             bail!("{counts:?} files placed first for a list of {}", list.len());
         }
@@ -309,7 +316,12 @@ fn optimize_names_a_bad_source_a_failing_workload_and_a_missing_list() {
             ),
             (
                 "missing list",
-                vec!["--access-list", missing.to_str().unwrap_or_default(), &src, &dst],
+                vec![
+                    "--access-list",
+                    missing.to_str().unwrap_or_default(),
+                    &src,
+                    &dst,
+                ],
                 &["no-such-list.txt"],
             ),
         ];
