@@ -290,4 +290,62 @@ mod tests {
         let err = fetch(&dir.path().join("nope.sock")).await.unwrap_err();
         assert!(format!("{err:#}").contains("is veil-snapshotter running"));
     }
+
+    struct WithOrders;
+
+    impl veil_daemon::status_server::StatusSource for WithOrders {
+        fn report(&self) -> StatusReport {
+            StatusReport {
+                snapshots: 7,
+                ..Default::default()
+            }
+        }
+
+        fn access_orders(&self, digest: &str) -> Vec<AccessOrder> {
+            let file = |path: &str, sequence| veil_image::status::AccessedFileStatus {
+                path: path.into(),
+                size: 1,
+                compressed_bytes: 1,
+                sequence,
+            };
+            let all = vec![
+                AccessOrder {
+                    digest: "sha256:lower".into(),
+                    files: vec![file("bin/sh", 1), file("etc/app.conf", 3)],
+                    ..Default::default()
+                },
+                AccessOrder {
+                    digest: "sha256:upper".into(),
+                    files: vec![file("app/main.py", 2)],
+                    ..Default::default()
+                },
+            ];
+            all.into_iter()
+                .filter(|o| digest == "all" || o.digest == digest)
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn access_orders_are_asked_for_and_merged_into_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(veil_daemon::status_server::serve(listener, WithOrders));
+        // The report still comes without a request.
+        assert_eq!(fetch(&path).await.unwrap().snapshots, 7);
+        let all = fetch_access_orders(&path, "all").await.unwrap();
+        assert_eq!(all.len(), 2);
+        let list = render_access_list(&all);
+        let paths: Vec<&str> = list.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(paths, ["/bin/sh", "/app/main.py", "/etc/app.conf"]);
+        let one = fetch_access_orders(&path, "sha256:upper").await.unwrap();
+        assert_eq!(one[0].files[0].path, "app/main.py");
+        let err = fetch_access_orders(&path, "sha256:absent").await.unwrap_err();
+        assert!(format!("{err:#}").contains("serves no layer sha256:absent"), "{err:#}");
+        // A line that is not a request is answered with an error, not the report.
+        let body = ask(&path, "not json").await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("not a status request"));
+        task.abort();
+    }
 }
