@@ -341,8 +341,13 @@ mod tests {
         assert_eq!(paths, ["/bin/sh", "/app/main.py", "/etc/app.conf"]);
         let one = fetch_access_orders(&path, "sha256:upper").await.unwrap();
         assert_eq!(one[0].files[0].path, "app/main.py");
-        let err = fetch_access_orders(&path, "sha256:absent").await.unwrap_err();
-        assert!(format!("{err:#}").contains("serves no layer sha256:absent"), "{err:#}");
+        let err = fetch_access_orders(&path, "sha256:absent")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("serves no layer sha256:absent"),
+            "{err:#}"
+        );
         // A line that is not a request is answered with an error, not the report.
         let body = ask(&path, "not json").await.unwrap();
         assert!(String::from_utf8_lossy(&body).contains("not a status request"));
