@@ -15,6 +15,7 @@ pub mod passthrough;
 pub mod plot;
 pub mod proxy;
 pub mod push;
+pub mod read_set;
 pub mod report;
 pub mod run;
 pub mod sample;

@@ -28,6 +28,8 @@ const SWEEP: &[(f64, f64)] = &[(2.0, 1000.0), (20.0, 200.0), (50.0, 100.0), (100
 ///   veil-FORMAT                  veil pull + ctr run --snapshotter veil (lazy)
 ///   veil-FORMAT-enc              the same, layers encrypted (ocicrypt, JWE recipient)
 ///   veil-FORMAT-enc-prefetch     encrypted, the workload's files prefetched (landmark)
+///   veil-FORMAT-enc-optimized    encrypted, made by `veil optimize` (a recording run of the
+///                                workload: the files it read first, then the landmark)
 ///
 /// FORMAT is estargz and/or zstd-chunked (--format). Every run is cold: a fresh Veil
 /// (empty caches) and a fresh containerd (empty content store), the page cache dropped.
@@ -70,12 +72,14 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "status-quo,stargz,lazy,enc,enc-prefetch"
+        default_value = "status-quo,stargz,lazy,enc,enc-prefetch,enc-optimized"
     )]
     modes: Vec<ModeKind>,
     /// The workload instead of the sample's: a command line run with /bin/sh -c in the
-    /// container (busybox sh; the image has busybox's applets and the sample's runtime).
-    #[arg(long, value_name = "CMD")]
+    /// container (busybox sh; the image has busybox's applets and the sample's runtime),
+    /// or `heavy`: python3 importing 24 standard library modules (the python sample).
+    /// Its read set, and so the physical limit, is measured in an unshaped warm-up run.
+    #[arg(long, value_name = "CMD|heavy")]
     workload: Option<String>,
     /// Text the workload's output must contain (default: the sample workload's output;
     /// nothing for a custom --workload).
@@ -262,8 +266,14 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         runs: cli.runs,
         shapings,
         modes,
-        workload: cli.workload.clone(),
-        expect: cli.expect.clone(),
+        workload: match cli.workload.as_deref() {
+            Some("heavy") => Some(veil_bench::sample::heavy_workload()),
+            w => w.map(str::to_string),
+        },
+        expect: match (cli.workload.as_deref(), &cli.expect) {
+            (Some("heavy"), None) => Some(veil_bench::sample::HEAVY_EXPECT.to_string()),
+            (_, e) => e.clone(),
+        },
         prefetch_list: cli.prefetch_list.clone(),
         background_fetch: cli.background_fetch,
         drop_caches: !cli.no_drop_caches,

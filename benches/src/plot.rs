@@ -48,7 +48,7 @@ fn color(mode: &str) -> RGBColor {
     let zstd = mode.contains("zstd");
     match (
         mode == "status-quo",
-        mode.ends_with("-prefetch"),
+        mode.ends_with("-prefetch") || mode.ends_with("-optimized"),
         mode.ends_with("-enc"),
     ) {
         (true, _, _) => RGBColor(150, 150, 150),
@@ -76,7 +76,15 @@ fn draw<DB: DrawingBackend>(
         .filter_map(|m| m.total().map(|t| t.2))
         .fold(p.limit_s, f64::max)
         .max(0.1)
-        * 1.18;
+        * 1.6;
+    // A log scale, so that the fast modes can be told apart beside the status quo.
+    let ymin = p
+        .modes
+        .iter()
+        .filter_map(|m| m.total().map(|t| t.1))
+        .fold(p.limit_s, f64::min)
+        .max(0.01)
+        * 0.5;
     let labels: Vec<String> = p.modes.iter().map(|m| m.label.clone()).collect();
     let caption = format!(
         "veil bench: cold start (pull → workload end), RTT {} ms, {} Mbit/s",
@@ -87,7 +95,7 @@ fn draw<DB: DrawingBackend>(
         .margin(20)
         .x_label_area_size(60)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..ymax)
+        .build_cartesian_2d((0..n - 1).into_segmented(), (ymin..ymax).log_scale())
         .map_err(e)?;
     let formatter = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
@@ -100,7 +108,7 @@ fn draw<DB: DrawingBackend>(
         .x_label_formatter(&formatter)
         .x_label_style(("sans-serif", 16))
         .y_label_style(("sans-serif", 15))
-        .y_desc("seconds (bar: median, whisker: min–max)")
+        .y_desc("seconds, log scale (bar: median, whisker: min–max)")
         .x_desc(format!(
             "{} sample, {} of files; workload: {} files / {}; {} run(s) per mode, cold caches",
             o.sample,
@@ -119,7 +127,7 @@ fn draw<DB: DrawingBackend>(
         let i = i as i32;
         let mut bar = Rectangle::new(
             [
-                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i), ymin),
                 (SegmentValue::Exact(i + 1), med),
             ],
             color(&m.mode).filled(),
@@ -145,7 +153,7 @@ fn draw<DB: DrawingBackend>(
         chart
             .draw_series(std::iter::once(Text::new(
                 label,
-                (SegmentValue::CenterOf(i), max + ymax * 0.015),
+                (SegmentValue::CenterOf(i), max * 1.04),
                 style,
             )))
             .map_err(e)?;

@@ -30,6 +30,7 @@ use veil_tests::process::{run_with_timeout, ChildGuard};
 use veil_tests::scenario::VeilSnapshotter;
 
 use crate::proxy::{Shaping, ShapingProxy};
+use crate::read_set::ReadSet;
 use crate::sample::{SampleImage, SampleKind};
 
 /// The repository the images are pushed to.
@@ -105,6 +106,9 @@ pub enum Mode {
         encrypted: bool,
         prefetch: bool,
     },
+    /// The same, on the encrypted image `veil optimize` made: the files the workload
+    /// read in a recording run first, then the landmark.
+    Optimized { format: Format },
 }
 
 impl Mode {
@@ -127,6 +131,7 @@ impl Mode {
                 }
                 s
             }
+            Mode::Optimized { format } => format!("veil-{}-enc-optimized", format.flag()),
         }
     }
 
@@ -149,6 +154,7 @@ impl Mode {
                 }
                 s
             }
+            Mode::Optimized { format } => format!("{}+enc+optimize", format.label()),
         }
     }
 
@@ -175,6 +181,11 @@ impl Mode {
                 } else {
                     ""
                 }
+            ),
+            Mode::Optimized { format } => format!(
+                "veil pull + ctr run --snapshotter veil; {}, encrypted (JWE), made by veil \
+                 optimize (the files a recording run of the workload read, then the landmark)",
+                format.label()
             ),
         }
     }
@@ -212,6 +223,9 @@ pub fn modes(formats: &[Format], kinds: &[ModeKind]) -> Vec<Mode> {
                 });
             }
         }
+        if kinds.contains(&ModeKind::EncOptimized) {
+            out.push(Mode::Optimized { format });
+        }
     }
     out
 }
@@ -229,6 +243,8 @@ pub enum ModeKind {
     Enc,
     /// Veil, lazy, encrypted, the workload's files prefetched (landmark).
     EncPrefetch,
+    /// Veil, lazy, encrypted, the image made by `veil optimize` (a recorded list).
+    EncOptimized,
 }
 
 /// Where Veil's binaries are.
@@ -386,6 +402,9 @@ pub struct Outcome {
     pub read_set_files: usize,
     pub read_set_bytes: u64,
     pub read_set_compressed_bytes: u64,
+    /// Where the read set comes from: `measured` (Veil's access accounting in an
+    /// unshaped warm-up run of the workload).
+    pub read_set_source: String,
     pub runs_per_mode: usize,
     pub background_fetch: bool,
     pub drop_caches: bool,
@@ -476,84 +495,64 @@ fn measure_all(
     std::fs::write(keys.join("bench.pem"), pkey.private_key_to_pem_pkcs8()?)?;
     let public = dir.join("bench.pub.pem");
     std::fs::write(&public, pkey.public_key_to_pem()?)?;
-    let prefetch = match &plan.prefetch_list {
-        Some(p) => p.clone(),
-        None => {
-            let p = dir.join("prefetch.txt");
-            std::fs::write(&p, image.prefetch_list())?;
-            p
-        }
-    };
-
-    // Convert once per Veil mode.
+    // Convert once per Veil mode; the unencrypted eStargz image first: the workload's
+    // read set is measured on it (an unshaped warm-up run) before the others are made.
     let mut convert_s = Vec::new();
     let mut image_bytes = std::collections::BTreeMap::new();
     image_bytes.insert(
         "plain".to_string(),
         manifest_layer_bytes(registry, "plain")?,
     );
-    let mut images: Vec<Mode> = Vec::new();
+    let warm_up_mode = Mode::Veil {
+        format: Format::Estargz,
+        encrypted: false,
+        prefetch: false,
+    };
+    let mut images: Vec<Mode> = vec![warm_up_mode];
     for mode in &plan.modes {
         // The peer pulls Veil's unencrypted eStargz image.
         let image = match mode {
-            Mode::StatusQuo => continue,
-            Mode::Stargz => Mode::Veil {
-                format: Format::Estargz,
-                encrypted: false,
-                prefetch: false,
-            },
+            Mode::StatusQuo | Mode::Stargz => continue,
             m => *m,
         };
         if !images.contains(&image) {
             images.push(image);
         }
     }
-    for mode in &images {
+    let mut read_set = None;
+    let mut prefetch = dir.join("prefetch.txt");
+    for (i, mode) in images.iter().enumerate() {
         check_interrupted()?;
-        let Mode::Veil {
-            format,
-            encrypted,
-            prefetch: pf,
-        } = *mode
-        else {
-            continue;
-        };
+        let secs = convert_image(plan, registry, *mode, &public, &prefetch, workload)?;
         let tag = mode.tag();
-        let mut cmd = Command::new(&plan.bins.veil);
-        cmd.arg("convert")
-            .arg("--plain-http")
-            .arg(format!("{}/{REPO}:plain", registry.host()))
-            .arg(format!("{}/{REPO}:{tag}", registry.host()))
-            .arg("--format")
-            .arg(format.flag())
-            .arg("--tmp-dir")
-            .arg(dir);
-        if let Some(c) = &plan.chunk_size {
-            cmd.arg("--chunk-size").arg(c);
-        }
-        if encrypted {
-            cmd.arg("--encrypt")
-                .arg("--recipient")
-                .arg(format!("jwe:{}", public.display()));
-        }
-        if pf {
-            cmd.arg("--prefetch-list").arg(&prefetch);
-        }
-        let t = Instant::now();
-        let out = run_with_timeout(cmd, CONVERT_TIMEOUT, &dir.join(format!("convert-{tag}")))?;
-        if !out.status.success() {
-            bail!(
-                "veil convert to :{tag} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let secs = t.elapsed().as_secs_f64();
-        say(&format!("veil convert → :{tag} in {secs:.1} s"));
+        say(&format!(
+            "{} → :{tag} in {secs:.1} s",
+            match mode {
+                Mode::Optimized { .. } => "veil optimize",
+                _ => "veil convert",
+            }
+        ));
         convert_s.push((tag.clone(), secs));
         image_bytes.insert(tag.clone(), manifest_layer_bytes(registry, &tag)?);
+        if i == 0 {
+            let measured = measure_read_set(plan, registry, workload, expect, started)?;
+            say(&format!(
+                "the workload's read set (measured): {} files, {:.2} MiB, {:.2} MiB compressed",
+                measured.paths.len(),
+                measured.bytes as f64 / (1 << 20) as f64,
+                measured.compressed_bytes as f64 / (1 << 20) as f64
+            ));
+            // The -prefetch modes: the given list, else the sample's own for its own
+            // workload, else what the workload was measured to read.
+            match (&plan.prefetch_list, &plan.workload) {
+                (Some(p), _) => prefetch = p.clone(),
+                (None, None) => std::fs::write(&prefetch, image.prefetch_list())?,
+                (None, Some(_)) => std::fs::write(&prefetch, measured.prefetch_list())?,
+            }
+            read_set = Some(measured);
+        }
     }
+    let read_set = read_set.context("the read set was not measured")?;
 
     let upstream: SocketAddr = registry.host().parse()?;
     let mut points = Vec::new();
@@ -625,7 +624,7 @@ fn measure_all(
             }
         }
         let limit_s =
-            shaping.transfer_secs(image.read_set_compressed) + 2.0 * shaping.rtt.as_secs_f64();
+            shaping.transfer_secs(read_set.compressed_bytes) + 2.0 * shaping.rtt.as_secs_f64();
         points.push(PointResult {
             rtt_ms: shaping.rtt_ms(),
             mbit: shaping.mbit(),
@@ -639,9 +638,10 @@ fn measure_all(
         files: image.files,
         workload: workload.to_string(),
         expect: expect.to_string(),
-        read_set_files: image.read_set.len(),
-        read_set_bytes: image.read_set_bytes,
-        read_set_compressed_bytes: image.read_set_compressed,
+        read_set_files: read_set.paths.len(),
+        read_set_bytes: read_set.bytes,
+        read_set_compressed_bytes: read_set.compressed_bytes,
+        read_set_source: read_set.source.clone(),
         runs_per_mode: plan.runs,
         background_fetch: plan.background_fetch,
         drop_caches: plan.drop_caches,
@@ -649,6 +649,107 @@ fn measure_all(
         points,
         started: Vec::new(),
     })
+}
+
+/// Makes the image `mode` pulls from the plain one: `veil convert` (with `prefetch` for
+/// the -prefetch modes), or `veil optimize --cmd WORKLOAD` for [`Mode::Optimized`]
+/// (unshaped: against the registry itself). Returns the seconds it took.
+fn convert_image(
+    plan: &Plan,
+    registry: &LocalRegistry,
+    mode: Mode,
+    public: &Path,
+    prefetch: &Path,
+    workload: &str,
+) -> anyhow::Result<f64> {
+    let dir = &plan.dir;
+    let (format, encrypted, pf) = match mode {
+        Mode::Veil {
+            format,
+            encrypted,
+            prefetch,
+        } => (format, encrypted, prefetch),
+        Mode::Optimized { format } => (format, true, false),
+        Mode::StatusQuo | Mode::Stargz => return Ok(0.0),
+    };
+    let tag = mode.tag();
+    let mut cmd = Command::new(&plan.bins.veil);
+    let verb = match mode {
+        Mode::Optimized { .. } => "optimize",
+        _ => "convert",
+    };
+    cmd.arg(verb)
+        .arg("--plain-http")
+        .arg(format!("{}/{REPO}:plain", registry.host()))
+        .arg(format!("{}/{REPO}:{tag}", registry.host()))
+        .arg("--format")
+        .arg(format.flag())
+        .arg("--tmp-dir")
+        .arg(dir);
+    if let Some(c) = &plan.chunk_size {
+        cmd.arg("--chunk-size").arg(c);
+    }
+    if encrypted {
+        cmd.arg("--encrypt")
+            .arg("--recipient")
+            .arg(format!("jwe:{}", public.display()));
+    }
+    if pf {
+        cmd.arg("--prefetch-list").arg(prefetch);
+    }
+    if let Mode::Optimized { .. } = mode {
+        cmd.arg("--cmd").arg(workload);
+    }
+    let t = Instant::now();
+    let out = run_with_timeout(cmd, CONVERT_TIMEOUT, &dir.join(format!("convert-{tag}")))?;
+    if !out.status.success() {
+        bail!(
+            "veil {verb} to :{tag} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The workload's read set: one unshaped run on the unencrypted eStargz image, then the
+/// daemon's access accounting.
+fn measure_read_set(
+    plan: &Plan,
+    registry: &LocalRegistry,
+    workload: &str,
+    expect: &str,
+    started: &mut Vec<Started>,
+) -> anyhow::Result<ReadSet> {
+    let proxy = ShapingProxy::start(registry.host().parse()?, Shaping::new(0.0, 0.0))?;
+    let mode = Mode::Veil {
+        format: Format::Estargz,
+        encrypted: false,
+        prefetch: false,
+    };
+    let mut orders = None;
+    let r = one_run_recording(
+        plan,
+        mode,
+        &proxy,
+        "warm-up",
+        workload,
+        expect,
+        started,
+        Some(&mut orders),
+    )?;
+    if let Some(e) = &r.error {
+        bail!("the warm-up run of the workload failed: {e}");
+    }
+    if !r.output_ok {
+        bail!(
+            "the warm-up run of the workload printed {:?}, not {expect:?}",
+            r.output
+        );
+    }
+    let orders = orders.context("no access order was asked for")??;
+    ReadSet::from_access_orders(&orders)
 }
 
 /// Drops the page cache (dentries, inodes, pages) after writing dirty pages back.
@@ -668,6 +769,22 @@ fn one_run(
     workload: &str,
     expect: &str,
     started: &mut Vec<Started>,
+) -> anyhow::Result<RunResult> {
+    one_run_recording(plan, mode, proxy, name, workload, expect, started, None)
+}
+
+/// [`one_run`], and with `access` the daemon's access orders after the workload (JSON,
+/// `veil status --access-order all`).
+#[allow(clippy::too_many_arguments)]
+fn one_run_recording(
+    plan: &Plan,
+    mode: Mode,
+    proxy: &ShapingProxy,
+    name: &str,
+    workload: &str,
+    expect: &str,
+    started: &mut Vec<Started>,
+    mut access: Option<&mut Option<anyhow::Result<serde_json::Value>>>,
 ) -> anyhow::Result<RunResult> {
     let dir = plan.dir.join("runs").join(name);
     std::fs::create_dir_all(&dir)?;
@@ -734,6 +851,13 @@ fn one_run(
             pid: cd.pid(),
         });
         let r = measured(plan, mode, proxy, &cd, &dir, workload, expect);
+        if let Some(slot) = access.as_deref_mut() {
+            *slot = Some(crate::read_set::access_orders(
+                &plan.bins.veil,
+                &veil.socket().with_file_name("status.sock"),
+                &dir.join("veil-status"),
+            ));
+        }
         for pid in shim_pids_for(cd.address()) {
             started.push(Started {
                 what: format!("containerd-shim ({} {name})", mode.name()),
@@ -799,7 +923,7 @@ fn measured(
                 .map(|_| ()),
             None => Err(anyhow::anyhow!("ctr-remote was not built")),
         },
-        Mode::Veil { .. } => {
+        Mode::Veil { .. } | Mode::Optimized { .. } => {
             let mut cmd = Command::new(&plan.bins.veil);
             cmd.arg("pull")
                 .arg("--plain-http")
@@ -829,7 +953,7 @@ fn measured(
         let snapshotter = match mode {
             Mode::StatusQuo => "overlayfs",
             Mode::Stargz => "stargz",
-            Mode::Veil { .. } => veil_tests::containerd::SNAPSHOTTER,
+            Mode::Veil { .. } | Mode::Optimized { .. } => veil_tests::containerd::SNAPSHOTTER,
         };
         cd.run_container_in(
             NAMESPACE,

@@ -217,6 +217,25 @@ impl SampleImage {
 pub const PYTHON_CODE: &str =
     "import json, email, http.client; print('veil-bench: imported json, email, http.client')";
 
+/// The modules the heavier built-in workload (`--workload heavy`) imports: 24 of the
+/// standard library, pure Python, many files each.
+pub const HEAVY_MODULES: &str = "json, email, http.client, xml.dom.minidom, \
+    xml.etree.ElementTree, csv, argparse, logging, fractions, textwrap, difflib, pathlib, \
+    tempfile, shutil, urllib.request, html.parser, configparser, dataclasses, unittest, \
+    zipfile, tarfile, gzip, uuid, pprint";
+
+/// What the heavier built-in workload prints.
+pub const HEAVY_EXPECT: &str = "veil-bench: imported the heavy set";
+
+/// The heavier built-in workload (`--workload heavy`): a `sh -c` command line.
+pub fn heavy_workload() -> String {
+    let modules: String = HEAVY_MODULES
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("python3 -c 'import {modules}; print(\"{HEAVY_EXPECT}\")'")
+}
+
 /// Builds the sample image of `kind` with about `size` bytes of file contents.
 pub fn build(kind: SampleKind, size: u64) -> anyhow::Result<SampleImage> {
     let mut runtime = Tree::default();

@@ -56,11 +56,18 @@ fn veil_bench_on_a_tiny_image() {
             "veil-estargz",
             "veil-estargz-enc",
             "veil-estargz-enc-prefetch",
+            "veil-estargz-enc-optimized",
             "veil-zstd-chunked",
             "veil-zstd-chunked-enc",
-            "veil-zstd-chunked-enc-prefetch"
+            "veil-zstd-chunked-enc-prefetch",
+            "veil-zstd-chunked-enc-optimized"
         ]
     );
+    // The read set (and the limit) is measured: the files the workload really read.
+    let result = &doc["result"];
+    assert_eq!(result["read_set_source"], "measured");
+    assert!(result["read_set_files"].as_u64().unwrap() >= 2, "{result}");
+    assert!(result["read_set_compressed_bytes"].as_u64().unwrap() > 0);
     let expect = doc["result"]["expect"].as_str().unwrap();
     assert_eq!(expect.len(), 64, "the busybox workload prints a sha256");
     for m in modes {

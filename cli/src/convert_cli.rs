@@ -141,7 +141,7 @@ fn registry_options(plain_http: bool, platform: Option<&str>) -> anyhow::Result<
 }
 
 /// Reads a prefetch list: one path per line, blank lines and `#` comments skipped.
-fn read_prefetch_list(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_prefetch_list(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading the prefetch list {}: {e}", path.display()))?;
     Ok(text
@@ -152,7 +152,7 @@ fn read_prefetch_list(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn convert_options(args: &ConvertArgs) -> anyhow::Result<ConvertOptions> {
+pub(crate) fn convert_options(args: &ConvertArgs) -> anyhow::Result<ConvertOptions> {
     let mut jwe = Vec::new();
     for r in &args.recipient {
         match r.split_once(':') {

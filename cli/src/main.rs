@@ -8,10 +8,12 @@ mod convert_cli;
 mod keyprovider_serve;
 mod keys;
 mod mount;
+mod optimize;
 mod progress;
 mod pull;
 mod run;
 mod status;
+mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +81,13 @@ enum Command {
     /// not stored again; the manifest is stored last, so DST's tag never names a
     /// half-written image. Without --encrypt the output is deterministic.
     Convert(convert_cli::ConvertArgs),
+    /// Convert an image like `veil convert`, with the files its workload reads first:
+    /// runs the image's Entrypoint + Cmd (or --cmd) once with runc against SRC mounted
+    /// lazily, records which files it opens and reads in what order, and writes DST with
+    /// those files first and the prefetch landmark after them (Veil fetches them before
+    /// the container starts). --access-list FILE takes a list `veil status
+    /// --access-order` dumped instead of running anything.
+    Optimize(optimize::OptimizeArgs),
     /// Show an image's layers: media type, format, sizes, chunk count, encryption
     /// (recipients, kids), and whether Veil can mount each lazily (and if not, why).
     Inspect(convert_cli::InspectArgs),
@@ -116,6 +125,12 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead of the report, print the files of layer DIGEST (`all`: every layer)
+        /// that were opened or read, first touch first, one path a line: the list
+        /// `veil optimize --access-list` takes. File names are plaintext of an encrypted
+        /// image: the daemon tells them only to root.
+        #[arg(long, value_name = "DIGEST|all")]
+        access_order: Option<String>,
     },
 }
 
@@ -191,7 +206,11 @@ fn main() -> ExitCode {
         },
         Command::Keyprovider(command) => run_keyprovider(command),
         Command::Keys(command) => keys::run_keys(command),
-        Command::Status { address, json } => run_status(&address, json),
+        Command::Status {
+            address,
+            json,
+            access_order,
+        } => run_status(&address, json, access_order.as_deref()),
         Command::FdStore { socket } => {
             init_logging("info");
             match veil_snapshotter::fdstore::server::serve(&socket) {
@@ -203,6 +222,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Convert(args) => convert_cli::run_convert(args),
+        Command::Optimize(args) => optimize::run_optimize(args),
         Command::Inspect(args) => convert_cli::run_inspect(args),
         Command::Bench { args } => {
             // git-style: `veil bench ARGS` execs `veil-bench ARGS` found beside `veil`.

@@ -4,11 +4,13 @@ use std::path::Path;
 
 use tokio::io::AsyncReadExt;
 use veil_blob::display::{human_bytes as human, short_digest as short};
-use veil_image::status::StatusReport;
+use veil_image::status::{merged_access_list, AccessOrder, StatusReport, StatusRequest};
 
-/// Reads the status report from the daemon at `address`.
-pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
+/// Sends `request` (one JSON line; empty: the report) to the daemon's status socket at
+/// `address` and reads its answer.
+async fn ask(address: &Path, request: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::UnixStream::connect(address),
@@ -21,6 +23,10 @@ pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
             address.display()
         )
     })?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .with_context(|| format!("writing to {}", address.display()))?;
     let mut body = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -28,8 +34,68 @@ pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
     )
     .await
     .with_context(|| format!("reading status from {}: timed out", address.display()))??;
+    Ok(body)
+}
+
+/// Reads the status report from the daemon at `address`.
+pub async fn fetch(address: &Path) -> anyhow::Result<StatusReport> {
+    use anyhow::Context;
+    let body = ask(address, "").await?;
     serde_json::from_slice(&body)
         .with_context(|| format!("status from {} is not valid", address.display()))
+}
+
+/// Reads the access order of `layer` (a digest, or `all`) from the daemon at `address`.
+pub async fn fetch_access_orders(address: &Path, layer: &str) -> anyhow::Result<Vec<AccessOrder>> {
+    let request = serde_json::to_string(&StatusRequest {
+        access_order: Some(layer.to_string()),
+    })?;
+    let body = ask(address, &request).await?;
+    if let Ok(orders) = serde_json::from_slice::<Vec<AccessOrder>>(&body) {
+        if orders.is_empty() {
+            anyhow::bail!(
+                "the daemon at {} serves no layer {layer}",
+                address.display()
+            );
+        }
+        return Ok(orders);
+    }
+    #[derive(serde::Deserialize)]
+    struct Refused {
+        error: String,
+    }
+    match serde_json::from_slice::<Refused>(&body) {
+        Ok(r) => anyhow::bail!("{}: {}", address.display(), r.error),
+        Err(_) => anyhow::bail!(
+            "the access order from {} is not valid (an older daemon?)",
+            address.display()
+        ),
+    }
+}
+
+/// Access orders as a list `veil optimize --access-list` reads: one absolute path a
+/// line, first touch first, with a comment naming the layers.
+pub fn render_access_list(orders: &[AccessOrder]) -> String {
+    let mut out = String::new();
+    for o in orders {
+        out.push_str(&format!(
+            "# layer {} ({}, {}): {} files{}\n",
+            o.digest,
+            o.image,
+            o.mode,
+            o.files.len(),
+            if o.dropped > 0 {
+                format!(", {} more not recorded", o.dropped)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    for path in merged_access_list(orders) {
+        out.push_str(&path);
+        out.push('\n');
+    }
+    out
 }
 
 /// The report as a human-readable table.
@@ -125,12 +191,24 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
-/// Runs `veil status`.
-pub fn run_status(address: &Path, json: bool) -> std::process::ExitCode {
+/// Runs `veil status`; with `access_order`, dumps that layer's access order instead.
+pub fn run_status(
+    address: &Path,
+    json: bool,
+    access_order: Option<&str>,
+) -> std::process::ExitCode {
     let Some(rt) = crate::run::runtime("status") else {
         return std::process::ExitCode::FAILURE;
     };
-    crate::run::print_report("status", rt.block_on(fetch(address)), json, render)
+    match access_order {
+        Some(layer) => crate::run::print_report(
+            "status",
+            rt.block_on(fetch_access_orders(address, layer)),
+            json,
+            |orders| render_access_list(orders),
+        ),
+        None => crate::run::print_report("status", rt.block_on(fetch(address)), json, render),
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +289,68 @@ mod tests {
         task.abort();
         let err = fetch(&dir.path().join("nope.sock")).await.unwrap_err();
         assert!(format!("{err:#}").contains("is veil-snapshotter running"));
+    }
+
+    struct WithOrders;
+
+    impl veil_daemon::status_server::StatusSource for WithOrders {
+        fn report(&self) -> StatusReport {
+            StatusReport {
+                snapshots: 7,
+                ..Default::default()
+            }
+        }
+
+        fn access_orders(&self, digest: &str) -> Vec<AccessOrder> {
+            let file = |path: &str, sequence| veil_image::status::AccessedFileStatus {
+                path: path.into(),
+                size: 1,
+                compressed_bytes: 1,
+                sequence,
+            };
+            let all = vec![
+                AccessOrder {
+                    digest: "sha256:lower".into(),
+                    files: vec![file("bin/sh", 1), file("etc/app.conf", 3)],
+                    ..Default::default()
+                },
+                AccessOrder {
+                    digest: "sha256:upper".into(),
+                    files: vec![file("app/main.py", 2)],
+                    ..Default::default()
+                },
+            ];
+            all.into_iter()
+                .filter(|o| digest == "all" || o.digest == digest)
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn access_orders_are_asked_for_and_merged_into_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(veil_daemon::status_server::serve(listener, WithOrders));
+        // The report still comes without a request.
+        assert_eq!(fetch(&path).await.unwrap().snapshots, 7);
+        let all = fetch_access_orders(&path, "all").await.unwrap();
+        assert_eq!(all.len(), 2);
+        let list = render_access_list(&all);
+        let paths: Vec<&str> = list.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(paths, ["/bin/sh", "/app/main.py", "/etc/app.conf"]);
+        let one = fetch_access_orders(&path, "sha256:upper").await.unwrap();
+        assert_eq!(one[0].files[0].path, "app/main.py");
+        let err = fetch_access_orders(&path, "sha256:absent")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("serves no layer sha256:absent"),
+            "{err:#}"
+        );
+        // A line that is not a request is answered with an error, not the report.
+        let body = ask(&path, "not json").await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("not a status request"));
+        task.abort();
     }
 }

@@ -94,9 +94,10 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     let health_task = tokio::spawn(report_health(service.clone()));
     let for_status = service.clone();
     let for_exit = service.clone();
-    let status_task = tokio::spawn(crate::status_server::serve(status_listener, move || {
-        for_status.status()
-    }));
+    let status_task = tokio::spawn(crate::status_server::serve(
+        status_listener,
+        ServiceStatus(for_status),
+    ));
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
         .serve_with_incoming_shutdown(crate::grpc_unix::incoming(listener), async {
@@ -186,5 +187,18 @@ async fn report_health(service: Arc<Service>) {
             last = Some(failed);
         }
         tokio::time::sleep(HEALTH_POLL).await;
+    }
+}
+
+/// The snapshotter service as the status socket's source.
+struct ServiceStatus(Arc<Service>);
+
+impl crate::status_server::StatusSource for ServiceStatus {
+    fn report(&self) -> veil_image::status::StatusReport {
+        self.0.status()
+    }
+
+    fn access_orders(&self, digest: &str) -> Vec<veil_image::status::AccessOrder> {
+        self.0.access_orders(digest)
     }
 }

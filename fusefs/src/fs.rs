@@ -32,6 +32,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::access_log::AccessLog;
 use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::{ChunkReader, ReadError};
 use crate::read_data::ReadData;
@@ -71,6 +72,8 @@ pub struct LayerFs {
     options: FsOptions,
     /// The kernel's INIT offer, once `init` has seen it (for a handover).
     kernel_init: KernelInitSlot,
+    /// Where first opens and reads of files are recorded, if anywhere.
+    access: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -91,6 +94,19 @@ impl LayerFs {
             runtime,
             options,
             kernel_init: KernelInitSlot::default(),
+            access: None,
+        }
+    }
+
+    /// The same, recording the files opened and read in `log` (first touch order).
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Self {
+        self.access = Some(log);
+        self
+    }
+
+    fn record_access(&self, ino: INodeNo) {
+        if let Some(log) = &self.access {
+            log.record(ino.0);
         }
     }
 
@@ -301,7 +317,10 @@ impl Filesystem for LayerFs {
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
             Ok(_) if flags.0 & libc::O_TRUNC != 0 => reply.error(Errno::EROFS),
             Ok(node) if node.is_dir() => reply.error(Errno::EISDIR),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => {
+                self.record_access(ino);
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(err) => reply.error(err),
         }
     }
@@ -317,6 +336,7 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.record_access(ino);
         let reader = self.reader.clone();
         let read = async move { reader.read_data(ino.0, offset, u64::from(size)).await };
         let answer = move |result: Result<ReadData, ReadError>| match result {

@@ -8,11 +8,13 @@
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
-//! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead), [`handover`] and [`resume`] (serving a
-//! live connection another process made, after a restart), [`failed`] (the
+//! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
+//! [`handover`] and [`resume`] (serving a live connection another process made, after a
+//! restart), [`access_log`] (which files a workload touched, in order), [`failed`] (the
 //! `EIO` stand-in for a layer that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps).
 
+pub mod access_log;
 pub mod cache;
 pub mod disk_cache;
 pub mod failed;

@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use veil_fusefs::access_log::{accessed_files, AccessLog};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
 use veil_fusefs::fs::{FsOptions, LayerFs};
@@ -52,7 +53,9 @@ use crate::resolver::{
     Authorization, Handover, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer,
     Resolved,
 };
-use crate::status::{CacheStatus, DiskCacheStatus, LayerStatus, StatusReport};
+use crate::status::{
+    AccessOrder, AccessedFileStatus, CacheStatus, DiskCacheStatus, LayerStatus, StatusReport,
+};
 use crate::verify::{
     compression_of, spawn_whole_layer_checks, DiffIdCheck, DiffIdState, DIFF_ID_CHECKS_AT_ONCE,
     DIFF_ID_OFF, DIFF_ID_PENDING,
@@ -61,6 +64,9 @@ use crate::verify::{
 mod streamed;
 
 use streamed::{DigestPass, StreamedLayer};
+
+/// The layer name that asks for the access order of every layer.
+pub const ACCESS_ORDER_ALL: &str = "all";
 
 /// Background fetches running at once (each waits for a slot before it starts).
 const BACKGROUND_SLOTS: usize = 2;
@@ -121,6 +127,8 @@ struct LayerEntry {
     streamed_bytes: u64,
     /// Where its `diff_id` check stands.
     diff_id: Arc<DiffIdState>,
+    /// Which of its files were opened or read, first touch first.
+    access: Arc<AccessLog>,
 }
 
 /// The most uncompressed bytes one read of a streamed layer decompresses into memory at
@@ -205,6 +213,22 @@ impl LazyLayers {
         let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
             .map(|(k, v)| (k.clone(), v.reader.clone()))
+            .collect()
+    }
+
+    /// The files of layer `digest` opened or read so far, first touch first (`None`:
+    /// no such layer resolved). Holds plaintext file names: show them only to root.
+    pub fn access_order(&self, digest: &str) -> Option<AccessOrder> {
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get(digest)?;
+        Some(access_order_of(digest, entry))
+    }
+
+    /// [`Self::access_order`] of every layer resolved so far.
+    pub fn all_access_orders(&self) -> Vec<AccessOrder> {
+        let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(digest, entry)| access_order_of(digest, entry))
             .collect()
     }
 
@@ -428,6 +452,7 @@ impl LazyLayers {
             Err(e) if encrypted => return Ok(Resolved::Fail(e.to_string())),
             Err(e) => return Err(e),
         };
+        let access = Arc::new(AccessLog::for_tree(&tree));
         let reader = Arc::new(ChunkReader::new(
             layer.layer_digest.clone(),
             tree,
@@ -470,6 +495,7 @@ impl LazyLayers {
                     mode: "lazy",
                     streamed_bytes: 0,
                     diff_id: diff_id_state.unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
+                    access: access.clone(),
                 },
             );
         let background = cached
@@ -487,6 +513,7 @@ impl LazyLayers {
             });
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
             reader,
+            access,
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
             background,
@@ -565,6 +592,14 @@ impl LayerResolver for LazyLayers {
         }))
     }
 
+    fn access_orders(&self, digest: &str) -> Vec<AccessOrder> {
+        if digest == ACCESS_ORDER_ALL {
+            self.all_access_orders()
+        } else {
+            self.access_order(digest).into_iter().collect()
+        }
+    }
+
     fn fill_status(&self, report: &mut StatusReport) {
         let fetches: HashMap<String, Arc<FetchProgress>> =
             self.background_fetches().into_iter().collect();
@@ -623,9 +658,31 @@ impl LayerResolver for LazyLayers {
     }
 }
 
+/// The access order of one resolved layer.
+fn access_order_of(digest: &str, entry: &LayerEntry) -> AccessOrder {
+    let files = accessed_files(&entry.access, entry.reader.tree())
+        .into_iter()
+        .map(|f| AccessedFileStatus {
+            path: f.path,
+            size: f.size,
+            compressed_bytes: f.compressed_bytes,
+            sequence: f.sequence,
+        })
+        .collect();
+    AccessOrder {
+        digest: digest.to_string(),
+        image: entry.image.clone(),
+        mode: entry.mode.to_string(),
+        files,
+        dropped: entry.access.dropped(),
+    }
+}
+
 /// A resolved layer, ready to mount.
 struct ReadyLayer {
     reader: Arc<ChunkReader>,
+    /// Where its filesystem records first opens and reads.
+    access: Arc<AccessLog>,
     runtime: tokio::runtime::Handle,
     options: MountOptions,
     background: Option<Background>,
@@ -688,7 +745,8 @@ impl MountableLayer for ReadyLayer {
             self.reader.clone(),
             self.runtime.clone(),
             FsOptions::default(),
-        );
+        )
+        .with_access_log(self.access.clone());
         let layer_mount = mount(fs, dir, &self.options)?;
         Ok(self.start(layer_mount))
     }
@@ -709,7 +767,8 @@ impl MountableLayer for ReadyLayer {
             self.reader.clone(),
             self.runtime.clone(),
             FsOptions::default(),
-        );
+        )
+        .with_access_log(self.access.clone());
         let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
         Ok(self.start(layer_mount))
     }

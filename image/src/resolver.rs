@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ImageError;
-use crate::status::StatusReport;
+use crate::status::{AccessOrder, StatusReport};
 
 /// Which layer of which image a remote snapshot serves; recorded with the snapshot so a
 /// restarted daemon can mount it again.
@@ -139,4 +139,10 @@ pub trait LayerResolver: Send + Sync {
     /// Adds what the resolver knows (layers served, bytes fetched, cache use) to a status
     /// report.
     fn fill_status(&self, _report: &mut StatusReport) {}
+
+    /// The access order of layer `digest` (`"all"`: of every layer) as far as it has been
+    /// recorded: file names, plaintext of an encrypted layer (root only, never logged).
+    fn access_orders(&self, _digest: &str) -> Vec<AccessOrder> {
+        Vec::new()
+    }
 }

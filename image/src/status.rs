@@ -3,7 +3,10 @@
 //! The image service fills in the layers, caches and bytes fetched; the snapshots API
 //! adds its snapshot counts and fallbacks; the daemon serves the report as JSON on its
 //! status socket and `veil status` renders it. Nothing secret is in the report: layer
-//! digests, image references, counters.
+//! digests, image references, counters. The access order of a layer
+//! ([`AccessOrder`], `veil status --access-order`) is kept apart: it names files, which
+//! are plaintext of an encrypted layer, so it is only ever asked for explicitly, on the
+//! root-only status socket, and never logged.
 
 use serde::{Deserialize, Serialize};
 
@@ -132,5 +135,91 @@ impl StatusReport {
     /// ([`Self::failed`]) and none was marked bad ([`LayerStatus::bad`]).
     pub fn healthy(&self) -> bool {
         self.failed.is_empty() && self.layers.iter().all(|l| l.bad.is_none())
+    }
+}
+
+/// One file of a layer that was opened or read, in an [`AccessOrder`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessedFileStatus {
+    /// Its path in the layer (relative, no leading `/`).
+    pub path: String,
+    /// Its size, uncompressed.
+    pub size: u64,
+    /// The bytes of the blob its chunks lie in (for a streamed layer: of the
+    /// decompressed stream, not the blob).
+    pub compressed_bytes: u64,
+    /// Its place in the daemon's order of first touches across all layers (smaller:
+    /// earlier), to merge the orders of an image's layers.
+    pub sequence: u64,
+}
+
+/// The files of one layer that were opened or read, first touch first: what
+/// `veil optimize --access-list` places first. Holds file names (plaintext of an
+/// encrypted layer): served only on request, to root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessOrder {
+    /// Layer blob digest.
+    pub digest: String,
+    /// Image the layer was resolved for.
+    pub image: String,
+    /// How it is served: `lazy` or `streamed`.
+    pub mode: String,
+    /// The files, first touch first.
+    pub files: Vec<AccessedFileStatus>,
+    /// First touches not kept (the list was full).
+    pub dropped: u64,
+}
+
+/// A request on the status socket: a JSON line the client writes before it reads. No
+/// request (the client writes nothing): the [`StatusReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Ask for the access order of these layers (digests; `"all"`: every layer)
+    /// instead of the report: the answer is a JSON list of [`AccessOrder`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_order: Option<String>,
+}
+
+/// Merges the access orders of an image's layers into one list of paths (absolute),
+/// first touch first, each path once.
+pub fn merged_access_list(orders: &[AccessOrder]) -> Vec<String> {
+    let mut all: Vec<(u64, &str)> = orders
+        .iter()
+        .flat_map(|o| o.files.iter().map(|f| (f.sequence, f.path.as_str())))
+        .collect();
+    all.sort_by_key(|(sequence, _)| *sequence);
+    let mut seen = std::collections::HashSet::new();
+    all.into_iter()
+        .filter(|(_, path)| seen.insert(*path))
+        .map(|(_, path)| format!("/{path}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, sequence: u64) -> AccessedFileStatus {
+        AccessedFileStatus {
+            path: path.into(),
+            sequence,
+            ..AccessedFileStatus::default()
+        }
+    }
+
+    #[test]
+    fn layers_merge_by_first_touch() {
+        let lower = AccessOrder {
+            files: vec![file("usr/bin/python3", 1), file("usr/lib/a.py", 4)],
+            ..AccessOrder::default()
+        };
+        let upper = AccessOrder {
+            files: vec![file("app/main.py", 2), file("usr/lib/a.py", 3)],
+            ..AccessOrder::default()
+        };
+        assert_eq!(
+            merged_access_list(&[lower, upper]),
+            ["/usr/bin/python3", "/app/main.py", "/usr/lib/a.py"]
+        );
     }
 }

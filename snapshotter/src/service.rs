@@ -19,7 +19,7 @@ use crate::metadata::Kind;
 use crate::overlay::{OverlaySnapshotter, Snapshot};
 use crate::restore::FailedEntry;
 use veil_image::resolver::{Authorization, LayerIdentity, LayerResolver, Resolved};
-use veil_image::status::{FailedLayerStatus, FallbackStatus, StatusReport};
+use veil_image::status::{AccessOrder, FailedLayerStatus, FallbackStatus, StatusReport};
 
 use crate::labels::{RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_SNAPSHOT_LABEL};
 
@@ -100,6 +100,15 @@ impl Service {
             .collect();
         report.failed.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
         report
+    }
+
+    /// The access order of layer `digest` (`"all"`: every layer): file names, for root
+    /// only (`veil status --access-order`).
+    pub fn access_orders(&self, digest: &str) -> Vec<AccessOrder> {
+        match &self.resolver {
+            Some(r) => r.access_orders(digest),
+            None => Vec::new(),
+        }
     }
 
     fn record_fallback(&self, req: &RemoteRequest, reason: String) {

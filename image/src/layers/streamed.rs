@@ -26,6 +26,7 @@ use veil_blob::BlobSource;
 use veil_formats::estargz;
 use veil_formats::stream::reader::BlobReader;
 use veil_formats::stream::{index_stream, IndexOptions, StreamCompression, StreamedSource};
+use veil_fusefs::access_log::AccessLog;
 use veil_fusefs::disk_cache::CachedBlob;
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::tree::LayerTree;
@@ -253,6 +254,7 @@ impl LazyLayers {
             "streamed layer verified ({check}) and indexed; serving it"
         );
         let source: Arc<dyn BlobSource> = Arc::new(StreamedSource::new(what.source, indexed.index));
+        let access = Arc::new(AccessLog::for_tree(&tree));
         let reader = Arc::new(ChunkReader::new(
             name.clone(),
             tree,
@@ -278,10 +280,12 @@ impl LazyLayers {
                     streamed_bytes: read,
                     // Authenticated whole by the HMAC or the blob digest instead.
                     diff_id: DiffIdState::new(DIFF_ID_OFF),
+                    access: access.clone(),
                 },
             );
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
             reader,
+            access,
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
             background: None,
