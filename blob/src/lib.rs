@@ -28,6 +28,13 @@ pub trait BlobSource: Send + Sync {
     fn discard(&self, range: Range<u64>) {
         let _ = range;
     }
+
+    /// Whether every byte of `range` is held locally, so that reading it costs no
+    /// network round trip (a disk cache that has it). Sources that keep nothing say no.
+    fn held_locally(&self, range: Range<u64>) -> bool {
+        let _ = range;
+        false
+    }
 }
 
 /// A blob held in memory.

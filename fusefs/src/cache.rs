@@ -118,6 +118,13 @@ impl FetchGuard<'_> {
         self.key
     }
 
+    /// Whether anyone is waiting for this fetch now (a later [`ChunkCache::lookup`] may
+    /// still join it).
+    pub fn has_waiters(&self) -> bool {
+        // The in-flight entry holds one receiver; every waiter holds another.
+        self.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 1)
+    }
+
     /// Caches `data` (budget permitting), hands it to every waiter and returns it.
     pub fn complete(mut self, data: Vec<u8>) -> ChunkData {
         let data: ChunkData = data.into();
@@ -242,6 +249,22 @@ impl ChunkCache {
         let (tx, rx) = watch::channel(None);
         state.inflight.insert(key, rx);
         Lookup::Fetch(FetchGuard {
+            cache: self,
+            key,
+            tx: Some(tx),
+        })
+    }
+
+    /// Claims the fetch of `key` if it is neither cached nor being fetched; `None`
+    /// otherwise. Not counted as a hit or miss: for fetching ahead of reads.
+    pub fn claim(&self, key: ChunkKey) -> Option<FetchGuard<'_>> {
+        let mut state = self.state();
+        if state.lru.contains(&key) || state.inflight.contains_key(&key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        state.inflight.insert(key, rx);
+        Some(FetchGuard {
             cache: self,
             key,
             tx: Some(tx),

@@ -9,7 +9,8 @@
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`handover`] and [`resume`] (serving a
 //! live connection another process made, after a restart), [`failed`] (the
-//! `EIO` stand-in for a layer that cannot be mounted), [`no_dump`] (plaintext buffers left out
+//! `EIO` stand-in for a layer that cannot be mounted), [`window`] (fetching the
+//! neighbourhood of a miss), [`no_dump`] (plaintext buffers left out
 //! of core dumps).
 
 pub mod cache;
@@ -23,3 +24,4 @@ pub mod pipeline;
 pub mod prefetch;
 pub mod resume;
 pub mod tree;
+pub mod window;

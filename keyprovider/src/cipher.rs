@@ -88,6 +88,11 @@ impl BlobSource for CtrDecryptingSource {
         self.inner.discard(range);
     }
 
+    /// Offsets are the same in ciphertext and plaintext: whatever the inner source holds.
+    fn held_locally(&self, range: Range<u64>) -> bool {
+        self.inner.held_locally(range)
+    }
+
     fn size(&self) -> u64 {
         self.inner.size()
     }

@@ -227,6 +227,10 @@ impl BlobSource for CachedBlob {
         self.forget(range);
     }
 
+    fn held_locally(&self, range: Range<u64>) -> bool {
+        self.missing(range).is_empty()
+    }
+
     fn size(&self) -> u64 {
         self.entry.size
     }
