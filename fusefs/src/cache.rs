@@ -255,6 +255,11 @@ impl ChunkCache {
         })
     }
 
+    /// Whether `key` is cached (not counted, recency unchanged).
+    pub fn contains(&self, key: ChunkKey) -> bool {
+        self.state().lru.contains(&key)
+    }
+
     /// Claims the fetch of `key` if it is neither cached nor being fetched; `None`
     /// otherwise. Not counted as a hit or miss: for fetching ahead of reads.
     pub fn claim(&self, key: ChunkKey) -> Option<FetchGuard<'_>> {
