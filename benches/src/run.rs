@@ -104,6 +104,9 @@ pub enum Mode {
         format: Format,
         encrypted: bool,
         prefetch: bool,
+        /// Fetching as before issue 13, for side-by-side runs: no neighbourhood windows,
+        /// the prefetch waits for all prioritized files (same image).
+        baseline: bool,
     },
 }
 
@@ -117,6 +120,7 @@ impl Mode {
                 format,
                 encrypted,
                 prefetch,
+                baseline,
             } => {
                 let mut s = format!("veil-{}", format.flag());
                 if encrypted {
@@ -124,6 +128,9 @@ impl Mode {
                 }
                 if prefetch {
                     s.push_str("-prefetch");
+                }
+                if baseline {
+                    s.push_str("-baseline");
                 }
                 s
             }
@@ -139,6 +146,7 @@ impl Mode {
                 format,
                 encrypted,
                 prefetch,
+                baseline,
             } => {
                 let mut s = format.label().to_string();
                 if encrypted {
@@ -146,6 +154,9 @@ impl Mode {
                 }
                 if prefetch {
                     s.push_str("+pf");
+                }
+                if baseline {
+                    s.push_str(" (before)");
                 }
                 s
             }
@@ -166,12 +177,18 @@ impl Mode {
                 format,
                 encrypted,
                 prefetch,
+                baseline,
             } => format!(
-                "veil pull + ctr run --snapshotter veil; {}{}{}",
+                "veil pull + ctr run --snapshotter veil; {}{}{}{}",
                 format.label(),
                 if encrypted { ", encrypted (JWE)" } else { "" },
                 if prefetch {
                     ", prefetch landmark (the workload's files)"
+                } else {
+                    ""
+                },
+                if baseline {
+                    "; fetching as before: no windows, prefetch waits for all"
                 } else {
                     ""
                 }
@@ -184,7 +201,11 @@ impl Mode {
         match self {
             Mode::StatusQuo => "plain".into(),
             Mode::Stargz => "estargz".into(),
-            m => m.name().trim_start_matches("veil-").to_string(),
+            m => m
+                .name()
+                .trim_start_matches("veil-")
+                .trim_end_matches("-baseline")
+                .to_string(),
         }
     }
 }
@@ -199,16 +220,20 @@ pub fn modes(formats: &[Format], kinds: &[ModeKind]) -> Vec<Mode> {
         out.push(Mode::Stargz);
     }
     for &format in formats {
-        for (kind, encrypted, prefetch) in [
-            (ModeKind::Lazy, false, false),
-            (ModeKind::Enc, true, false),
-            (ModeKind::EncPrefetch, true, true),
+        for (kind, encrypted, prefetch, baseline) in [
+            (ModeKind::Lazy, false, false, false),
+            (ModeKind::LazyBaseline, false, false, true),
+            (ModeKind::Enc, true, false, false),
+            (ModeKind::EncBaseline, true, false, true),
+            (ModeKind::EncPrefetch, true, true, false),
+            (ModeKind::EncPrefetchBaseline, true, true, true),
         ] {
             if kinds.contains(&kind) {
                 out.push(Mode::Veil {
                     format,
                     encrypted,
                     prefetch,
+                    baseline,
                 });
             }
         }
@@ -229,6 +254,12 @@ pub enum ModeKind {
     Enc,
     /// Veil, lazy, encrypted, the workload's files prefetched (landmark).
     EncPrefetch,
+    /// `lazy` fetching as before issue 13 (no windows), for side-by-side runs.
+    LazyBaseline,
+    /// `enc` fetching as before issue 13 (no windows).
+    EncBaseline,
+    /// `enc-prefetch` fetching as before issue 13 (no windows, the prefetch waits).
+    EncPrefetchBaseline,
 }
 
 /// Where Veil's binaries are.
@@ -501,8 +532,19 @@ fn measure_all(
                 format: Format::Estargz,
                 encrypted: false,
                 prefetch: false,
+                baseline: false,
             },
-            m => *m,
+            Mode::Veil {
+                format,
+                encrypted,
+                prefetch,
+                ..
+            } => Mode::Veil {
+                format: *format,
+                encrypted: *encrypted,
+                prefetch: *prefetch,
+                baseline: false,
+            },
         };
         if !images.contains(&image) {
             images.push(image);
@@ -514,6 +556,7 @@ fn measure_all(
             format,
             encrypted,
             prefetch: pf,
+            ..
         } = *mode
         else {
             continue;
@@ -676,10 +719,16 @@ fn one_run(
     std::fs::write(
         &config,
         format!(
-            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = {}\n\n\
+            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = {}\n{}\n\
              [decryption]\nkeys_dir = \"{}\"\n",
             proxy.host(),
             plan.background_fetch,
+            match mode {
+                Mode::Veil { baseline: true, .. } => {
+                    "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n"
+                }
+                _ => "",
+            },
             plan.dir.join("keys").display()
         ),
     )?;

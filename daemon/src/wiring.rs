@@ -180,7 +180,10 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
         },
         decryption: Some(Arc::new(decryption(config))),
         window: WindowSizes {
-            min: config.lazy.window_min_bytes.min(config.lazy.window_max_bytes),
+            min: config
+                .lazy
+                .window_min_bytes
+                .min(config.lazy.window_max_bytes),
             max: config.lazy.window_max_bytes,
         },
         prefetch_wait_bytes: config.lazy.prefetch_wait_bytes,

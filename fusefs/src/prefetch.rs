@@ -268,7 +268,10 @@ async fn prefetch_signalling(
     }
     // The bytes waited for come first, in smaller pieces (all of them in flight at
     // once), then the rest in full-size ones.
-    let region_start = order.first().map(|&(i, _)| chunks[i].blob_offset).unwrap_or(0);
+    let region_start = order
+        .first()
+        .map(|&(i, _)| chunks[i].blob_offset)
+        .unwrap_or(0);
     let wait_until = region_start.saturating_add(options.wait_bytes);
     let split = order.partition_point(|&(i, _)| chunks[i].blob_end <= wait_until);
     let concurrency = options.concurrency.max(1);

@@ -43,9 +43,9 @@ use veil_blob::BlobSource;
 use veil_formats::codec;
 
 use crate::cache::{ChunkCache, ChunkKey};
-use crate::tree::LayerTree;
 #[cfg(doc)]
 use crate::pipeline::ChunkReader;
+use crate::tree::LayerTree;
 
 /// Default window while other requests of the layer are in flight: 128 KiB.
 pub const DEFAULT_WINDOW_MIN: u64 = 128 << 10;
@@ -367,11 +367,7 @@ async fn run(job: WindowJob) {
 impl WindowJob {
     /// How logs name the file holding chunk `i`.
     fn file_of(&self, i: usize) -> String {
-        let node = self
-            .tree
-            .nodes()
-            .iter()
-            .find(|n| n.chunks.contains(&i));
+        let node = self.tree.nodes().iter().find(|n| n.chunks.contains(&i));
         match node {
             Some(n) if self.redact_paths => format!("<inode {}>", n.ino),
             Some(n) => self.tree.path(n.ino),
@@ -386,4 +382,4 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 #[cfg(test)]
 #[path = "window_tests.rs"]
-mod tests;
+pub(crate) mod tests;

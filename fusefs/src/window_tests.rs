@@ -27,7 +27,7 @@ fn small_files(n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 /// `len` bytes that do not compress (xorshift64*).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -102,7 +102,10 @@ async fn a_cold_read_of_many_small_adjacent_files_costs_few_requests() {
             s
         });
         for (name, data) in &files {
-            assert_eq!(&reader.read(ino(&reader, name), 0, 1 << 20).await.unwrap(), data);
+            assert_eq!(
+                &reader.read(ino(&reader, name), 0, 1 << 20).await.unwrap(),
+                data
+            );
         }
         settle(&reader).await;
         sources.push((kept.unwrap().requests().len(), reader.stats()));
@@ -115,7 +118,11 @@ async fn a_cold_read_of_many_small_adjacent_files_costs_few_requests() {
         on.0,
         on.1
     );
-    assert!(on.1.window_requests > 0 && on.1.window_chunks_cached > 0, "{:?}", on.1);
+    assert!(
+        on.1.window_requests > 0 && on.1.window_chunks_cached > 0,
+        "{:?}",
+        on.1
+    );
 }
 
 #[tokio::test]
@@ -144,11 +151,17 @@ async fn through_the_disk_cache_window_bytes_are_kept_as_fetched_and_decoded_whe
     assert_eq!(stats.window_chunks_cached, 0, "nobody waited: {stats:?}");
     assert!(cached.present_bytes() > 32 << 10, "the window is on disk");
     for (name, data) in &files {
-        assert_eq!(&reader.read(ino(&reader, name), 0, 1 << 20).await.unwrap(), data);
+        assert_eq!(
+            &reader.read(ino(&reader, name), 0, 1 << 20).await.unwrap(),
+            data
+        );
     }
     settle(&reader).await;
     let requests = inner.requests().len();
-    assert!(requests * 4 <= 64, "{requests} registry requests for 64 files");
+    assert!(
+        requests * 4 <= 64,
+        "{requests} registry requests for 64 files"
+    );
     // Every byte came from the registry once.
     let blob_size = cached.size();
     assert!(cached.traffic().1 <= blob_size, "{:?}", cached.traffic());
@@ -215,7 +228,10 @@ async fn an_explicit_read_is_answered_while_a_large_window_is_held_back() {
         async move { reader.read(near, 0, 1 << 20).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiting.is_finished(), "its chunk is on the way in the window");
+    assert!(
+        !waiting.is_finished(),
+        "its chunk is on the way in the window"
+    );
     gated.open.add_permits(1000);
     assert_eq!(waiting.await.unwrap().unwrap(), files[5].1);
     settle(&reader).await;
@@ -249,9 +265,14 @@ async fn window_bytes_stay_within_the_cap() {
     assert!(stats.window_bytes <= max, "{stats:?}");
     // The window reaches both ways (a quarter before the miss).
     let requests = kept.unwrap().requests();
-    let own = &reader.tree().file_chunks(reader.tree().node(middle).unwrap())[0];
+    let own = &reader
+        .tree()
+        .file_chunks(reader.tree().node(middle).unwrap())[0];
     let window = requests.iter().find(|r| r.end - r.start > 10_000).unwrap();
-    assert!(window.start < own.blob_offset && window.end > own.blob_end, "{window:?}");
+    assert!(
+        window.start < own.blob_offset && window.end > own.blob_end,
+        "{window:?}"
+    );
 }
 
 #[tokio::test]
@@ -267,7 +288,10 @@ async fn a_tampered_chunk_inside_a_window_fails_that_file_only() {
             |blob| disk.wrap("sha256:blob", Arc::new(CountingSource::new(blob))),
         );
         // Warm the window around the first file (it covers f010).
-        reader.read(ino(&reader, "d/f000"), 0, 1 << 20).await.unwrap();
+        reader
+            .read(ino(&reader, "d/f000"), 0, 1 << 20)
+            .await
+            .unwrap();
         settle(&reader).await;
         assert!(reader.stats().window_requests > 0);
         for (name, data) in &files {
@@ -276,7 +300,11 @@ async fn a_tampered_chunk_inside_a_window_fails_that_file_only() {
                 let err = got.expect_err("the tampered file must fail");
                 assert_eq!(err.errno(), libc::EIO, "{err}");
             } else {
-                assert_eq!(&got.unwrap(), data, "{name} (keep_plaintext {keep_plaintext})");
+                assert_eq!(
+                    &got.unwrap(),
+                    data,
+                    "{name} (keep_plaintext {keep_plaintext})"
+                );
             }
         }
         settle(&reader).await;
@@ -296,10 +324,21 @@ async fn windows_stay_out_of_a_running_prefetch_and_shrink_while_busy() {
     // Idle: the full window.
     let idle = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end);
     // Busy (a request of the layer in flight): the small one.
-    reader.windows.explicit_in_flight.fetch_add(1, Ordering::Relaxed);
+    reader
+        .windows
+        .explicit_in_flight
+        .fetch_add(1, Ordering::Relaxed);
     let busy = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end);
-    reader.windows.explicit_in_flight.fetch_sub(1, Ordering::Relaxed);
-    assert!(busy.len() * 4 <= idle.len(), "{} vs {}", busy.len(), idle.len());
+    reader
+        .windows
+        .explicit_in_flight
+        .fetch_sub(1, Ordering::Relaxed);
+    assert!(
+        busy.len() * 4 <= idle.len(),
+        "{} vs {}",
+        busy.len(),
+        idle.len()
+    );
     // A prefetch running up to f060: only chunks after it.
     reader.set_prefetching_until(c("d/f060").blob_end);
     let planned = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end);

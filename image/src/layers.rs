@@ -37,9 +37,9 @@ use veil_fusefs::prefetch::{
     background_fetch, spawn_prefetch, BackgroundOptions, CancellationToken, DropGuard,
     FetchProgress, PrefetchOptions, RateLimiter,
 };
-use veil_fusefs::window::WindowOptions;
 use veil_fusefs::resume::resume;
 use veil_fusefs::tree::LayerTree;
+use veil_fusefs::window::WindowOptions;
 
 use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
@@ -489,9 +489,10 @@ impl LazyLayers {
         };
         let diff_id_state = diff_id.as_ref().map(|d| d.state.clone());
         let prefetching = match toc.prefetch_end.filter(|&end| end > 0) {
-            Some(end) if self.options.prefetch => {
-                Some(self.prefetch(&reader, source.clone(), cached.clone(), end).await)
-            }
+            Some(end) if self.options.prefetch => Some(
+                self.prefetch(&reader, source.clone(), cached.clone(), end)
+                    .await,
+            ),
             _ => None,
         };
         self.readers
