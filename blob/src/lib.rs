@@ -35,6 +35,13 @@ pub trait BlobSource: Send + Sync {
         let _ = range;
         false
     }
+
+    /// Fetches `range` into the source's local copy without handing the bytes up (a
+    /// disk cache stores them as fetched); returns how many came from further down.
+    /// Sources that keep nothing read the range and drop it.
+    fn fetch_ahead(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<u64>> {
+        Box::pin(async move { self.read_range(range).await.map(|b| b.len() as u64) })
+    }
 }
 
 /// A blob held in memory.

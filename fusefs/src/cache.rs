@@ -105,9 +105,27 @@ impl Waiter {
     }
 }
 
+/// The cache a [`FetchGuard`] belongs to: borrowed, or shared for a guard that outlives
+/// the borrow (one handed to a task of its own).
+enum CacheRef<'a> {
+    Borrowed(&'a ChunkCache),
+    Shared(Arc<ChunkCache>),
+}
+
+impl std::ops::Deref for CacheRef<'_> {
+    type Target = ChunkCache;
+
+    fn deref(&self) -> &ChunkCache {
+        match self {
+            CacheRef::Borrowed(cache) => cache,
+            CacheRef::Shared(cache) => cache,
+        }
+    }
+}
+
 /// The obligation to fetch one chunk; see the module documentation.
 pub struct FetchGuard<'a> {
-    cache: &'a ChunkCache,
+    cache: CacheRef<'a>,
     key: ChunkKey,
     tx: Option<watch::Sender<Slot>>,
 }
@@ -249,7 +267,7 @@ impl ChunkCache {
         let (tx, rx) = watch::channel(None);
         state.inflight.insert(key, rx);
         Lookup::Fetch(FetchGuard {
-            cache: self,
+            cache: CacheRef::Borrowed(self),
             key,
             tx: Some(tx),
         })
@@ -261,8 +279,9 @@ impl ChunkCache {
     }
 
     /// Claims the fetch of `key` if it is neither cached nor being fetched; `None`
-    /// otherwise. Not counted as a hit or miss: for fetching ahead of reads.
-    pub fn claim(&self, key: ChunkKey) -> Option<FetchGuard<'_>> {
+    /// otherwise. Not counted as a hit or miss: for fetching ahead of reads, by a task
+    /// of its own (the guard holds on to the cache).
+    pub fn claim(self: &Arc<Self>, key: ChunkKey) -> Option<FetchGuard<'static>> {
         let mut state = self.state();
         if state.lru.contains(&key) || state.inflight.contains_key(&key) {
             return None;
@@ -270,7 +289,7 @@ impl ChunkCache {
         let (tx, rx) = watch::channel(None);
         state.inflight.insert(key, rx);
         Some(FetchGuard {
-            cache: self,
+            cache: CacheRef::Shared(self.clone()),
             key,
             tx: Some(tx),
         })

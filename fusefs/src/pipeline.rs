@@ -423,19 +423,18 @@ impl ChunkReader {
             return;
         }
         let planned = self.windows.plan(&self.tree, start..end);
-        if planned.is_empty() {
+        let claims = window::claim(&self.cache, self.layer_id, &planned);
+        if claims.is_empty() {
             return;
         }
         window::spawn(WindowJob {
-            layer_id: self.layer_id,
             layer_name: self.layer_name.clone(),
             redact_paths: self.options.redact_paths,
             tree: self.tree.clone(),
             source: self.source.clone(),
-            cache: self.cache.clone(),
             state: self.windows.clone(),
             strikes: self.strikes.clone(),
-            chunks: planned,
+            claims,
         });
     }
 

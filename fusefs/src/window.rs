@@ -35,6 +35,7 @@
 //! behind [`DEFAULT_WINDOW_MIN`] and [`DEFAULT_WINDOW_MAX`].
 
 use std::collections::HashMap;
+use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,7 +43,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use veil_blob::BlobSource;
 use veil_formats::codec;
 
-use crate::cache::{ChunkCache, ChunkKey};
+use crate::cache::{ChunkCache, ChunkKey, FetchGuard};
 #[cfg(doc)]
 use crate::pipeline::ChunkReader;
 use crate::tree::LayerTree;
@@ -215,16 +216,14 @@ impl WindowState {
 
 /// A window to fetch: everything it needs, owned (it runs as its own task).
 pub(crate) struct WindowJob {
-    pub layer_id: u64,
     pub layer_name: String,
     pub redact_paths: bool,
     pub tree: Arc<LayerTree>,
     pub source: Arc<dyn BlobSource>,
-    pub cache: Arc<ChunkCache>,
     pub state: Arc<WindowState>,
     pub strikes: Arc<Strikes>,
-    /// Layer-wide chunk indices, in blob order.
-    pub chunks: Vec<usize>,
+    /// The window's chunks (layer-wide indices, in blob order), claimed.
+    pub claims: Vec<(usize, FetchGuard<'static>)>,
 }
 
 /// Why a chunk of a window failed, handed to the reads waiting for it.
@@ -250,8 +249,28 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Starts `job` on the current tokio runtime (none: nothing happens). The caller has
-/// checked that its chunk list is not empty.
+/// Claims the chunks of `planned` nobody has cached or claimed yet (so that the next
+/// read of one waits for this window rather than fetching it again).
+pub(crate) fn claim(
+    cache: &Arc<ChunkCache>,
+    layer: u64,
+    planned: &[usize],
+) -> Vec<(usize, FetchGuard<'static>)> {
+    planned
+        .iter()
+        .filter_map(|&i| {
+            cache
+                .claim(ChunkKey {
+                    layer,
+                    chunk: i as u64,
+                })
+                .map(|guard| (i, guard))
+        })
+        .collect()
+}
+
+/// Starts `job` on the current tokio runtime (none: its claims are dropped, nothing
+/// happens). The caller has checked that it claimed something.
 pub(crate) fn spawn(job: WindowJob) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -260,21 +279,10 @@ pub(crate) fn spawn(job: WindowJob) {
     runtime.spawn(run(job));
 }
 
-async fn run(job: WindowJob) {
+async fn run(mut job: WindowJob) {
     let _in_flight = InFlight(&job.state.in_flight);
-    // Claim what nobody has cached or claimed yet.
-    let cache = job.cache.clone();
     let chunks = job.tree.chunks();
-    let mut claims = Vec::new();
-    for &i in &job.chunks {
-        let key = ChunkKey {
-            layer: job.layer_id,
-            chunk: i as u64,
-        };
-        if let Some(guard) = cache.claim(key) {
-            claims.push((i, guard));
-        }
-    }
+    let claims = std::mem::take(&mut job.claims);
     let (Some(first), Some(last)) = (claims.first(), claims.last()) else {
         return;
     };
@@ -290,28 +298,27 @@ async fn run(job: WindowJob) {
         return;
     }
     bump(&job.state.counters.requests, 1);
-    let bytes = match job.source.read_range(range.clone()).await {
-        Ok(bytes) if bytes.len() as u64 == end - start => bytes,
-        other => {
-            let error = match other {
-                Ok(bytes) => format!("{} bytes for a {}-byte range", bytes.len(), end - start),
-                Err(err) => err.to_string(),
-            };
+    let keep_all = job.state.options.keep_plaintext;
+    let fetched = if keep_all {
+        // Nothing below keeps the bytes: read them all, decode them all.
+        read_exact(job.source.as_ref(), range.clone())
+            .await
+            .map(|bytes| (bytes.len() as u64, claims, start, bytes))
+    } else {
+        // Into the disk cache as fetched (not decrypted, not copied up), then read
+        // back only what someone waits for.
+        fetch_waited_for(job.source.as_ref(), range.clone(), claims, chunks).await
+    };
+    let (network, decode, start, bytes) = match fetched {
+        Ok(done) => done,
+        Err(error) => {
             // A window is only a guess: its failure fails no read. The guards are
             // dropped unresolved, so readers waiting for them fetch them themselves.
             tracing::debug!(layer = %job.layer_name, ?range, %error, "window fetch failed; its chunks are fetched when read");
             return;
         }
     };
-    bump(&job.state.counters.bytes, bytes.len() as u64);
-
-    // Decode what is waited for (everything, when nothing else keeps the bytes).
-    let keep_all = job.state.options.keep_plaintext;
-    let (decode, leave): (Vec<_>, Vec<_>) = claims
-        .into_iter()
-        .partition(|(_, guard)| keep_all || guard.has_waiters());
-    // Dropped unresolved: a later read fetches them (from the disk cache).
-    drop(leave);
+    bump(&job.state.counters.bytes, network);
     if decode.is_empty() {
         return;
     }
@@ -362,6 +369,49 @@ async fn run(job: WindowJob) {
             }
         }
     }
+}
+
+/// The claimed chunks of a window and bytes starting at a blob offset that hold them.
+type Fetched = (u64, Vec<(usize, FetchGuard<'static>)>, u64, Vec<u8>);
+
+/// `range` of `source`, all of it or an error.
+async fn read_exact(source: &dyn BlobSource, range: Range<u64>) -> io::Result<Vec<u8>> {
+    let bytes = source.read_range(range.clone()).await?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} bytes for the {}-byte range {range:?}",
+                bytes.len(),
+                range.end - range.start
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Fetches `range` into the source's local copy ([`BlobSource::fetch_ahead`]), then
+/// reads back the chunks of `claims` someone is waiting for by now; the others are
+/// dropped unresolved (a later read finds their bytes on disk). Returns the bytes that
+/// came from the network, the claims to decode and the bytes holding them.
+async fn fetch_waited_for(
+    source: &dyn BlobSource,
+    range: Range<u64>,
+    claims: Vec<(usize, FetchGuard<'static>)>,
+    chunks: &[veil_formats::toc::Chunk],
+) -> io::Result<Fetched> {
+    let network = source.fetch_ahead(range).await?;
+    let (decode, leave): (Vec<_>, Vec<_>) = claims
+        .into_iter()
+        .partition(|(_, guard)| guard.has_waiters());
+    drop(leave);
+    let start = decode.iter().map(|(i, _)| chunks[*i].blob_offset).min();
+    let end = decode.iter().map(|(i, _)| chunks[*i].blob_end).max();
+    let (Some(start), Some(end)) = (start, end) else {
+        return Ok((network, Vec::new(), 0, Vec::new()));
+    };
+    let bytes = read_exact(source, start..end).await?;
+    Ok((network, decode, start, bytes))
 }
 
 impl WindowJob {

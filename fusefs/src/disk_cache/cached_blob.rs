@@ -231,6 +231,10 @@ impl BlobSource for CachedBlob {
         self.missing(range).is_empty()
     }
 
+    fn fetch_ahead(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<u64>> {
+        Box::pin(self.warm(range))
+    }
+
     fn size(&self) -> u64 {
         self.entry.size
     }
