@@ -978,6 +978,10 @@ mod tests {
             modes(&[Format::Estargz], &all)[4].tag(),
             "estargz-enc-prefetch"
         );
+        // A baseline mode runs the same image as its mode, fetching as before.
+        let baseline = modes(&[Format::Estargz], &[ModeKind::EncBaseline])[0];
+        assert_eq!(baseline.name(), "veil-estargz-enc-baseline");
+        assert_eq!(baseline.tag(), "estargz-enc");
     }
 
     #[test]
