@@ -105,6 +105,9 @@ pub enum Mode {
         format: Format,
         encrypted: bool,
         prefetch: bool,
+        /// Fetching as before issue 13, for side-by-side runs: no neighbourhood windows,
+        /// the prefetch waits for all prioritized files (same image).
+        baseline: bool,
     },
     /// The same, on the encrypted image `veil optimize` made: the files the workload
     /// read in a recording run first, then the landmark.
@@ -121,6 +124,7 @@ impl Mode {
                 format,
                 encrypted,
                 prefetch,
+                baseline,
             } => {
                 let mut s = format!("veil-{}", format.flag());
                 if encrypted {
@@ -128,6 +132,9 @@ impl Mode {
                 }
                 if prefetch {
                     s.push_str("-prefetch");
+                }
+                if baseline {
+                    s.push_str("-baseline");
                 }
                 s
             }
@@ -144,6 +151,7 @@ impl Mode {
                 format,
                 encrypted,
                 prefetch,
+                baseline,
             } => {
                 let mut s = format.label().to_string();
                 if encrypted {
@@ -151,6 +159,9 @@ impl Mode {
                 }
                 if prefetch {
                     s.push_str("+pf");
+                }
+                if baseline {
+                    s.push_str(" (before)");
                 }
                 s
             }
@@ -172,12 +183,18 @@ impl Mode {
                 format,
                 encrypted,
                 prefetch,
+                baseline,
             } => format!(
-                "veil pull + ctr run --snapshotter veil; {}{}{}",
+                "veil pull + ctr run --snapshotter veil; {}{}{}{}",
                 format.label(),
                 if encrypted { ", encrypted (JWE)" } else { "" },
                 if prefetch {
                     ", prefetch landmark (the workload's files)"
+                } else {
+                    ""
+                },
+                if baseline {
+                    "; fetching as before: no windows, prefetch waits for all"
                 } else {
                     ""
                 }
@@ -195,7 +212,11 @@ impl Mode {
         match self {
             Mode::StatusQuo => "plain".into(),
             Mode::Stargz => "estargz".into(),
-            m => m.name().trim_start_matches("veil-").to_string(),
+            m => m
+                .name()
+                .trim_start_matches("veil-")
+                .trim_end_matches("-baseline")
+                .to_string(),
         }
     }
 }
@@ -210,16 +231,20 @@ pub fn modes(formats: &[Format], kinds: &[ModeKind]) -> Vec<Mode> {
         out.push(Mode::Stargz);
     }
     for &format in formats {
-        for (kind, encrypted, prefetch) in [
-            (ModeKind::Lazy, false, false),
-            (ModeKind::Enc, true, false),
-            (ModeKind::EncPrefetch, true, true),
+        for (kind, encrypted, prefetch, baseline) in [
+            (ModeKind::Lazy, false, false, false),
+            (ModeKind::LazyBaseline, false, false, true),
+            (ModeKind::Enc, true, false, false),
+            (ModeKind::EncBaseline, true, false, true),
+            (ModeKind::EncPrefetch, true, true, false),
+            (ModeKind::EncPrefetchBaseline, true, true, true),
         ] {
             if kinds.contains(&kind) {
                 out.push(Mode::Veil {
                     format,
                     encrypted,
                     prefetch,
+                    baseline,
                 });
             }
         }
@@ -245,6 +270,12 @@ pub enum ModeKind {
     EncPrefetch,
     /// Veil, lazy, encrypted, the image made by `veil optimize` (a recorded list).
     EncOptimized,
+    /// `lazy` fetching as before issue 13 (no windows), for side-by-side runs.
+    LazyBaseline,
+    /// `enc` fetching as before issue 13 (no windows).
+    EncBaseline,
+    /// `enc-prefetch` fetching as before issue 13 (no windows, the prefetch waits).
+    EncPrefetchBaseline,
 }
 
 /// Where Veil's binaries are.
@@ -507,12 +538,25 @@ fn measure_all(
         format: Format::Estargz,
         encrypted: false,
         prefetch: false,
+        baseline: false,
     };
     let mut images: Vec<Mode> = vec![warm_up_mode];
     for mode in &plan.modes {
         // The peer pulls Veil's unencrypted eStargz image.
         let image = match mode {
             Mode::StatusQuo | Mode::Stargz => continue,
+            // A baseline mode runs on the same image as its mode.
+            Mode::Veil {
+                format,
+                encrypted,
+                prefetch,
+                ..
+            } => Mode::Veil {
+                format: *format,
+                encrypted: *encrypted,
+                prefetch: *prefetch,
+                baseline: false,
+            },
             m => *m,
         };
         if !images.contains(&image) {
@@ -668,6 +712,7 @@ fn convert_image(
             format,
             encrypted,
             prefetch,
+            ..
         } => (format, encrypted, prefetch),
         Mode::Optimized { format } => (format, true, false),
         Mode::StatusQuo | Mode::Stargz => return Ok(0.0),
@@ -727,6 +772,7 @@ fn measure_read_set(
         format: Format::Estargz,
         encrypted: false,
         prefetch: false,
+        baseline: false,
     };
     let mut orders = None;
     let r = one_run_recording(
@@ -793,10 +839,16 @@ fn one_run_recording(
     std::fs::write(
         &config,
         format!(
-            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = {}\n\n\
+            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = {}\n{}\n\
              [decryption]\nkeys_dir = \"{}\"\n",
             proxy.host(),
             plan.background_fetch,
+            match mode {
+                Mode::Veil { baseline: true, .. } => {
+                    "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n"
+                }
+                _ => "",
+            },
             plan.dir.join("keys").display()
         ),
     )?;
@@ -1053,6 +1105,10 @@ mod tests {
             modes(&[Format::Estargz], &all)[4].tag(),
             "estargz-enc-prefetch"
         );
+        // A baseline mode runs the same image as its mode, fetching as before.
+        let baseline = modes(&[Format::Estargz], &[ModeKind::EncBaseline])[0];
+        assert_eq!(baseline.name(), "veil-estargz-enc-baseline");
+        assert_eq!(baseline.tag(), "estargz-enc");
     }
 
     #[test]

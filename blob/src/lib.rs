@@ -28,6 +28,20 @@ pub trait BlobSource: Send + Sync {
     fn discard(&self, range: Range<u64>) {
         let _ = range;
     }
+
+    /// Whether every byte of `range` is held locally, so that reading it costs no
+    /// network round trip (a disk cache that has it). Sources that keep nothing say no.
+    fn held_locally(&self, range: Range<u64>) -> bool {
+        let _ = range;
+        false
+    }
+
+    /// Fetches `range` into the source's local copy without handing the bytes up (a
+    /// disk cache stores them as fetched); returns how many came from further down.
+    /// Sources that keep nothing read the range and drop it.
+    fn fetch_ahead(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<u64>> {
+        Box::pin(async move { self.read_range(range).await.map(|b| b.len() as u64) })
+    }
 }
 
 /// A blob held in memory.

@@ -232,6 +232,15 @@ pub struct LazyConfig {
     pub background_fetch: bool,
     /// Bytes per second all background fetches together may use; 0: unlimited.
     pub background_rate: u64,
+    /// Neighbourhood window fetched around a read miss while the layer has no other
+    /// request in flight, in bytes; 0: only what a read needs is fetched.
+    pub window_max_bytes: u64,
+    /// The window while other requests of the layer are in flight, in bytes.
+    pub window_min_bytes: u64,
+    /// Bytes of the prioritized files fetched before a layer is handed out for
+    /// mounting; the rest streams on in order while the container starts. 0: the
+    /// layer is handed out at once; a huge value waits for all of them.
+    pub prefetch_wait_bytes: u64,
 }
 
 impl Default for LazyConfig {
@@ -241,6 +250,9 @@ impl Default for LazyConfig {
             prefetch: true,
             background_fetch: true,
             background_rate: 0,
+            window_max_bytes: veil_fusefs::window::DEFAULT_WINDOW_MAX,
+            window_min_bytes: veil_fusefs::window::DEFAULT_WINDOW_MIN,
+            prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
         }
     }
 }

@@ -20,7 +20,7 @@ use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::prefetch::RateLimiter;
 use veil_guest::{GuestOptions, GuestPuller};
-use veil_image::layers::{LazyLayers, LazyOptions};
+use veil_image::layers::{LazyLayers, LazyOptions, WindowSizes};
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
 use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
 use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
@@ -180,6 +180,14 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
             rate => Some(RateLimiter::new(rate)),
         },
         decryption: Some(Arc::new(decryption(config))),
+        window: WindowSizes {
+            min: config
+                .lazy
+                .window_min_bytes
+                .min(config.lazy.window_max_bytes),
+            max: config.lazy.window_max_bytes,
+        },
+        prefetch_wait_bytes: config.lazy.prefetch_wait_bytes,
         // The snapshotter lets containerd unpack plain layers.
         stream_plain: false,
         limits: limits(&config.limits),

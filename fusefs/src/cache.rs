@@ -105,9 +105,27 @@ impl Waiter {
     }
 }
 
+/// The cache a [`FetchGuard`] belongs to: borrowed, or shared for a guard that outlives
+/// the borrow (one handed to a task of its own).
+enum CacheRef<'a> {
+    Borrowed(&'a ChunkCache),
+    Shared(Arc<ChunkCache>),
+}
+
+impl std::ops::Deref for CacheRef<'_> {
+    type Target = ChunkCache;
+
+    fn deref(&self) -> &ChunkCache {
+        match self {
+            CacheRef::Borrowed(cache) => cache,
+            CacheRef::Shared(cache) => cache,
+        }
+    }
+}
+
 /// The obligation to fetch one chunk; see the module documentation.
 pub struct FetchGuard<'a> {
-    cache: &'a ChunkCache,
+    cache: CacheRef<'a>,
     key: ChunkKey,
     tx: Option<watch::Sender<Slot>>,
 }
@@ -116,6 +134,13 @@ impl FetchGuard<'_> {
     /// The chunk this guard fetches.
     pub fn key(&self) -> ChunkKey {
         self.key
+    }
+
+    /// Whether anyone is waiting for this fetch now (a later [`ChunkCache::lookup`] may
+    /// still join it).
+    pub fn has_waiters(&self) -> bool {
+        // The in-flight entry holds one receiver; every waiter holds another.
+        self.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 1)
     }
 
     /// Caches `data` (budget permitting), hands it to every waiter and returns it.
@@ -242,7 +267,29 @@ impl ChunkCache {
         let (tx, rx) = watch::channel(None);
         state.inflight.insert(key, rx);
         Lookup::Fetch(FetchGuard {
-            cache: self,
+            cache: CacheRef::Borrowed(self),
+            key,
+            tx: Some(tx),
+        })
+    }
+
+    /// Whether `key` is cached (not counted, recency unchanged).
+    pub fn contains(&self, key: ChunkKey) -> bool {
+        self.state().lru.contains(&key)
+    }
+
+    /// Claims the fetch of `key` if it is neither cached nor being fetched; `None`
+    /// otherwise. Not counted as a hit or miss: for fetching ahead of reads, by a task
+    /// of its own (the guard holds on to the cache).
+    pub fn claim(self: &Arc<Self>, key: ChunkKey) -> Option<FetchGuard<'static>> {
+        let mut state = self.state();
+        if state.lru.contains(&key) || state.inflight.contains_key(&key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        state.inflight.insert(key, rx);
+        Some(FetchGuard {
+            cache: CacheRef::Shared(self.clone()),
             key,
             tx: Some(tx),
         })

@@ -9,9 +9,10 @@
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
 //! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
-//! [`handover`] and [`resume`] (serving a live connection another process made, after a
-//! restart), [`access_log`] (which files a workload touched, in order), [`failed`] (the
-//! `EIO` stand-in for a layer that cannot be mounted), [`no_dump`] (plaintext buffers left out
+//! [`window`] (fetching the neighbourhood of a miss), [`handover`] and [`resume`]
+//! (serving a live connection another process made, after a restart), [`access_log`]
+//! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
+//! that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps).
 
 pub mod access_log;
@@ -28,3 +29,4 @@ pub mod read_data;
 pub mod resume;
 pub mod tree;
 pub mod tuning;
+pub mod window;

@@ -5,7 +5,8 @@
 //! the rest through the layer's [`BlobSource`]: chunks that are adjacent in the blob are
 //! coalesced into one range request (up to [`ReaderOptions::max_request`] bytes). Fetched
 //! bytes are decoded and verified by [`codec::decode_chunk`] on a blocking thread, cached,
-//! and the requested bytes assembled.
+//! and the requested bytes assembled. With [`ReaderOptions::window`] on, a read that
+//! fetches also starts a neighbourhood window beside its own request ([`crate::window`]).
 //!
 //! Fail closed: a chunk whose digest does not match (or that does not decompress) fails
 //! the read with [`ReadError::Verify`], which the filesystem answers with `EIO`, and is
@@ -26,6 +27,7 @@ use futures::future::join_all;
 use crate::cache::{ChunkCache, ChunkData, ChunkKey, FetchGuard, Lookup, WaitError, Waiter};
 use crate::read_data::{ReadAssembler, ReadData};
 use crate::tree::{LayerTree, Node, NodeKind};
+use crate::window::{self, Strikes, WindowJob, WindowOptions, WindowState};
 use veil_blob::BlobSource;
 use veil_formats::codec::{self, CodecError};
 
@@ -44,6 +46,8 @@ pub struct ReaderOptions {
     /// Name files by inode number, not path, in logs and errors: for encrypted layers,
     /// whose file names are plaintext that must not reach the journal on disk.
     pub redact_paths: bool,
+    /// Neighbourhood windows fetched around misses (default: off).
+    pub window: WindowOptions,
 }
 
 impl Default for ReaderOptions {
@@ -51,6 +55,7 @@ impl Default for ReaderOptions {
         Self {
             max_request: DEFAULT_MAX_REQUEST,
             redact_paths: false,
+            window: WindowOptions::OFF,
         }
     }
 }
@@ -148,10 +153,16 @@ impl ReadError {
 /// Counters of a reader, at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadStats {
-    /// Range requests sent to the source.
+    /// Range requests sent to the source (windows included).
     pub range_requests: u64,
-    /// Bytes received from the source.
+    /// Bytes received from the source (windows included).
     pub bytes_fetched: u64,
+    /// Of those, neighbourhood window requests.
+    pub window_requests: u64,
+    /// Of those, bytes received by windows.
+    pub window_bytes: u64,
+    /// Window chunks decoded into the plaintext cache.
+    pub window_chunks_cached: u64,
     /// Chunks served from the cache.
     pub chunk_hits: u64,
     /// Chunks this reader fetched and decoded.
@@ -189,8 +200,10 @@ pub struct ChunkReader {
     options: ReaderOptions,
     counters: Counters,
     bad: std::sync::OnceLock<String>,
-    /// Verification failures per chunk (layer-wide index).
-    strikes: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+    /// Verification failures per chunk (layer-wide index), shared with windows.
+    pub(crate) strikes: Arc<Strikes>,
+    /// Window tuning and what is in flight, shared with windows.
+    pub(crate) windows: Arc<WindowState>,
 }
 
 impl std::fmt::Debug for ChunkReader {
@@ -230,6 +243,7 @@ impl ChunkReader {
             counters: Counters::default(),
             bad: std::sync::OnceLock::new(),
             strikes: Default::default(),
+            windows: Arc::new(WindowState::new(options.window)),
         }
     }
 
@@ -269,16 +283,26 @@ impl ChunkReader {
     /// Current counters.
     pub fn stats(&self) -> ReadStats {
         let c = &self.counters;
+        let w = &self.windows.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ReadStats {
-            range_requests: load(&c.range_requests),
-            bytes_fetched: load(&c.bytes_fetched),
+            range_requests: load(&c.range_requests) + load(&w.requests),
+            bytes_fetched: load(&c.bytes_fetched) + load(&w.bytes),
+            window_requests: load(&w.requests),
+            window_bytes: load(&w.bytes),
+            window_chunks_cached: load(&w.chunks_cached),
             chunk_hits: load(&c.chunk_hits),
             chunks_fetched: load(&c.chunks_fetched),
             chunk_waits: load(&c.chunk_waits),
             verify_failures: load(&c.verify_failures),
             fetch_failures: load(&c.fetch_failures),
         }
+    }
+
+    /// Tells windows that a prefetch of the blob up to `end` is running (0: none is):
+    /// they leave the chunks before `end` to it.
+    pub fn set_prefetching_until(&self, end: u64) {
+        self.windows.prefetching_until.store(end, Ordering::Relaxed);
     }
 
     /// Up to `len` bytes of file `ino` from `offset` (fewer at end of file, none past it).
@@ -328,7 +352,9 @@ impl ChunkReader {
             }
         }
 
-        // Fetch our misses, adjacent ones coalesced, the runs concurrently.
+        // Fetch our misses, adjacent ones coalesced, the runs concurrently; the
+        // neighbourhood around them beside them.
+        self.start_window(node, &claims);
         let runs = self.coalesce(node, claims);
         let mut first_error = None;
         for result in join_all(runs.into_iter().map(|run| self.fetch_run(node, run))).await {
@@ -386,6 +412,38 @@ impl ChunkReader {
         }
     }
 
+    /// Starts a window around the blob range of `claims` (this read's misses), if
+    /// windows are on and there is anything to fetch.
+    fn start_window(&self, node: &Node, claims: &[Claim<'_>]) {
+        if !self.windows.options.enabled() || claims.is_empty() {
+            return;
+        }
+        let chunks = self.tree.file_chunks(node);
+        let start = claims.iter().map(|c| chunks[c.local].blob_offset).min();
+        let end = claims.iter().map(|c| chunks[c.local].blob_end).max();
+        let (Some(start), Some(end)) = (start, end) else {
+            return;
+        };
+        // A miss the disk cache answers costs no round trip: nothing to save.
+        if self.source.held_locally(start..end) {
+            return;
+        }
+        let planned = self.windows.plan(&self.tree, start..end);
+        let claims = window::claim(&self.cache, self.layer_id, &planned);
+        if claims.is_empty() {
+            return;
+        }
+        window::spawn(WindowJob {
+            layer_name: self.layer_name.clone(),
+            redact_paths: self.options.redact_paths,
+            tree: self.tree.clone(),
+            source: self.source.clone(),
+            state: self.windows.clone(),
+            strikes: self.strikes.clone(),
+            claims,
+        });
+    }
+
     /// Fails with [`ReadError::KnownBad`] if one of the file's chunks `locals` failed
     /// verification too often.
     fn refuse_known_bad(&self, node: &Node, locals: Range<usize>) -> Result<(), ReadError> {
@@ -412,10 +470,7 @@ impl ChunkReader {
 
     /// Records a verification failure of `chunk`; returns how many it has had.
     fn strike(&self, chunk: u64) -> u32 {
-        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
-        let n = strikes.entry(chunk).or_insert(0);
-        *n += 1;
-        *n
+        window::strike(&self.strikes, chunk)
     }
 
     fn global(&self, node: &Node, local: usize) -> u64 {
@@ -472,7 +527,11 @@ impl ChunkReader {
             .max()
             .unwrap_or(0);
         bump(&self.counters.range_requests, 1);
-        let fetched = self.source.read_range(start..end).await.and_then(|bytes| {
+        let in_flight = &self.windows.explicit_in_flight;
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.source.read_range(start..end).await;
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        let fetched = fetched.and_then(|bytes| {
             bump(&self.counters.bytes_fetched, bytes.len() as u64);
             if bytes.len() as u64 == end - start {
                 Ok(bytes)

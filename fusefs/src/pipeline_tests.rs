@@ -13,14 +13,14 @@ use veil_formats::codec::sha256_digest;
 use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
 
 /// A memory blob that counts and records range requests, and can be told to fail.
-struct CountingSource {
+pub(crate) struct CountingSource {
     blob: MemoryBlob,
     requests: Mutex<Vec<Range<u64>>>,
     fail: AtomicUsize,
 }
 
 impl CountingSource {
-    fn new(blob: Vec<u8>) -> Self {
+    pub(crate) fn new(blob: Vec<u8>) -> Self {
         Self {
             blob: MemoryBlob(blob),
             requests: Mutex::new(Vec::new()),
@@ -28,7 +28,7 @@ impl CountingSource {
         }
     }
 
-    fn requests(&self) -> Vec<Range<u64>> {
+    pub(crate) fn requests(&self) -> Vec<Range<u64>> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -84,7 +84,7 @@ pub(crate) fn append_gzip_file(
 
 /// A layer of files, each cut into `chunk_size` chunks, one gzip member per chunk,
 /// laid out back to back in the blob.
-fn layer(files: &[(&str, Vec<u8>)], chunk_size: usize) -> (LayerToc, Vec<u8>) {
+pub(crate) fn layer(files: &[(&str, Vec<u8>)], chunk_size: usize) -> (LayerToc, Vec<u8>) {
     let mut blob = Vec::new();
     let entries = files
         .iter()
@@ -99,7 +99,7 @@ fn layer(files: &[(&str, Vec<u8>)], chunk_size: usize) -> (LayerToc, Vec<u8>) {
     (toc, blob)
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| {
             (i as u32)

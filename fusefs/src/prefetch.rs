@@ -14,6 +14,15 @@
 //!   fit in [`PrefetchOptions::plaintext_limit`] (by default half the plaintext budget, so
 //!   that a big prioritized set does not evict itself or every other layer's chunks).
 //!
+//! **Not blocking the start** ([`spawn_prefetch`]). The same prefetch as its own task:
+//! the caller waits only until the first [`PrefetchOptions::wait_bytes`] of the region
+//! are in (those are fetched in smaller pieces, so that they come first), hands the
+//! layer out, and the rest streams on in blob order (the priority order) while the
+//! container starts. A read of a chunk that has not arrived yet is not queued behind
+//! the prefetch: it fetches the chunk at once with its own request (the prefetch claims
+//! a chunk only once its bytes are in, and skips chunks that are cached by then).
+//! Windows ([`crate::window`]) leave the region to the prefetch while it runs.
+//!
 //! Without a disk cache ([`PrefetchOptions::fetch_all`] false) only the chunks that go to
 //! the plaintext cache are fetched, since nothing else would keep the rest. Chunks that
 //! fail verification are not cached and reported by blob range
@@ -54,6 +63,13 @@ pub const DEFAULT_RANGE_SIZE: u64 = 8 << 20;
 /// the bytes between them.
 const MAX_PREFETCH_GAP: u64 = 256 << 10;
 
+/// Default bytes of the prioritized region fetched before [`spawn_prefetch`] says the
+/// layer is ready: 1 MiB.
+pub const DEFAULT_WAIT_BYTES: u64 = 1 << 20;
+
+/// Smallest prefetch piece while fetching the bytes waited for.
+const MIN_FIRST_PIECE: u64 = 64 << 10;
+
 /// Smallest background range when rate limited.
 const MIN_BACKGROUND_RANGE: u64 = 64 << 10;
 
@@ -69,6 +85,10 @@ pub struct PrefetchOptions {
     /// Fetch every chunk of the prioritized range, also those not kept as plaintext:
     /// set it when the source keeps what it reads (a disk cache).
     pub fetch_all: bool,
+    /// For [`spawn_prefetch`]: bytes of the region (from its start) to fetch before the
+    /// layer counts as ready; fetched in pieces of a `concurrency`th of it, so they
+    /// arrive first. `u64::MAX`: all of it.
+    pub wait_bytes: u64,
 }
 
 impl Default for PrefetchOptions {
@@ -78,6 +98,7 @@ impl Default for PrefetchOptions {
             concurrency: 4,
             plaintext_limit: None,
             fetch_all: false,
+            wait_bytes: DEFAULT_WAIT_BYTES,
         }
     }
 }
@@ -150,6 +171,65 @@ pub async fn prefetch(
     upto_blob_offset: u64,
     options: &PrefetchOptions,
 ) -> io::Result<PrefetchReport> {
+    prefetch_signalling(reader, source, upto_blob_offset, options, None).await
+}
+
+/// A prefetch running as its own task; see [`spawn_prefetch`].
+#[derive(Debug)]
+pub struct RunningPrefetch {
+    ready: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<io::Result<PrefetchReport>>,
+}
+
+impl RunningPrefetch {
+    /// Waits until the first [`PrefetchOptions::wait_bytes`] are in, or the prefetch
+    /// ended (done, failed or cancelled), whichever comes first.
+    pub async fn ready(&mut self) {
+        let _ = self.ready.wait_for(|ready| *ready).await;
+    }
+
+    /// Waits for the whole prefetch: its report, or why it failed (a cancelled one
+    /// fails with [`io::ErrorKind::Interrupted`]).
+    pub async fn finish(self) -> io::Result<PrefetchReport> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("prefetch task failed: {e}"))))
+    }
+}
+
+/// Starts [`prefetch`] on `runtime` as its own task; see the module documentation. It
+/// stops when `cancel` is cancelled (the layer is unmounted). Wait for
+/// [`RunningPrefetch::ready`] before handing the layer out.
+pub fn spawn_prefetch(
+    runtime: &tokio::runtime::Handle,
+    reader: Arc<ChunkReader>,
+    source: Arc<dyn BlobSource>,
+    upto_blob_offset: u64,
+    options: PrefetchOptions,
+    cancel: CancellationToken,
+) -> RunningPrefetch {
+    let (tx, ready) = tokio::sync::watch::channel(false);
+    let task = runtime.spawn(async move {
+        reader.set_prefetching_until(upto_blob_offset);
+        let work = prefetch_signalling(&reader, source.as_ref(), upto_blob_offset, &options, Some(&tx));
+        let result = tokio::select! {
+            _ = cancel.cancelled() => Err(io::Error::new(io::ErrorKind::Interrupted, "prefetch cancelled: the layer went away")),
+            r = work => r,
+        };
+        reader.set_prefetching_until(0);
+        tx.send_replace(true);
+        result
+    });
+    RunningPrefetch { ready, task }
+}
+
+async fn prefetch_signalling(
+    reader: &ChunkReader,
+    source: &dyn BlobSource,
+    upto_blob_offset: u64,
+    options: &PrefetchOptions,
+    ready: Option<&tokio::sync::watch::Sender<bool>>,
+) -> io::Result<PrefetchReport> {
     let started = Instant::now();
     let tree = reader.tree();
     let chunks = tree.chunks();
@@ -186,13 +266,36 @@ pub async fn prefetch(
     if !options.fetch_all {
         order.retain(|(_, decode)| *decode);
     }
-    let pieces = plan(chunks, &order, options.range_size.max(1));
+    // The bytes waited for come first, in smaller pieces (all of them in flight at
+    // once), then the rest in full-size ones.
+    let region_start = order
+        .first()
+        .map(|&(i, _)| chunks[i].blob_offset)
+        .unwrap_or(0);
+    let wait_until = region_start.saturating_add(options.wait_bytes);
+    let split = order.partition_point(|&(i, _)| chunks[i].blob_end <= wait_until);
+    let concurrency = options.concurrency.max(1);
+    let first_size = (options.wait_bytes / concurrency as u64)
+        .max(MIN_FIRST_PIECE)
+        .min(options.range_size.max(1));
+    let mut pieces = plan(chunks, &order[..split], first_size);
+    let first_pieces = pieces.len();
+    pieces.extend(plan(chunks, &order[split..], options.range_size.max(1)));
+    let signal = move |done: usize| {
+        if let Some(tx) = ready.filter(|_| done >= first_pieces) {
+            tx.send_if_modified(|r| !std::mem::replace(r, true));
+        }
+    };
+    signal(0);
 
     let mut results = stream::iter(pieces)
         .map(|piece| fetch_piece(reader, source, piece))
-        .buffered(options.concurrency.max(1));
+        .buffered(concurrency);
+    let mut pieces_done = 0;
     while let Some(result) = results.next().await {
         let done = result?;
+        pieces_done += 1;
+        signal(pieces_done);
         report.ranges += 1;
         report.bytes_fetched += done.bytes;
         report.chunks_cached += done.cached;
@@ -227,6 +330,22 @@ async fn fetch_piece(
     piece: Piece,
 ) -> io::Result<PieceDone> {
     let range = piece.range.clone();
+    // Reads got there first (they do not wait for the prefetch): nothing left to do.
+    let cached = |&i: &usize| {
+        reader.cache().contains(ChunkKey {
+            layer: reader.layer_id(),
+            chunk: i as u64,
+        })
+    };
+    if piece.chunks.iter().all(cached) {
+        return Ok(PieceDone {
+            bytes: 0,
+            cached: 0,
+            plaintext: 0,
+            skipped: piece.chunks.len() as u64,
+            failures: Vec::new(),
+        });
+    }
     let bytes = source.read_range(range.clone()).await?;
     if bytes.len() as u64 != range.end - range.start {
         return Err(io::Error::new(
@@ -245,7 +364,8 @@ async fn fetch_piece(
         skipped: 0,
         failures: Vec::new(),
     };
-    // Claim the chunks the plaintext cache should get and nobody has.
+    // Claim the chunks the plaintext cache should get and nobody has (a read that
+    // could not wait for this piece fetched its chunks itself).
     let cache = reader.cache();
     let mut claims = Vec::new();
     for (&i, &decode) in piece.chunks.iter().zip(&piece.decode) {

@@ -398,3 +398,116 @@ async fn background_fetch_skips_blobs_larger_than_the_cache() {
     assert_eq!(fetch.wait().await, FetchState::Skipped);
     assert!(counting.requests().is_empty());
 }
+
+/// A source that holds back every request longer than `gate_above` bytes until released.
+struct Gated {
+    inner: Arc<Counting>,
+    gate_above: u64,
+    open: tokio::sync::Semaphore,
+}
+
+impl BlobSource for Gated {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_range(&self, range: Range<u64>) -> futures::future::BoxFuture<'_, io::Result<Vec<u8>>> {
+        Box::pin(async move {
+            if range.end - range.start > self.gate_above {
+                let _permit = self.open.acquire().await;
+            }
+            self.inner.read_range(range).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_prefetch_is_ready_after_the_first_bytes_and_reads_do_not_wait_for_the_rest() {
+    // 40 prioritized files of 16 KB (incompressible), then one more.
+    let files: Vec<(String, Vec<u8>)> = (0..41)
+        .map(|i| (format!("f{i:02}"), crate::window::tests::noise(16_000, i)))
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (toc, blob) = layer(&named, 8192, 40);
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
+    let gated = Arc::new(Gated {
+        inner: Counting::new(blob),
+        gate_above: 64 << 10,
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let reader = Arc::new(ChunkReader::new(
+        "sha256:layer",
+        tree.clone(),
+        gated.clone(),
+        Arc::new(ChunkCache::new(64 << 20)),
+        ReaderOptions::default(),
+    ));
+    let options = PrefetchOptions {
+        range_size: 512 << 10,
+        concurrency: 2,
+        wait_bytes: 128 << 10,
+        ..PrefetchOptions::default()
+    };
+    let cancel = CancellationToken::new();
+    let mut running = spawn_prefetch(
+        &tokio::runtime::Handle::current(),
+        reader.clone(),
+        gated.clone(),
+        toc.prefetch_end.unwrap(),
+        options,
+        cancel.clone(),
+    );
+    // Ready while the rest (in pieces above the gate) is held back.
+    tokio::time::timeout(Duration::from_secs(10), running.ready())
+        .await
+        .expect("ready after the first bytes, not after all of them");
+    let read = |name: &str| {
+        let node = tree.lookup(ROOT_INO, name).unwrap().clone();
+        let reader = reader.clone();
+        async move { reader.read(node.ino, 0, node.size).await.unwrap() }
+    };
+    // The first file is there: no request.
+    let before = gated.inner.requests().len();
+    assert_eq!(read("f00").await, files[0].1);
+    assert_eq!(gated.inner.requests().len(), before, "f00 was prefetched");
+    // A prioritized file that has not arrived: its own request, at once.
+    let last = tokio::time::timeout(Duration::from_secs(10), read("f39"))
+        .await
+        .expect("a read does not wait for the prefetch");
+    assert_eq!(last, files[39].1);
+    assert!(gated.inner.requests().len() > before);
+    // Released, the prefetch finishes; dropped early, it would have stopped.
+    gated.open.add_permits(1000);
+    let report = running.finish().await.unwrap();
+    assert!(report.chunks_cached > 0 && report.ranges > 1, "{report:?}");
+    for (name, data) in &files[..40] {
+        assert_eq!(&read(name).await, data);
+    }
+
+    // Cancelled while held back: it ends, with Interrupted.
+    let held: Arc<dyn BlobSource> = Arc::new(Gated {
+        inner: gated.inner.clone(),
+        gate_above: 0,
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let reader2 = Arc::new(ChunkReader::new(
+        "sha256:layer2",
+        tree.clone(),
+        held.clone(),
+        Arc::new(ChunkCache::new(64 << 20)),
+        ReaderOptions::default(),
+    ));
+    let cancel = CancellationToken::new();
+    let mut stuck = spawn_prefetch(
+        &tokio::runtime::Handle::current(),
+        reader2,
+        held,
+        toc.prefetch_end.unwrap(),
+        PrefetchOptions::default(),
+        cancel.clone(),
+    );
+    cancel.cancel();
+    stuck.ready().await;
+    let err = stuck.finish().await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+}

@@ -15,10 +15,12 @@
 //! [`veil_keyprovider::layer::Decryption`].
 //!
 //! With [`LazyOptions`]: the registry blob is read through the disk cache (blob bytes as
-//! the registry serves them, kept across restarts), the prioritized files are prefetched
-//! before the layer is handed out for mounting, and once mounted the whole blob is
-//! fetched into the disk cache in the background until done or until the mount is
-//! dropped.
+//! the registry serves them, kept across restarts), a read miss fetches a neighbourhood
+//! window around it ([`LazyOptions::window`], `veil_fusefs::window`), the prioritized
+//! files are prefetched — the layer is handed out once the first
+//! [`LazyOptions::prefetch_wait_bytes`] of them are in, the rest streaming on while it
+//! is mounted — and once mounted the whole blob is fetched into the disk cache in the
+//! background until done or until the mount is dropped.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,11 +35,12 @@ use veil_fusefs::handover::KernelInit;
 use veil_fusefs::mount::{mount, mount_failed, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
-    background_fetch, prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
-    PrefetchOptions, RateLimiter,
+    background_fetch, spawn_prefetch, BackgroundOptions, CancellationToken, DropGuard,
+    FetchProgress, PrefetchOptions, RateLimiter,
 };
 use veil_fusefs::resume::resume;
 use veil_fusefs::tree::LayerTree;
+use veil_fusefs::window::WindowOptions;
 
 use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
@@ -97,6 +100,35 @@ pub struct LazyOptions {
     /// The hostile-input limits every layer's TOC, tree, streamed index and chunk
     /// decodes are checked against (the daemon's `[limits]`).
     pub limits: Limits,
+    /// Neighbourhood windows fetched around read misses (default: none).
+    pub window: WindowSizes,
+    /// Bytes of the prioritized files fetched before a layer is handed out; the rest
+    /// streams on while it is mounted (`u64::MAX`: wait for all of them).
+    pub prefetch_wait_bytes: u64,
+}
+
+/// The sizes of the neighbourhood windows (`veil_fusefs::window`); whether a window's
+/// chunks are decoded at once is decided per layer (only without a disk cache, or on a
+/// streamed layer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowSizes {
+    /// Window bytes while other requests of the layer are in flight.
+    pub min: u64,
+    /// Window bytes while the link is idle; 0: no windows.
+    pub max: u64,
+}
+
+impl WindowSizes {
+    /// The reader's window options: `keep_plaintext` when nothing below the reader keeps
+    /// what it fetched.
+    pub(crate) fn options(&self, keep_plaintext: bool) -> WindowOptions {
+        WindowOptions {
+            min: self.min,
+            max: self.max,
+            keep_plaintext,
+            ..WindowOptions::tuned(keep_plaintext)
+        }
+    }
 }
 
 impl Default for LazyOptions {
@@ -110,6 +142,8 @@ impl Default for LazyOptions {
             decryption: None,
             stream_plain: false,
             limits: Limits::default(),
+            window: WindowSizes::default(),
+            prefetch_wait_bytes: u64::MAX,
         }
     }
 }
@@ -461,6 +495,9 @@ impl LazyLayers {
             // An encrypted layer's file names are plaintext: logs name inodes instead.
             ReaderOptions {
                 redact_paths: encrypted,
+                // Without a disk cache nothing keeps a window's bytes but the plaintext
+                // cache.
+                window: self.options.window.options(cached.is_none()),
                 ..ReaderOptions::default()
             },
         ));
@@ -476,12 +513,13 @@ impl LazyLayers {
             false => None,
         };
         let diff_id_state = diff_id.as_ref().map(|d| d.state.clone());
-        if self.options.prefetch {
-            if let Some(end) = toc.prefetch_end.filter(|&end| end > 0) {
-                self.prefetch(&reader, source.as_ref(), cached.as_deref(), end)
-                    .await;
-            }
-        }
+        let prefetching = match toc.prefetch_end.filter(|&end| end > 0) {
+            Some(end) if self.options.prefetch => Some(
+                self.prefetch(&reader, source.clone(), cached.clone(), end)
+                    .await,
+            ),
+            _ => None,
+        };
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -517,49 +555,74 @@ impl LazyLayers {
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
             background,
+            prefetching,
         })))
     }
 
-    /// Prefetches the prioritized files of `reader`'s layer, up to blob offset `end`.
-    /// Failures are logged only: the files are then fetched when read.
+    /// Starts prefetching the prioritized files of `reader`'s layer, up to blob offset
+    /// `end`, and waits until the first [`LazyOptions::prefetch_wait_bytes`] are in; the
+    /// rest goes on until done or until the returned guard is dropped (the layer is
+    /// unmounted, or never mounted). Failures are logged only: the files are then
+    /// fetched when read.
     async fn prefetch(
         &self,
-        reader: &ChunkReader,
-        source: &dyn BlobSource,
-        cached: Option<&CachedBlob>,
+        reader: &Arc<ChunkReader>,
+        source: Arc<dyn BlobSource>,
+        cached: Option<Arc<CachedBlob>>,
         end: u64,
-    ) {
+    ) -> DropGuard {
         let options = PrefetchOptions {
             fetch_all: cached.is_some(),
+            wait_bytes: self.options.prefetch_wait_bytes,
             ..PrefetchOptions::default()
         };
         let started = std::time::Instant::now();
-        match prefetch(reader, source, end, &options).await {
-            Ok(report) => {
-                // Bytes that failed verification may have come from the disk cache.
-                if let Some(cached) = cached {
-                    for range in &report.verify_failures {
-                        cached.forget(range.clone());
+        let cancel = CancellationToken::new();
+        let mut running = spawn_prefetch(
+            &self.runtime,
+            reader.clone(),
+            source,
+            end,
+            options,
+            cancel.clone(),
+        );
+        running.ready().await;
+        tracing::debug!(
+            layer = reader.layer_name(),
+            prefetch_end = end,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "the first prioritized files are in; handing the layer out"
+        );
+        let layer = reader.layer_name().to_string();
+        self.runtime.spawn(async move {
+            match running.finish().await {
+                Ok(report) => {
+                    // Bytes that failed verification may have come from the disk cache.
+                    if let Some(cached) = cached {
+                        for range in &report.verify_failures {
+                            cached.forget(range.clone());
+                        }
                     }
+                    tracing::info!(
+                        layer,
+                        prefetch_end = end,
+                        bytes = report.bytes_fetched,
+                        requests = report.ranges,
+                        chunks_cached = report.chunks_cached,
+                        verify_failures = report.verify_failures.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "prefetched the prioritized files"
+                    );
                 }
-                tracing::info!(
-                    layer = reader.layer_name(),
+                Err(e) => tracing::warn!(
+                    layer,
                     prefetch_end = end,
-                    bytes = report.bytes_fetched,
-                    requests = report.ranges,
-                    chunks_cached = report.chunks_cached,
-                    verify_failures = report.verify_failures.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "prefetched the prioritized files"
-                );
+                    error = %e,
+                    "prefetch stopped; the files left will be fetched when read"
+                ),
             }
-            Err(e) => tracing::warn!(
-                layer = reader.layer_name(),
-                prefetch_end = end,
-                error = %e,
-                "prefetch failed; the files will be fetched when read"
-            ),
-        }
+        });
+        cancel.drop_guard()
     }
 }
 
@@ -587,6 +650,7 @@ impl LayerResolver for LazyLayers {
         let stand_in = mount_failed(&layer.layer_digest, reason, dir, &self.mount_options)?;
         Ok(Box::new(Mounted {
             background: None,
+            prefetching: None,
             mount: stand_in,
             reader: None,
         }))
@@ -686,6 +750,8 @@ struct ReadyLayer {
     runtime: tokio::runtime::Handle,
     options: MountOptions,
     background: Option<Background>,
+    /// The prefetch streaming on: dropping it stops it.
+    prefetching: Option<DropGuard>,
 }
 
 /// The background fetch to start once a layer is mounted.
@@ -702,6 +768,8 @@ struct Background {
 /// A mounted layer: dropping it stops its background fetch, then unmounts.
 struct Mounted {
     background: Option<DropGuard>,
+    /// The prefetch still streaming, if any: stopped when the layer is unmounted.
+    prefetching: Option<DropGuard>,
     mount: LayerMount,
     /// The layer's reader (`None` for a stand-in), for its health.
     reader: Option<Arc<ChunkReader>>,
@@ -731,10 +799,14 @@ impl LiveMount for Mounted {
 
     fn keep_mounted(self: Box<Self>) {
         let Mounted {
-            background, mount, ..
+            background,
+            prefetching,
+            mount,
+            ..
         } = *self;
-        // The background fetch runs on until the process exits.
+        // The background fetch and the prefetch run on until the process exits.
         std::mem::forget(background);
+        std::mem::forget(prefetching);
         mount.keep_mounted();
     }
 }
@@ -799,6 +871,7 @@ impl ReadyLayer {
         });
         Box::new(Mounted {
             background: guard,
+            prefetching: self.prefetching,
             mount: layer_mount,
             reader: Some(reader),
         })

@@ -88,6 +88,16 @@ impl BlobSource for CtrDecryptingSource {
         self.inner.discard(range);
     }
 
+    /// Offsets are the same in ciphertext and plaintext: whatever the inner source holds.
+    fn held_locally(&self, range: Range<u64>) -> bool {
+        self.inner.held_locally(range)
+    }
+
+    /// Ciphertext into the inner source's local copy: nothing is decrypted.
+    fn fetch_ahead(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<u64>> {
+        self.inner.fetch_ahead(range)
+    }
+
     fn size(&self) -> u64 {
         self.inner.size()
     }

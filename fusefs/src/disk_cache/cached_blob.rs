@@ -227,6 +227,14 @@ impl BlobSource for CachedBlob {
         self.forget(range);
     }
 
+    fn held_locally(&self, range: Range<u64>) -> bool {
+        self.missing(range).is_empty()
+    }
+
+    fn fetch_ahead(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<u64>> {
+        Box::pin(self.warm(range))
+    }
+
     fn size(&self) -> u64 {
         self.entry.size
     }

@@ -264,6 +264,9 @@ impl LazyLayers {
                 max_request: STREAMED_MAX_REQUEST,
                 // Encrypted: file names are plaintext; logs name inodes.
                 redact_paths: what.encrypted,
+                // Restart-point windows: one decompression from a restart point serves
+                // the chunks around the miss too (nothing below keeps plaintext).
+                window: self.options.window.options(true),
             },
         ));
         self.readers
@@ -289,6 +292,7 @@ impl LazyLayers {
             runtime: self.runtime.clone(),
             options: self.mount_options.clone(),
             background: None,
+            prefetching: None,
         })))
     }
 }
