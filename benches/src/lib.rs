@@ -7,10 +7,14 @@
 //! containerd) is measured N times through a shaping proxy (RTT, bandwidth), caches cold
 //! every time. Output: a table, JSON, and a plot (PNG, SVG).
 
+pub mod cgroup_run;
+pub mod convert;
 pub mod plot;
 pub mod proxy;
 pub mod push;
 pub mod report;
 pub mod run;
 pub mod sample;
+pub mod scale;
+pub mod scale_plot;
 pub mod stargz;
