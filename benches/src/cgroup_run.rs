@@ -38,6 +38,8 @@ use crate::run::{Binaries, Started, NAMESPACE};
 const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long the workload's container may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Guest runs so far (names their cgroups).
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// The v1 cgroup hierarchy of the memory controller.
 const CGROUP_V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 /// The v2 (unified) hierarchy.
@@ -183,9 +185,7 @@ impl Guest<'_> {
         let name = format!(
             "veil-bench-{}-{}",
             std::process::id(),
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let cgroup = GuestCgroup::create(&name, self.memory_limit)?;
         let config = dir.join("veil-config.toml");

@@ -361,7 +361,7 @@ fn scale_bench(cli: &Cli) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&cli.work_dir)
         .with_context(|| format!("creating {}", cli.work_dir.display()))?;
     let tmp = tempfile::Builder::new()
-        .prefix("veil-bench-scale-")
+        .prefix("vbs-")
         .tempdir_in(&cli.work_dir)
         .with_context(|| format!("making a work directory in {}", cli.work_dir.display()))?;
     let dir = tmp.path().canonicalize()?;

@@ -316,13 +316,17 @@ fn one_size(
             for (mode, tag) in &modes {
                 crate::run::check_interrupted()?;
                 let reference = format!("{}/{REPO}:{tag}", proxy.host());
-                let name = format!("{}-{round}", tag);
+                // Short: containerd's sockets below it must fit a unix socket path.
+                let name = match mode {
+                    GuestMode::Veil => format!("v{round}"),
+                    GuestMode::StatusQuo => format!("s{round}"),
+                };
                 let r = guest.run(
                     *mode,
                     round,
                     &reference,
                     &proxy,
-                    &sdir.join("runs").join(name),
+                    &sdir.join("r").join(name),
                     started,
                 )?;
                 say(&format!(
