@@ -90,9 +90,7 @@ impl Verdict {
             return Verdict::OutOfMemory;
         }
         match error {
-            Some(e) if e.to_lowercase().contains("no space left on device") => {
-                Verdict::OutOfSpace
-            }
+            Some(e) if e.to_lowercase().contains("no space left on device") => Verdict::OutOfSpace,
             Some(e) if e.contains("out of memory") || e.contains("OOM") => Verdict::OutOfMemory,
             Some(_) => Verdict::Failed,
             None if output_ok => Verdict::Ok,

@@ -289,16 +289,20 @@ pub fn build(kind: SampleKind, size: u64, dir: &Path) -> anyhow::Result<SampleIm
     }
     let runtime_bytes = runtime.bytes();
     let runtime_files = runtime.files();
-    let base = write_layer(&dir.join("layer-0.tar.gz"), flate2::Compression::fast(), |b| {
-        runtime.append_to(b)
-    })?;
+    let base = write_layer(
+        &dir.join("layer-0.tar.gz"),
+        flate2::Compression::fast(),
+        |b| runtime.append_to(b),
+    )?;
 
     let data_bytes = size.saturating_sub(runtime_bytes).max(1 << 20);
     let data_files = data_bytes.div_ceil(DATA_FILE) as usize;
     let bar = progress_bar(data_bytes, "writing the data layer");
-    let data = write_layer(&dir.join("layer-1.tar.gz"), flate2::Compression::none(), |b| {
-        append_random_files(b, data_bytes, &bar)
-    })?;
+    let data = write_layer(
+        &dir.join("layer-1.tar.gz"),
+        flate2::Compression::none(),
+        |b| append_random_files(b, data_bytes, &bar),
+    )?;
     bar.finish_and_clear();
     Ok(SampleImage {
         kind,
@@ -370,7 +374,9 @@ fn append_random_files<W: Write>(
 fn write_layer(
     path: &Path,
     level: flate2::Compression,
-    fill: impl FnOnce(&mut tar::Builder<Hashing<flate2::write::GzEncoder<Hashing<BufWriter<File>>>>>) -> anyhow::Result<()>,
+    fill: impl FnOnce(
+        &mut tar::Builder<Hashing<flate2::write::GzEncoder<Hashing<BufWriter<File>>>>>,
+    ) -> anyhow::Result<()>,
 ) -> anyhow::Result<LayerFile> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let blob = Hashing::new(BufWriter::with_capacity(WRITE_BUFFER, file));

@@ -64,12 +64,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, o: &ScaleOutcome) -> a
     // Cold start.
     let veil_t = points(&o.sizes, SizeResult::veil_total);
     let sq_t = points(&o.sizes, SizeResult::status_quo_total);
-    let ymax = veil_t
-        .iter()
-        .chain(&sq_t)
-        .map(|p| p.1)
-        .fold(1.0, f64::max)
-        * 1.2;
+    let ymax = veil_t.iter().chain(&sq_t).map(|p| p.1).fold(1.0, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(&left)
         .caption("cold start (pull → workload end)", ("sans-serif", 18))
         .margin(16)
@@ -170,7 +165,11 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, o: &ScaleOutcome) -> a
 
 /// A red cross and the verdict at each size where the status quo did not start.
 fn draw_failures<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     o: &ScaleOutcome,
     ymax: f64,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
@@ -187,7 +186,11 @@ fn draw_failures<DB: DrawingBackend>(
     }
     let y = ymax * 0.05;
     chart
-        .draw_series(failed.iter().map(|(x, _)| Cross::new((*x, y), 8, RED.stroke_width(3))))?
+        .draw_series(
+            failed
+                .iter()
+                .map(|(x, _)| Cross::new((*x, y), 8, RED.stroke_width(3))),
+        )?
         .label("status quo did not start (OOM / ENOSPC)")
         .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
     chart.draw_series(failed.iter().map(|(x, v)| {

@@ -47,7 +47,10 @@ fn veil_bench_scale_on_two_tiny_images() {
         "veil bench --sizes failed ({}):\n{stdout}\n{stderr}",
         ran.status
     );
-    assert!(stdout.contains("largest image the status quo started: "), "{stdout}");
+    assert!(
+        stdout.contains("largest image the status quo started: "),
+        "{stdout}"
+    );
     assert!(stdout.contains("ENOSPC"), "no out-of-space row:\n{stdout}");
 
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -62,9 +65,15 @@ fn veil_bench_scale_on_two_tiny_images() {
         let v = &s["veil"][0];
         assert_eq!(v["verdict"], "ok", "{mib} MiB: {v}");
         let fetched = v["fetched_bytes"].as_u64().unwrap();
-        assert!(fetched > 0 && fetched < veil_bytes, "{mib} MiB: {fetched} of {veil_bytes}");
+        assert!(
+            fetched > 0 && fetched < veil_bytes,
+            "{mib} MiB: {fetched} of {veil_bytes}"
+        );
         let peak = v["cgroup_peak"].as_u64().unwrap();
-        assert!(peak > 0 && peak < LIMIT_MIB << 20, "{mib} MiB: cgroup peak {peak}");
+        assert!(
+            peak > 0 && peak < LIMIT_MIB << 20,
+            "{mib} MiB: cgroup peak {peak}"
+        );
         assert!(v["daemon_peak_rss"].as_u64().unwrap() > 0, "{mib} MiB: {v}");
         let sq = &s["status_quo"][0];
         assert_eq!(sq["verdict"], sq_verdict, "{mib} MiB: {sq}");
@@ -75,14 +84,23 @@ fn veil_bench_scale_on_two_tiny_images() {
     for name in ["scale.png", "scale.svg", "scale.txt", "scale.json"] {
         assert!(out.join(name).exists(), "{name}");
     }
-    assert!(std::fs::read(out.join("scale.png")).unwrap().starts_with(b"\x89PNG"));
+    assert!(std::fs::read(out.join("scale.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
 
     // Clean-up: no process, mount, cgroup or file of the bench is left.
-    assert_eq!(doc["cleanup"]["processes_left"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        doc["cleanup"]["processes_left"].as_array().unwrap().len(),
+        0
+    );
     assert_eq!(doc["cleanup"]["mounts_left"].as_array().unwrap().len(), 0);
     for s in result["started"].as_array().unwrap() {
         let pid = s["pid"].as_u64().unwrap() as u32;
-        assert!(!process_alive(pid), "{} (PID {pid}) is still running", s["what"]);
+        assert!(
+            !process_alive(pid),
+            "{} (PID {pid}) is still running",
+            s["what"]
+        );
     }
     assert!(veil_tests::mounts::mounts_below(&dir).is_empty());
     let left: Vec<_> = std::fs::read_dir(&work).unwrap().flatten().collect();

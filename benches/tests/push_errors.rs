@@ -104,9 +104,16 @@ fn a_large_layer_file_is_pushed_in_chunks_to_a_real_registry() {
         *sent.lock().unwrap() = n
     }))
     .unwrap();
-    assert!(*sent.lock().unwrap() >= len as u64, "progress reached the end");
+    assert!(
+        *sent.lock().unwrap() >= len as u64,
+        "progress reached the end"
+    );
     // The registry has the blob, byte for byte.
-    let url = format!("{}/v2/bench/app/blobs/{}", registry.base(), layers[0].digest);
+    let url = format!(
+        "{}/v2/bench/app/blobs/{}",
+        registry.base(),
+        layers[0].digest
+    );
     let got = rt
         .block_on(async { reqwest::get(&url).await?.bytes().await })
         .unwrap();
