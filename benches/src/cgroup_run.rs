@@ -1,9 +1,10 @@
 //! One cold start inside a memory-limited cgroup, sized like a small confidential VM:
 //! the daemon side (containerd and its shims, and for Veil veil-snapshotter) and the
 //! workload's container are charged to one cgroup, whose limit is the guest's memory;
-//! every file of the run (containerd's content store and snapshots, Veil's root and
-//! caches, sockets) is on a tmpfs of half that size, as in a CoCo guest, whose `/run`
-//! is memory.
+//! the guest's files (containerd's root: content store, metadata, snapshots; Veil's root:
+//! metadata, caches) are on a tmpfs of half that size, as in a CoCo guest, whose `/run`
+//! is memory. Sockets, logs and the clients' output stay on disk, so that an error
+//! message survives a full tmpfs.
 //!
 //! The cgroup is made below the bench's own memory cgroup (cgroup v1:
 //! `memory.limit_in_bytes`, peak `memory.max_usage_in_bytes`, OOM kills in
@@ -38,6 +39,10 @@ use crate::run::{Binaries, Started, NAMESPACE};
 const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long the workload's container may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// The guest's tmpfs, below a run's directory.
+const TMPFS: &str = "run";
+/// How much of a failed run's error (the end: the cause) the result keeps.
+const ERROR_KEPT: usize = 4000;
 /// Guest runs so far (names their cgroups).
 static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// The v1 cgroup hierarchy of the memory controller.
@@ -164,10 +169,12 @@ impl Guest<'_> {
     ) -> anyhow::Result<GuestRun> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        mount_tmpfs(&dir, self.tmpfs_size)?;
+        let tmpfs = dir.join(TMPFS);
+        std::fs::create_dir_all(&tmpfs)?;
+        mount_tmpfs(&tmpfs, self.tmpfs_size)?;
         let result = self.run_on_tmpfs(mode, round, reference, proxy, &dir, started);
         veil_tests::unmount_below(&dir);
-        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
         result
     }
 
@@ -191,9 +198,10 @@ impl Guest<'_> {
             &config,
             crate::run::veil_config(&proxy.host(), self.background_fetch, self.keys_dir),
         )?;
+        let tmpfs = dir.join(TMPFS);
         let mut veil = VeilSnapshotter::new(
             self.bins.snapshotter.clone(),
-            dir.join("veil"),
+            tmpfs.join("veil"),
             dir.join("veil.sock"),
             dir.to_path_buf(),
         )
@@ -212,8 +220,16 @@ impl Guest<'_> {
             if mode == GuestMode::Veil {
                 cgroup.add(veil_pid)?;
             }
-            let mut cd = Containerd::start(&dir.join("containerd"), veil.socket())
-                .context("starting containerd")?;
+            // containerd's root (content store, snapshots) on the tmpfs; the rest of its
+            // directory (sockets, log, ctr's output) on disk.
+            let cd_dir = dir.join("containerd");
+            let cd_root = tmpfs.join("containerd");
+            std::fs::create_dir_all(&cd_dir)?;
+            std::fs::create_dir_all(&cd_root)?;
+            std::os::unix::fs::symlink(&cd_root, cd_dir.join("root"))
+                .context("linking containerd's root to the tmpfs")?;
+            let mut cd =
+                Containerd::start(&cd_dir, veil.socket()).context("starting containerd")?;
             started.push(Started {
                 what: format!("containerd ({name})"),
                 pid: cd.pid(),
@@ -224,7 +240,7 @@ impl Guest<'_> {
             if mode == GuestMode::Veil {
                 r.daemon_peak_rss = rss(veil_pid).ok().map(|(_, peak)| peak);
             }
-            r.tmpfs_used = tmpfs_used(dir);
+            r.tmpfs_used = tmpfs_used(&tmpfs);
             for pid in shim_pids_for(cd.address()) {
                 started.push(Started {
                     what: format!("containerd-shim ({name})"),
@@ -235,7 +251,7 @@ impl Guest<'_> {
             Ok(r)
         })();
         veil.stop();
-        veil_tests::unmount_below(&dir.join("veil"));
+        veil_tests::unmount_below(&tmpfs.join("veil"));
         drop(cgroup);
         result
     }
@@ -318,7 +334,7 @@ impl Guest<'_> {
         let fetched_bytes = proxy.bytes_down() - down;
         let (output, error) = match ran {
             Ok(out) => (out, None),
-            Err(e) => (String::new(), Some(format!("{e:#}"))),
+            Err(e) => (String::new(), Some(shortened(&format!("{e:#}")))),
         };
         let output_ok = error.is_none() && output.contains(self.expect);
         let oom_kills = cgroup.oom_kills();
@@ -423,6 +439,18 @@ impl Drop for GuestCgroup {
     }
 }
 
+/// `error`'s first line and its last [`ERROR_KEPT`] characters (a client's progress
+/// output in between is left out).
+fn shortened(error: &str) -> String {
+    let chars: Vec<char> = error.chars().collect();
+    if chars.len() <= ERROR_KEPT {
+        return error.to_string();
+    }
+    let first = error.lines().next().unwrap_or_default();
+    let tail: String = chars[chars.len() - ERROR_KEPT..].iter().collect();
+    format!("{first}\n[...]\n{tail}")
+}
+
 /// Mounts a tmpfs of `size` bytes (mode 0700) on `dir`.
 fn mount_tmpfs(dir: &Path, size: u64) -> anyhow::Result<()> {
     use std::ffi::CString;
@@ -480,5 +508,18 @@ mod tests {
             Verdict::OutOfSpace
         );
         assert_eq!(Verdict::of(Some("boom"), false, 0), Verdict::Failed);
+    }
+
+    #[test]
+    fn long_errors_keep_their_first_line_and_end() {
+        assert_eq!(shortened("short"), "short");
+        let long = format!(
+            "ctr failed\n{}\nno space left on device",
+            "x".repeat(10_000)
+        );
+        let s = shortened(&long);
+        assert!(s.starts_with("ctr failed\n[...]\n"));
+        assert!(s.ends_with("no space left on device"));
+        assert!(s.len() < ERROR_KEPT + 100);
     }
 }

@@ -39,8 +39,8 @@ const SWEEP: &[(f64, f64)] = &[(2.0, 1000.0), (20.0, 200.0), (50.0, 100.0), (100
 /// start with the daemon side and the container in a memory cgroup of --memory-limit
 /// (like a small confidential VM; cgroup v1 or v2) and the guest's files on a tmpfs of
 /// half of it (a CoCo guest's /run): Veil's encrypted lazy pull (one --format:
-/// zstd-chunked unless estargz is asked for) against the status quo (unless --modes
-/// leaves it out), whose running out of memory or space is a result. Per size: cold
+/// zstd-chunked unless estargz is asked for; --modes enc) against the status quo
+/// (--modes status-quo), whose running out of memory or space is a result. Per size: cold
 /// start, bytes fetched, veil-snapshotter's peak RSS, the cgroup's peak memory; the
 /// images are built and converted on disk, one size at a time (below --work-dir; a
 /// 10 GiB size needs ~40 GB free). Writes OUT/scale.json, OUT/scale.txt and
@@ -353,6 +353,9 @@ fn scale_bench(cli: &Cli) -> anyhow::Result<bool> {
     if sizes.iter().any(|&s| s == 0) {
         bail!("--sizes: every size must be at least 1 MiB");
     }
+    if !cli.modes.contains(&ModeKind::Enc) && !cli.modes.contains(&ModeKind::StatusQuo) {
+        bail!("--modes: the scale mode runs enc and/or status-quo");
+    }
     if cli.memory_limit < 64 {
         bail!("--memory-limit must be at least 64 MiB");
     }
@@ -376,6 +379,7 @@ fn scale_bench(cli: &Cli) -> anyhow::Result<bool> {
             FormatArg::ZstdChunked | FormatArg::Both => Format::ZstdChunked,
         },
         memory_limit: cli.memory_limit << 20,
+        veil: cli.modes.contains(&ModeKind::Enc),
         status_quo: cli.modes.contains(&ModeKind::StatusQuo),
         drop_caches: !cli.no_drop_caches,
         background_fetch: cli.background_fetch,

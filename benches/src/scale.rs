@@ -40,7 +40,8 @@ pub struct ScalePlan {
     pub format: Format,
     /// The cgroup's memory limit, bytes (the tmpfs gets half).
     pub memory_limit: u64,
-    /// Also measure the status quo.
+    /// Measure Veil (encrypted) and/or the status quo.
+    pub veil: bool,
     pub status_quo: bool,
     pub drop_caches: bool,
     pub background_fetch: bool,
@@ -277,20 +278,30 @@ fn one_size(
         say(&format!("pushed :plain in {push_s:.1} s"));
         crate::run::check_interrupted()?;
         let tag = veil_mode.tag();
-        let convert_s = Conversion {
-            veil: &plan.bins.veil,
-            host: &host,
-            tag: &tag,
-            format: plan.format,
-            encrypt_for: Some(recipient),
-            prefetch_list: None,
-            chunk_size: plan.chunk_size.as_deref(),
-            dir: sdir,
+        let convert_s = if !plan.veil {
+            0.0
+        } else {
+            Conversion {
+                veil: &plan.bins.veil,
+                host: &host,
+                tag: &tag,
+                format: plan.format,
+                encrypt_for: Some(recipient),
+                prefetch_list: None,
+                chunk_size: plan.chunk_size.as_deref(),
+                dir: sdir,
+            }
+            .run()?
+        };
+        if plan.veil {
+            say(&format!("veil convert → :{tag} in {convert_s:.1} s"));
         }
-        .run()?;
-        say(&format!("veil convert → :{tag} in {convert_s:.1} s"));
         let plain_bytes = crate::run::manifest_layer_bytes(&registry, "plain")?;
-        let veil_bytes = crate::run::manifest_layer_bytes(&registry, &tag)?;
+        let veil_bytes = if plan.veil {
+            crate::run::manifest_layer_bytes(&registry, &tag)?
+        } else {
+            0
+        };
 
         let upstream: SocketAddr = host
             .parse()
@@ -306,7 +317,10 @@ fn one_size(
             workload: &image.workload,
             expect: &image.expect,
         };
-        let mut modes = vec![(GuestMode::Veil, tag.clone())];
+        let mut modes = Vec::new();
+        if plan.veil {
+            modes.push((GuestMode::Veil, tag.clone()));
+        }
         if plan.status_quo {
             modes.push((GuestMode::StatusQuo, Mode::StatusQuo.tag()));
         }
