@@ -350,7 +350,7 @@ fn scale_bench(cli: &Cli) -> anyhow::Result<bool> {
     } else {
         cli.sizes.clone()
     };
-    if sizes.iter().any(|&s| s == 0) {
+    if sizes.contains(&0) {
         bail!("--sizes: every size must be at least 1 MiB");
     }
     if !cli.modes.contains(&ModeKind::Enc) && !cli.modes.contains(&ModeKind::StatusQuo) {
