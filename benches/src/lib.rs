@@ -10,6 +10,8 @@
 //! [`fuse_read`] (`--fuse-read`) measures something else: a cached file read through
 //! Veil's FUSE filesystem against tmpfs, with [`passthrough`]'s probe of FUSE passthrough.
 
+pub mod cgroup_run;
+pub mod convert;
 pub mod fuse_read;
 pub mod passthrough;
 pub mod plot;
@@ -19,4 +21,6 @@ pub mod read_set;
 pub mod report;
 pub mod run;
 pub mod sample;
+pub mod scale;
+pub mod scale_plot;
 pub mod stargz;

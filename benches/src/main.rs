@@ -36,6 +36,18 @@ const SWEEP: &[(f64, f64)] = &[(2.0, 1000.0), (20.0, 200.0), (50.0, 100.0), (100
 /// Prints a table (median / min / max, bytes fetched from the registry, speed-up over the
 /// status quo) and writes OUT/results.json, OUT/cold-start.png and OUT/cold-start.svg.
 ///
+/// Scale mode (--scale, or --sizes): the same workload on images of growing size (the
+/// sample's runtime plus random data; 512, 2048, 4096, 10240 MiB for --scale), each cold
+/// start with the daemon side and the container in a memory cgroup of --memory-limit
+/// (like a small confidential VM; cgroup v1 or v2) and the guest's files on a tmpfs of
+/// half of it (a CoCo guest's /run): Veil's encrypted lazy pull (one --format:
+/// zstd-chunked unless estargz is asked for; --modes enc) against the status quo
+/// (--modes status-quo), whose running out of memory or space is a result. Per size: cold
+/// start, bytes fetched, veil-snapshotter's peak RSS, the cgroup's peak memory; the
+/// images are built and converted on disk, one size at a time (below --work-dir; a
+/// 10 GiB size needs ~40 GB free). Writes OUT/scale.json, OUT/scale.txt and
+/// OUT/scale.png / .svg.
+///
 /// Needs root (containerd, mounts, drop_caches) and Debian's containerd, runc,
 /// docker-registry, busybox-static and fonts-dejavu-core (./scripts/setup installs them).
 /// Everything it starts is stopped by PID and everything it mounts is unmounted when it
@@ -131,6 +143,15 @@ struct Cli {
     /// kept between runs so that later builds take seconds.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/veil-bench-go")]
     go_cache: PathBuf,
+    /// Scale mode over 512, 2048, 4096 and 10240 MiB images.
+    #[arg(long)]
+    scale: bool,
+    /// Scale mode over these image sizes (MiB, comma-separated).
+    #[arg(long, value_name = "MIB,...", value_delimiter = ',')]
+    sizes: Vec<u64>,
+    /// Scale mode: the guest's memory, the cgroup's limit (MiB); its tmpfs gets half.
+    #[arg(long, value_name = "MIB", default_value_t = veil_bench::scale::DEFAULT_MEMORY_LIMIT_MIB)]
+    memory_limit: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -223,6 +244,9 @@ fn bin_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
 fn bench(cli: &Cli) -> anyhow::Result<bool> {
     if cli.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if cli.scale || !cli.sizes.is_empty() {
+        return scale_bench(cli);
     }
     let bins = Binaries::in_dir(&bin_dir(cli)?)?;
     let formats = match cli.format {
@@ -355,4 +379,91 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         return Ok(false);
     }
     Ok(all_ok)
+}
+
+/// The scale mode (`--scale`, `--sizes`).
+fn scale_bench(cli: &Cli) -> anyhow::Result<bool> {
+    let sizes = if cli.sizes.is_empty() {
+        veil_bench::scale::DEFAULT_SIZES_MIB.to_vec()
+    } else {
+        cli.sizes.clone()
+    };
+    if sizes.contains(&0) {
+        bail!("--sizes: every size must be at least 1 MiB");
+    }
+    if !cli.modes.contains(&ModeKind::Enc) && !cli.modes.contains(&ModeKind::StatusQuo) {
+        bail!("--modes: the scale mode runs enc and/or status-quo");
+    }
+    if cli.memory_limit < 64 {
+        bail!("--memory-limit must be at least 64 MiB");
+    }
+    let bins = Binaries::in_dir(&bin_dir(cli)?)?;
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    std::fs::create_dir_all(&cli.work_dir)
+        .with_context(|| format!("creating {}", cli.work_dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("vbs-")
+        .tempdir_in(&cli.work_dir)
+        .with_context(|| format!("making a work directory in {}", cli.work_dir.display()))?;
+    let dir = tmp.path().canonicalize()?;
+    eprintln!("[veil-bench] scale mode, work directory {}", dir.display());
+    let plan = veil_bench::scale::ScalePlan {
+        sample: cli.sample,
+        sizes: sizes.iter().map(|s| s << 20).collect(),
+        runs: cli.runs,
+        shaping: Shaping::new(cli.rtt_ms, cli.mbit),
+        format: match cli.format {
+            FormatArg::Estargz => Format::Estargz,
+            FormatArg::ZstdChunked | FormatArg::Both => Format::ZstdChunked,
+        },
+        memory_limit: cli.memory_limit << 20,
+        veil: cli.modes.contains(&ModeKind::Enc),
+        status_quo: cli.modes.contains(&ModeKind::StatusQuo),
+        drop_caches: !cli.no_drop_caches,
+        background_fetch: cli.background_fetch,
+        chunk_size: cli.chunk_size.clone(),
+        bins,
+        dir: dir.clone(),
+    };
+    let result = veil_bench::scale::run(&plan);
+    // Whatever happened: nothing of ours may stay mounted, and the images go.
+    veil_tests::unmount_below(&dir);
+    let outcome = result?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (alive, mounts) = run::leftovers(&outcome.started, &dir);
+    tmp.close()
+        .with_context(|| format!("removing {}", dir.display()))?;
+
+    let table = veil_bench::scale::table(&outcome);
+    let plots = match veil_bench::scale_plot::write(&outcome, &cli.out.join("scale")) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("[veil-bench] plot: {e:#}");
+            Vec::new()
+        }
+    };
+    let doc = json!({
+        "machine": machine(),
+        "result": outcome,
+        "veil_ok": outcome.veil_ok(),
+        "status_quo_largest_bytes": outcome.status_quo_largest(),
+        "plots": plots,
+        "cleanup": { "processes_left": alive, "mounts_left": mounts },
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    std::fs::write(cli.out.join("scale.json"), &text)?;
+    if let Some(j) = &cli.json {
+        std::fs::write(j, &text).with_context(|| format!("writing {}", j.display()))?;
+    }
+    std::fs::write(cli.out.join("scale.txt"), &table)?;
+    println!("{table}");
+    for p in &plots {
+        println!("plot: {}", p.display());
+    }
+    println!("results: {}", cli.out.join("scale.json").display());
+    if !alive.is_empty() || !mounts.is_empty() {
+        eprintln!("veil bench: LEFT BEHIND: processes {alive:?}, mounts {mounts:?}");
+        return Ok(false);
+    }
+    Ok(outcome.veil_ok())
 }

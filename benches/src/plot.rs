@@ -24,7 +24,7 @@ const FONTS: &[&str] = &[
 static FONT: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Registers a system TrueType font as "sans-serif" (once).
-fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     FONT.get_or_init(|| {
         for path in FONTS {
             if let Ok(bytes) = std::fs::read(path) {

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use veil_tests::containerd::{process_alive, shim_pids_for, Containerd};
-use veil_tests::lazy_image::{pack, LayerFormat};
 use veil_tests::local_registry::LocalRegistry;
 use veil_tests::process::{run_with_timeout, ChildGuard};
 use veil_tests::scenario::VeilSnapshotter;
@@ -39,8 +38,6 @@ pub const REPO: &str = "veil-bench/app";
 pub const NAMESPACE: &str = "veil-bench";
 /// How long one pull may take (the status quo downloads the whole image).
 const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
-/// How long one `veil convert` may take.
-const CONVERT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Set by SIGINT/SIGTERM: stop after cleaning up.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -60,7 +57,8 @@ pub fn catch_signals() {
     }
 }
 
-fn check_interrupted() -> anyhow::Result<()> {
+/// Fails once SIGINT or SIGTERM came.
+pub fn check_interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -455,12 +453,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     let dir = &plan.dir;
     let mut started = Vec::new();
     say(&format!(
-        "building the {:?} sample image (~{} MiB of files) in memory",
+        "building the {:?} sample image (~{} MiB of files) on disk",
         plan.sample,
         plan.size >> 20
     ));
     let t = Instant::now();
-    let image = crate::sample::build(plan.sample, plan.size)?;
+    let image = crate::sample::build(plan.sample, plan.size, &dir.join("sample"))?;
     let workload = plan.workload.clone().unwrap_or(image.workload.clone());
     let expect = match (&plan.workload, &plan.expect) {
         (_, Some(e)) => e.clone(),
@@ -498,34 +496,17 @@ fn measure_all(
 ) -> anyhow::Result<Outcome> {
     let dir = &plan.dir;
     // The plain tar.gz image (the status quo, and what `veil convert` starts from).
-    let t = Instant::now();
-    let layers = image
-        .tars
-        .iter()
-        .map(|tar| pack(tar.clone(), LayerFormat::PlainGzip))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(crate::push::push_layers(
-        &format!("{}/{REPO}:plain", registry.host()),
-        &layers,
-    ))?;
-    drop(layers);
+    let secs = crate::convert::push_plain(image, &registry.host())?;
+    for layer in &image.layers {
+        let _ = std::fs::remove_file(&layer.path);
+    }
     say(&format!(
-        "pushed {}/{REPO}:plain (tar.gz) in {:.1} s",
-        registry.host(),
-        t.elapsed().as_secs_f64()
+        "pushed {}/{REPO}:plain (tar.gz) in {secs:.1} s",
+        registry.host()
     ));
 
     // A JWE recipient for the encrypted images; Veil gets the private key.
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys)?;
-    let rsa = openssl::rsa::Rsa::generate(2048)?;
-    let pkey = openssl::pkey::PKey::from_rsa(rsa)?;
-    std::fs::write(keys.join("bench.pem"), pkey.private_key_to_pem_pkcs8()?)?;
-    let public = dir.join("bench.pub.pem");
-    std::fs::write(&public, pkey.public_key_to_pem()?)?;
+    let recipient = crate::convert::Recipient::generate(dir)?;
     // Convert once per Veil mode; the unencrypted eStargz image first: the workload's
     // read set is measured on it (an unshaped warm-up run) before the others are made.
     let mut convert_s = Vec::new();
@@ -567,7 +548,7 @@ fn measure_all(
     let mut prefetch = dir.join("prefetch.txt");
     for (i, mode) in images.iter().enumerate() {
         check_interrupted()?;
-        let secs = convert_image(plan, registry, *mode, &public, &prefetch, workload)?;
+        let secs = convert_image(plan, registry, *mode, &recipient, &prefetch, workload)?;
         let tag = mode.tag();
         say(&format!(
             "{} → :{tag} in {secs:.1} s",
@@ -702,60 +683,34 @@ fn convert_image(
     plan: &Plan,
     registry: &LocalRegistry,
     mode: Mode,
-    public: &Path,
+    recipient: &crate::convert::Recipient,
     prefetch: &Path,
     workload: &str,
 ) -> anyhow::Result<f64> {
-    let dir = &plan.dir;
-    let (format, encrypted, pf) = match mode {
+    let (format, encrypted, pf, optimize_cmd) = match mode {
         Mode::Veil {
             format,
             encrypted,
             prefetch,
             ..
-        } => (format, encrypted, prefetch),
-        Mode::Optimized { format } => (format, true, false),
+        } => (format, encrypted, prefetch, None),
+        Mode::Optimized { format } => (format, true, false, Some(workload)),
         Mode::StatusQuo | Mode::Stargz => return Ok(0.0),
     };
+    let host = registry.host();
     let tag = mode.tag();
-    let mut cmd = Command::new(&plan.bins.veil);
-    let verb = match mode {
-        Mode::Optimized { .. } => "optimize",
-        _ => "convert",
-    };
-    cmd.arg(verb)
-        .arg("--plain-http")
-        .arg(format!("{}/{REPO}:plain", registry.host()))
-        .arg(format!("{}/{REPO}:{tag}", registry.host()))
-        .arg("--format")
-        .arg(format.flag())
-        .arg("--tmp-dir")
-        .arg(dir);
-    if let Some(c) = &plan.chunk_size {
-        cmd.arg("--chunk-size").arg(c);
+    crate::convert::Conversion {
+        veil: &plan.bins.veil,
+        host: &host,
+        tag: &tag,
+        format,
+        encrypt_for: encrypted.then_some(recipient),
+        prefetch_list: pf.then_some(prefetch),
+        chunk_size: plan.chunk_size.as_deref(),
+        optimize_cmd,
+        dir: &plan.dir,
     }
-    if encrypted {
-        cmd.arg("--encrypt")
-            .arg("--recipient")
-            .arg(format!("jwe:{}", public.display()));
-    }
-    if pf {
-        cmd.arg("--prefetch-list").arg(prefetch);
-    }
-    if let Mode::Optimized { .. } = mode {
-        cmd.arg("--cmd").arg(workload);
-    }
-    let t = Instant::now();
-    let out = run_with_timeout(cmd, CONVERT_TIMEOUT, &dir.join(format!("convert-{tag}")))?;
-    if !out.status.success() {
-        bail!(
-            "veil {verb} to :{tag} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(t.elapsed().as_secs_f64())
+    .run()
 }
 
 /// The workload's read set: one unshaped run on the unencrypted eStargz image, then the
@@ -799,11 +754,26 @@ fn measure_read_set(
 }
 
 /// Drops the page cache (dentries, inodes, pages) after writing dirty pages back.
-fn drop_caches() -> anyhow::Result<()> {
+pub fn drop_caches() -> anyhow::Result<()> {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").context("writing /proc/sys/vm/drop_caches")
 }
+
+/// veil-snapshotter's configuration for a measured run: the registry (behind the proxy
+/// at `host`) is plain HTTP, the private keys are in `keys_dir`.
+pub fn veil_config(host: &str, background_fetch: bool, baseline: bool, keys_dir: &Path) -> String {
+    format!(
+        "[registry]\nplain_http = [\"{host}\"]\n\n[lazy]\nbackground_fetch = {background_fetch}\n{}\n\
+         [decryption]\nkeys_dir = \"{}\"\n",
+        if baseline { BASELINE_LAZY } else { "" },
+        keys_dir.display()
+    )
+}
+
+/// `[lazy]` keys of the baseline modes: fetching as before issue 13 (no neighbourhood
+/// windows, the prefetch waits for every prioritized file).
+const BASELINE_LAZY: &str = "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n";
 
 /// One cold start of `mode`; a failure of the run itself is recorded, not returned
 /// (errors setting it up are returned).
@@ -838,18 +808,11 @@ fn one_run_recording(
     let config = dir.join("veil-config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[registry]\nplain_http = [\"{}\"]\n\n[lazy]\nbackground_fetch = {}\n{}\n\
-             [decryption]\nkeys_dir = \"{}\"\n",
-            proxy.host(),
+        veil_config(
+            &proxy.host(),
             plan.background_fetch,
-            match mode {
-                Mode::Veil { baseline: true, .. } => {
-                    "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n"
-                }
-                _ => "",
-            },
-            plan.dir.join("keys").display()
+            matches!(mode, Mode::Veil { baseline: true, .. }),
+            &plan.dir.join("keys"),
         ),
     )?;
     let mut veil = VeilSnapshotter::new(
@@ -1036,7 +999,7 @@ fn measured(
 }
 
 /// The sum of the layer sizes in `REPO:tag`'s manifest (asked of the registry directly).
-fn manifest_layer_bytes(registry: &LocalRegistry, tag: &str) -> anyhow::Result<u64> {
+pub fn manifest_layer_bytes(registry: &LocalRegistry, tag: &str) -> anyhow::Result<u64> {
     let addr: SocketAddr = registry.host().parse()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;

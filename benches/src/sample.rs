@@ -7,6 +7,13 @@
 //!    `busybox` sample, a tree of small generated text files instead;
 //! 2. data: large random (incompressible) files up to the requested image size.
 //!
+//! Both layers are written straight to disk as tar.gz files (hashed as they are written:
+//! the blob digest and the diff ID), never held in memory whole: the data layer's files
+//! are generated as the tar is written, so a 10 GiB sample needs a few MiB of memory. A
+//! progress bar shows the data layer being written (on a terminal). Random data does not
+//! compress, so the data layer's gzip stream is made of stored blocks: the same bytes as
+//! any compression level would give, without the CPU time.
+//!
 //! The workload reads a small, realistic fraction: `python3 -c 'import json, email,
 //! http.client'` (the interpreter, its libraries and the modules it imports), or `cat` of
 //! one package of the small-file tree. The files it reads (the read set) are known: for
@@ -15,12 +22,14 @@
 //! bytes behind the plot's physical-limit line.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use veil_tests::lazy_image::{random_bytes, sha256_hex};
+use sha2::{Digest as _, Sha256};
+use veil_tests::lazy_image::{sha256_hex, GZIP_LAYER};
 
 /// Which runtime the image carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +43,8 @@ pub enum SampleKind {
 
 /// Size of each large data file.
 const DATA_FILE: u64 = 32 << 20;
+/// The write buffer of a layer file.
+const WRITE_BUFFER: usize = 1 << 20;
 /// The busybox sample's tree: packages of small files.
 const BB_PACKAGES: usize = 40;
 const BB_FILES_PER_PACKAGE: usize = 60;
@@ -138,9 +149,9 @@ impl Tree {
             .count()
     }
 
-    /// The layer's tar (owner root; files keep their modification times).
-    fn into_tar(self) -> anyhow::Result<Vec<u8>> {
-        let mut builder = tar::Builder::new(Vec::new());
+    /// Writes the layer's tar (owner root; files keep their modification times) into
+    /// `builder`.
+    fn append_to<W: Write>(self, builder: &mut tar::Builder<W>) -> anyhow::Result<()> {
         for (path, node) in self.0 {
             let mut header = tar::Header::new_gnu();
             header.set_uid(0);
@@ -168,7 +179,7 @@ impl Tree {
                 }
             }
         }
-        Ok(builder.into_inner()?)
+        Ok(())
     }
 }
 
@@ -177,12 +188,27 @@ fn rel_of(path: &Path) -> String {
     path.to_string_lossy().trim_start_matches('/').to_string()
 }
 
-/// The sample image's layers (uncompressed tars) and what the workload does with them.
+/// A layer blob (tar.gz) written to disk.
+#[derive(Debug, Clone)]
+pub struct LayerFile {
+    /// The blob.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// `sha256:` digest of the blob.
+    pub digest: String,
+    /// `sha256:` digest of the uncompressed tar.
+    pub diff_id: String,
+    /// The OCI media type (tar+gzip).
+    pub media_type: &'static str,
+}
+
+/// The sample image's layers (tar.gz files) and what the workload does with them.
 #[derive(Debug)]
 pub struct SampleImage {
     pub kind: SampleKind,
-    /// Layer tars, base first.
-    pub tars: Vec<Vec<u8>>,
+    /// Layer blobs, base first.
+    pub layers: Vec<LayerFile>,
     /// Bytes of regular files in all layers.
     pub content_bytes: u64,
     /// Regular files in all layers.
@@ -236,8 +262,10 @@ pub fn heavy_workload() -> String {
     format!("python3 -c 'import {modules}; print(\"{HEAVY_EXPECT}\")'")
 }
 
-/// Builds the sample image of `kind` with about `size` bytes of file contents.
-pub fn build(kind: SampleKind, size: u64) -> anyhow::Result<SampleImage> {
+/// Builds the sample image of `kind` with about `size` bytes of file contents, its layer
+/// blobs written into `dir` (made if missing).
+pub fn build(kind: SampleKind, size: u64, dir: &Path) -> anyhow::Result<SampleImage> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut runtime = Tree::default();
     for (d, mode) in [("etc", 0o755), ("tmp", 0o1777), ("usr/bin", 0o755)] {
         runtime.dir(d, mode);
@@ -279,28 +307,27 @@ pub fn build(kind: SampleKind, size: u64) -> anyhow::Result<SampleImage> {
         }
     }
     let runtime_bytes = runtime.bytes();
+    let runtime_files = runtime.files();
+    let base = write_layer(
+        &dir.join("layer-0.tar.gz"),
+        flate2::Compression::fast(),
+        |b| runtime.append_to(b),
+    )?;
 
-    let mut data = Tree::default();
-    data.dir("data", 0o755);
-    let mut left = size.saturating_sub(runtime_bytes).max(1 << 20);
-    let mut i = 0u64;
-    while left > 0 {
-        let len = left.min(DATA_FILE);
-        data.file(
-            &format!("data/weights-{i:03}.bin"),
-            random_bytes(len as usize, 0x5eed_0000 + i),
-            0o644,
-        );
-        left -= len;
-        i += 1;
-    }
-    let content_bytes = runtime_bytes + data.bytes();
-    let files = runtime.files() + data.files();
+    let data_bytes = size.saturating_sub(runtime_bytes).max(1 << 20);
+    let data_files = data_bytes.div_ceil(DATA_FILE) as usize;
+    let bar = progress_bar(data_bytes, "writing the data layer");
+    let data = write_layer(
+        &dir.join("layer-1.tar.gz"),
+        flate2::Compression::none(),
+        |b| append_random_files(b, data_bytes, &bar),
+    )?;
+    bar.finish_and_clear();
     Ok(SampleImage {
         kind,
-        tars: vec![runtime.into_tar()?, data.into_tar()?],
-        content_bytes,
-        files,
+        layers: vec![base, data],
+        content_bytes: runtime_bytes + data_bytes,
+        files: runtime_files + data_files,
         runtime_bytes,
         workload,
         expect,
@@ -308,6 +335,161 @@ pub fn build(kind: SampleKind, size: u64) -> anyhow::Result<SampleImage> {
         read_set_bytes,
         read_set_compressed,
     })
+}
+
+/// A progress bar of `total` bytes on stderr (drawn only on a terminal).
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[veil-bench] {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// The data layer's files: `data/weights-NNN.bin`, [`DATA_FILE`] bytes each (the last
+/// one shorter), `total` bytes of pseudo-random data generated as they are written.
+fn append_random_files<W: Write>(
+    builder: &mut tar::Builder<W>,
+    total: u64,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(MTIME);
+    header.set_size(0);
+    builder.append_data(&mut header, "data", std::io::empty())?;
+    let mut left = total;
+    let mut i = 0u64;
+    while left > 0 {
+        let len = left.min(DATA_FILE);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(MTIME);
+        header.set_size(len);
+        let data = RandomReader::new(len, 0x5eed_0000 + i);
+        builder
+            .append_data(&mut header, format!("data/weights-{i:03}.bin"), data)
+            .with_context(|| format!("writing data/weights-{i:03}.bin"))?;
+        bar.inc(len);
+        left -= len;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Writes one layer: the tar `fill` appends, gzip-compressed at `level`, into `path`;
+/// returns the blob's size, digest and diff ID.
+fn write_layer(
+    path: &Path,
+    level: flate2::Compression,
+    fill: impl FnOnce(
+        &mut tar::Builder<Hashing<flate2::write::GzEncoder<Hashing<BufWriter<File>>>>>,
+    ) -> anyhow::Result<()>,
+) -> anyhow::Result<LayerFile> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let blob = Hashing::new(BufWriter::with_capacity(WRITE_BUFFER, file));
+    let tar = Hashing::new(flate2::write::GzEncoder::new(blob, level));
+    let mut builder = tar::Builder::new(tar);
+    fill(&mut builder).with_context(|| format!("writing {}", path.display()))?;
+    let tar = builder
+        .into_inner()
+        .with_context(|| format!("writing {}", path.display()))?;
+    let (gz, diff_id, _) = tar.finish();
+    let blob = gz
+        .finish()
+        .with_context(|| format!("writing {}", path.display()))?;
+    let (mut file, digest, size) = blob.finish();
+    file.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(LayerFile {
+        path: path.to_path_buf(),
+        size,
+        digest,
+        diff_id,
+        media_type: GZIP_LAYER,
+    })
+}
+
+/// A writer that hashes (SHA-256) and counts what goes through it.
+pub struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// The inner writer, the `sha256:` digest and the byte count.
+    fn finish(self) -> (W, String, u64) {
+        let digest = format!("sha256:{}", hex_of(&self.hasher.finalize()));
+        (self.inner, digest, self.count)
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*, eight bytes a step), generated as
+/// they are read.
+struct RandomReader {
+    left: u64,
+    state: u64,
+}
+
+impl RandomReader {
+    fn new(len: u64, seed: u64) -> Self {
+        Self {
+            left: len,
+            state: seed | 1,
+        }
+    }
+}
+
+impl Read for RandomReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            let word = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// python3, its libraries and standard library; the import workload and its read set.
@@ -453,8 +635,29 @@ mod tests {
 
     #[test]
     fn busybox_sample_has_its_read_set_and_size() {
-        let img = build(SampleKind::Busybox, 6 << 20).unwrap();
-        assert_eq!(img.tars.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let img = build(SampleKind::Busybox, 6 << 20, dir.path()).unwrap();
+        assert_eq!(img.layers.len(), 2);
+        // The files on disk are what the digests and sizes say, and the data layer holds
+        // the random files.
+        for layer in &img.layers {
+            let blob = std::fs::read(&layer.path).unwrap();
+            assert_eq!(blob.len() as u64, layer.size);
+            assert_eq!(layer.digest, format!("sha256:{}", sha256_hex(&blob)));
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(&blob[..])
+                .read_to_end(&mut tar)
+                .unwrap();
+            assert_eq!(layer.diff_id, format!("sha256:{}", sha256_hex(&tar)));
+        }
+        let data = std::fs::read(&img.layers[1].path).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&data[..]));
+        let sizes: u64 = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().header().size().unwrap())
+            .sum();
+        assert_eq!(sizes + img.runtime_bytes, img.content_bytes);
         assert_eq!(img.read_set.len(), BB_FILES_PER_PACKAGE + 1);
         assert!(img.files > BB_PACKAGES * BB_FILES_PER_PACKAGE);
         assert!(img.content_bytes >= 6 << 20);

@@ -448,8 +448,7 @@ impl<W: Write> HashingWriter<W> {
     /// Flushes; returns the digest and the byte count.
     fn finish(mut self) -> io::Result<(Digest, u64)> {
         self.inner.flush()?;
-        let hex = hex::encode(self.hasher.finalize());
-        let digest = Digest::parse(&format!("sha256:{hex}")).expect("a sha256 hex digest");
+        let digest = Digest::from_sha256_hash(self.hasher.finalize().into());
         Ok((digest, self.count))
     }
 }

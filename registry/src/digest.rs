@@ -93,6 +93,14 @@ impl Digest {
         }
     }
 
+    /// The SHA-256 digest whose hash (from a hasher fed piece by piece) is `hash`.
+    pub fn from_sha256_hash(hash: [u8; 32]) -> Self {
+        Digest {
+            algorithm: DigestAlgorithm::Sha256,
+            hex: hex::encode(hash),
+        }
+    }
+
     /// The digest of `bytes` computed with `algorithm`.
     pub fn compute(algorithm: DigestAlgorithm, bytes: &[u8]) -> Self {
         let hex = match algorithm {

@@ -361,8 +361,7 @@ pub fn digest_file(path: &Path) -> std::io::Result<(Digest, u64)> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    let hex = hex::encode(hasher.finalize());
-    let digest = Digest::parse(&format!("sha256:{hex}")).expect("a sha256 hex digest");
+    let digest = Digest::from_sha256_hash(hasher.finalize().into());
     Ok((digest, total))
 }
 

@@ -240,8 +240,12 @@ impl RegistryClient {
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
                 headers.insert(
                     CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("{offset}-{}", offset + len - 1))
-                        .expect("digits and a dash"),
+                    HeaderValue::from_str(&format!("{offset}-{}", offset + len - 1)).map_err(
+                        |e| RegistryError::BadResponse {
+                            op: op.clone(),
+                            reason: format!("Content-Range of bytes from {offset}: {e}"),
+                        },
+                    )?,
                 );
                 let sent = self
                     .push_request(

@@ -57,6 +57,17 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The layer as the image documents describe it.
+    pub fn entry(&self) -> LayerEntry<'_> {
+        LayerEntry {
+            digest: &self.digest,
+            diff_id: &self.diff_id,
+            media_type: &self.media_type,
+            size: self.blob.len() as u64,
+            annotations: &self.annotations,
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.blob.len() as u64
     }
@@ -250,9 +261,24 @@ pub struct PushedLazyImage {
     pub config: Vec<u8>,
 }
 
+/// What an image's config and manifest say of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerEntry<'a> {
+    pub digest: &'a str,
+    pub diff_id: &'a str,
+    pub media_type: &'a str,
+    pub size: u64,
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
 /// The config (with the layers' diff IDs) and the OCI manifest (with their annotations)
 /// of an image of `layers`, as pushed by [`push_image`] and by `veil bench`.
 pub fn image_documents(layers: &[Layer]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    image_documents_of(&layers.iter().map(Layer::entry).collect::<Vec<_>>())
+}
+
+/// [`image_documents`] of layers described by their entries (blobs that are files).
+pub fn image_documents_of(layers: &[LayerEntry<'_>]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     if layers.is_empty() {
         bail!("an image needs at least one layer");
     }
@@ -262,7 +288,7 @@ pub fn image_documents(layers: &[Layer]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
         "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"] },
         "rootfs": {
             "type": "layers",
-            "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+            "diff_ids": layers.iter().map(|l| l.diff_id).collect::<Vec<_>>(),
         },
     }))?;
     let manifest = serde_json::to_vec(&json!({
@@ -272,7 +298,7 @@ pub fn image_documents(layers: &[Layer]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
         "layers": layers.iter().map(|l| json!({
             "mediaType": l.media_type,
             "digest": l.digest,
-            "size": l.blob.len(),
+            "size": l.size,
             "annotations": l.annotations,
         })).collect::<Vec<_>>(),
     }))?;

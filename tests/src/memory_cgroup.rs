@@ -48,6 +48,31 @@ impl MemoryCgroup {
         Ok(this)
     }
 
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Whether it is a cgroup v2 (unified) cgroup.
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// How many processes of the cgroup the kernel's OOM killer killed (`oom_kill` of
+    /// v1 `memory.oom_control`, v2 `memory.events`), if the kernel reports it.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Moves process `pid` into the cgroup.
     pub fn add(&self, pid: u32) -> anyhow::Result<()> {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
