@@ -25,7 +25,7 @@ use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
-use crate::wiring::{fd_store, snapshots_service};
+use crate::wiring::{fd_store, metrics_endpoint, snapshots_service};
 
 /// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
@@ -71,6 +71,20 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
             "ready, but not healthy: remote layers could not be mounted again (see `veil status`)"
         );
     }
+    let metrics = match metrics_endpoint(config)? {
+        Some(endpoint) => {
+            let listener = tokio::net::TcpListener::bind(endpoint.address)
+                .await
+                .map_err(|e| {
+                    DaemonError::Wiring(format!(
+                        "[metrics] address {}: cannot listen: {e}",
+                        endpoint.address
+                    ))
+                })?;
+            Some((listener, endpoint))
+        }
+        None => None,
+    };
     let status_path = status_address(&config.address);
     let status_listener = bind_unix(&status_path).await?;
     let listener = bind_unix(&config.address).await?;
@@ -90,6 +104,15 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     let status_task = tokio::spawn(crate::status_server::serve(status_listener, move || {
         for_status.status()
     }));
+    let metrics_task = metrics.map(|(listener, endpoint)| {
+        tracing::info!(address = %endpoint.address, "serving Prometheus metrics on /metrics");
+        let service = service.clone();
+        tokio::spawn(crate::metrics_server::serve(
+            listener,
+            endpoint,
+            move || service.status(),
+        ))
+    });
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
         .serve_with_incoming_shutdown(crate::grpc_unix::incoming(listener), async {
@@ -99,6 +122,9 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         .await;
     status_task.abort();
     health_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if fd_store.is_some() {
         // The fd store holds every connection: the next process serves them on. Exit
         // now: dropping the runtime would drop reads in flight, and fuser answers a

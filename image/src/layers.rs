@@ -119,6 +119,8 @@ struct LayerEntry {
     mode: &'static str,
     /// For a streamed layer: ciphertext bytes read by the verifying pass.
     streamed_bytes: u64,
+    /// Bytes the prefetch of its prioritized files read before it was mounted.
+    prefetch_bytes: u64,
     /// Where its `diff_id` check stands.
     diff_id: Arc<DiffIdState>,
 }
@@ -451,9 +453,11 @@ impl LazyLayers {
             false => None,
         };
         let diff_id_state = diff_id.as_ref().map(|d| d.state.clone());
+        let mut prefetch_bytes = 0;
         if self.options.prefetch {
             if let Some(end) = toc.prefetch_end.filter(|&end| end > 0) {
-                self.prefetch(&reader, source.as_ref(), cached.as_deref(), end)
+                prefetch_bytes = self
+                    .prefetch(&reader, source.as_ref(), cached.as_deref(), end)
                     .await;
             }
         }
@@ -469,6 +473,7 @@ impl LazyLayers {
                     cached: cached.clone(),
                     mode: "lazy",
                     streamed_bytes: 0,
+                    prefetch_bytes,
                     diff_id: diff_id_state.unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
                 },
             );
@@ -494,14 +499,15 @@ impl LazyLayers {
     }
 
     /// Prefetches the prioritized files of `reader`'s layer, up to blob offset `end`.
-    /// Failures are logged only: the files are then fetched when read.
+    /// Failures are logged only: the files are then fetched when read. Returns the bytes
+    /// it read from the layer's source.
     async fn prefetch(
         &self,
         reader: &ChunkReader,
         source: &dyn BlobSource,
         cached: Option<&CachedBlob>,
         end: u64,
-    ) {
+    ) -> u64 {
         let options = PrefetchOptions {
             fetch_all: cached.is_some(),
             ..PrefetchOptions::default()
@@ -525,13 +531,17 @@ impl LazyLayers {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "prefetched the prioritized files"
                 );
+                report.bytes_fetched
             }
-            Err(e) => tracing::warn!(
-                layer = reader.layer_name(),
-                prefetch_end = end,
-                error = %e,
-                "prefetch failed; the files will be fetched when read"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    layer = reader.layer_name(),
+                    prefetch_end = end,
+                    error = %e,
+                    "prefetch failed; the files will be fetched when read"
+                );
+                0
+            }
         }
     }
 }
@@ -577,6 +587,7 @@ impl LayerResolver for LazyLayers {
                 LayerStatus {
                     digest: digest.clone(),
                     image: entry.image.clone(),
+                    seq: entry.reader.layer_id(),
                     mode: entry.mode.into(),
                     blob_size: entry.blob_size,
                     // With a disk cache, the reader's bytes may have come from disk:
@@ -586,9 +597,13 @@ impl LayerResolver for LazyLayers {
                         // A streamed layer without a disk cache: the bytes its pass
                         // read (its reads fetch ranges again, not counted here).
                         None if entry.mode == "streamed" => entry.streamed_bytes,
-                        None => stats.bytes_fetched,
+                        // The prefetch reads the source directly, not through the reader.
+                        None => stats.bytes_fetched + entry.prefetch_bytes,
                     },
+                    prefetch_bytes: entry.prefetch_bytes,
+                    background_bytes: background.map(|b| b.fetched()).unwrap_or(0),
                     range_requests: stats.range_requests,
+                    fetch_failures: stats.fetch_failures,
                     chunk_hits: stats.chunk_hits,
                     chunks_fetched: stats.chunks_fetched,
                     verify_failures: stats.verify_failures,
@@ -610,6 +625,7 @@ impl LayerResolver for LazyLayers {
             budget: mem.budget,
             hits: mem.hits,
             misses: mem.misses,
+            evictions: mem.evictions,
         };
         report.disk_cache = self.disk_cache().map(|d| {
             let st = d.stats();
@@ -618,6 +634,7 @@ impl LayerResolver for LazyLayers {
                 budget: st.budget,
                 bytes_from_disk: st.bytes_from_disk,
                 bytes_from_network: st.bytes_from_inner,
+                evictions: st.evictions,
             }
         });
     }

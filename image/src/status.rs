@@ -14,6 +14,9 @@ pub struct LayerStatus {
     pub digest: String,
     /// Image the layer was resolved for.
     pub image: String,
+    /// The order layers were resolved in (larger: more recent), within this process.
+    #[serde(default)]
+    pub seq: u64,
     /// How it is served: `lazy` (chunks fetched on demand), or `streamed` (an encrypted
     /// layer fetched whole and verified before it is served).
     pub mode: String,
@@ -21,8 +24,18 @@ pub struct LayerStatus {
     pub blob_size: u64,
     /// Bytes of it fetched from the registry so far.
     pub bytes_fetched: u64,
+    /// Of [`Self::bytes_fetched`], those read before the layer was mounted: the prefetch
+    /// of its prioritized files (for a streamed layer, the whole blob).
+    #[serde(default)]
+    pub prefetch_bytes: u64,
+    /// Of [`Self::bytes_fetched`], those the background fetch read from the network.
+    #[serde(default)]
+    pub background_bytes: u64,
     /// Range requests sent for it.
     pub range_requests: u64,
+    /// Range requests for it that failed (after their retries).
+    #[serde(default)]
+    pub fetch_failures: u64,
     /// Chunks served from the plaintext cache.
     pub chunk_hits: u64,
     /// Chunks fetched and decoded.
@@ -85,6 +98,9 @@ pub struct CacheStatus {
     pub hits: u64,
     /// Lookups that missed.
     pub misses: u64,
+    /// Chunks evicted to stay within the budget.
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// The disk cache of blob bytes.
@@ -98,6 +114,9 @@ pub struct DiskCacheStatus {
     pub bytes_from_disk: u64,
     /// Bytes read that came from the network.
     pub bytes_from_network: u64,
+    /// Blobs evicted to stay within the budget.
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// The daemon's status.
@@ -125,6 +144,16 @@ pub struct StatusReport {
     pub cache: CacheStatus,
     /// The disk cache, when enabled.
     pub disk_cache: Option<DiskCacheStatus>,
+}
+
+impl LayerStatus {
+    /// Of [`Self::bytes_fetched`], those fetched because a read asked for them: neither
+    /// prefetched nor fetched in the background.
+    pub fn on_demand_bytes(&self) -> u64 {
+        self.bytes_fetched
+            .saturating_sub(self.prefetch_bytes)
+            .saturating_sub(self.background_bytes)
+    }
 }
 
 impl StatusReport {

@@ -276,6 +276,8 @@ impl LazyLayers {
                     cached: what.cached,
                     mode: "streamed",
                     streamed_bytes: read,
+                    // Fetched whole before it is served: counted as prefetched.
+                    prefetch_bytes: read,
                     // Authenticated whole by the HMAC or the blob digest instead.
                     diff_id: DiffIdState::new(DIFF_ID_OFF),
                 },
