@@ -119,6 +119,52 @@ pub struct DiskCacheStatus {
     pub evictions: u64,
 }
 
+/// One layer under an image or a container (`veil status`, per image and per container).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackedLayer {
+    /// Layer blob digest (empty for a layer containerd unpacked whose digest Veil does
+    /// not know).
+    pub digest: String,
+    /// How it is served: `lazy`, `streamed`, `unpacked` (by containerd) or `failed` (on
+    /// record, not mounted).
+    pub mode: String,
+    /// Bytes of the blob fetched from the registry (0 for an unpacked layer).
+    pub bytes_fetched: u64,
+    /// Size of the blob (0 when Veil does not know it: unpacked, not mounted).
+    pub blob_size: u64,
+    /// `serving`, `bad` (every read fails EIO), `not mounted` (retried in the background),
+    /// or `local` (unpacked).
+    pub state: String,
+}
+
+/// An image whose layers Veil serves or left to containerd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// Image reference.
+    pub image: String,
+    /// Its layers Veil knows about, in no particular order.
+    pub layers: Vec<StackedLayer>,
+    /// Bytes of its lazy and streamed layers fetched so far.
+    pub bytes_fetched: u64,
+    /// Total blob size of those layers.
+    pub blob_size: u64,
+}
+
+/// A container's root filesystem (an active or view snapshot) and the layers below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// The snapshot key containerd gave (`<namespace>/<n>/<container id>`).
+    pub snapshot: String,
+    /// The container (the key's last part).
+    pub container: String,
+    /// `active` (writable root) or `view`.
+    pub kind: String,
+    /// The image of its lazily served layers (empty when none is).
+    pub image: String,
+    /// Its layers, top first.
+    pub layers: Vec<StackedLayer>,
+}
+
 /// The daemon's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -144,6 +190,12 @@ pub struct StatusReport {
     pub cache: CacheStatus,
     /// The disk cache, when enabled.
     pub disk_cache: Option<DiskCacheStatus>,
+    /// Per image: its layers, how each is served and how much is fetched.
+    #[serde(default)]
+    pub images: Vec<ImageStatus>,
+    /// Per container root filesystem: the layers below it.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
 }
 
 impl LayerStatus {
@@ -157,6 +209,68 @@ impl LayerStatus {
 }
 
 impl StatusReport {
+    /// How layer `digest` stands, as listed under an image or container: from
+    /// [`Self::layers`], [`Self::failed`] or [`Self::fallbacks`].
+    pub fn stacked_layer(&self, digest: &str) -> StackedLayer {
+        if let Some(l) = self.layers.iter().find(|l| l.digest == digest) {
+            return StackedLayer {
+                digest: digest.to_string(),
+                mode: l.mode.clone(),
+                bytes_fetched: l.bytes_fetched,
+                blob_size: l.blob_size,
+                state: if l.bad.is_some() { "bad" } else { "serving" }.into(),
+            };
+        }
+        if self.failed.iter().any(|f| f.digest == digest) {
+            return StackedLayer {
+                digest: digest.to_string(),
+                mode: "failed".into(),
+                bytes_fetched: 0,
+                blob_size: 0,
+                state: "not mounted".into(),
+            };
+        }
+        StackedLayer {
+            digest: digest.to_string(),
+            mode: "unpacked".into(),
+            bytes_fetched: 0,
+            blob_size: 0,
+            state: "local".into(),
+        }
+    }
+
+    /// The per-image view of [`Self::layers`], [`Self::failed`] and [`Self::fallbacks`],
+    /// sorted by image.
+    pub fn image_view(&self) -> Vec<ImageStatus> {
+        let mut images: std::collections::BTreeMap<&str, ImageStatus> = Default::default();
+        let digests = self
+            .layers
+            .iter()
+            .map(|l| (l.image.as_str(), l.digest.as_str()))
+            .chain(
+                self.failed
+                    .iter()
+                    .map(|f| (f.image.as_str(), f.digest.as_str())),
+            )
+            .chain(
+                self.fallbacks
+                    .iter()
+                    .map(|f| (f.image.as_str(), f.digest.as_str())),
+            );
+        for (image, digest) in digests {
+            let entry = images.entry(image).or_insert_with(|| ImageStatus {
+                image: image.to_string(),
+                ..ImageStatus::default()
+            });
+            if let Some(l) = self.layers.iter().find(|l| l.digest == digest) {
+                entry.bytes_fetched += l.bytes_fetched;
+                entry.blob_size += l.blob_size;
+            }
+            entry.layers.push(self.stacked_layer(digest));
+        }
+        images.into_values().collect()
+    }
+
     /// Whether every remote layer on record is mounted and served: none failed to mount
     /// ([`Self::failed`]) and none was marked bad ([`LayerStatus::bad`]).
     pub fn healthy(&self) -> bool {
