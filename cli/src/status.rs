@@ -133,10 +133,9 @@ fn stacked(l: &StackedLayer) -> String {
         0 => "-".to_string(),
         size => format!("{:.1}%", 100.0 * l.bytes_fetched as f64 / size as f64),
     };
-    let digest = if l.digest.is_empty() {
-        "(unknown)"
-    } else {
-        short(&l.digest)
+    let digest = match l.digest.is_empty() {
+        true => "(unknown)".to_string(),
+        false => short(&l.digest),
     };
     format!("{digest} {} {pct} {}", l.mode, l.state)
 }

@@ -277,3 +277,50 @@ impl StatusReport {
         self.failed.is_empty() && self.layers.iter().all(|l| l.bad.is_none())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_view_groups_layers_by_image_with_their_state() {
+        let report = StatusReport {
+            layers: vec![
+                LayerStatus {
+                    digest: "sha256:a".into(),
+                    image: "reg/one:1".into(),
+                    mode: "lazy".into(),
+                    blob_size: 100,
+                    bytes_fetched: 10,
+                    ..LayerStatus::default()
+                },
+                LayerStatus {
+                    digest: "sha256:b".into(),
+                    image: "reg/one:1".into(),
+                    mode: "lazy".into(),
+                    blob_size: 50,
+                    bytes_fetched: 5,
+                    bad: Some("diff_id mismatch".into()),
+                    ..LayerStatus::default()
+                },
+            ],
+            fallbacks: vec![FallbackStatus {
+                digest: "sha256:c".into(),
+                image: "reg/two:1".into(),
+                reason: "plain tar.gz".into(),
+            }],
+            ..StatusReport::default()
+        };
+        let images = report.image_view();
+        assert_eq!(images.len(), 2);
+        let one = &images[0];
+        assert_eq!(
+            (one.image.as_str(), one.bytes_fetched, one.blob_size),
+            ("reg/one:1", 15, 150)
+        );
+        let states: Vec<&str> = one.layers.iter().map(|l| l.state.as_str()).collect();
+        assert_eq!(states, ["serving", "bad"]);
+        assert_eq!(images[1].layers[0].mode, "unpacked");
+        assert_eq!(images[1].layers[0].state, "local");
+    }
+}
