@@ -114,7 +114,7 @@ const LAYER_VALUES: &[LayerValue] = &[
 pub fn render(report: &StatusReport, layer_labels: usize) -> String {
     let mut out = String::new();
     let mut layers: Vec<&LayerStatus> = report.layers.iter().collect();
-    layers.sort_by(|a, b| b.seq.cmp(&a.seq));
+    layers.sort_by_key(|l| std::cmp::Reverse(l.seq));
     let (named, rest) = layers.split_at(layer_labels.min(layers.len()));
     let mut rows: Vec<(&str, LayerStatus)> = named
         .iter()

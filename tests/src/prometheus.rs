@@ -20,9 +20,11 @@ pub async fn scrape(address: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// One sample line: its metric name, labels and value (`None` for a comment or a line
-/// that does not parse).
-fn parse_line(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+/// A sample: metric name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// One sample line (`None` for a comment or a line that does not parse).
+fn parse_line(line: &str) -> Option<Sample<'_>> {
     if line.starts_with('#') || line.trim().is_empty() {
         return None;
     }
