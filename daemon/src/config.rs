@@ -603,6 +603,21 @@ mod tests {
     }
 
     #[test]
+    fn metrics_section() {
+        let path = Path::new("c.toml");
+        let c = Config::from_toml("[metrics]\naddress = \"127.0.0.1:9750\"\n", path).unwrap();
+        assert_eq!(c.metrics.address, Some("127.0.0.1:9750".parse().unwrap()));
+        assert_eq!(c.metrics.layer_labels, DEFAULT_METRICS_LAYER_LABELS);
+        assert_eq!(Config::default().metrics.address, None);
+        let err = Config::from_toml("[metrics]\nlayer_labels = 0\n", path).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("[metrics] layer_labels = 0 is out of range"));
+        let err = Config::from_toml("[metrics]\naddress = \"localhost\"\n", path).unwrap_err();
+        assert!(err.to_string().contains("address"), "{err}");
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let e = Config::load(Some(Path::new("/nonexistent/veil.toml"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/veil.toml"));
