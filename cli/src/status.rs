@@ -4,7 +4,9 @@ use std::path::Path;
 
 use tokio::io::AsyncReadExt;
 use veil_blob::display::{human_bytes as human, short_digest as short};
-use veil_image::status::{merged_access_list, AccessOrder, StatusReport, StatusRequest};
+use veil_image::status::{
+    merged_access_list, AccessOrder, StackedLayer, StatusReport, StatusRequest,
+};
 
 /// Sends `request` (one JSON line; empty: the report) to the daemon's status socket at
 /// `address` and reads its answer.
@@ -182,6 +184,8 @@ pub fn render(report: &StatusReport) -> String {
             );
         }
     }
+    render_images(&mut out, report);
+    render_containers(&mut out, report);
     if !report.fallbacks.is_empty() {
         let _ = writeln!(out, "\nunpacked by containerd:");
         for f in &report.fallbacks {
@@ -189,6 +193,74 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// A layer under an image or container: digest, mode, fetched % (or `-`), state.
+fn stacked(l: &StackedLayer) -> String {
+    let pct = match l.blob_size {
+        0 => "-".to_string(),
+        size => format!("{:.1}%", 100.0 * l.bytes_fetched as f64 / size as f64),
+    };
+    let digest = match l.digest.is_empty() {
+        true => "(unknown)".to_string(),
+        false => short(&l.digest),
+    };
+    format!("{digest} {} {pct} {}", l.mode, l.state)
+}
+
+/// Per image: how many layers are lazy, how much is fetched.
+fn render_images(out: &mut String, report: &StatusReport) {
+    use std::fmt::Write;
+    if report.images.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nIMAGES");
+    for i in &report.images {
+        let lazy = i
+            .layers
+            .iter()
+            .filter(|l| l.mode == "lazy" || l.mode == "streamed")
+            .count();
+        let _ = writeln!(
+            out,
+            "  {}  {}/{} layers lazy, {} of {} fetched",
+            i.image,
+            lazy,
+            i.layers.len(),
+            human(i.bytes_fetched),
+            human(i.blob_size)
+        );
+        for l in &i.layers {
+            let _ = writeln!(out, "    {}", stacked(l));
+        }
+    }
+}
+
+/// Per container: the layers below its root, top first.
+fn render_containers(out: &mut String, report: &StatusReport) {
+    use std::fmt::Write;
+    if report.containers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nCONTAINERS");
+    for c in &report.containers {
+        let image = if c.image.is_empty() {
+            "-"
+        } else {
+            c.image.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "  {} ({})  {}  {} layers",
+            c.container,
+            c.kind,
+            image,
+            c.layers.len()
+        );
+        for l in &c.layers {
+            let _ = writeln!(out, "    {}", stacked(l));
+        }
+    }
 }
 
 /// Runs `veil status`; with `access_order`, dumps that layer's access order instead.

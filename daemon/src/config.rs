@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The CoCo guest puller (`veil-guest`); the snapshotter ignores it.
     pub guest: GuestConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// The fd store (`veil fd-store --socket PATH`) that keeps each layer's FUSE
     /// connection across restarts and upgrades; `None`: a stop ends every layer's
     /// connection (containers using them fail) and layers are mounted again at start.
@@ -58,6 +60,7 @@ impl Default for Config {
             decryption: DecryptionConfig::default(),
             limits: LimitsConfig::default(),
             guest: GuestConfig::default(),
+            metrics: MetricsConfig::default(),
             fd_store_socket: None,
             cri: crate::cri_config::CriConfig::default(),
         }
@@ -389,6 +392,49 @@ impl LimitsConfig {
     }
 }
 
+/// Default of `[metrics] layer_labels`: layers exported under their own digest label.
+pub const DEFAULT_METRICS_LAYER_LABELS: usize = 32;
+/// The allowed range of `[metrics] layer_labels`.
+pub const METRICS_LAYER_LABELS_RANGE: RangeInclusive<usize> = 1..=1000;
+
+/// `[metrics]`: Prometheus metrics over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT` to serve `GET /metrics` (Prometheus text format) on; none: no endpoint.
+    /// The metrics name layer digests and image references, never files: bind it to
+    /// loopback or a node-local address.
+    pub address: Option<std::net::SocketAddr>,
+    /// Most layers exported with their own `layer` label (the most recently resolved);
+    /// the others are summed under `layer="other"`, so the series count stays bounded.
+    pub layer_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            layer_labels: DEFAULT_METRICS_LAYER_LABELS,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// A message naming the key when `layer_labels` is out of range.
+    pub fn check(&self) -> Result<(), String> {
+        let range = METRICS_LAYER_LABELS_RANGE;
+        if !range.contains(&self.layer_labels) {
+            return Err(format!(
+                "[metrics] layer_labels = {} is out of range: it must be between {} and {}",
+                self.layer_labels,
+                range.start(),
+                range.end()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -429,6 +475,7 @@ impl Config {
         };
         let config: Self = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
         config.limits.check().map_err(parse_error)?;
+        config.metrics.check().map_err(parse_error)?;
         Ok(config)
     }
 
@@ -568,6 +615,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_chunk_size"), "{e}");
+    }
+
+    #[test]
+    fn metrics_section() {
+        let path = Path::new("c.toml");
+        let c = Config::from_toml("[metrics]\naddress = \"127.0.0.1:9750\"\n", path).unwrap();
+        assert_eq!(c.metrics.address, Some("127.0.0.1:9750".parse().unwrap()));
+        assert_eq!(c.metrics.layer_labels, DEFAULT_METRICS_LAYER_LABELS);
+        assert_eq!(Config::default().metrics.address, None);
+        let err = Config::from_toml("[metrics]\nlayer_labels = 0\n", path).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("[metrics] layer_labels = 0 is out of range"));
+        let err = Config::from_toml("[metrics]\naddress = \"localhost\"\n", path).unwrap_err();
+        assert!(err.to_string().contains("address"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   `veil` CLI's `keyprovider serve` too);
 //! - [`grpc_unix`] (with [`authority_rewrite`]): gRPC connections on unix sockets that
 //!   accept any HTTP/2 `:authority` (a socket path, as grpc-go and grpcio send it);
+//! - [`metrics_server`] (with [`metrics_text`]): the Prometheus endpoint of
+//!   `[metrics] address`;
 //! - [`no_core_dumps`]: what every Veil process holding keys or plaintext calls first;
 //! - the error type, [`DaemonError`] (in [`error`]).
 
@@ -23,6 +25,8 @@ pub mod cri_server;
 pub mod error;
 pub mod grpc_unix;
 pub mod guest_server;
+pub mod metrics_server;
+pub mod metrics_text;
 pub mod no_core_dumps;
 pub mod server;
 pub mod signals;

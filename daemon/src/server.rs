@@ -26,7 +26,7 @@ use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
 use crate::socket::bind_unix;
 use crate::status_server::status_address;
-use crate::wiring::{fd_store, image_proxy, pod_credentials, snapshots_service};
+use crate::wiring::{fd_store, image_proxy, metrics_endpoint, pod_credentials, snapshots_service};
 
 /// Serves the snapshots API for `config` until SIGTERM or SIGINT. The process is made
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
@@ -74,6 +74,20 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
             "ready, but not healthy: remote layers could not be mounted again (see `veil status`)"
         );
     }
+    let metrics = match metrics_endpoint(config)? {
+        Some(endpoint) => {
+            let listener = tokio::net::TcpListener::bind(endpoint.address)
+                .await
+                .map_err(|e| {
+                    DaemonError::Wiring(format!(
+                        "[metrics] address {}: cannot listen: {e}",
+                        endpoint.address
+                    ))
+                })?;
+            Some((listener, endpoint))
+        }
+        None => None,
+    };
     let status_path = status_address(&config.address);
     let status_listener = bind_unix(&status_path).await?;
     let cri_proxy = match (proxy, &config.cri.image_service_socket) {
@@ -98,6 +112,15 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         status_listener,
         ServiceStatus(for_status),
     ));
+    let metrics_task = metrics.map(|(listener, endpoint)| {
+        tracing::info!(address = %endpoint.address, "serving Prometheus metrics on /metrics");
+        let service = service.clone();
+        tokio::spawn(crate::metrics_server::serve(
+            listener,
+            endpoint,
+            move || service.status(),
+        ))
+    });
     let result = tonic::transport::Server::builder()
         .add_service(containerd_snapshots::server(service))
         .serve_with_incoming_shutdown(crate::grpc_unix::incoming(listener), async {
@@ -109,6 +132,9 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     health_task.abort();
     if let Some(proxy) = cri_proxy {
         proxy.stop();
+    }
+    if let Some(task) = metrics_task {
+        task.abort();
     }
     if fd_store.is_some() {
         // The fd store holds every connection: the next process serves them on. Exit

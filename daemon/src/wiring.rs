@@ -39,6 +39,16 @@ use crate::error::DaemonError;
 /// Timeout of each KBS / CDH request.
 pub const KEK_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The Prometheus endpoint `[metrics]` asks for (its recorder installed), if any.
+pub fn metrics_endpoint(
+    config: &Config,
+) -> Result<Option<crate::metrics_server::MetricsEndpoint>, DaemonError> {
+    let m = &config.metrics;
+    m.address
+        .map(|address| crate::metrics_server::MetricsEndpoint::install(address, m.layer_labels))
+        .transpose()
+}
+
 /// The registry client options the config asks for.
 pub fn registry_options(config: &Config) -> ClientOptions {
     let r = &config.registry;

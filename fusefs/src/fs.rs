@@ -270,6 +270,7 @@ impl Filesystem for LayerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = crate::metrics::op("lookup");
         if let Err(err) = self.dir(parent) {
             return reply.error(err);
         }
@@ -298,6 +299,7 @@ impl Filesystem for LayerFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = crate::metrics::op("getattr");
         match self.node(ino) {
             Ok(node) => reply.attr(&self.options.attr_ttl, &file_attr(node)),
             Err(err) => reply.error(err),
@@ -305,6 +307,7 @@ impl Filesystem for LayerFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = crate::metrics::op("readlink");
         match self.node(ino) {
             Ok(node) if node.kind == NodeKind::Symlink => reply.data(node.link_target.as_bytes()),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -313,6 +316,7 @@ impl Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = crate::metrics::op("open");
         match self.node(ino) {
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
             Ok(_) if flags.0 & libc::O_TRUNC != 0 => reply.error(Errno::EROFS),
@@ -337,13 +341,18 @@ impl Filesystem for LayerFs {
         reply: ReplyData,
     ) {
         self.record_access(ino);
-        let reader = self.reader.clone();
+        let (reader, op) = (self.reader.clone(), crate::metrics::op("read"));
         let read = async move { reader.read_data(ino.0, offset, u64::from(size)).await };
         let answer = move |result: Result<ReadData, ReadError>| match result {
-            Ok(data) => reply.data(data.as_slice()),
+            Ok(data) => {
+                reply.data(data.as_slice());
+                drop(op);
+            }
             Err(err) => {
                 tracing::debug!(ino = ino.0, offset, size, error = %err, "read failed");
+                crate::metrics::read_failed();
                 reply.error(Errno::from_i32(err.errno()));
+                drop(op);
             }
         };
         answer_now_or_later(&self.runtime, read, answer);
@@ -362,6 +371,7 @@ impl Filesystem for LayerFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = crate::metrics::op("opendir");
         match self.dir(ino) {
             Ok(_) => reply.opened(
                 FileHandle(0),
@@ -379,6 +389,7 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = crate::metrics::op("readdir");
         let dir = match self.dir(ino) {
             Ok(dir) => dir,
             Err(err) => return reply.error(err),
@@ -399,6 +410,7 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = crate::metrics::op("readdirplus");
         let dir = match self.dir(ino) {
             Ok(dir) => dir,
             Err(err) => return reply.error(err),
@@ -420,12 +432,14 @@ impl Filesystem for LayerFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = crate::metrics::op("statfs");
         let blocks = self.tree.file_bytes().div_ceil(u64::from(BLOCK_SIZE));
         let files = self.tree.len() as u64;
         reply.statfs(blocks, 0, 0, files, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = crate::metrics::op("getxattr");
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(err) => return reply.error(err),
@@ -440,6 +454,7 @@ impl Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = crate::metrics::op("listxattr");
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(err) => return reply.error(err),
@@ -453,6 +468,7 @@ impl Filesystem for LayerFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = crate::metrics::op("access");
         match self.node(ino) {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
             Ok(node) if may_access(node, req.uid(), req.gid(), mask) => reply.ok(),

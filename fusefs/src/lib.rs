@@ -21,6 +21,7 @@ pub mod disk_cache;
 pub mod failed;
 pub mod fs;
 pub mod handover;
+pub mod metrics;
 pub mod mount;
 pub mod no_dump;
 pub mod pipeline;

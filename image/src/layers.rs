@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -159,6 +160,9 @@ struct LayerEntry {
     mode: &'static str,
     /// For a streamed layer: ciphertext bytes read by the verifying pass.
     streamed_bytes: u64,
+    /// Bytes the prefetch of its prioritized files read (set when it ends: it goes on
+    /// after the layer is mounted).
+    prefetch_bytes: Arc<AtomicU64>,
     /// Where its `diff_id` check stands.
     diff_id: Arc<DiffIdState>,
     /// Which of its files were opened or read, first touch first.
@@ -513,10 +517,17 @@ impl LazyLayers {
             false => None,
         };
         let diff_id_state = diff_id.as_ref().map(|d| d.state.clone());
+        let prefetch_bytes = Arc::new(AtomicU64::new(0));
         let prefetching = match toc.prefetch_end.filter(|&end| end > 0) {
             Some(end) if self.options.prefetch => Some(
-                self.prefetch(&reader, source.clone(), cached.clone(), end)
-                    .await,
+                self.prefetch(
+                    &reader,
+                    source.clone(),
+                    cached.clone(),
+                    end,
+                    prefetch_bytes.clone(),
+                )
+                .await,
             ),
             _ => None,
         };
@@ -532,6 +543,7 @@ impl LazyLayers {
                     cached: cached.clone(),
                     mode: "lazy",
                     streamed_bytes: 0,
+                    prefetch_bytes,
                     diff_id: diff_id_state.unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
                     access: access.clone(),
                 },
@@ -563,13 +575,15 @@ impl LazyLayers {
     /// `end`, and waits until the first [`LazyOptions::prefetch_wait_bytes`] are in; the
     /// rest goes on until done or until the returned guard is dropped (the layer is
     /// unmounted, or never mounted). Failures are logged only: the files are then
-    /// fetched when read.
+    /// fetched when read. `bytes` gets the bytes it read from the layer's source when it
+    /// ends.
     async fn prefetch(
         &self,
         reader: &Arc<ChunkReader>,
         source: Arc<dyn BlobSource>,
         cached: Option<Arc<CachedBlob>>,
         end: u64,
+        bytes: Arc<AtomicU64>,
     ) -> DropGuard {
         let options = PrefetchOptions {
             fetch_all: cached.is_some(),
@@ -597,6 +611,7 @@ impl LazyLayers {
         self.runtime.spawn(async move {
             match running.finish().await {
                 Ok(report) => {
+                    bytes.store(report.bytes_fetched, Ordering::Relaxed);
                     // Bytes that failed verification may have come from the disk cache.
                     if let Some(cached) = cached {
                         for range in &report.verify_failures {
@@ -672,10 +687,12 @@ impl LayerResolver for LazyLayers {
             .iter()
             .map(|(digest, entry)| {
                 let stats = entry.reader.stats();
+                let prefetch_bytes = entry.prefetch_bytes.load(Ordering::Relaxed);
                 let background = fetches.get(digest);
                 LayerStatus {
                     digest: digest.clone(),
                     image: entry.image.clone(),
+                    seq: entry.reader.layer_id(),
                     mode: entry.mode.into(),
                     blob_size: entry.blob_size,
                     // With a disk cache, the reader's bytes may have come from disk:
@@ -685,9 +702,13 @@ impl LayerResolver for LazyLayers {
                         // A streamed layer without a disk cache: the bytes its pass
                         // read (its reads fetch ranges again, not counted here).
                         None if entry.mode == "streamed" => entry.streamed_bytes,
-                        None => stats.bytes_fetched,
+                        // The prefetch reads the source directly, not through the reader.
+                        None => stats.bytes_fetched + prefetch_bytes,
                     },
+                    prefetch_bytes,
+                    background_bytes: background.map(|b| b.fetched()).unwrap_or(0),
                     range_requests: stats.range_requests,
+                    fetch_failures: stats.fetch_failures,
                     chunk_hits: stats.chunk_hits,
                     chunks_fetched: stats.chunks_fetched,
                     verify_failures: stats.verify_failures,
@@ -709,6 +730,7 @@ impl LayerResolver for LazyLayers {
             budget: mem.budget,
             hits: mem.hits,
             misses: mem.misses,
+            evictions: mem.evictions,
         };
         report.disk_cache = self.disk_cache().map(|d| {
             let st = d.stats();
@@ -717,6 +739,7 @@ impl LayerResolver for LazyLayers {
                 budget: st.budget,
                 bytes_from_disk: st.bytes_from_disk,
                 bytes_from_network: st.bytes_from_inner,
+                evictions: st.evictions,
             }
         });
     }

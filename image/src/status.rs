@@ -17,6 +17,9 @@ pub struct LayerStatus {
     pub digest: String,
     /// Image the layer was resolved for.
     pub image: String,
+    /// The order layers were resolved in (larger: more recent), within this process.
+    #[serde(default)]
+    pub seq: u64,
     /// How it is served: `lazy` (chunks fetched on demand), or `streamed` (an encrypted
     /// layer fetched whole and verified before it is served).
     pub mode: String,
@@ -24,8 +27,18 @@ pub struct LayerStatus {
     pub blob_size: u64,
     /// Bytes of it fetched from the registry so far.
     pub bytes_fetched: u64,
+    /// Of [`Self::bytes_fetched`], those read before the layer was mounted: the prefetch
+    /// of its prioritized files (for a streamed layer, the whole blob).
+    #[serde(default)]
+    pub prefetch_bytes: u64,
+    /// Of [`Self::bytes_fetched`], those the background fetch read from the network.
+    #[serde(default)]
+    pub background_bytes: u64,
     /// Range requests sent for it.
     pub range_requests: u64,
+    /// Range requests for it that failed (after their retries).
+    #[serde(default)]
+    pub fetch_failures: u64,
     /// Chunks served from the plaintext cache.
     pub chunk_hits: u64,
     /// Chunks fetched and decoded.
@@ -88,6 +101,9 @@ pub struct CacheStatus {
     pub hits: u64,
     /// Lookups that missed.
     pub misses: u64,
+    /// Chunks evicted to stay within the budget.
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// The disk cache of blob bytes.
@@ -101,6 +117,55 @@ pub struct DiskCacheStatus {
     pub bytes_from_disk: u64,
     /// Bytes read that came from the network.
     pub bytes_from_network: u64,
+    /// Blobs evicted to stay within the budget.
+    #[serde(default)]
+    pub evictions: u64,
+}
+
+/// One layer under an image or a container (`veil status`, per image and per container).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackedLayer {
+    /// Layer blob digest (empty for a layer containerd unpacked whose digest Veil does
+    /// not know).
+    pub digest: String,
+    /// How it is served: `lazy`, `streamed`, `unpacked` (by containerd) or `failed` (on
+    /// record, not mounted).
+    pub mode: String,
+    /// Bytes of the blob fetched from the registry (0 for an unpacked layer).
+    pub bytes_fetched: u64,
+    /// Size of the blob (0 when Veil does not know it: unpacked, not mounted).
+    pub blob_size: u64,
+    /// `serving`, `bad` (every read fails EIO), `not mounted` (retried in the background),
+    /// or `local` (unpacked).
+    pub state: String,
+}
+
+/// An image whose layers Veil serves or left to containerd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// Image reference.
+    pub image: String,
+    /// Its layers Veil knows about, in no particular order.
+    pub layers: Vec<StackedLayer>,
+    /// Bytes of its lazy and streamed layers fetched so far.
+    pub bytes_fetched: u64,
+    /// Total blob size of those layers.
+    pub blob_size: u64,
+}
+
+/// A container's root filesystem (an active or view snapshot) and the layers below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// The snapshot key containerd gave (`<namespace>/<n>/<container id>`).
+    pub snapshot: String,
+    /// The container (the key's last part).
+    pub container: String,
+    /// `active` (writable root) or `view`.
+    pub kind: String,
+    /// The image of its lazily served layers (empty when none is).
+    pub image: String,
+    /// Its layers, top first.
+    pub layers: Vec<StackedLayer>,
 }
 
 /// The daemon's status.
@@ -128,9 +193,87 @@ pub struct StatusReport {
     pub cache: CacheStatus,
     /// The disk cache, when enabled.
     pub disk_cache: Option<DiskCacheStatus>,
+    /// Per image: its layers, how each is served and how much is fetched.
+    #[serde(default)]
+    pub images: Vec<ImageStatus>,
+    /// Per container root filesystem: the layers below it.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+}
+
+impl LayerStatus {
+    /// Of [`Self::bytes_fetched`], those fetched because a read asked for them: neither
+    /// prefetched nor fetched in the background.
+    pub fn on_demand_bytes(&self) -> u64 {
+        self.bytes_fetched
+            .saturating_sub(self.prefetch_bytes)
+            .saturating_sub(self.background_bytes)
+    }
 }
 
 impl StatusReport {
+    /// How layer `digest` stands, as listed under an image or container: from
+    /// [`Self::layers`], [`Self::failed`] or [`Self::fallbacks`].
+    pub fn stacked_layer(&self, digest: &str) -> StackedLayer {
+        if let Some(l) = self.layers.iter().find(|l| l.digest == digest) {
+            return StackedLayer {
+                digest: digest.to_string(),
+                mode: l.mode.clone(),
+                bytes_fetched: l.bytes_fetched,
+                blob_size: l.blob_size,
+                state: if l.bad.is_some() { "bad" } else { "serving" }.into(),
+            };
+        }
+        if self.failed.iter().any(|f| f.digest == digest) {
+            return StackedLayer {
+                digest: digest.to_string(),
+                mode: "failed".into(),
+                bytes_fetched: 0,
+                blob_size: 0,
+                state: "not mounted".into(),
+            };
+        }
+        StackedLayer {
+            digest: digest.to_string(),
+            mode: "unpacked".into(),
+            bytes_fetched: 0,
+            blob_size: 0,
+            state: "local".into(),
+        }
+    }
+
+    /// The per-image view of [`Self::layers`], [`Self::failed`] and [`Self::fallbacks`],
+    /// sorted by image.
+    pub fn image_view(&self) -> Vec<ImageStatus> {
+        let mut images: std::collections::BTreeMap<&str, ImageStatus> = Default::default();
+        let digests = self
+            .layers
+            .iter()
+            .map(|l| (l.image.as_str(), l.digest.as_str()))
+            .chain(
+                self.failed
+                    .iter()
+                    .map(|f| (f.image.as_str(), f.digest.as_str())),
+            )
+            .chain(
+                self.fallbacks
+                    .iter()
+                    .map(|f| (f.image.as_str(), f.digest.as_str())),
+            );
+        for (image, digest) in digests {
+            let entry = images.entry(image).or_insert_with(|| ImageStatus {
+                image: image.to_string(),
+                ..ImageStatus::default()
+            });
+            if let Some(l) = self.layers.iter().find(|l| l.digest == digest) {
+                entry.bytes_fetched += l.bytes_fetched;
+                entry.blob_size += l.blob_size;
+            }
+            entry.layers.push(self.stacked_layer(digest));
+        }
+        images.into_values().collect()
+    }
+
     /// Whether every remote layer on record is mounted and served: none failed to mount
     /// ([`Self::failed`]) and none was marked bad ([`LayerStatus::bad`]).
     pub fn healthy(&self) -> bool {
@@ -221,5 +364,47 @@ mod tests {
             merged_access_list(&[lower, upper]),
             ["/usr/bin/python3", "/app/main.py", "/usr/lib/a.py"]
         );
+    }
+
+    #[test]
+    fn image_view_groups_layers_by_image_with_their_state() {
+        let report = StatusReport {
+            layers: vec![
+                LayerStatus {
+                    digest: "sha256:a".into(),
+                    image: "reg/one:1".into(),
+                    mode: "lazy".into(),
+                    blob_size: 100,
+                    bytes_fetched: 10,
+                    ..LayerStatus::default()
+                },
+                LayerStatus {
+                    digest: "sha256:b".into(),
+                    image: "reg/one:1".into(),
+                    mode: "lazy".into(),
+                    blob_size: 50,
+                    bytes_fetched: 5,
+                    bad: Some("diff_id mismatch".into()),
+                    ..LayerStatus::default()
+                },
+            ],
+            fallbacks: vec![FallbackStatus {
+                digest: "sha256:c".into(),
+                image: "reg/two:1".into(),
+                reason: "plain tar.gz".into(),
+            }],
+            ..StatusReport::default()
+        };
+        let images = report.image_view();
+        assert_eq!(images.len(), 2);
+        let one = &images[0];
+        assert_eq!(
+            (one.image.as_str(), one.bytes_fetched, one.blob_size),
+            ("reg/one:1", 15, 150)
+        );
+        let states: Vec<&str> = one.layers.iter().map(|l| l.state.as_str()).collect();
+        assert_eq!(states, ["serving", "bad"]);
+        assert_eq!(images[1].layers[0].mode, "unpacked");
+        assert_eq!(images[1].layers[0].state, "local");
     }
 }

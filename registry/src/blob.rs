@@ -170,10 +170,12 @@ impl RegistryBlob {
             true => Duration::ZERO,
             false => options.read_retry,
         };
+        let started = Instant::now();
         let answer = ride_out(budget, metrics, &op, || {
             self.client.with_deadline(&op, self.fetch(wanted, &op))
         })
         .await;
+        crate::metrics::record_range_read(started, answer.is_ok());
         if let Ok(mut slot) = self.gave_up_at.lock() {
             *slot = match &answer {
                 Err(e) if e.is_outage() => Some(Instant::now()),

@@ -1,8 +1,33 @@
 //! Counters of what the registry client did, shared by every clone of a client: bytes
 //! fetched from registries (for `veil status`, benchmarks and tests), requests, retries
-//! and token fetches.
+//! and token fetches. Each event is also recorded through the `metrics` facade (process
+//! wide, bounded labels) for the daemon's Prometheus endpoint; without an installed
+//! recorder those calls do nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Prometheus name: body bytes received from registries.
+pub const BYTES_METRIC: &str = "veil_registry_bytes_total";
+/// Prometheus name: HTTP requests sent to registries.
+pub const REQUESTS_METRIC: &str = "veil_registry_requests_total";
+/// Prometheus name: blob range requests among them.
+pub const RANGE_REQUESTS_METRIC: &str = "veil_registry_range_requests_total";
+/// Prometheus name: attempts repeated after a retryable failure.
+pub const RETRIES_METRIC: &str = "veil_registry_retries_total";
+/// Prometheus name: tokens fetched from token services.
+pub const TOKEN_FETCHES_METRIC: &str = "veil_registry_token_fetches_total";
+/// Prometheus name: blob range reads (with their retries), by `outcome` (`ok`, `error`).
+pub const RANGE_READS_METRIC: &str = "veil_registry_range_reads_total";
+/// Prometheus name: latency of one blob range read, retries included (histogram).
+pub const RANGE_READ_SECONDS_METRIC: &str = "veil_registry_range_read_duration_seconds";
+
+/// Records one finished blob range read (all its retries) that started at `started`.
+pub(crate) fn record_range_read(started: Instant, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(RANGE_READS_METRIC, "outcome" => outcome).increment(1);
+    metrics::histogram!(RANGE_READ_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
+}
 
 /// Live counters; read them with the accessors or [`RegistryMetrics::snapshot`].
 #[derive(Debug, Default)]
@@ -49,21 +74,26 @@ impl RegistryMetrics {
 
     pub(crate) fn add_bytes(&self, n: u64) {
         self.bytes_fetched.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(BYTES_METRIC).increment(n);
     }
 
     pub(crate) fn add_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(REQUESTS_METRIC).increment(1);
     }
 
     pub(crate) fn add_range_request(&self) {
         self.range_requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(RANGE_REQUESTS_METRIC).increment(1);
     }
 
     pub(crate) fn add_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(RETRIES_METRIC).increment(1);
     }
 
     pub(crate) fn add_token_fetch(&self) {
         self.token_fetches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(TOKEN_FETCHES_METRIC).increment(1);
     }
 }

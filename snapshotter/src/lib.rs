@@ -13,6 +13,7 @@
 //! filter language and disk usage. Sockets, signals and configuration are the daemon's
 //! (`veil-daemon`).
 
+pub mod containers;
 pub mod error;
 pub mod fdstore;
 pub mod filters;

@@ -78,10 +78,9 @@ impl Service {
             root: self.inner.root().display().to_string(),
             ..Default::default()
         };
-        if let Ok(all) = self.inner.list() {
-            report.snapshots = all.len();
-            report.remote_snapshots = all.iter().filter(|s| s.record.remote.is_some()).count();
-        }
+        let all = self.inner.list().unwrap_or_default();
+        report.snapshots = all.len();
+        report.remote_snapshots = all.iter().filter(|s| s.record.remote.is_some()).count();
         report.fallbacks = self
             .fallbacks
             .lock()
@@ -99,6 +98,9 @@ impl Service {
             })
             .collect();
         report.failed.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
+        drop(failed);
+        report.images = report.image_view();
+        report.containers = crate::containers::containers(&all, &report);
         report
     }
 

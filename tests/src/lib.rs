@@ -29,6 +29,7 @@ pub mod memory_cgroup;
 pub mod mount_cli;
 pub mod mounts;
 pub mod process;
+pub mod prometheus;
 // Debian's `docker-registry` on loopback, and pushing to it: one copy, shared with the
 // registry client's tests in snapshotter/tests/registry_support/.
 #[path = "../../registry/tests/registry_support/registry.rs"]

@@ -281,6 +281,8 @@ impl LazyLayers {
                     cached: what.cached,
                     mode: "streamed",
                     streamed_bytes: read,
+                    // Fetched whole before it is served: counted as prefetched.
+                    prefetch_bytes: Arc::new(std::sync::atomic::AtomicU64::new(read)),
                     // Authenticated whole by the HMAC or the blob digest instead.
                     diff_id: DiffIdState::new(DIFF_ID_OFF),
                     access: access.clone(),

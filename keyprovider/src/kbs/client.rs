@@ -499,12 +499,17 @@ impl KbsClient {
     /// Fetches and decrypts the resource `kid` names, attesting first when there is no
     /// session or its token has expired.
     pub async fn get_resource(&self, kid: &Kid) -> Result<SecretBytes, KbsError> {
+        super::metrics::timed("resource", self.fetch_resource(kid)).await
+    }
+
+    /// [`Self::get_resource`], unrecorded.
+    async fn fetch_resource(&self, kid: &Kid) -> Result<SecretBytes, KbsError> {
         let url = self.resource_url(kid);
         let mut session = self.session.lock().await;
         let mut fresh = false;
         if session.as_ref().is_none_or(Session::expired) {
             *session = None;
-            *session = Some(self.handshake().await?);
+            *session = Some(super::metrics::timed("attestation", self.handshake()).await?);
             fresh = true;
         }
         loop {
@@ -529,7 +534,7 @@ impl KbsClient {
             if status == reqwest::StatusCode::UNAUTHORIZED && !fresh {
                 tracing::info!(url, answer = %refused, "the KBS refused the session; attesting again");
                 *session = None;
-                *session = Some(self.handshake().await?);
+                *session = Some(super::metrics::timed("attestation", self.handshake()).await?);
                 fresh = true;
                 continue;
             }

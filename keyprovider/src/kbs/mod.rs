@@ -9,6 +9,7 @@
 pub mod attester;
 pub mod client;
 pub mod jcs;
+pub mod metrics;
 pub mod tee_key;
 
 use std::sync::Arc;
