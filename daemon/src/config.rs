@@ -42,6 +42,10 @@ pub struct Config {
     /// connection across restarts and upgrades; `None`: a stop ends every layer's
     /// connection (containers using them fail) and layers are mounted again at start.
     pub fd_store_socket: Option<PathBuf>,
+    /// Keep each layer's FUSE connection in systemd's fd store (`FDSTORE=1`; the unit
+    /// needs `FileDescriptorStoreMax=`). Unset: when systemd offers one (`$FDSTORE`,
+    /// systemd 254+); set `true` for older systemd. `fd_store_socket` wins when both are set.
+    pub systemd_fd_store: Option<bool>,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             guest: GuestConfig::default(),
             fd_store_socket: None,
+            systemd_fd_store: None,
         }
     }
 }

@@ -25,7 +25,7 @@ use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
 use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
 use veil_keyprovider::layer::Decryption;
 use veil_registry::{ClientOptions, CredentialsSource, RegistryClient};
-use veil_snapshotter::fdstore::FdStoreClient;
+use veil_snapshotter::fdstore::{FdKeeper, FdStoreClient, SystemdFdStore};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
@@ -198,10 +198,38 @@ pub fn image_service(
     Ok(LazyLayers::new(registry, cache, runtime).with_options(lazy_options(config)))
 }
 
-/// The fd store client `fd_store_socket` asks for (`None`: connections are not kept
-/// across restarts).
-pub fn fd_store(config: &Config) -> Option<FdStoreClient> {
-    config.fd_store_socket.as_deref().map(FdStoreClient::new)
+/// Directory (below the daemon's root) of the data stored with each fd in systemd's fd
+/// store, which keeps only names.
+pub const SYSTEMD_FD_DATA_DIR: &str = "fdstore";
+
+/// The fd store that keeps layers' connections across restarts (`None`: they are not
+/// kept): `fd_store_socket` when set, else systemd's when `systemd_fd_store` says so
+/// (unset: when systemd offers one, `$FDSTORE`). `root` holds what systemd cannot.
+pub fn fd_store(config: &Config, root: &std::path::Path) -> Option<Arc<dyn FdKeeper>> {
+    if let Some(socket) = config.fd_store_socket.as_deref() {
+        if config.systemd_fd_store == Some(true) {
+            tracing::warn!(socket = %socket.display(),
+                "both fd_store_socket and systemd_fd_store are set: using the fd store socket");
+        }
+        return Some(Arc::new(FdStoreClient::new(socket)));
+    }
+    let systemd = match config.systemd_fd_store {
+        Some(wanted) => wanted,
+        None => SystemdFdStore::offered(),
+    };
+    if !systemd {
+        return None;
+    }
+    if !SystemdFdStore::reachable() {
+        tracing::warn!(
+            "systemd_fd_store is set but no service manager listens ($NOTIFY_SOCKET unset): \
+             layer connections will not outlive this process"
+        );
+        return None;
+    }
+    Some(Arc::new(SystemdFdStore::new(
+        &root.join(SYSTEMD_FD_DATA_DIR),
+    )))
 }
 
 /// The snapshots service for `config`: lazy layers when enabled.
