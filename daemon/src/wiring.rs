@@ -8,6 +8,7 @@
 //! (opening the disk cache, loading keys, starting the KEK runtime thread, probing the
 //! TEE); all of it happens here, at start-up, never in the layers below.
 
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::prefetch::RateLimiter;
-use veil_guest::{GuestOptions, GuestPuller};
+use veil_guest::{ConnectionKeeper, GuestOptions, GuestPuller, KeptConnection};
 use veil_image::layers::{LazyLayers, LazyOptions};
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
 use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
@@ -412,6 +413,9 @@ pub struct GuestService {
     pub front_door: FrontDoorConfig,
     /// The attestation agent: each pull is recorded in the runtime measurements.
     pub aa_socket: PathBuf,
+    /// Whether layer connections are kept in an fd store (a stop leaves them to the
+    /// next process).
+    pub keeps_connections: bool,
 }
 
 /// The guest service `config` asks for (see [`guest_options`], [`guest_lazy_options`]);
@@ -424,10 +428,25 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
     let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
         .with_options(guest_lazy_options(config));
-    let puller = tokio::task::spawn_blocking(move || GuestPuller::new(Arc::new(lazy), options))
-        .await
-        .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
-        .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
+    let store = fd_store(config, &config.guest.work_dir);
+    let kept = take_kept(store.as_ref()).await;
+    let keeps_connections = store.is_some();
+    let keeper = store.map(|s| Arc::new(StoreKeeper(s)) as Arc<dyn ConnectionKeeper>);
+    let puller = tokio::task::spawn_blocking(move || {
+        GuestPuller::new_keeping(Arc::new(lazy), options, keeper)
+    })
+    .await
+    .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
+    .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
+    if !kept.is_empty() {
+        let offered = kept.len();
+        let resumed = puller.resume_kept(kept).await;
+        tracing::info!(
+            offered,
+            resumed,
+            "the fd store handed back layer connections"
+        );
+    }
     let g = &config.guest;
     let mut front_door = FrontDoorConfig::new(&g.socket, &g.upstream_socket);
     front_door.shutdown_grace = Duration::from_secs(g.shutdown_grace_seconds);
@@ -435,7 +454,50 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
         puller: Arc::new(puller),
         front_door,
         aa_socket: g.aa_socket.clone(),
+        keeps_connections,
     })
+}
+
+/// The fd store as the guest puller's connection keeper.
+struct StoreKeeper(Arc<dyn FdKeeper>);
+
+impl ConnectionKeeper for StoreKeeper {
+    fn keep(&self, name: &str, data: &[u8], fd: BorrowedFd<'_>) -> Result<(), String> {
+        self.0.store(name, data, fd).map_err(|e| e.to_string())
+    }
+
+    fn forget(&self, name: &str) -> Result<(), String> {
+        self.0.remove(name).map_err(|e| e.to_string())
+    }
+}
+
+/// What the fd store kept for the guest puller (an earlier process's layer
+/// connections). An unreachable store is logged: nothing is resumed then.
+async fn take_kept(store: Option<&Arc<dyn FdKeeper>>) -> Vec<KeptConnection> {
+    let Some(store) = store.cloned() else {
+        return Vec::new();
+    };
+    let what = store.describe();
+    match tokio::task::spawn_blocking(move || store.take_all()).await {
+        Ok(Ok(stored)) => stored
+            .into_iter()
+            .map(|s| KeptConnection {
+                name: s.name,
+                data: s.data,
+                fd: s.fd,
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::error!(store = %what, error = %e,
+                "cannot reach the fd store: running containers' layers are not served again, \
+                 and new connections will not outlive this process");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "asking the fd store failed");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

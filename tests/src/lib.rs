@@ -33,6 +33,7 @@ pub mod process;
 #[path = "../../registry/tests/registry_support/registry.rs"]
 pub mod registry;
 pub mod registry_log;
+pub mod restart_watch;
 // The registry client tests' loopback HTTP server and forwarding proxy (stalls, tampering):
 // one copy, shared.
 #[path = "../../registry/tests/registry_support/http.rs"]
