@@ -146,7 +146,8 @@ impl Machine {
         Ok(me)
     }
 
-    /// The command line that runs `args` in the container's mount namespace.
+    /// The command line that runs `args` in the container's mount namespace (a
+    /// long-running reader: killing nsenter kills it).
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
@@ -157,11 +158,23 @@ impl Machine {
         cmd
     }
 
+    /// The command line that runs `args` in all the container's namespaces: PID 1 and
+    /// systemd-run see a caller of their own PID namespace (from the host's, systemd
+    /// answers `systemctl start` with ENOTCONN and systemd-run fails with EBADF).
+    fn command_inside(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-m", "-u", "-i", "-n", "-p", "-C", "--"])
+            .args(args);
+        cmd
+    }
+
     /// Runs `args` in the container; its stdout (stderr too when it fails).
     fn run_status(&mut self, args: &[&str]) -> anyhow::Result<(bool, String)> {
         self.runs += 1;
         let stem = self.log_dir.join(format!("in-container-{}", self.runs));
-        let out = run_with_timeout(self.command(args), BOOT_TIMEOUT, &stem)?;
+        let out = run_with_timeout(self.command_inside(args), BOOT_TIMEOUT, &stem)?;
         let mut said = text(&out.stdout);
         if !out.status.success() {
             said.push_str(&text(&out.stderr));
