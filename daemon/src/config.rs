@@ -44,6 +44,10 @@ pub struct Config {
     /// connection across restarts and upgrades; `None`: a stop ends every layer's
     /// connection (containers using them fail) and layers are mounted again at start.
     pub fd_store_socket: Option<PathBuf>,
+    /// Keep each layer's FUSE connection in systemd's fd store (`FDSTORE=1`; the unit
+    /// needs `FileDescriptorStoreMax=`). Unset: when systemd offers one (`$FDSTORE`,
+    /// systemd 254+); set `true` for older systemd. `fd_store_socket` wins when both are set.
+    pub systemd_fd_store: Option<bool>,
     /// The CRI image-service proxy (imagePullSecrets for lazy fetches).
     pub cri: crate::cri_config::CriConfig,
 }
@@ -62,6 +66,7 @@ impl Default for Config {
             guest: GuestConfig::default(),
             metrics: MetricsConfig::default(),
             fd_store_socket: None,
+            systemd_fd_store: None,
             cri: crate::cri_config::CriConfig::default(),
         }
     }

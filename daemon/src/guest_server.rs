@@ -9,12 +9,16 @@
 //!
 //! Stopping (SIGTERM / SIGINT): the socket stops accepting and is removed, running pulls
 //! get `[guest] shutdown_grace_seconds` to finish (then they are cancelled and undone).
-//! Containers that are running keep their root overlays mounted: the puller is left as it
-//! is ([`GuestPuller::leave_mounted`]) and the process exits. The layer filesystems are
-//! served by this process, so from then on reads of those containers that the kernel has
-//! not cached fail (`ENOTCONN`) until the pod goes; the next start adopts the mounts and
-//! cleans them up once the roots are unmounted. With no container running, everything is
-//! taken down.
+//! Containers that are running (pulled by this process or adopted from an earlier one)
+//! keep their root overlays mounted: the puller is left as it is
+//! ([`GuestPuller::leave_mounted`]) and the process exits. With an fd store
+//! (`fd_store_socket`, or systemd's: `systemd_fd_store`) each layer's FUSE connection is
+//! held there, the process exits at once (reads in flight are resent to the next one,
+//! `FUSE_NOTIFY_RESEND`), and the next start serves the adopted roots' layers on the
+//! same connections: running containers' reads pause, never fail. Without one, reads of
+//! those containers that the kernel has not cached fail (`ENOTCONN`) until the pod goes;
+//! the next start adopts the mounts and cleans them up once the roots are unmounted.
+//! With no container running, everything is taken down.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,6 +141,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
     let service = guest_service(config).await?;
+    let keeps_connections = service.keeps_connections;
     let puller = service.puller.clone();
     let handler = Arc::new(GuestPullHandler::new(
         service.puller.clone(),
@@ -168,11 +173,21 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         token.cancel();
         let _ = task.await;
     }
-    let running = puller.bundles().len();
+    let running = puller.bundles().len() + puller.adopted_roots();
     if running == 0 {
         tokio::task::spawn_blocking(move || puller.shutdown())
             .await
             .map_err(|e| DaemonError::Wiring(format!("shutting the guest puller down: {e}")))?;
+    } else if keeps_connections {
+        // The fd store holds every layer connection: the next process serves them on.
+        // Exit now: dropping the runtime would drop reads in flight, answered EIO.
+        puller.leave_mounted();
+        let _ = std::fs::remove_file(&service.front_door.socket);
+        tracing::info!(
+            containers = running,
+            "stopped; layer mounts and their connections left to the next process"
+        );
+        std::process::exit(if ended_early { 1 } else { 0 });
     } else {
         tracing::warn!(
             containers = running,

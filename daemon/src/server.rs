@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use veil_snapshotter::fdstore::FdStoreClient;
+use veil_snapshotter::fdstore::FdKeeper;
 use veil_snapshotter::handover::{self, HandedLayer};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
@@ -34,7 +34,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
-    let fd_store = fd_store(config);
+    let fd_store = fd_store(config, &config.root);
     let handed = take_handed_layers(fd_store.as_ref()).await;
     let keep: HashSet<u64> = handed.keys().copied().collect();
     let root = config.root.clone();
@@ -159,7 +159,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
 
 /// The connections the fd store holds for us (handed over by the previous process), by
 /// snapshot ID. An unreachable store is logged: layers are then mounted afresh.
-async fn take_handed_layers(store: Option<&FdStoreClient>) -> HashMap<u64, HandedLayer> {
+async fn take_handed_layers(store: Option<&Arc<dyn FdKeeper>>) -> HashMap<u64, HandedLayer> {
     let Some(store) = store.cloned() else {
         return HashMap::new();
     };
@@ -171,7 +171,7 @@ async fn take_handed_layers(store: Option<&FdStoreClient>) -> HashMap<u64, Hande
     let (store, stored) = match taken {
         Ok((store, Ok(stored))) => (store, stored),
         Ok((store, Err(e))) => {
-            tracing::error!(socket = %store.path().display(), error = %e,
+            tracing::error!(store = %store.describe(), error = %e,
                 "cannot reach the fd store: layers are mounted afresh, and their connections \
                  will not outlive this process");
             return HashMap::new();
@@ -188,6 +188,7 @@ async fn take_handed_layers(store: Option<&FdStoreClient>) -> HashMap<u64, Hande
     if !layers.is_empty() {
         tracing::info!(
             count = layers.len(),
+            store = %store.describe(),
             "the fd store handed back layer connections"
         );
     }

@@ -8,6 +8,7 @@
 //! (opening the disk cache, loading keys, starting the KEK runtime thread, probing the
 //! TEE); all of it happens here, at start-up, never in the layers below.
 
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +20,14 @@ use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::prefetch::RateLimiter;
-use veil_guest::{GuestOptions, GuestPuller};
+use veil_guest::{ConnectionKeeper, GuestOptions, GuestPuller, KeptConnection};
 use veil_image::layers::{LazyLayers, LazyOptions, WindowSizes};
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
 use veil_keyprovider::kbs::{KbsClient, KbsClientConfig, KbsKekSource};
 use veil_keyprovider::kek::{CdhKekSource, FileKekSource, KekChain, KekSource};
 use veil_keyprovider::layer::Decryption;
 use veil_registry::{ClientOptions, CredentialsSource, RegistryClient, SharedCredentialStore};
-use veil_snapshotter::fdstore::FdStoreClient;
+use veil_snapshotter::fdstore::{FdKeeper, FdStoreClient, SystemdFdStore};
 use veil_snapshotter::overlay::OverlaySnapshotter;
 use veil_snapshotter::service::Service;
 
@@ -217,10 +218,38 @@ pub fn image_service(
     Ok(LazyLayers::new(registry, cache, runtime).with_options(lazy_options(config)))
 }
 
-/// The fd store client `fd_store_socket` asks for (`None`: connections are not kept
-/// across restarts).
-pub fn fd_store(config: &Config) -> Option<FdStoreClient> {
-    config.fd_store_socket.as_deref().map(FdStoreClient::new)
+/// Directory (below the daemon's root) of the data stored with each fd in systemd's fd
+/// store, which keeps only names.
+pub const SYSTEMD_FD_DATA_DIR: &str = "fdstore";
+
+/// The fd store that keeps layers' connections across restarts (`None`: they are not
+/// kept): `fd_store_socket` when set, else systemd's when `systemd_fd_store` says so
+/// (unset: when systemd offers one, `$FDSTORE`). `root` holds what systemd cannot.
+pub fn fd_store(config: &Config, root: &std::path::Path) -> Option<Arc<dyn FdKeeper>> {
+    if let Some(socket) = config.fd_store_socket.as_deref() {
+        if config.systemd_fd_store == Some(true) {
+            tracing::warn!(socket = %socket.display(),
+                "both fd_store_socket and systemd_fd_store are set: using the fd store socket");
+        }
+        return Some(Arc::new(FdStoreClient::new(socket)));
+    }
+    let systemd = match config.systemd_fd_store {
+        Some(wanted) => wanted,
+        None => SystemdFdStore::offered(),
+    };
+    if !systemd {
+        return None;
+    }
+    if !SystemdFdStore::reachable() {
+        tracing::warn!(
+            "systemd_fd_store is set but no service manager listens ($NOTIFY_SOCKET unset): \
+             layer connections will not outlive this process"
+        );
+        return None;
+    }
+    Some(Arc::new(SystemdFdStore::new(
+        &root.join(SYSTEMD_FD_DATA_DIR),
+    )))
 }
 
 /// The store of pods' pull credentials `[cri] image_service_socket` asks for (`None`:
@@ -430,6 +459,9 @@ pub struct GuestService {
     pub front_door: FrontDoorConfig,
     /// The attestation agent: each pull is recorded in the runtime measurements.
     pub aa_socket: PathBuf,
+    /// Whether layer connections are kept in an fd store (a stop leaves them to the
+    /// next process).
+    pub keeps_connections: bool,
 }
 
 /// The guest service `config` asks for (see [`guest_options`], [`guest_lazy_options`]);
@@ -442,10 +474,25 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
     let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
         .with_options(guest_lazy_options(config));
-    let puller = tokio::task::spawn_blocking(move || GuestPuller::new(Arc::new(lazy), options))
-        .await
-        .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
-        .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
+    let store = fd_store(config, &config.guest.work_dir);
+    let kept = take_kept(store.as_ref()).await;
+    let keeps_connections = store.is_some();
+    let keeper = store.map(|s| Arc::new(StoreKeeper(s)) as Arc<dyn ConnectionKeeper>);
+    let puller = tokio::task::spawn_blocking(move || {
+        GuestPuller::new_keeping(Arc::new(lazy), options, keeper)
+    })
+    .await
+    .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
+    .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
+    if !kept.is_empty() {
+        let offered = kept.len();
+        let resumed = puller.resume_kept(kept).await;
+        tracing::info!(
+            offered,
+            resumed,
+            "the fd store handed back layer connections"
+        );
+    }
     let g = &config.guest;
     let mut front_door = FrontDoorConfig::new(&g.socket, &g.upstream_socket);
     front_door.shutdown_grace = Duration::from_secs(g.shutdown_grace_seconds);
@@ -453,7 +500,50 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
         puller: Arc::new(puller),
         front_door,
         aa_socket: g.aa_socket.clone(),
+        keeps_connections,
     })
+}
+
+/// The fd store as the guest puller's connection keeper.
+struct StoreKeeper(Arc<dyn FdKeeper>);
+
+impl ConnectionKeeper for StoreKeeper {
+    fn keep(&self, name: &str, data: &[u8], fd: BorrowedFd<'_>) -> Result<(), String> {
+        self.0.store(name, data, fd).map_err(|e| e.to_string())
+    }
+
+    fn forget(&self, name: &str) -> Result<(), String> {
+        self.0.remove(name).map_err(|e| e.to_string())
+    }
+}
+
+/// What the fd store kept for the guest puller (an earlier process's layer
+/// connections). An unreachable store is logged: nothing is resumed then.
+async fn take_kept(store: Option<&Arc<dyn FdKeeper>>) -> Vec<KeptConnection> {
+    let Some(store) = store.cloned() else {
+        return Vec::new();
+    };
+    let what = store.describe();
+    match tokio::task::spawn_blocking(move || store.take_all()).await {
+        Ok(Ok(stored)) => stored
+            .into_iter()
+            .map(|s| KeptConnection {
+                name: s.name,
+                data: s.data,
+                fd: s.fd,
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::error!(store = %what, error = %e,
+                "cannot reach the fd store: running containers' layers are not served again, \
+                 and new connections will not outlive this process");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "asking the fd store failed");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

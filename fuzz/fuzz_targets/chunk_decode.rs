@@ -8,6 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use veil_formats::codec::{decode_chunk, MAX_CHUNK_SIZE};
+use veil_formats::limits::Limits;
 use veil_formats::toc::{Chunk, Compression};
 
 fuzz_target!(|data: &[u8]| {
@@ -53,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         digest,
         compression,
     };
-    if let Ok(out) = decode_chunk(&chunk, compressed) {
+    if let Ok(out) = decode_chunk(&chunk, compressed, &Limits::default()) {
         assert!(reference, "decoded a chunk the reference decoder refuses");
         assert_eq!(
             Some(out.as_slice()),

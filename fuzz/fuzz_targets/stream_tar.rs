@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         spacing: 4096,
         chunk_size: 1024,
         drop_estargz_bookkeeping: selector & 0x80 != 0,
+        limits: veil_formats::limits::Limits::default(),
     };
     let _ = index_stream(compression, blob, &options);
 });

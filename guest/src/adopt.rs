@@ -9,7 +9,8 @@
 //! of roots that are gone — is taken down at start-up. (The layer filesystems of a
 //! previous run were served by that process: what it leaves mounted answers `ENOTCONN`
 //! to reads the kernel has not cached; adoption keeps the container's root in place and
-//! makes sure it is cleaned up when the pod goes, it cannot bring the old server back.)
+//! makes sure it is cleaned up when the pod goes; with a connection keeper the layers'
+//! connections are served again instead: `handover.rs`.)
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -156,8 +157,14 @@ pub(crate) fn sweep(layers_dir: &Path, containers_dir: &Path, source: &str) -> (
 
 /// Releases the adopted roots that are no longer mounted (`present`: the mount IDs now):
 /// their writable layers are removed and their layers unmounted unless another adopted
-/// root still stacks them.
-pub(crate) fn release_gone(adopted: &mut Vec<Adopted>, present: &HashSet<u64>) {
+/// root still stacks them. `take_down` is called first for each such layer (its kept
+/// connection is closed; `true`: it was served again by this process and dropping it
+/// unmounted it already).
+pub(crate) fn release_gone(
+    adopted: &mut Vec<Adopted>,
+    present: &HashSet<u64>,
+    take_down: impl Fn(&Path) -> bool,
+) {
     let (gone, live): (Vec<Adopted>, Vec<Adopted>) = std::mem::take(adopted)
         .into_iter()
         .partition(|a| !present.contains(&a.mount_id));
@@ -171,7 +178,7 @@ pub(crate) fn release_gone(adopted: &mut Vec<Adopted>, present: &HashSet<u64>) {
             if still_used.contains(layer) {
                 continue;
             }
-            if !mount_ids_at(layer).is_empty() {
+            if !take_down(layer) && !mount_ids_at(layer).is_empty() {
                 let _ = detach(layer);
             }
             let _ = std::fs::remove_dir(layer);

@@ -55,9 +55,13 @@
 //!    [`GuestPuller::leave_mounted`] (nothing is taken down); the next puller on the same
 //!    work directory sweeps only what no mounted root uses, and *adopts* the roots still
 //!    in the mount table (their layer directories and writable layers), releasing them
-//!    once they are unmounted. The layer filesystems were served by the old process, so
-//!    a running container's uncached reads fail (`ENOTCONN`) after it exits; adoption
-//!    keeps its root in place and the cleanup correct.
+//!    once they are unmounted. The layer filesystems were served by the old process: with
+//!    a [`handover::ConnectionKeeper`] (the daemon's fd store: Veil's supervisor or
+//!    systemd's) each layer's FUSE connection is kept while it is mounted, and the next
+//!    puller serves the adopted roots' layers on those same connections
+//!    ([`GuestPuller::resume_kept`]): running containers' reads pause, never fail.
+//!    Without one, a running container's uncached reads fail (`ENOTCONN`) after the
+//!    process exits; adoption keeps its root in place and the cleanup correct.
 //!
 //! Errors ([`GuestError`]) name the image and what is to blame (layer, kid, path, policy
 //! scope); on any error the pull is undone: nothing stays mounted, no count leaks.
@@ -69,6 +73,7 @@
 
 mod adopt;
 pub mod error;
+pub mod handover;
 pub mod options;
 pub mod policy;
 mod pool;
@@ -77,5 +82,6 @@ pub mod spec;
 mod watch;
 
 pub use error::GuestError;
+pub use handover::{ConnectionKeeper, KeptConnection};
 pub use options::{registry_options, GuestOptions};
 pub use puller::{GuestPuller, PulledImage};

@@ -120,8 +120,9 @@ impl LayerPool {
     }
 
     /// One user of `layer` is gone; the last one unmounts it and removes its directory
-    /// (blocking: call it off the async threads).
-    pub fn release(&self, layer: &Arc<SharedLayer>) {
+    /// (blocking: call it off the async threads). Returns that directory when this was
+    /// the last user.
+    pub fn release(&self, layer: &Arc<SharedLayer>) -> Option<PathBuf> {
         let k = key(&layer.identity);
         let last = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,14 +138,14 @@ impl LayerPool {
                 _ => None,
             }
         };
-        if let Some(layer) = last {
-            let mount = layer.mount.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if mount.is_some() {
-                tracing::info!(layer = %layer.identity.layer_digest, dir = %layer.dir.display(), "last user gone: unmounting the layer");
-            }
-            drop(mount);
-            remove_dir(&layer.dir);
+        let layer = last?;
+        let mount = layer.mount.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if mount.is_some() {
+            tracing::info!(layer = %layer.identity.layer_digest, dir = %layer.dir.display(), "last user gone: unmounting the layer");
         }
+        drop(mount);
+        remove_dir(&layer.dir);
+        Some(layer.dir.clone())
     }
 
     /// How many layer mounts there are, and their users in all.

@@ -18,6 +18,7 @@ use veil_registry::{Manifest, Reference, RegistryError};
 
 use crate::adopt::{release_gone, sweep, Adopted};
 use crate::error::GuestError;
+use crate::handover::{ConnectionKeeper, Kept, KeptConnection};
 use crate::options::{credentials_fit, GuestOptions};
 use crate::policy::{Policy, Verdict};
 use crate::pool::{LayerPool, SharedLayer};
@@ -74,6 +75,8 @@ struct Inner {
     shut: AtomicBool,
     /// Roots of a previous run still mounted: released once unmounted.
     adopted: Mutex<Vec<Adopted>>,
+    /// Layer connections kept across restarts, and those resumed.
+    kept: Kept,
 }
 
 /// Serves the guest's image pulls lazily; see the crate documentation.
@@ -89,6 +92,17 @@ impl GuestPuller {
     /// `LazyOptions::stream_plain`), working in `options.work_dir` (created, mode 0700),
     /// watching the mount table for roots kata-agent unmounted.
     pub fn new(lazy: Arc<LazyLayers>, options: GuestOptions) -> Result<Self, GuestError> {
+        Self::new_keeping(lazy, options, None)
+    }
+
+    /// [`GuestPuller::new`] keeping each layer's FUSE connection in `keeper` (the daemon's
+    /// fd store) from the moment it is mounted until its last user goes, so that a
+    /// restart resumes them ([`GuestPuller::resume_kept`]).
+    pub fn new_keeping(
+        lazy: Arc<LazyLayers>,
+        options: GuestOptions,
+        keeper: Option<Arc<dyn ConnectionKeeper>>,
+    ) -> Result<Self, GuestError> {
         if !credentials_fit(lazy.registry().options(), &options) {
             return Err(GuestError::Setup(format!(
                 "the registry credentials {} are not what the image service's registry client \
@@ -128,6 +142,7 @@ impl GuestPuller {
             next_id: AtomicU64::new(0),
             shut: AtomicBool::new(false),
             options,
+            kept: Kept::new(keeper),
         });
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         let watcher = Watcher::start(inner.options.watch_interval, move || {
@@ -225,6 +240,7 @@ impl GuestPuller {
     pub fn leave_mounted(&self) {
         self.inner.shut.store(true, Ordering::Release);
         self.leave.store(true, Ordering::Release);
+        self.inner.kept.leave_mounted();
         if let Some(mut w) = self
             .watcher
             .lock()
@@ -233,6 +249,23 @@ impl GuestPuller {
         {
             w.stop();
         }
+    }
+
+    /// Serves again the layers of adopted roots (still mounted at start-up) whose
+    /// connections an earlier process kept (`kept`, from the keeper), so their containers'
+    /// reads go on; kept connections no root uses are closed. Returns how many layers.
+    pub async fn resume_kept(&self, kept: Vec<KeptConnection>) -> usize {
+        let in_use = {
+            let adopted = self.inner.adopted.lock().unwrap_or_else(|p| p.into_inner());
+            adopted
+                .iter()
+                .flat_map(|a| a.layers.iter().cloned())
+                .collect()
+        };
+        self.inner
+            .kept
+            .resume(&self.inner.lazy, &in_use, kept)
+            .await
     }
 
     /// How many roots of a previous run (still mounted at start-up) are not released yet.
@@ -304,7 +337,9 @@ impl Drop for PullWork {
             .drain(..)
             .chain(acquired.into_iter().map(|(_, l)| l))
         {
-            self.inner.pool.release(&layer);
+            if let Some(dir) = self.inner.pool.release(&layer) {
+                self.inner.kept.take_down(&dir);
+            }
         }
         if self.created_rootfs {
             let _ = std::fs::remove_dir(&self.rootfs);
@@ -651,6 +686,7 @@ impl Inner {
         let was_mounted = shared.is_mounted();
         let dir = shared.dir.clone();
         let lazy = self.lazy.clone();
+        let kept = &self.kept;
         let mounted = shared
             .ensure_mounted(|| async move {
                 let ready = match lazy.resolve(&remote).await {
@@ -670,10 +706,12 @@ impl Inner {
                 let live = tokio::task::spawn_blocking(move || ready.mount(&d))
                     .await
                     .map_err(|e| layer_err(format!("mounting it: {e}")))?;
-                live.map_err(|e| {
+                let live = live.map_err(|e| {
                     let _ = std::fs::remove_dir(&dir);
                     layer_err(format!("mounting it: {e}"))
-                })
+                })?;
+                kept.keep(&dir, &remote, live.as_ref());
+                Ok(live)
             })
             .await;
         mounted.map(|()| was_mounted)
@@ -685,7 +723,7 @@ impl Inner {
         {
             let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
             if !adopted.is_empty() {
-                release_gone(&mut adopted, &present);
+                release_gone(&mut adopted, &present, |dir| self.kept.take_down(dir));
             }
         }
         let gone: Vec<PathBuf> = {
@@ -724,7 +762,9 @@ impl Inner {
             tracing::warn!(dir = %container.dir.display(), error = %e, "cannot remove a container's writable layer");
         }
         for layer in &container.layers {
-            self.pool.release(layer);
+            if let Some(dir) = self.pool.release(layer) {
+                self.kept.take_down(&dir);
+            }
         }
         self.bundles
             .lock()

@@ -18,12 +18,12 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use containerd_snapshots::api::types::Mount;
 
 use crate::error::{Error, Result};
-use crate::fdstore::FdStoreClient;
+use crate::fdstore::FdKeeper;
 use crate::handover;
 use crate::metadata::{Kind, MetaStore, Record, Usage};
 use crate::usage::disk_usage;
@@ -49,7 +49,7 @@ pub struct OverlaySnapshotter {
     /// snapshot ID, with the reason: no mounts are handed out that stack on them.
     unavailable: Mutex<HashMap<u64, String>>,
     /// Where each layer's FUSE connection is kept across restarts, when configured.
-    fd_store: Option<FdStoreClient>,
+    fd_store: Option<Arc<dyn FdKeeper>>,
 }
 
 impl OverlaySnapshotter {
@@ -106,7 +106,7 @@ impl OverlaySnapshotter {
 
     /// Keeps every layer's FUSE connection in `store` (stored after mounting, removed
     /// when containerd removes the snapshot), so that a restart can serve it on.
-    pub fn with_fd_store(mut self, store: FdStoreClient) -> Self {
+    pub fn with_fd_store(mut self, store: Arc<dyn FdKeeper>) -> Self {
         self.fd_store = Some(store);
         self
     }

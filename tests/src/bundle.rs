@@ -39,6 +39,17 @@ pub fn runc_run_script(
 
 /// `runc run` of `bundle` as container `id`, its process rewritten to `/bin/sh -c script`.
 fn runc_command(dir: &Path, bundle: &Path, id: &str, script: &str) -> anyhow::Result<Command> {
+    runc_command_with(dir, bundle, id, script, &[])
+}
+
+/// [`runc_command`] with `flags` for `runc run` (e.g. `--detach`).
+fn runc_command_with(
+    dir: &Path,
+    bundle: &Path,
+    id: &str,
+    script: &str,
+    flags: &[&str],
+) -> anyhow::Result<Command> {
     let path = bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("parsing {}", path.display()))?;
@@ -52,10 +63,46 @@ fn runc_command(dir: &Path, bundle: &Path, id: &str, script: &str) -> anyhow::Re
     let mut cmd = Command::new("runc");
     cmd.arg("--root")
         .arg(&state)
-        .args(["run", "--bundle"])
+        .arg("run")
+        .args(flags)
+        .arg("--bundle")
         .arg(bundle)
         .arg(id);
     Ok(cmd)
+}
+
+/// Starts `bundle` with `runc run --detach` as container `id`, its process rewritten to
+/// `/bin/sh -c script` (a long-running one: the caller stops it with
+/// [`runc_kill_remove`]); runc's own output goes to `dir/runc-<id>.*`.
+pub fn runc_run_detached(dir: &Path, bundle: &Path, id: &str, script: &str) -> anyhow::Result<()> {
+    let cmd = runc_command_with(dir, bundle, id, script, &["--detach"])?;
+    let out = run_with_timeout(cmd, RUNC_TIMEOUT, &dir.join(format!("runc-{id}")))?;
+    if !out.status.success() {
+        bail!(
+            "runc run --detach {id} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Kills container `id` (SIGKILL) and deletes it (`runc delete --force`).
+pub fn runc_kill_remove(dir: &Path, id: &str) -> anyhow::Result<()> {
+    let state = dir.join("runc-state");
+    let mut cmd = Command::new("runc");
+    cmd.arg("--root")
+        .arg(&state)
+        .args(["delete", "--force", id]);
+    let out = run_with_timeout(cmd, RUNC_TIMEOUT, &dir.join(format!("runc-delete-{id}")))?;
+    if !out.status.success() {
+        bail!(
+            "runc delete --force {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// What a timed container run printed, and when.

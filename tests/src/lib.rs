@@ -35,6 +35,7 @@ pub mod prometheus;
 #[path = "../../registry/tests/registry_support/registry.rs"]
 pub mod registry;
 pub mod registry_log;
+pub mod restart_watch;
 // The registry client tests' loopback HTTP server and forwarding proxy (stalls, tampering):
 // one copy, shared.
 #[path = "../../registry/tests/registry_support/http.rs"]

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use veil_snapshotter::fdstore::FdStoreClient;
@@ -29,48 +29,13 @@ use veil_tests::lazy_image::{
 };
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 use veil_tests::process::ChildGuard;
+use veil_tests::restart_watch::{
+    check_hashes, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT, LOOP, MAX_PAUSE,
+    SETTLE,
+};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
-
-/// How long the container keeps hashing between restarts.
-const SETTLE: Duration = Duration::from_secs(3);
-
-/// The longest a read may pause across one restart before the test calls it a hang.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
-
-/// What containers and logs must never say.
-const ENOTCONN_TEXT: &str = "Transport endpoint is not connected";
-
-/// The container's loop: hash the big file, forever, every line (or error) to /out.
-const LOOP: &str = "while true; do /bin/sha256sum /data/random.bin >> /out/hashes 2>&1 \
-                    || echo \"sha256sum failed: $?\" >> /out/hashes; done";
-
-/// One read of the prober: when it started (wall clock), how long it took, whether it
-/// failed.
-struct Probe {
-    start: SystemTime,
-    took: Duration,
-    error: Option<String>,
-}
-
-/// The reads `read-prober` printed to `log`.
-fn probes_of(log: &Path) -> Vec<Probe> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ' ');
-            let start: u64 = parts.next()?.parse().ok()?;
-            let took: u64 = parts.next()?.parse().ok()?;
-            let status = parts.next()?;
-            Some(Probe {
-                start: UNIX_EPOCH + Duration::from_nanos(start),
-                took: Duration::from_nanos(took),
-                error: (status != "ok").then(|| status.to_string()),
-            })
-        })
-        .collect()
-}
 
 /// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
 fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
@@ -79,54 +44,6 @@ fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
         .map(|m| Path::new(&m).join(BIG_PATH.trim_start_matches('/')))
         .find(|p| p.exists())
         .context("no mounted layer below Veil's root has the big file")
-}
-
-/// The container's output so far, checked: every line the right hash. Returns how many.
-fn check_hashes(out: &Path, want: &str) -> anyhow::Result<usize> {
-    let hashes = std::fs::read_to_string(out).unwrap_or_default();
-    let mut n = 0;
-    for line in hashes.lines() {
-        if line != format!("{want}  {BIG_PATH}") {
-            bail!(
-                "the container printed {line:?} (want the hash {want}); all it printed:\n{hashes}"
-            );
-        }
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Waits until the container has printed more than `seen` hashes (all checked).
-fn wait_for_more(out: &Path, want: &str, seen: usize, within: Duration) -> anyhow::Result<usize> {
-    let start = Instant::now();
-    loop {
-        let n = check_hashes(out, want)?;
-        if n > seen {
-            return Ok(n);
-        }
-        if start.elapsed() > within {
-            bail!("the container printed no new hash in {within:?} (still {n})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// How one restart went: when the old process was stopped, when the new one served.
-struct Restart {
-    what: &'static str,
-    stopped: SystemTime,
-    ready: SystemTime,
-}
-
-/// The longest read that overlapped the restart (started before the new process was
-/// ready and ended after the old one was stopped).
-fn pause_of(restart: &Restart, probes: &[Probe]) -> Duration {
-    probes
-        .iter()
-        .filter(|p| p.start < restart.ready + SETTLE && p.start + p.took > restart.stopped)
-        .map(|p| p.took)
-        .max()
-        .unwrap_or_default()
 }
 
 #[test]
@@ -244,31 +161,7 @@ fn container_survives_kill_term_and_upgrade() {
         }
         prober.check_running()?;
         prober.stop();
-        let probes = probes_of(&probe_log);
-        if let Some(p) = probes.iter().find(|p| p.error.is_some()) {
-            bail!("a host read of the layer failed: {:?}", p.error);
-        }
-        let mut pauses: Vec<Duration> = restarts.iter().map(|r| pause_of(r, &probes)).collect();
-        for (r, p) in restarts.iter().zip(&pauses) {
-            eprintln!(
-                "[{name}] reads paused {p:.3?} across the {} restart",
-                r.what
-            );
-        }
-        pauses.sort();
-        let median = pauses[pauses.len() / 2];
-        let worst = pauses[pauses.len() - 1];
-        let mut lat: Vec<Duration> = probes.iter().map(|p| p.took).collect();
-        lat.sort();
-        eprintln!(
-            "[{name}] pause across a restart: median {median:.3?}, worst {worst:.3?} \
-             ({} host reads, median read {:.3?})",
-            probes.len(),
-            lat[lat.len() / 2]
-        );
-        if worst > MAX_PAUSE {
-            bail!("reads paused {worst:?} across a restart");
-        }
+        report_pauses(name, &restarts, &probes_of(&probe_log))?;
 
         // Nothing anywhere says the connection was lost.
         let mut logs = check_hashes(&hashes, &want).map(|_| String::new())?;

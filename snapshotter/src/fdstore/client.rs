@@ -152,3 +152,26 @@ impl FdStoreClient {
         }
     }
 }
+
+impl super::FdKeeper for FdStoreClient {
+    fn store(
+        &self,
+        name: &str,
+        data: &[u8],
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), FdStoreError> {
+        FdStoreClient::store(self, name, data, fd)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), FdStoreError> {
+        FdStoreClient::remove(self, name)
+    }
+
+    fn take_all(&self) -> Result<Vec<StoredFd>, FdStoreError> {
+        FdStoreClient::take_all(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("the fd store at {}", self.path.display())
+    }
+}

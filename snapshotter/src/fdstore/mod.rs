@@ -9,6 +9,9 @@
 //! connections again. The store itself ([`server::serve`], `veil fd-store --socket PATH`)
 //! knows nothing of FUSE or snapshots and never needs upgrading.
 //!
+//! Under systemd the service manager's own fd store can hold them instead
+//! ([`systemd::SystemdFdStore`], `FDSTORE=1`); both are an [`FdKeeper`].
+//!
 //! The protocol ([`wire`]): one request per connection on a unix `SOCK_SEQPACKET` socket;
 //! every message is one datagram, a big-endian `u32` length and that many bytes; an fd
 //! rides with its message as `SCM_RIGHTS`. Names, opaque data and the number of entries
@@ -16,9 +19,30 @@
 
 pub mod client;
 pub mod server;
+pub mod systemd;
 pub mod wire;
 
+use std::os::fd::BorrowedFd;
+
 pub use client::{FdStoreClient, StoredFd};
+pub use systemd::SystemdFdStore;
+
+/// Whatever holds layers' FUSE fds while the daemon restarts: Veil's fd store
+/// ([`FdStoreClient`]) or systemd's ([`SystemdFdStore`]).
+pub trait FdKeeper: Send + Sync + std::fmt::Debug {
+    /// Has the keeper hold a copy of `fd` under `name` (replacing one held under it),
+    /// with `data`.
+    fn store(&self, name: &str, data: &[u8], fd: BorrowedFd<'_>) -> Result<(), FdStoreError>;
+
+    /// Has the keeper close the fd held under `name`, if any.
+    fn remove(&self, name: &str) -> Result<(), FdStoreError>;
+
+    /// Copies of every fd the keeper holds for this process (it keeps holding them).
+    fn take_all(&self) -> Result<Vec<StoredFd>, FdStoreError>;
+
+    /// What the keeper is, for logs.
+    fn describe(&self) -> String;
+}
 
 /// Longest name of a stored fd.
 pub const MAX_NAME_BYTES: usize = 255;

@@ -1,0 +1,146 @@
+//! Watching reads across daemon restarts (issue 14's tests): a loop that hashes a big
+//! lazily served file into a file the test checks, `read-prober`'s timed reads, and how
+//! long reads paused across each restart.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+
+use crate::lazy_image::BIG_PATH;
+
+/// How long the container keeps hashing between restarts.
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// The longest a read may pause across one restart before the test calls it a hang.
+pub const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// What containers and logs must never say.
+pub const ENOTCONN_TEXT: &str = "Transport endpoint is not connected";
+
+/// The container's loop: hash the big file, forever, every line (or error) to /out.
+pub const LOOP: &str = "while true; do /bin/sha256sum /data/random.bin >> /out/hashes 2>&1 \
+                    || echo \"sha256sum failed: $?\" >> /out/hashes; done";
+
+/// One read of the prober: when it started (wall clock), how long it took, whether it
+/// failed.
+pub struct Probe {
+    /// When it started.
+    pub start: SystemTime,
+    /// How long it took.
+    pub took: Duration,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The reads `read-prober` printed to `log`.
+pub fn probes_of(log: &Path) -> Vec<Probe> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let start: u64 = parts.next()?.parse().ok()?;
+            let took: u64 = parts.next()?.parse().ok()?;
+            let status = parts.next()?;
+            Some(Probe {
+                start: UNIX_EPOCH + Duration::from_nanos(start),
+                took: Duration::from_nanos(took),
+                error: (status != "ok").then(|| status.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// The container's output so far, checked: every line the right hash of the big file
+/// ([`BIG_PATH`], in whichever mount the reader found it). Returns how many.
+pub fn check_hashes(out: &Path, want: &str) -> anyhow::Result<usize> {
+    let hashes = std::fs::read_to_string(out).unwrap_or_default();
+    let mut n = 0;
+    let prefix = format!("{want}  ");
+    for line in hashes.lines() {
+        let right = line
+            .strip_prefix(&prefix)
+            .is_some_and(|path| path.ends_with(BIG_PATH));
+        if !right {
+            bail!(
+                "the container printed {line:?} (want the hash {want}); all it printed:\n{hashes}"
+            );
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Waits until the container has printed more than `seen` hashes (all checked).
+pub fn wait_for_more(
+    out: &Path,
+    want: &str,
+    seen: usize,
+    within: Duration,
+) -> anyhow::Result<usize> {
+    let start = Instant::now();
+    loop {
+        let n = check_hashes(out, want)?;
+        if n > seen {
+            return Ok(n);
+        }
+        if start.elapsed() > within {
+            bail!("the container printed no new hash in {within:?} (still {n})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How one restart went: when the old process was stopped, when the new one served.
+pub struct Restart {
+    /// How the daemon was stopped.
+    pub what: &'static str,
+    /// When it was stopped.
+    pub stopped: SystemTime,
+    /// When the new process served again.
+    pub ready: SystemTime,
+}
+
+/// The longest read that overlapped the restart (started before the new process was
+/// ready and ended after the old one was stopped).
+pub fn pause_of(restart: &Restart, probes: &[Probe]) -> Duration {
+    probes
+        .iter()
+        .filter(|p| p.start < restart.ready + SETTLE && p.start + p.took > restart.stopped)
+        .map(|p| p.took)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Prints the pause of every restart, their median and worst (with the reads' median)
+/// under `name`; fails if a read failed or the worst pause passed [`MAX_PAUSE`].
+pub fn report_pauses(name: &str, restarts: &[Restart], probes: &[Probe]) -> anyhow::Result<()> {
+    if let Some(p) = probes.iter().find(|p| p.error.is_some()) {
+        bail!("a read of the layer failed: {:?}", p.error);
+    }
+    if restarts.is_empty() || probes.is_empty() {
+        bail!("no restart or no read to report on");
+    }
+    let mut pauses: Vec<Duration> = restarts.iter().map(|r| pause_of(r, probes)).collect();
+    for (r, p) in restarts.iter().zip(&pauses) {
+        eprintln!(
+            "[{name}] reads paused {p:.3?} across the {} restart",
+            r.what
+        );
+    }
+    pauses.sort();
+    let median = pauses[pauses.len() / 2];
+    let worst = pauses[pauses.len() - 1];
+    let mut lat: Vec<Duration> = probes.iter().map(|p| p.took).collect();
+    lat.sort();
+    eprintln!(
+        "[{name}] pause across a restart: median {median:.3?}, worst {worst:.3?} \
+         ({} reads, median read {:.3?})",
+        probes.len(),
+        lat[lat.len() / 2]
+    );
+    if worst > MAX_PAUSE {
+        bail!("reads paused {worst:?} across a restart");
+    }
+    Ok(())
+}
