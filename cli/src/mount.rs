@@ -96,6 +96,7 @@ pub fn run_mount(args: MountArgs) -> ExitCode {
         eprintln!("veil mount: {e}");
         return ExitCode::FAILURE;
     }
+    veil_daemon::malloc::map_large_allocations();
     let dir = match std::fs::canonicalize(&args.dir) {
         Ok(d) => d,
         Err(e) => {

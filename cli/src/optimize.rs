@@ -291,6 +291,7 @@ pub fn run_optimize(args: OptimizeArgs) -> ExitCode {
         eprintln!("veil optimize: {e}");
         return ExitCode::FAILURE;
     }
+    veil_daemon::malloc::map_large_allocations();
     let Some(rt) = runtime("optimize") else {
         return ExitCode::FAILURE;
     };

@@ -138,6 +138,7 @@ impl PullHandler for GuestPullHandler {
 /// Serves kata-agent's socket for `config` until SIGTERM or SIGINT (see the module doc).
 pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
+    crate::malloc::map_large_allocations();
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
     let service = guest_service(config).await?;

@@ -14,7 +14,8 @@
 //!   accept any HTTP/2 `:authority` (a socket path, as grpc-go and grpcio send it);
 //! - [`metrics_server`] (with [`metrics_text`]): the Prometheus endpoint of
 //!   `[metrics] address`;
-//! - [`no_core_dumps`]: what every Veil process holding keys or plaintext calls first;
+//! - [`no_core_dumps`] and [`malloc`]: what every Veil process holding keys or plaintext
+//!   (and serving FUSE) calls first;
 //! - the error type, [`DaemonError`] (in [`error`]).
 
 pub mod authority_rewrite;
@@ -25,6 +26,7 @@ pub mod cri_server;
 pub mod error;
 pub mod grpc_unix;
 pub mod guest_server;
+pub mod malloc;
 pub mod metrics_server;
 pub mod metrics_text;
 pub mod no_core_dumps;

@@ -32,6 +32,7 @@ use crate::wiring::{fd_store, image_proxy, metrics_endpoint, pod_credentials, sn
 /// non-dumpable first ([`forbid_core_dumps`]): it is about to hold keys and plaintext.
 pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
+    crate::malloc::map_large_allocations();
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
     let fd_store = fd_store(config, &config.root);
