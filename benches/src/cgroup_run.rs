@@ -22,14 +22,12 @@
 //! tmpfs is a result ([`Verdict`]), not an error of the bench.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 use veil_tests::containerd::{shim_pids_for, Containerd, SNAPSHOTTER};
 use veil_tests::memory_cgroup::{rss, MemoryCgroup};
-use veil_tests::process::run_with_timeout;
 use veil_tests::scenario::VeilSnapshotter;
 
 use crate::proxy::ShapingProxy;
@@ -277,30 +275,7 @@ impl Guest<'_> {
                     PULL_TIMEOUT,
                 )
                 .map(|_| ()),
-            GuestMode::Veil => {
-                let mut cmd = Command::new(&self.bins.veil);
-                cmd.arg("pull")
-                    .arg("--plain-http")
-                    .arg("-a")
-                    .arg(cd.address())
-                    .arg("-n")
-                    .arg(NAMESPACE)
-                    .arg(reference)
-                    .env_remove("CONTAINERD_ADDRESS")
-                    .env_remove("CONTAINERD_NAMESPACE");
-                run_with_timeout(cmd, PULL_TIMEOUT, &dir.join("veil-pull")).and_then(|out| {
-                    if out.status.success() {
-                        Ok(())
-                    } else {
-                        bail!(
-                            "veil pull failed ({}):\n{}{}",
-                            out.status,
-                            String::from_utf8_lossy(&out.stdout),
-                            String::from_utf8_lossy(&out.stderr)
-                        )
-                    }
-                })
-            }
+            GuestMode::Veil => crate::run::veil_pull(&self.bins.veil, cd.address(), reference, dir),
         };
         let pull_s = t.elapsed().as_secs_f64();
         let ran = pulled.and_then(|()| {

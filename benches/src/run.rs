@@ -939,28 +939,7 @@ fn measured(
             None => Err(anyhow::anyhow!("ctr-remote was not built")),
         },
         Mode::Veil { .. } | Mode::Optimized { .. } => {
-            let mut cmd = Command::new(&plan.bins.veil);
-            cmd.arg("pull")
-                .arg("--plain-http")
-                .arg("-a")
-                .arg(cd.address())
-                .arg("-n")
-                .arg(NAMESPACE)
-                .arg(&reference)
-                .env_remove("CONTAINERD_ADDRESS")
-                .env_remove("CONTAINERD_NAMESPACE");
-            run_with_timeout(cmd, PULL_TIMEOUT, &dir.join("veil-pull")).and_then(|out| {
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    bail!(
-                        "veil pull failed ({}):\n{}{}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                }
-            })
+            veil_pull(&plan.bins.veil, cd.address(), &reference, dir)
         }
     };
     let pull_s = t.elapsed().as_secs_f64();
@@ -1030,6 +1009,36 @@ pub fn leftovers(started: &[Started], dir: &Path) -> (Vec<Started>, Vec<String>)
         .cloned()
         .collect();
     (alive, veil_tests::mounts::mounts_below(dir))
+}
+
+/// `veil pull --plain-http REFERENCE` into the containerd at `address` (namespace
+/// [`NAMESPACE`]); its output goes to `dir/veil-pull.*`, and into the error if it fails.
+pub(crate) fn veil_pull(
+    veil: &Path,
+    address: &Path,
+    reference: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(veil);
+    cmd.arg("pull")
+        .arg("--plain-http")
+        .arg("-a")
+        .arg(address)
+        .arg("-n")
+        .arg(NAMESPACE)
+        .arg(reference)
+        .env_remove("CONTAINERD_ADDRESS")
+        .env_remove("CONTAINERD_NAMESPACE");
+    let out = run_with_timeout(cmd, PULL_TIMEOUT, &dir.join("veil-pull"))?;
+    if !out.status.success() {
+        bail!(
+            "veil pull failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
