@@ -91,6 +91,32 @@ pub fn wait_for_more(
     }
 }
 
+/// After `restart`: waits (up to [`MAX_PAUSE`]) for a hash beyond the `seen` ones, lets
+/// the loop run [`SETTLE`] more, checks every hash so far, logs how long the daemon was
+/// away under `name`, and records the restart. Returns the hashes seen.
+pub fn confirm_back(
+    name: &str,
+    restart: Restart,
+    hashes: &Path,
+    want: &str,
+    seen: usize,
+    restarts: &mut Vec<Restart>,
+) -> anyhow::Result<usize> {
+    wait_for_more(hashes, want, seen + 1, MAX_PAUSE)?;
+    std::thread::sleep(SETTLE);
+    let seen = check_hashes(hashes, want)?;
+    eprintln!(
+        "[{name}] {}: back in {:.2?}; {seen} hashes so far, all right",
+        restart.what,
+        restart
+            .ready
+            .duration_since(restart.stopped)
+            .unwrap_or_default()
+    );
+    restarts.push(restart);
+    Ok(seen)
+}
+
 /// How one restart went: when the old process was stopped, when the new one served.
 pub struct Restart {
     /// How the daemon was stopped.

@@ -30,8 +30,7 @@ use veil_tests::lazy_image::{
 };
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
-    check_hashes, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT, MAX_PAUSE,
-    SETTLE,
+    confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT, SETTLE,
 };
 
 /// Size of the big random file.
@@ -137,18 +136,12 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
                 layers.len()
             );
         }
-        wait_for_more(&hashes, &want, seen + 1, MAX_PAUSE)?;
-        std::thread::sleep(SETTLE);
-        seen = check_hashes(&hashes, &want)?;
-        eprintln!(
-            "[{name}] {what}: back in {:.2?}; {seen} hashes so far, all right",
-            ready.duration_since(stopped).unwrap_or_default()
-        );
-        restarts.push(Restart {
+        let restart = Restart {
             what,
             stopped,
             ready,
-        });
+        };
+        seen = confirm_back(name, restart, &hashes, &want, seen, &mut restarts)?;
     }
     prober.check_running()?;
     prober.stop();

@@ -30,8 +30,8 @@ use veil_tests::lazy_image::{
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
-    check_hashes, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT, LOOP, MAX_PAUSE,
-    SETTLE,
+    check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT,
+    LOOP, SETTLE,
 };
 
 /// Size of the big random file.
@@ -146,18 +146,12 @@ fn container_survives_kill_term_and_upgrade() {
             if lines_with(&log, &["the fd store handed back layer connections"]).is_empty() {
                 bail!("after the {what} restart the daemon did not take the connections back");
             }
-            wait_for_more(&hashes, &want, seen + 1, MAX_PAUSE)?;
-            std::thread::sleep(SETTLE);
-            seen = check_hashes(&hashes, &want)?;
-            eprintln!(
-                "[{name}] {what}: back in {:.2?}; {seen} hashes so far, all right",
-                ready.duration_since(stopped).unwrap_or_default()
-            );
-            restarts.push(Restart {
+            let restart = Restart {
                 what,
                 stopped,
                 ready,
-            });
+            };
+            seen = confirm_back(name, restart, &hashes, &want, seen, &mut restarts)?;
         }
         prober.check_running()?;
         prober.stop();
