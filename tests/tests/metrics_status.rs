@@ -17,10 +17,9 @@
 //! `cargo test -p veil-tests --test metrics_status -- --nocapture`.
 
 use anyhow::{anyhow, bail, Context};
-use veil_formats::estargz::TOC_DIGEST_ANNOTATION;
 use veil_keyprovider::keys::PublicKey;
 use veil_tests::containerd::SNAPSHOTTER;
-use veil_tests::encrypted_support::{ocicrypt_encrypt, pull_ok, write_veil_config_with, Keys};
+use veil_tests::encrypted_support::{pull_ok, sealed_encrypt, write_veil_config_with, Keys};
 use veil_tests::lazy_image::{
     base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
     BIG_PATH, HELLO_PATH, HELLO_TEXT,
@@ -54,16 +53,7 @@ fn encrypted_layers(public: &PublicKey) -> anyhow::Result<Vec<Layer>> {
         pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
         pack(tar_of(&top)?, LayerFormat::Estargz)?,
     ];
-    plain
-        .iter()
-        .map(|l| {
-            let toc = l
-                .annotations
-                .get(TOC_DIGEST_ANNOTATION)
-                .context("the eStargz writer gave no TOC digest")?;
-            ocicrypt_encrypt(l, Some(toc), None, public)
-        })
-        .collect()
+    sealed_encrypt(&plain, public)
 }
 
 fn scrape_page(stack: &LazyStack, address: &str) -> anyhow::Result<String> {
