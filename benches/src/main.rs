@@ -133,6 +133,15 @@ struct Cli {
     /// options, its figures shown beside these as "before".
     #[arg(long, value_name = "BIN")]
     baseline: Option<PathBuf>,
+    /// A `[lazy]` key of veil-snapshotter's configuration for the Veil modes but the
+    /// baseline ones, `KEY=VALUE` (VALUE as TOML; repeatable), e.g. to tune the fetch
+    /// windows: `--lazy window_max_bytes=1048576`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    lazy: Vec<String>,
+    /// The `[lazy]` keys of the -baseline modes instead of theirs (no windows, the
+    /// prefetch waiting for all): `KEY=VALUE`, repeatable; e.g. an older default.
+    #[arg(long, value_name = "KEY=VALUE")]
+    baseline_lazy: Vec<String>,
     /// Keep the work directory (logs; the status quo's unpacked layers are removed anyway).
     #[arg(long)]
     keep: bool,
@@ -306,6 +315,10 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         stargz,
         dir: dir.clone(),
         keep: cli.keep,
+        lazy: run::LazyOverrides {
+            measured: cli.lazy.clone(),
+            baseline: (!cli.baseline_lazy.is_empty()).then(|| cli.baseline_lazy.clone()),
+        },
     };
     let result = run::run(&plan);
     // Whatever happened: nothing of ours may stay mounted.
@@ -353,6 +366,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         "shaping": "a TCP proxy on loopback: one-way delay RTT/2 per direction (+1 RTT per new connection), token-bucket bandwidth per direction shared by all connections",
         "status_quo": "containerd's own pull of the plain tar.gz image (unencrypted: the status quo's best case) into overlayfs, then ctr run",
         "result": outcome,
+        "lazy": { "measured": cli.lazy, "baseline": cli.baseline_lazy },
         "all_ok": all_ok,
         "plots": plots,
         "cleanup": {

@@ -106,6 +106,8 @@ pub struct Counters {
     pub up: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// HTTP requests sent to the registry (request lines counted on the way up).
+    pub requests: AtomicU64,
 }
 
 /// A running shaping proxy (on its own runtime thread); stopped when dropped.
@@ -174,6 +176,11 @@ impl ShapingProxy {
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::Relaxed)
     }
+
+    /// HTTP requests sent to the registry so far (range requests and the rest).
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for ShapingProxy {
@@ -205,6 +212,9 @@ async fn serve(
     let _ = tokio::join!(to_server, to_client);
     Ok(())
 }
+
+/// How an HTTP/1.1 request line ends (counted on the way up: one per request).
+const REQUEST_LINE_END: &[u8] = b" HTTP/1.1\r\n";
 
 #[derive(Clone, Copy)]
 enum Direction {
@@ -254,7 +264,12 @@ async fn pump(
         let sent = link.reserve(n);
         tokio::time::sleep_until(sent).await;
         match direction {
-            Direction::Up => counters.up.fetch_add(n as u64, Ordering::Relaxed),
+            Direction::Up => {
+                let lines = buf.windows(REQUEST_LINE_END.len());
+                let requests = lines.filter(|w| *w == REQUEST_LINE_END).count();
+                counters.requests.fetch_add(requests as u64, Ordering::Relaxed);
+                counters.up.fetch_add(n as u64, Ordering::Relaxed)
+            }
             Direction::Down => counters.down.fetch_add(n as u64, Ordering::Relaxed),
         };
         last = (sent + delay).max(last);
@@ -289,7 +304,7 @@ mod tests {
 
     fn fetch(proxy: &ShapingProxy) -> usize {
         let mut s = std::net::TcpStream::connect(proxy.host()).unwrap();
-        s.write_all(b"get\n").unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
         got.len()
@@ -305,7 +320,8 @@ mod tests {
         assert!(took >= Duration::from_millis(195), "{took:?}");
         assert!(took < Duration::from_millis(600), "{took:?}");
         assert_eq!(proxy.bytes_down(), 10);
-        assert_eq!(proxy.bytes_up(), 4);
+        assert_eq!(proxy.bytes_up(), 16);
+        assert_eq!(proxy.requests(), 1);
     }
 
     #[test]
@@ -321,5 +337,6 @@ mod tests {
         assert!(took < ideal * 1.5 + 0.2, "{took} s for an ideal {ideal} s");
         assert_eq!(proxy.bytes_down(), len as u64);
         assert_eq!(proxy.connections(), 1);
+        assert_eq!(proxy.requests(), 1);
     }
 }

@@ -325,6 +325,37 @@ pub struct Plan {
     /// The work directory (made and removed by the caller).
     pub dir: PathBuf,
     pub keep: bool,
+    /// `[lazy]` keys of veil-snapshotter's configuration given on the command line.
+    pub lazy: LazyOverrides,
+}
+
+/// `[lazy]` keys given on the command line (`KEY=VALUE`, VALUE as TOML), for tuning
+/// runs: `measured` apply to every Veil mode but the baseline ones; `baseline`, when
+/// given, replaces the baseline modes' keys ([`BASELINE_LAZY`]) altogether.
+#[derive(Debug, Clone, Default)]
+pub struct LazyOverrides {
+    /// Keys of the non-baseline Veil modes.
+    pub measured: Vec<String>,
+    /// Keys of the baseline modes instead of [`BASELINE_LAZY`].
+    pub baseline: Option<Vec<String>>,
+}
+
+impl LazyOverrides {
+    /// The `[lazy]` lines of a mode (baseline or not); a key given twice: the last one.
+    pub fn lines(&self, baseline: bool) -> String {
+        let keys: Vec<String> = match (baseline, &self.baseline) {
+            (false, _) => self.measured.clone(),
+            (true, Some(keys)) => keys.clone(),
+            (true, None) => BASELINE_LAZY.lines().map(str::to_string).collect(),
+        };
+        let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+        let mut out: Vec<String> = Vec::new();
+        for line in keys {
+            out.retain(|l| key(l) != key(&line));
+            out.push(line);
+        }
+        out.iter().map(|l| format!("{l}\n")).collect()
+    }
 }
 
 /// One measured run.
@@ -339,6 +370,9 @@ pub struct RunResult {
     pub fetched_bytes: u64,
     /// Connections opened through the proxy.
     pub connections: u64,
+    /// HTTP requests sent through the proxy (range requests and the rest).
+    #[serde(default)]
+    pub requests: u64,
     /// Whether the workload printed what it should.
     pub output_ok: bool,
     pub output: String,
@@ -621,6 +655,7 @@ fn measure_all(
                             run_s: 0.0,
                             fetched_bytes: 0,
                             connections: 0,
+                            requests: 0,
                             output_ok: false,
                             output: String::new(),
                             error: Some(format!("setting the run up: {e:#}")),
@@ -763,10 +798,15 @@ pub fn drop_caches() -> anyhow::Result<()> {
 /// veil-snapshotter's configuration for a measured run: the registry (behind the proxy
 /// at `host`) is plain HTTP, the private keys are in `keys_dir`.
 pub fn veil_config(host: &str, background_fetch: bool, baseline: bool, keys_dir: &Path) -> String {
+    let lazy = LazyOverrides::default().lines(baseline);
+    veil_config_lazy(host, background_fetch, &lazy, keys_dir)
+}
+
+/// [`veil_config`] with these `[lazy]` lines ([`LazyOverrides::lines`]).
+pub fn veil_config_lazy(host: &str, background_fetch: bool, lazy: &str, keys_dir: &Path) -> String {
     format!(
-        "[registry]\nplain_http = [\"{host}\"]\n\n[lazy]\nbackground_fetch = {background_fetch}\n{}\n\
+        "[registry]\nplain_http = [\"{host}\"]\n\n[lazy]\nbackground_fetch = {background_fetch}\n{lazy}\n\
          [decryption]\nkeys_dir = \"{}\"\n",
-        if baseline { BASELINE_LAZY } else { "" },
         keys_dir.display()
     )
 }
@@ -808,10 +848,12 @@ fn one_run_recording(
     let config = dir.join("veil-config.toml");
     std::fs::write(
         &config,
-        veil_config(
+        veil_config_lazy(
             &proxy.host(),
             plan.background_fetch,
-            matches!(mode, Mode::Veil { baseline: true, .. }),
+            &plan
+                .lazy
+                .lines(matches!(mode, Mode::Veil { baseline: true, .. })),
             &plan.dir.join("keys"),
         ),
     )?;
@@ -917,6 +959,7 @@ fn measured(
     let reference = format!("{}/{REPO}:{}", proxy.host(), mode.tag());
     let down = proxy.bytes_down();
     let conns = proxy.connections();
+    let requests = proxy.requests();
     let t = Instant::now();
     let pulled: anyhow::Result<()> = match mode {
         Mode::StatusQuo => cd
@@ -960,6 +1003,7 @@ fn measured(
     let total_s = t.elapsed().as_secs_f64();
     let fetched_bytes = proxy.bytes_down() - down;
     let connections = proxy.connections() - conns;
+    let requests = proxy.requests() - requests;
     let (output, error) = match ran {
         Ok(out) => (out, None),
         Err(e) => (String::new(), Some(format!("{e:#}"))),
@@ -971,6 +1015,7 @@ fn measured(
         run_s: total_s - pull_s,
         fetched_bytes,
         connections,
+        requests,
         output_ok: error.is_none() && output.contains(expect),
         output: output.trim_end().to_string(),
         error,
@@ -1088,5 +1133,19 @@ mod tests {
         assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(stats(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(stats(&[]), None);
+    }
+
+    #[test]
+    fn lazy_keys_from_the_command_line() {
+        let none = LazyOverrides::default();
+        assert_eq!(none.lines(false), "");
+        assert_eq!(none.lines(true), BASELINE_LAZY);
+        let given = LazyOverrides {
+            measured: vec!["window_max_bytes = 1".into(), "window_max_bytes=2".into()],
+            baseline: Some(vec!["window_dir_bytes = 0".into()]),
+        };
+        // The last of a key given twice; the baseline's own keys replaced.
+        assert_eq!(given.lines(false), "window_max_bytes=2\n");
+        assert_eq!(given.lines(true), "window_dir_bytes = 0\n");
     }
 }

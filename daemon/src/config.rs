@@ -245,6 +245,9 @@ pub struct LazyConfig {
     pub window_max_bytes: u64,
     /// The window while other requests of the layer are in flight, in bytes.
     pub window_min_bytes: u64,
+    /// Most bytes of a directory window: the first miss in a small file of a directory
+    /// also fetches the blob region of that directory's small files; 0: none.
+    pub window_dir_bytes: u64,
     /// Bytes of the prioritized files fetched before a layer is handed out for
     /// mounting; the rest streams on in order while the container starts. 0: the
     /// layer is handed out at once; a huge value waits for all of them.
@@ -260,6 +263,7 @@ impl Default for LazyConfig {
             background_rate: 0,
             window_max_bytes: veil_fusefs::window::DEFAULT_WINDOW_MAX,
             window_min_bytes: veil_fusefs::window::DEFAULT_WINDOW_MIN,
+            window_dir_bytes: veil_fusefs::window::DEFAULT_WINDOW_DIR,
             prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
         }
     }

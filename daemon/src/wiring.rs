@@ -197,6 +197,7 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
                 .window_min_bytes
                 .min(config.lazy.window_max_bytes),
             max: config.lazy.window_max_bytes,
+            dir: config.lazy.window_dir_bytes,
         },
         prefetch_wait_bytes: config.lazy.prefetch_wait_bytes,
         // The snapshotter lets containerd unpack plain layers.

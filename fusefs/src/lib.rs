@@ -9,7 +9,8 @@
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
 //! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
-//! [`window`] (fetching the neighbourhood of a miss), [`handover`] and [`resume`]
+//! [`window`] (fetching the neighbourhood of a miss) and [`window_plan`] (where its
+//! range goes: neighbourhood, the directory's small files), [`handover`] and [`resume`]
 //! (serving a live connection another process made, after a restart), [`access_log`]
 //! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
@@ -31,3 +32,4 @@ pub mod resume;
 pub mod tree;
 pub mod tuning;
 pub mod window;
+pub mod window_plan;

@@ -28,6 +28,7 @@ use crate::cache::{ChunkCache, ChunkData, ChunkKey, FetchGuard, Lookup, WaitErro
 use crate::read_data::{ReadAssembler, ReadData};
 use crate::tree::{LayerTree, Node, NodeKind};
 use crate::window::{self, Strikes, WindowJob, WindowOptions, WindowState};
+use crate::window_plan::DIR_WINDOW_FILE_MAX;
 use veil_blob::BlobSource;
 use veil_formats::codec::{self, CodecError};
 
@@ -428,7 +429,9 @@ impl ChunkReader {
         if self.source.held_locally(start..end) {
             return;
         }
-        let planned = self.windows.plan(&self.tree, start..end);
+        // A small file's miss may start its directory's window.
+        let dir = (node.size <= DIR_WINDOW_FILE_MAX).then_some(node.parent);
+        let planned = self.windows.plan(&self.tree, start..end, dir);
         let claims = window::claim(&self.cache, self.layer_id, &planned);
         if claims.is_empty() {
             return;

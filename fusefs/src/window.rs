@@ -47,12 +47,17 @@ use crate::cache::{ChunkCache, ChunkKey, FetchGuard};
 #[cfg(doc)]
 use crate::pipeline::ChunkReader;
 use crate::tree::LayerTree;
+use crate::window_plan::{neighbourhood, BlobIndex, DirsStarted};
 
 /// Default window while other requests of the layer are in flight: 128 KiB.
 pub const DEFAULT_WINDOW_MIN: u64 = 128 << 10;
 
 /// Default window while the link is idle: 512 KiB.
 pub const DEFAULT_WINDOW_MAX: u64 = 512 << 10;
+
+/// Default most bytes of a directory window (the first miss in a small file of a
+/// directory fetches the blob region of the directory's small files): 4 MiB.
+pub const DEFAULT_WINDOW_DIR: u64 = 4 << 20;
 
 /// Default share of a window placed before the miss: a quarter.
 pub const DEFAULT_WINDOW_BACK_DIVISOR: u64 = 4;
@@ -69,6 +74,9 @@ pub struct WindowOptions {
     pub max: u64,
     /// The window's share before the miss is `1 / back_divisor` (0: none before it).
     pub back_divisor: u64,
+    /// Most bytes of a directory window ([`crate::window_plan`]; 0: none). Only while
+    /// windows are on (`max` > 0).
+    pub dir: u64,
     /// Decode and cache every chunk of a window as plaintext: set when the source
     /// keeps nothing it reads (no disk cache), else only the chunks being waited for are.
     pub keep_plaintext: bool,
@@ -80,15 +88,18 @@ impl WindowOptions {
         min: 0,
         max: 0,
         back_divisor: 0,
+        dir: 0,
         keep_plaintext: false,
     };
 
-    /// The default sizes ([`DEFAULT_WINDOW_MIN`], [`DEFAULT_WINDOW_MAX`]).
+    /// The default sizes ([`DEFAULT_WINDOW_MIN`], [`DEFAULT_WINDOW_MAX`],
+    /// [`DEFAULT_WINDOW_DIR`]).
     pub fn tuned(keep_plaintext: bool) -> Self {
         Self {
             min: DEFAULT_WINDOW_MIN,
             max: DEFAULT_WINDOW_MAX,
             back_divisor: DEFAULT_WINDOW_BACK_DIVISOR,
+            dir: DEFAULT_WINDOW_DIR,
             keep_plaintext,
         }
     }
@@ -132,8 +143,10 @@ pub(crate) fn strike(strikes: &Strikes, chunk: u64) -> u32 {
 /// What a reader shares with the windows it spawns.
 pub(crate) struct WindowState {
     pub options: WindowOptions,
-    /// Chunk indices sorted by blob offset (built on first use).
-    by_blob: OnceLock<Vec<u32>>,
+    /// The layer's chunks in blob order (built on first use).
+    index: OnceLock<BlobIndex>,
+    /// The directories whose first miss has had its directory window.
+    pub(crate) dirs_started: DirsStarted,
     /// Windows in flight.
     pub in_flight: AtomicUsize,
     /// The layer's own (explicit) range requests in flight.
@@ -148,7 +161,8 @@ impl WindowState {
     pub fn new(options: WindowOptions) -> Self {
         Self {
             options,
-            by_blob: OnceLock::new(),
+            index: OnceLock::new(),
+            dirs_started: DirsStarted::default(),
             in_flight: AtomicUsize::new(0),
             explicit_in_flight: AtomicUsize::new(0),
             prefetching_until: AtomicU64::new(0),
@@ -172,45 +186,25 @@ impl WindowState {
     }
 
     /// The chunks (layer-wide indices, blob order) a window around the blob range
-    /// `miss` should hold: chunks lying in the window, not inside a running prefetch,
-    /// no bigger than the window, and not `miss`'s own.
-    pub fn plan(&self, tree: &LayerTree, miss: Range<u64>) -> Vec<usize> {
+    /// `miss` should hold: chunks lying in its neighbourhood and, on the first miss in a
+    /// small file of directory `dir`, in that directory's region of the blob
+    /// ([`crate::window_plan`]); not inside a running prefetch, and not `miss`'s own.
+    pub fn plan(&self, tree: &LayerTree, miss: Range<u64>, dir: Option<u64>) -> Vec<usize> {
         let size = self.size_now();
         if size == 0 {
             return Vec::new();
         }
         let chunks = tree.chunks();
-        let order = self.by_blob.get_or_init(|| {
-            let mut order: Vec<u32> = (0..chunks.len() as u32)
-                .filter(|&i| chunks[i as usize].blob_offset < chunks[i as usize].blob_end)
-                .collect();
-            order.sort_by_key(|&i| (chunks[i as usize].blob_offset, i));
-            order
-        });
-        // Part of the window before the miss, when the miss is small (a big one is a
-        // sequential read, which goes on forward): the request then spans the miss too.
-        let back = match self.options.back_divisor {
-            0 => 0,
-            d if miss.end - miss.start > size / d => 0,
-            d => size / d,
-        };
-        let start = miss.start.saturating_sub(back);
-        let end = start.saturating_add(size).max(miss.end);
-        let floor = self.prefetching_until.load(Ordering::Relaxed);
-        let first = order.partition_point(|&i| chunks[i as usize].blob_offset < start);
-        let mut out = Vec::new();
-        for &i in &order[first..] {
-            let c = &chunks[i as usize];
-            if c.blob_offset >= end {
-                break;
+        let index = self.index.get_or_init(|| BlobIndex::new(tree));
+        let mut range = neighbourhood(size, self.options.back_divisor, miss.clone());
+        if let Some(dir) = dir.filter(|_| self.options.dir > 0) {
+            if self.dirs_started.first(dir) {
+                let region = index.dir_extent(chunks, dir, miss.clone(), self.options.dir);
+                range = range.start.min(region.found.start)..range.end.max(region.found.end);
             }
-            let own_miss = c.blob_offset < miss.end && c.blob_end > miss.start;
-            if c.blob_end > end || c.blob_end <= floor || own_miss {
-                continue;
-            }
-            out.push(i as usize);
         }
-        out
+        let floor = self.prefetching_until.load(Ordering::Relaxed);
+        index.chunks_in(chunks, range, miss, floor).found
     }
 }
 

@@ -70,7 +70,7 @@ fn ino(reader: &ChunkReader, path: &str) -> u64 {
 }
 
 /// Waits until no window of `reader` is in flight.
-async fn settle(reader: &ChunkReader) {
+pub(crate) async fn settle(reader: &ChunkReader) {
     for _ in 0..1000 {
         if reader.windows.in_flight.load(Ordering::Relaxed) == 0 {
             return;
@@ -85,6 +85,7 @@ fn window(min: u64, max: u64, keep_plaintext: bool) -> WindowOptions {
         min,
         max,
         back_divisor: DEFAULT_WINDOW_BACK_DIVISOR,
+        dir: 0,
         keep_plaintext,
     }
 }
@@ -322,13 +323,13 @@ async fn windows_stay_out_of_a_running_prefetch_and_shrink_while_busy() {
     let c = |name: &str| tree.file_chunks(tree.resolve(name).unwrap())[0].clone();
     let miss = c("d/f050");
     // Idle: the full window.
-    let idle = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end);
+    let idle = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end, None);
     // Busy (a request of the layer in flight): the small one.
     reader
         .windows
         .explicit_in_flight
         .fetch_add(1, Ordering::Relaxed);
-    let busy = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end);
+    let busy = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end, None);
     reader
         .windows
         .explicit_in_flight
@@ -341,7 +342,7 @@ async fn windows_stay_out_of_a_running_prefetch_and_shrink_while_busy() {
     );
     // A prefetch running up to f060: only chunks after it.
     reader.set_prefetching_until(c("d/f060").blob_end);
-    let planned = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end);
+    let planned = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end, None);
     assert!(!planned.is_empty());
     assert!(planned
         .iter()

@@ -117,6 +117,9 @@ pub struct WindowSizes {
     pub min: u64,
     /// Window bytes while the link is idle; 0: no windows.
     pub max: u64,
+    /// Most bytes of a directory window (the first miss in a directory's small file);
+    /// 0: none.
+    pub dir: u64,
 }
 
 impl WindowSizes {
@@ -126,6 +129,7 @@ impl WindowSizes {
         WindowOptions {
             min: self.min,
             max: self.max,
+            dir: self.dir,
             keep_plaintext,
             ..WindowOptions::tuned(keep_plaintext)
         }
