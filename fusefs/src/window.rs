@@ -7,7 +7,10 @@
 //! fetch, it also starts a *window*: one more range request for the chunks that lie
 //! around the missed ones in blob order ([`WindowOptions::back`] bytes before the miss,
 //! the rest of the window after it), which runs beside the read's own request and never
-//! in front of it:
+//! in front of it. On the first miss in a small file of a directory the window also
+//! takes the blob region of that directory's small files, up to [`WindowOptions::dir`]
+//! bytes (a *directory window*: where the window goes is [`crate::window_plan`]'s
+//! business):
 //!
 //! - **Explicit reads first.** The read's own chunks are fetched by their own request
 //!   as before; the window is a separate, spawned request for chunks nobody has claimed.
@@ -31,8 +34,8 @@
 //!   reads waiting for it (EIO), is dropped from the disk cache and counted against the
 //!   chunk like any other failure; the rest of the window is served.
 //!
-//! Tuning: see the README ("Fetching: neighbourhood windows") for the measurements
-//! behind [`DEFAULT_WINDOW_MIN`] and [`DEFAULT_WINDOW_MAX`].
+//! Tuning: see the README ("No round trip per file") for the measurements behind
+//! [`DEFAULT_WINDOW_MIN`], [`DEFAULT_WINDOW_MAX`] and [`DEFAULT_WINDOW_DIR`].
 
 use std::collections::HashMap;
 use std::io;
