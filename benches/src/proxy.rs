@@ -267,7 +267,9 @@ async fn pump(
             Direction::Up => {
                 let lines = buf.windows(REQUEST_LINE_END.len());
                 let requests = lines.filter(|w| *w == REQUEST_LINE_END).count();
-                counters.requests.fetch_add(requests as u64, Ordering::Relaxed);
+                counters
+                    .requests
+                    .fetch_add(requests as u64, Ordering::Relaxed);
                 counters.up.fetch_add(n as u64, Ordering::Relaxed)
             }
             Direction::Down => counters.down.fetch_add(n as u64, Ordering::Relaxed),

@@ -26,9 +26,9 @@ use std::sync::Mutex;
 
 use veil_formats::toc::Chunk;
 
+use crate::tree::{LayerTree, NodeKind};
 #[cfg(doc)]
 use crate::window::WindowOptions;
-use crate::tree::{LayerTree, NodeKind};
 
 /// A file of at most this many bytes is "small": a miss in it starts its directory's
 /// window, and its chunks grow that window: 256 KiB.

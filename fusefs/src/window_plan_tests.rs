@@ -92,7 +92,11 @@ fn a_directory_window_keeps_to_its_budget_and_is_off_at_zero() {
     let state = WindowState::new(options(4 << 10, 64 << 10));
     let planned = state.plan(&tree, miss.clone(), Some(dir));
     let chunks = tree.chunks();
-    let start = planned.iter().map(|&i| chunks[i].blob_offset).min().unwrap();
+    let start = planned
+        .iter()
+        .map(|&i| chunks[i].blob_offset)
+        .min()
+        .unwrap();
     let end = planned.iter().map(|&i| chunks[i].blob_end).max().unwrap();
     assert!(end - start <= 64 << 10, "{} bytes", end - start);
     assert!(miss.start - start <= 32 << 10);

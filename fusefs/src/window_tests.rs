@@ -323,13 +323,17 @@ async fn windows_stay_out_of_a_running_prefetch_and_shrink_while_busy() {
     let c = |name: &str| tree.file_chunks(tree.resolve(name).unwrap())[0].clone();
     let miss = c("d/f050");
     // Idle: the full window.
-    let idle = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end, None);
+    let idle = reader
+        .windows
+        .plan(&tree, miss.blob_offset..miss.blob_end, None);
     // Busy (a request of the layer in flight): the small one.
     reader
         .windows
         .explicit_in_flight
         .fetch_add(1, Ordering::Relaxed);
-    let busy = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end, None);
+    let busy = reader
+        .windows
+        .plan(&tree, miss.blob_offset..miss.blob_end, None);
     reader
         .windows
         .explicit_in_flight
@@ -342,7 +346,9 @@ async fn windows_stay_out_of_a_running_prefetch_and_shrink_while_busy() {
     );
     // A prefetch running up to f060: only chunks after it.
     reader.set_prefetching_until(c("d/f060").blob_end);
-    let planned = reader.windows.plan(&tree, miss.blob_offset..miss.blob_end, None);
+    let planned = reader
+        .windows
+        .plan(&tree, miss.blob_offset..miss.blob_end, None);
     assert!(!planned.is_empty());
     assert!(planned
         .iter()
