@@ -6,8 +6,8 @@
 //! order; eStargz puts prioritized files first). So when [`ChunkReader::read`] has to
 //! fetch, it also starts a *window*: one more range request for the chunks that lie
 //! around the missed ones in blob order (a share of the window before the miss, set by
-//! [`WindowOptions::back_divisor`], the rest after it), which runs beside the read's own request and never
-//! in front of it. On the first miss in a small file of a directory the window also
+//! [`WindowOptions::back_divisor`], the rest after it), which runs beside the read's
+//! own request and never in front of it. On the first miss in a small file of a directory the window also
 //! takes the blob region of that directory's small files, up to [`WindowOptions::dir`]
 //! bytes (a *directory window*: where the window goes is [`crate::window_plan`]'s
 //! business):
