@@ -7,10 +7,10 @@
 //! fetch, it also starts a *window*: one more range request for the chunks that lie
 //! around the missed ones in blob order (a share of the window before the miss, set by
 //! [`WindowOptions::back_divisor`], the rest after it), which runs beside the read's
-//! own request and never in front of it. On the first miss in a small file of a directory the window also
-//! takes the blob region of that directory's small files, up to [`WindowOptions::dir`]
-//! bytes (a *directory window*: where the window goes is [`crate::window_plan`]'s
-//! business):
+//! own request and never in front of it. On the first miss in a small file of a
+//! directory the window also takes the blob region of that directory's small files, up
+//! to [`WindowOptions::dir`] bytes (a *directory window*; where a window goes is
+//! [`crate::window_plan`]'s business):
 //!
 //! - **Explicit reads first.** The read's own chunks are fetched by their own request
 //!   as before; the window is a separate, spawned request for chunks nobody has claimed.
