@@ -7,8 +7,17 @@
 //! needed are kept, and the transfer is cut once they have arrived). The first read
 //! follows redirects and remembers the final URL (often a pre-signed storage URL); later
 //! reads go there directly. When that URL answers 403 (expired), the blob is resolved
-//! again through the registry and the read retried once. A server that rejects
-//! multi-range requests (400/416) is then asked one range at a time.
+//! again through the registry and the read retried once; when it fails with an outage
+//! (a mirror gone down), the read goes through the hosts again (mirrors, then the
+//! origin). A server that rejects multi-range requests (400/416) is then asked one range
+//! at a time.
+//!
+//! A pull-through mirror that does not hold a blob yet (distribution's proxy mode) answers
+//! a range request with the whole blob while it copies the blob from the origin. Such an
+//! answer is read only when the bytes needed end within [`COLD_MIRROR_PREFIX`]; otherwise
+//! the connection is dropped, the read goes to the next host, and reads of that blob skip
+//! the mirror for [`COLD_MIRROR_BYPASS`] (each request to a cold mirror starts another
+//! copy from the origin), after which the mirror, filled by then, serves ranges.
 
 use std::io;
 use std::ops::Range;
@@ -35,6 +44,14 @@ use super::transport::{
     next_chunk, read_limited_within, redact, status_error, Endpoint, RequestSpec,
 };
 
+/// A mirror's whole-blob answer to a range request is read when the bytes needed end
+/// within this many bytes of the blob's start; beyond, the read goes to the next host.
+pub const COLD_MIRROR_PREFIX: u64 = 1 << 20;
+
+/// After a mirror answered a range request of a blob with the whole blob (it is still
+/// copying it from the origin), reads of that blob skip the mirror for this long.
+pub const COLD_MIRROR_BYPASS: Duration = Duration::from_secs(5);
+
 /// Room for multipart headers and boundaries on top of the data itself.
 const MULTIPART_OVERHEAD: u64 = 64 << 10;
 const MULTIPART_PER_PART: u64 = 1 << 10;
@@ -49,6 +66,8 @@ pub struct RegistryBlob {
     single_range_only: AtomicBool,
     /// When a read of this blob last spent its whole outage budget.
     gave_up_at: Mutex<Option<Instant>>,
+    /// When a mirror last answered a range request of this blob with the whole blob.
+    mirror_cold_at: Mutex<Option<Instant>>,
 }
 
 /// Where the blob's bytes were last found.
@@ -89,6 +108,7 @@ impl RegistryBlob {
             location: Mutex::new(None),
             single_range_only: AtomicBool::new(false),
             gave_up_at: Mutex::new(None),
+            mirror_cold_at: Mutex::new(None),
         }
     }
 
@@ -203,17 +223,24 @@ impl RegistryBlob {
             let answer = with_retries(policy, metrics, op, || {
                 self.attempt(&location.endpoint, location.url.clone(), wanted, op)
             })
-            .await?;
+            .await;
             match answer {
-                Answer::Expired(err) => {
+                Ok(Answer::Expired(err)) => {
                     tracing::debug!(%op, error = %err, "storage URL refused; resolving the blob again");
                     self.forget_location();
                 }
-                Answer::Data(parts, location) => {
+                Ok(Answer::Data(parts, location)) => {
                     self.remember(location.clone());
                     return Ok(Answer::Data(parts, location));
                 }
-                other => return Ok(other),
+                Ok(other) => return Ok(other),
+                // The host that served this blob is down (or a mirror lost it): go
+                // through the hosts again, mirrors first, then the origin.
+                Err(err) if err.is_outage() || matches!(err, RegistryError::MirrorCold { .. }) => {
+                    tracing::info!(%op, error = %err, "the host that served this blob failed; trying its hosts again");
+                    self.forget_location();
+                }
+                Err(err) => return Err(err),
             }
         }
         let path = format!("{}/blobs/{}", self.reference.repository(), self.digest);
@@ -222,15 +249,32 @@ impl RegistryBlob {
             .on_endpoints(&self.reference, Capability::Pull, op, |endpoint| {
                 let path = &path;
                 async move {
+                    if !endpoint.config.is_origin && self.mirror_is_cold() {
+                        return Err(RegistryError::MirrorCold {
+                            op: op.clone(),
+                            mirror: endpoint.config.api_root.to_string(),
+                        });
+                    }
                     let url = endpoint.url(path, op)?;
                     self.attempt(&endpoint, url, wanted, op).await
                 }
             })
             .await?;
-        if let Answer::Data(_, location) = &answer {
+        // Not while a mirror is filling: the next reads go to it once it holds the blob.
+        if let (Answer::Data(_, location), false) = (&answer, self.mirror_is_cold()) {
             self.remember(location.clone());
         }
         Ok(answer)
+    }
+
+    /// Whether a mirror answered a range request of this blob with the whole blob within
+    /// the last [`COLD_MIRROR_BYPASS`].
+    fn mirror_is_cold(&self) -> bool {
+        self.mirror_cold_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < COLD_MIRROR_BYPASS)
     }
 
     fn remember(&self, location: Location) {
@@ -356,6 +400,20 @@ impl RegistryBlob {
                     bad(format!("the answer does not cover bytes {missing:?}"))
                 })?;
                 Ok(Answer::Data(parts, location))
+            }
+            StatusCode::OK
+                if !endpoint.config.is_origin
+                    && RangeAssembler::new(wanted).needed_end() > COLD_MIRROR_PREFIX =>
+            {
+                // A pull-through mirror still copying the blob: drop this answer (the
+                // connection with it) and read from the next host.
+                if let Ok(mut at) = self.mirror_cold_at.lock() {
+                    *at = Some(Instant::now());
+                }
+                Err(RegistryError::MirrorCold {
+                    op: op.clone(),
+                    mirror: endpoint.config.api_root.to_string(),
+                })
             }
             StatusCode::OK => {
                 let parts = self
