@@ -16,8 +16,9 @@
 //! a range request with the whole blob while it copies the blob from the origin. Such an
 //! answer is read only when the bytes needed end within [`COLD_MIRROR_PREFIX`]; otherwise
 //! the connection is dropped, the read goes to the next host, and reads of that blob skip
-//! the mirror for [`COLD_MIRROR_BYPASS`] (each request to a cold mirror starts another
-//! copy from the origin), after which the mirror, filled by then, serves ranges.
+//! the mirror for [`COLD_MIRROR_FIRST_BYPASS`], doubled (up to [`COLD_MIRROR_MAX_BYPASS`])
+//! each time the mirror is found cold again (each request to a cold mirror starts another
+//! copy from the origin); once it holds the blob it serves ranges.
 
 use std::io;
 use std::ops::Range;
@@ -49,8 +50,12 @@ use super::transport::{
 pub const COLD_MIRROR_PREFIX: u64 = 1 << 20;
 
 /// After a mirror answered a range request of a blob with the whole blob (it is still
-/// copying it from the origin), reads of that blob skip the mirror for this long.
-pub const COLD_MIRROR_BYPASS: Duration = Duration::from_secs(5);
+/// copying it from the origin), reads of that blob skip the mirror for this long; doubled
+/// each time it is found cold again.
+pub const COLD_MIRROR_FIRST_BYPASS: Duration = Duration::from_millis(500);
+
+/// The longest a cold mirror is skipped for one blob.
+pub const COLD_MIRROR_MAX_BYPASS: Duration = Duration::from_secs(30);
 
 /// Room for multipart headers and boundaries on top of the data itself.
 const MULTIPART_OVERHEAD: u64 = 64 << 10;
@@ -66,8 +71,9 @@ pub struct RegistryBlob {
     single_range_only: AtomicBool,
     /// When a read of this blob last spent its whole outage budget.
     gave_up_at: Mutex<Option<Instant>>,
-    /// When a mirror last answered a range request of this blob with the whole blob.
-    mirror_cold_at: Mutex<Option<Instant>>,
+    /// When a mirror last answered a range request of this blob with the whole blob, and
+    /// how long it is skipped from then on.
+    mirror_cold: Mutex<Option<(Instant, Duration)>>,
 }
 
 /// Where the blob's bytes were last found.
@@ -108,7 +114,7 @@ impl RegistryBlob {
             location: Mutex::new(None),
             single_range_only: AtomicBool::new(false),
             gave_up_at: Mutex::new(None),
-            mirror_cold_at: Mutex::new(None),
+            mirror_cold: Mutex::new(None),
         }
     }
 
@@ -267,17 +273,33 @@ impl RegistryBlob {
         Ok(answer)
     }
 
-    /// Whether a mirror answered a range request of this blob with the whole blob within
-    /// the last [`COLD_MIRROR_BYPASS`].
+    /// Whether mirrors are skipped for this blob now (one was found cold lately).
     fn mirror_is_cold(&self) -> bool {
-        self.mirror_cold_at
+        self.mirror_cold
             .lock()
             .ok()
-            .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() < COLD_MIRROR_BYPASS)
+            .and_then(|c| *c)
+            .is_some_and(|(at, bypass)| at.elapsed() < bypass)
+    }
+
+    /// A mirror was found cold: skip mirrors for the first bypass, or twice the last one.
+    fn mark_mirror_cold(&self) {
+        if let Ok(mut cold) = self.mirror_cold.lock() {
+            let bypass = match *cold {
+                Some((_, last)) => (last * 2).min(COLD_MIRROR_MAX_BYPASS),
+                None => COLD_MIRROR_FIRST_BYPASS,
+            };
+            *cold = Some((Instant::now(), bypass));
+        }
     }
 
     fn remember(&self, location: Location) {
+        if !location.endpoint.config.is_origin {
+            // A mirror served the blob: it is warm.
+            if let Ok(mut cold) = self.mirror_cold.lock() {
+                *cold = None;
+            }
+        }
         if let Ok(mut slot) = self.location.lock() {
             *slot = Some(location);
         }
@@ -407,9 +429,7 @@ impl RegistryBlob {
             {
                 // A pull-through mirror still copying the blob: drop this answer (the
                 // connection with it) and read from the next host.
-                if let Ok(mut at) = self.mirror_cold_at.lock() {
-                    *at = Some(Instant::now());
-                }
+                self.mark_mirror_cold();
                 Err(RegistryError::MirrorCold {
                     op: op.clone(),
                     mirror: endpoint.config.api_root.to_string(),

@@ -22,7 +22,7 @@ use registry_support::http::Server;
 use registry_support::proxy::{proxy, ProxyState};
 use registry_support::registry::{test_bytes, Pusher, Registry};
 use std::sync::atomic::Ordering;
-use veil_registry::blob::COLD_MIRROR_PREFIX;
+use veil_registry::blob::{COLD_MIRROR_FIRST_BYPASS, COLD_MIRROR_PREFIX};
 use veil_registry::{
     ClientOptions, CredentialsSource, Reference, RegistryBlob, RegistryClient, RetryPolicy,
 };
@@ -130,6 +130,13 @@ async fn a_cold_mirror_is_read_near_the_start_and_bypassed_beyond() {
         .filter(|l| l.contains("\"GET /v2/app/blobs/") && l.contains("\" 206 "))
         .count();
     assert_eq!(served_ranges, 2, "{}", registry.log());
+
+    // Once the bypass is over the mirror is asked again (still cold here: bypassed again).
+    tokio::time::sleep(COLD_MIRROR_FIRST_BYPASS + Duration::from_millis(100)).await;
+    assert_eq!(blob.read(mid.clone()).await.unwrap().len(), 50);
+    assert_eq!(state.blob_requests(), 3, "{:?}", state.seen());
+    assert_eq!(blob.read(mid).await.unwrap().len(), 50);
+    assert_eq!(state.blob_requests(), 3, "{:?}", state.seen());
 }
 
 #[tokio::test]
