@@ -236,7 +236,10 @@ impl RegistryBlob {
                     self.forget_location();
                 }
                 Ok(Answer::Data(parts, location)) => {
-                    self.remember(location.clone());
+                    match self.mirror_is_cold() {
+                        true => self.forget_location(),
+                        false => self.remember(location.clone()),
+                    }
                     return Ok(Answer::Data(parts, location));
                 }
                 Ok(other) => return Ok(other),
@@ -282,6 +285,12 @@ impl RegistryBlob {
             .is_some_and(|(at, bypass)| at.elapsed() < bypass)
     }
 
+    fn clear_mirror_cold(&self) {
+        if let Ok(mut cold) = self.mirror_cold.lock() {
+            *cold = None;
+        }
+    }
+
     /// A mirror was found cold: skip mirrors for the first bypass, or twice the last one.
     fn mark_mirror_cold(&self) {
         if let Ok(mut cold) = self.mirror_cold.lock() {
@@ -294,12 +303,6 @@ impl RegistryBlob {
     }
 
     fn remember(&self, location: Location) {
-        if !location.endpoint.config.is_origin {
-            // A mirror served the blob: it is warm.
-            if let Ok(mut cold) = self.mirror_cold.lock() {
-                *cold = None;
-            }
-        }
         if let Ok(mut slot) = self.location.lock() {
             *slot = Some(location);
         }
@@ -357,6 +360,10 @@ impl RegistryBlob {
         };
         match status {
             StatusCode::PARTIAL_CONTENT => {
+                if !endpoint.config.is_origin {
+                    // The mirror holds the blob now.
+                    self.clear_mirror_cold();
+                }
                 let header = |name| {
                     sent.response
                         .headers()
@@ -436,6 +443,10 @@ impl RegistryBlob {
                 })
             }
             StatusCode::OK => {
+                if !endpoint.config.is_origin {
+                    // Cold too, but the bytes are near: read them, then skip it a while.
+                    self.mark_mirror_cold();
+                }
                 let parts = self
                     .slice_whole(sent.response, wanted, op, &shown_url)
                     .await?;
