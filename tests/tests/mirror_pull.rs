@@ -202,6 +202,7 @@ fn small_read_cost(
 #[test]
 fn pull_through_mirror_serves_two_nodes_and_falls_back_when_down() {
     with_stack("mirror-pull", |stack| {
+        let started = Instant::now();
         let big = random_bytes(BIG_SIZE, 0x3177);
         let big_sha = sha256_hex(&big);
         let layers = vec![
@@ -388,6 +389,7 @@ fn pull_through_mirror_serves_two_nodes_and_falls_back_when_down() {
         }
         eprintln!("[mirror-pull] node2: {BIG_PATH} hashes right with the mirror down");
         node2.unmount()?;
+        eprintln!("[mirror-pull] done in {:.1?}", started.elapsed());
         Ok(())
     });
 }
