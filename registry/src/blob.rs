@@ -519,3 +519,40 @@ impl BlobSource for RegistryBlob {
         Box::pin(async move { self.read(range).await.map_err(io::Error::from) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientOptions;
+
+    #[test]
+    fn a_cold_mirror_is_skipped_for_a_doubling_while() {
+        let client = RegistryClient::new(ClientOptions::default()).unwrap();
+        let blob = RegistryBlob::new(
+            client,
+            Reference::parse("registry.example/app:1").unwrap(),
+            Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap(),
+            10,
+        );
+        let bypass = |b: &RegistryBlob| b.mirror_cold.lock().unwrap().map(|(_, d)| d);
+        assert!(!blob.mirror_is_cold());
+        blob.mark_mirror_cold();
+        assert!(blob.mirror_is_cold());
+        assert_eq!(bypass(&blob), Some(COLD_MIRROR_FIRST_BYPASS));
+        blob.mark_mirror_cold();
+        assert_eq!(bypass(&blob), Some(2 * COLD_MIRROR_FIRST_BYPASS));
+        for _ in 0..20 {
+            blob.mark_mirror_cold();
+        }
+        assert_eq!(bypass(&blob), Some(COLD_MIRROR_MAX_BYPASS));
+        // A 206 from the mirror ends it; the next cold answer starts over.
+        blob.clear_mirror_cold();
+        assert!(!blob.mirror_is_cold());
+        blob.mark_mirror_cold();
+        assert_eq!(bypass(&blob), Some(COLD_MIRROR_FIRST_BYPASS));
+        // Once the bypass is over, the mirror is asked again.
+        *blob.mirror_cold.lock().unwrap() =
+            Some((Instant::now() - COLD_MIRROR_FIRST_BYPASS, COLD_MIRROR_FIRST_BYPASS));
+        assert!(!blob.mirror_is_cold());
+    }
+}
