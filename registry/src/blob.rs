@@ -551,8 +551,10 @@ mod tests {
         blob.mark_mirror_cold();
         assert_eq!(bypass(&blob), Some(COLD_MIRROR_FIRST_BYPASS));
         // Once the bypass is over, the mirror is asked again.
-        *blob.mirror_cold.lock().unwrap() =
-            Some((Instant::now() - COLD_MIRROR_FIRST_BYPASS, COLD_MIRROR_FIRST_BYPASS));
+        *blob.mirror_cold.lock().unwrap() = Some((
+            Instant::now() - COLD_MIRROR_FIRST_BYPASS,
+            COLD_MIRROR_FIRST_BYPASS,
+        ));
         assert!(!blob.mirror_is_cold());
     }
 }
