@@ -7,8 +7,18 @@
 //! needed are kept, and the transfer is cut once they have arrived). The first read
 //! follows redirects and remembers the final URL (often a pre-signed storage URL); later
 //! reads go there directly. When that URL answers 403 (expired), the blob is resolved
-//! again through the registry and the read retried once. A server that rejects
-//! multi-range requests (400/416) is then asked one range at a time.
+//! again through the registry and the read retried once; when it fails with an outage
+//! (a mirror gone down), the read goes through the hosts again (mirrors, then the
+//! origin). A server that rejects multi-range requests (400/416) is then asked one range
+//! at a time.
+//!
+//! A pull-through mirror that does not hold a blob yet (distribution's proxy mode) answers
+//! a range request with the whole blob while it copies the blob from the origin. Such an
+//! answer is read only when the bytes needed end within [`COLD_MIRROR_PREFIX`]; otherwise
+//! the connection is dropped, the read goes to the next host, and reads of that blob skip
+//! the mirror for [`COLD_MIRROR_FIRST_BYPASS`], doubled (up to [`COLD_MIRROR_MAX_BYPASS`])
+//! each time the mirror is found cold again (each request to a cold mirror starts another
+//! copy from the origin); once it holds the blob it serves ranges.
 
 use std::io;
 use std::ops::Range;
@@ -35,6 +45,18 @@ use super::transport::{
     next_chunk, read_limited_within, redact, status_error, Endpoint, RequestSpec,
 };
 
+/// A mirror's whole-blob answer to a range request is read when the bytes needed end
+/// within this many bytes of the blob's start; beyond, the read goes to the next host.
+pub const COLD_MIRROR_PREFIX: u64 = 1 << 20;
+
+/// After a mirror answered a range request of a blob with the whole blob (it is still
+/// copying it from the origin), reads of that blob skip the mirror for this long; doubled
+/// each time it is found cold again.
+pub const COLD_MIRROR_FIRST_BYPASS: Duration = Duration::from_millis(500);
+
+/// The longest a cold mirror is skipped for one blob.
+pub const COLD_MIRROR_MAX_BYPASS: Duration = Duration::from_secs(30);
+
 /// Room for multipart headers and boundaries on top of the data itself.
 const MULTIPART_OVERHEAD: u64 = 64 << 10;
 const MULTIPART_PER_PART: u64 = 1 << 10;
@@ -49,6 +71,9 @@ pub struct RegistryBlob {
     single_range_only: AtomicBool,
     /// When a read of this blob last spent its whole outage budget.
     gave_up_at: Mutex<Option<Instant>>,
+    /// When a mirror last answered a range request of this blob with the whole blob, and
+    /// how long it is skipped from then on.
+    mirror_cold: Mutex<Option<(Instant, Duration)>>,
 }
 
 /// Where the blob's bytes were last found.
@@ -89,6 +114,7 @@ impl RegistryBlob {
             location: Mutex::new(None),
             single_range_only: AtomicBool::new(false),
             gave_up_at: Mutex::new(None),
+            mirror_cold: Mutex::new(None),
         }
     }
 
@@ -203,17 +229,27 @@ impl RegistryBlob {
             let answer = with_retries(policy, metrics, op, || {
                 self.attempt(&location.endpoint, location.url.clone(), wanted, op)
             })
-            .await?;
+            .await;
             match answer {
-                Answer::Expired(err) => {
+                Ok(Answer::Expired(err)) => {
                     tracing::debug!(%op, error = %err, "storage URL refused; resolving the blob again");
                     self.forget_location();
                 }
-                Answer::Data(parts, location) => {
-                    self.remember(location.clone());
+                Ok(Answer::Data(parts, location)) => {
+                    match self.mirror_is_cold() {
+                        true => self.forget_location(),
+                        false => self.remember(location.clone()),
+                    }
                     return Ok(Answer::Data(parts, location));
                 }
-                other => return Ok(other),
+                Ok(other) => return Ok(other),
+                // The host that served this blob is down (or a mirror lost it): go
+                // through the hosts again, mirrors first, then the origin.
+                Err(err) if err.is_outage() || matches!(err, RegistryError::MirrorCold { .. }) => {
+                    tracing::info!(%op, error = %err, "the host that served this blob failed; trying its hosts again");
+                    self.forget_location();
+                }
+                Err(err) => return Err(err),
             }
         }
         let path = format!("{}/blobs/{}", self.reference.repository(), self.digest);
@@ -222,15 +258,48 @@ impl RegistryBlob {
             .on_endpoints(&self.reference, Capability::Pull, op, |endpoint| {
                 let path = &path;
                 async move {
+                    if !endpoint.config.is_origin && self.mirror_is_cold() {
+                        return Err(RegistryError::MirrorCold {
+                            op: op.clone(),
+                            mirror: endpoint.config.api_root.to_string(),
+                        });
+                    }
                     let url = endpoint.url(path, op)?;
                     self.attempt(&endpoint, url, wanted, op).await
                 }
             })
             .await?;
-        if let Answer::Data(_, location) = &answer {
+        // Not while a mirror is filling: the next reads go to it once it holds the blob.
+        if let (Answer::Data(_, location), false) = (&answer, self.mirror_is_cold()) {
             self.remember(location.clone());
         }
         Ok(answer)
+    }
+
+    /// Whether mirrors are skipped for this blob now (one was found cold lately).
+    fn mirror_is_cold(&self) -> bool {
+        self.mirror_cold
+            .lock()
+            .ok()
+            .and_then(|c| *c)
+            .is_some_and(|(at, bypass)| at.elapsed() < bypass)
+    }
+
+    fn clear_mirror_cold(&self) {
+        if let Ok(mut cold) = self.mirror_cold.lock() {
+            *cold = None;
+        }
+    }
+
+    /// A mirror was found cold: skip mirrors for the first bypass, or twice the last one.
+    fn mark_mirror_cold(&self) {
+        if let Ok(mut cold) = self.mirror_cold.lock() {
+            let bypass = match *cold {
+                Some((_, last)) => (last * 2).min(COLD_MIRROR_MAX_BYPASS),
+                None => COLD_MIRROR_FIRST_BYPASS,
+            };
+            *cold = Some((Instant::now(), bypass));
+        }
     }
 
     fn remember(&self, location: Location) {
@@ -291,6 +360,10 @@ impl RegistryBlob {
         };
         match status {
             StatusCode::PARTIAL_CONTENT => {
+                if !endpoint.config.is_origin {
+                    // The mirror holds the blob now.
+                    self.clear_mirror_cold();
+                }
                 let header = |name| {
                     sent.response
                         .headers()
@@ -357,7 +430,23 @@ impl RegistryBlob {
                 })?;
                 Ok(Answer::Data(parts, location))
             }
+            StatusCode::OK
+                if !endpoint.config.is_origin
+                    && RangeAssembler::new(wanted).needed_end() > COLD_MIRROR_PREFIX =>
+            {
+                // A pull-through mirror still copying the blob: drop this answer (the
+                // connection with it) and read from the next host.
+                self.mark_mirror_cold();
+                Err(RegistryError::MirrorCold {
+                    op: op.clone(),
+                    mirror: endpoint.config.api_root.to_string(),
+                })
+            }
             StatusCode::OK => {
+                if !endpoint.config.is_origin {
+                    // Cold too, but the bytes are near: read them, then skip it a while.
+                    self.mark_mirror_cold();
+                }
                 let parts = self
                     .slice_whole(sent.response, wanted, op, &shown_url)
                     .await?;
@@ -428,5 +517,44 @@ impl BlobSource for RegistryBlob {
 
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
         Box::pin(async move { self.read(range).await.map_err(io::Error::from) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClientOptions;
+
+    #[test]
+    fn a_cold_mirror_is_skipped_for_a_doubling_while() {
+        let client = RegistryClient::new(ClientOptions::default()).unwrap();
+        let blob = RegistryBlob::new(
+            client,
+            Reference::parse("registry.example/app:1").unwrap(),
+            Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap(),
+            10,
+        );
+        let bypass = |b: &RegistryBlob| b.mirror_cold.lock().unwrap().map(|(_, d)| d);
+        assert!(!blob.mirror_is_cold());
+        blob.mark_mirror_cold();
+        assert!(blob.mirror_is_cold());
+        assert_eq!(bypass(&blob), Some(COLD_MIRROR_FIRST_BYPASS));
+        blob.mark_mirror_cold();
+        assert_eq!(bypass(&blob), Some(2 * COLD_MIRROR_FIRST_BYPASS));
+        for _ in 0..20 {
+            blob.mark_mirror_cold();
+        }
+        assert_eq!(bypass(&blob), Some(COLD_MIRROR_MAX_BYPASS));
+        // A 206 from the mirror ends it; the next cold answer starts over.
+        blob.clear_mirror_cold();
+        assert!(!blob.mirror_is_cold());
+        blob.mark_mirror_cold();
+        assert_eq!(bypass(&blob), Some(COLD_MIRROR_FIRST_BYPASS));
+        // Once the bypass is over, the mirror is asked again.
+        *blob.mirror_cold.lock().unwrap() = Some((
+            Instant::now() - COLD_MIRROR_FIRST_BYPASS,
+            COLD_MIRROR_FIRST_BYPASS,
+        ));
+        assert!(!blob.mirror_is_cold());
     }
 }

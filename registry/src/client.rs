@@ -490,7 +490,9 @@ impl RegistryClient {
             match with_retries(policy, metrics, op, || attempt(endpoint.clone())).await {
                 Ok(value) => return Ok(value),
                 Err(err) => {
-                    if !endpoint.config.is_origin {
+                    if matches!(err, RegistryError::MirrorCold { .. }) {
+                        tracing::debug!(%op, error = %err, "mirror still filling; trying the next host");
+                    } else if !endpoint.config.is_origin {
                         tracing::warn!(%op, mirror = %endpoint.config.api_root, error = %err, "mirror failed; trying the next host");
                     }
                     last = Some(err);

@@ -291,6 +291,16 @@ pub enum RegistryError {
         /// The blob's size.
         size: u64,
     },
+    /// A mirror answered a range request with the whole blob (a pull-through cache that
+    /// does not hold the blob yet) and the bytes needed lie too far into it: the read goes
+    /// to the next host instead of streaming the blob up to them.
+    #[error("{op}: mirror {mirror} answered with the whole blob (it does not hold it yet)")]
+    MirrorCold {
+        /// What was asked for.
+        op: Operation,
+        /// The mirror's API root.
+        mirror: String,
+    },
     /// The HTTP client could not be set up (CA file, client certificate).
     #[error("setting up the HTTP client for {endpoint}: {reason}")]
     Setup {

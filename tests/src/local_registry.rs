@@ -33,6 +33,12 @@ impl LocalRegistry {
     /// storage in `DIR/data` and its output (the access log) in `DIR/registry.log`, and
     /// waits until it answers `GET /v2/`.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, "")
+    }
+
+    /// [`start`](Self::start) with `extra` appended to its config (top-level YAML keys,
+    /// e.g. `proxy:\n  remoteurl: http://127.0.0.1:5000\n` for a pull-through cache).
+    pub fn start_with(dir: &Path, extra: &str) -> anyhow::Result<Self> {
         if !Path::new(REGISTRY_BIN).exists() {
             bail!("{REGISTRY_BIN} is missing (Debian: apt-get install docker-registry)");
         }
@@ -44,7 +50,7 @@ impl LocalRegistry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: veil-demo-secret\n",
+                 delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: veil-demo-secret\n{extra}",
                 dir.join("data").display()
             ),
         )?;

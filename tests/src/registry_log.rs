@@ -16,6 +16,8 @@ pub struct Served {
     pub path: String,
     pub status: u16,
     pub bytes: u64,
+    /// The client's `User-Agent` (a pull-through mirror's is Go's, Veil's is `veil/…`).
+    pub agent: String,
 }
 
 /// Parses the access-log lines of `log` (other lines are skipped).
@@ -32,11 +34,19 @@ fn parse_line(line: &str) -> Option<Served> {
     let mut fields = rest.split_whitespace();
     let status = fields.next()?.parse().ok()?;
     let bytes = fields.next()?.parse().unwrap_or(0);
+    // `"referer" "agent"`: the last quoted field.
+    let agent = rest
+        .trim_end()
+        .strip_suffix('"')
+        .and_then(|r| r.rsplit_once('"'))
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_default();
     Some(Served {
         method,
         path,
         status,
         bytes,
+        agent,
     })
 }
 
@@ -61,6 +71,8 @@ time=\"2026\" level=error msg=\"x\"\n\
 127.0.0.1 - - [23/Nov/2026:14:44:13 +0000] \"HEAD /v2/a/blobs/sha256:ab HTTP/1.1\" 200 0 \"\" \"veil\"\n\
 127.0.0.1 - - [23/Nov/2026:14:44:14 +0000] \"GET /v2/a/blobs/sha256:ab HTTP/1.1\" 206 50 \"\" \"veil\"\n";
         assert_eq!(parse_access_log(log).len(), 4);
+        assert_eq!(parse_access_log(log)[1].agent, "veil");
+        assert_eq!(parse_access_log(log)[0].agent, "curl/7.88.1");
         assert_eq!(blob_served(log, "sha256:ab"), (2, 150));
         assert_eq!(blob_served(log, "sha256:cd"), (0, 0));
     }
