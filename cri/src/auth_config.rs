@@ -1,7 +1,8 @@
 //! A CRI `AuthConfig` (what kubelet puts in `PullImageRequest.auth` from a pod's
 //! imagePullSecret) as a registry [`Credential`]: a registry token is sent as is, an
 //! identity token is exchanged at the token service, a user name and password (or `auth`,
-//! base64 `user:password`) is Basic or sent to the token service.
+//! base64 `user:password`) is Basic or sent to the token service. And back
+//! ([`auth_config_of`]): what the credential provider answered, passed on to containerd.
 
 use base64::Engine as _;
 use k8s_cri::v1::AuthConfig;
@@ -42,9 +43,47 @@ pub fn credential_of(auth: &AuthConfig) -> Result<Option<Credential>, String> {
     Ok(None)
 }
 
+/// The `AuthConfig` that carries `credential` (the inverse of [`credential_of`]).
+pub fn auth_config_of(credential: &Credential) -> AuthConfig {
+    match credential {
+        Credential::Basic { username, password } => AuthConfig {
+            username: username.clone(),
+            password: password.clone(),
+            ..Default::default()
+        },
+        Credential::IdentityToken { username, token } => AuthConfig {
+            username: username.clone(),
+            identity_token: token.clone(),
+            ..Default::default()
+        },
+        Credential::RegistryToken(token) => AuthConfig {
+            registry_token: token.clone(),
+            ..Default::default()
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_config_of_round_trips() {
+        for credential in [
+            Credential::Basic {
+                username: "u".into(),
+                password: "p".into(),
+            },
+            Credential::IdentityToken {
+                username: "u".into(),
+                token: "t".into(),
+            },
+            Credential::RegistryToken("r".into()),
+        ] {
+            let auth = auth_config_of(&credential);
+            assert_eq!(credential_of(&auth).unwrap(), Some(credential));
+        }
+    }
 
     #[test]
     fn each_form_becomes_its_credential() {

@@ -276,7 +276,9 @@ mod tests {
         let script = dir.path().join("provider.sh");
         std::fs::write(
             &script,
-            "#!/bin/sh\nread -r request\ncase \"$request\" in *CredentialProviderRequest*reg:5000/app*) ;; *) exit 3;; esac\n\
+            // Key order depends on serde_json's features: check each part on its own.
+            "#!/bin/sh\nread -r request\ncase \"$request\" in *CredentialProviderRequest*) ;; *) exit 3;; esac\n\
+             case \"$request\" in *reg:5000/app*) ;; *) exit 4;; esac\n\
              echo '{\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"kind\":\"CredentialProviderResponse\",\"auth\":{\"reg:5000\":{\"username\":\"u\",\"password\":\"p\"}}}'\n",
         )
         .unwrap();

@@ -3,7 +3,9 @@
 //! `PullImage` first records its credentials (a pod's imagePullSecret, or, when it
 //! carries none, what the credential provider answers) in [`PodCredentials`], so that
 //! Veil's lazy fetches of that image's layers, which run while containerd pulls, can
-//! authenticate. Credentials are never logged; a bad `AuthConfig` is refused with
+//! authenticate. The provider's credential also goes into the `PullImage` forwarded to
+//! containerd (as kubelet does with its own credential providers): containerd fetches
+//! the manifest and config, so it needs it too. Credentials are never logged; a bad `AuthConfig` is refused with
 //! `INVALID_ARGUMENT` naming what is wrong.
 
 use std::path::{Path, PathBuf};
@@ -18,9 +20,9 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
-use veil_registry::Reference;
+use veil_registry::{Credential, Reference};
 
-use crate::auth_config::credential_of;
+use crate::auth_config::{auth_config_of, credential_of};
 use crate::credential_provider::CredentialProvider;
 use crate::error::CriError;
 use crate::pod_credentials::PodCredentials;
@@ -74,12 +76,13 @@ impl ImageProxy {
         ImageServiceServer::new(self)
     }
 
-    /// Records the credentials of a pull of `image` (from `auth`, else the provider).
+    /// Records the credentials of a pull of `image` (from `auth`, else the provider);
+    /// the provider's credential is returned too, to forward to containerd.
     async fn record(
         &self,
         image: &str,
         auth: Option<&k8s_cri::v1::AuthConfig>,
-    ) -> Result<Source, CriError> {
+    ) -> Result<(Source, Option<Credential>), CriError> {
         let reference = Reference::parse(image).map_err(|e| CriError::Reference {
             reference: image.to_string(),
             reason: e.reason,
@@ -95,22 +98,25 @@ impl ImageProxy {
         if let Some(credential) = from_pod {
             self.credentials
                 .record_for_lifetime(host, repository, credential);
-            return Ok(Source::Pod);
+            return Ok((Source::Pod, None));
         }
         if let Some(provider) = &self.provider {
             if let Some((credential, lifetime)) =
                 provider.credential(image, host, repository).await?
             {
                 match lifetime {
-                    Some(l) => self.credentials.record(host, repository, credential, l),
-                    None => self
+                    Some(l) => self
                         .credentials
-                        .record_for_lifetime(host, repository, credential),
+                        .record(host, repository, credential.clone(), l),
+                    None => {
+                        self.credentials
+                            .record_for_lifetime(host, repository, credential.clone())
+                    }
                 }
-                return Ok(Source::Provider);
+                return Ok((Source::Provider, Some(credential)));
             }
         }
-        Ok(Source::None)
+        Ok((Source::None, None))
     }
 }
 
@@ -149,8 +155,14 @@ impl ImageService for ImageProxy {
         if image.is_empty() {
             return Err(Status::invalid_argument("PullImage without an image"));
         }
+        let mut request = request;
         let source = match self.record(&image, request.auth.as_ref()).await {
-            Ok(source) => source,
+            Ok((source, provided)) => {
+                if let Some(credential) = provided {
+                    request.auth = Some(auth_config_of(&credential));
+                }
+                source
+            }
             Err(e @ (CriError::AuthConfig { .. } | CriError::Reference { .. })) => {
                 return Err(Status::invalid_argument(e.to_string()))
             }

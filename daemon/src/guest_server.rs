@@ -19,6 +19,10 @@
 //! those containers that the kernel has not cached fail (`ENOTCONN`) until the pod goes;
 //! the next start adopts the mounts and cleans them up once the roots are unmounted.
 //! With no container running, everything is taken down.
+//!
+//! With `[metrics] address`, it serves the same Prometheus page as veil-snapshotter
+//! ([`crate::metrics_server`]), rendered from its layer service's status (no snapshot
+//! counts: the guest has no snapshots).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,12 +33,15 @@ use veil_cdh::front::{FrontDoor, PullFailure, PullHandler};
 use veil_cdh::measure::record_image_pull;
 use veil_guest::spec::BUNDLE_CONFIG;
 use veil_guest::GuestPuller;
+use veil_image::layers::LazyLayers;
+use veil_image::resolver::LayerResolver;
+use veil_image::status::StatusReport;
 
 use crate::config::Config;
 use crate::error::DaemonError;
 use crate::no_core_dumps::forbid_core_dumps;
 use crate::signals::shutdown_signal;
-use crate::wiring::guest_service;
+use crate::wiring::{guest_service, metrics_endpoint};
 
 /// `PullImage`: the guest puller, then the runtime measurement.
 pub struct GuestPullHandler {
@@ -135,12 +142,27 @@ impl PullHandler for GuestPullHandler {
     }
 }
 
+/// The status report of the guest's layers (what its metrics are rendered from).
+fn guest_report(lazy: &LazyLayers) -> StatusReport {
+    let mut report = StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Default::default()
+    };
+    lazy.fill_status(&mut report);
+    report
+}
+
 /// Serves kata-agent's socket for `config` until SIGTERM or SIGINT (see the module doc).
 pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     forbid_core_dumps()?;
     crate::malloc::map_large_allocations();
     // Before anything can report readiness: a SIGTERM from then on stops us cleanly.
     let shutdown = shutdown_signal();
+    // The recorder first: what the puller records from the start is counted.
+    let metrics = match metrics_endpoint(config)? {
+        Some(endpoint) => Some(crate::metrics_server::listen(endpoint).await?),
+        None => None,
+    };
     let service = guest_service(config).await?;
     let keeps_connections = service.keeps_connections;
     let puller = service.puller.clone();
@@ -163,6 +185,15 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "could not notify systemd of readiness");
     }
+    let metrics_task = metrics.map(|(listener, endpoint)| {
+        tracing::info!(address = %endpoint.address, "serving Prometheus metrics on /metrics");
+        let lazy = service.lazy.clone();
+        tokio::spawn(crate::metrics_server::serve(
+            listener,
+            endpoint,
+            move || guest_report(&lazy),
+        ))
+    });
     let token = CancellationToken::new();
     let mut task = tokio::spawn(door.run(token.clone()));
     let ended_early = tokio::select! {
@@ -170,6 +201,9 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         _ = &mut task => true,
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if !ended_early {
         token.cancel();
         let _ = task.await;

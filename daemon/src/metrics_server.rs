@@ -118,6 +118,22 @@ fn describe() {
     );
 }
 
+/// Binds `endpoint`'s address (before the daemon says it is ready: a port taken fails
+/// the start, naming `[metrics] address`).
+pub async fn listen(
+    endpoint: MetricsEndpoint,
+) -> Result<(tokio::net::TcpListener, MetricsEndpoint), DaemonError> {
+    let listener = tokio::net::TcpListener::bind(endpoint.address)
+        .await
+        .map_err(|e| {
+            DaemonError::Wiring(format!(
+                "[metrics] address {}: cannot listen: {e}",
+                endpoint.address
+            ))
+        })?;
+    Ok((listener, endpoint))
+}
+
 /// Serves `GET /metrics` on `listener` with `endpoint`'s page for the status `report`
 /// returns, until the task is dropped.
 pub async fn serve<F>(listener: tokio::net::TcpListener, endpoint: MetricsEndpoint, report: F)

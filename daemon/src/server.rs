@@ -76,17 +76,7 @@ pub async fn serve(config: &Config) -> Result<(), DaemonError> {
         );
     }
     let metrics = match metrics_endpoint(config)? {
-        Some(endpoint) => {
-            let listener = tokio::net::TcpListener::bind(endpoint.address)
-                .await
-                .map_err(|e| {
-                    DaemonError::Wiring(format!(
-                        "[metrics] address {}: cannot listen: {e}",
-                        endpoint.address
-                    ))
-                })?;
-            Some((listener, endpoint))
-        }
+        Some(endpoint) => Some(crate::metrics_server::listen(endpoint).await?),
         None => None,
     };
     let status_path = status_address(&config.address);

@@ -456,6 +456,8 @@ pub fn write_upstream_cdh_config(config: &Config, out: &Path) -> Result<(), Daem
 pub struct GuestService {
     /// The puller `PullImage` calls.
     pub puller: Arc<GuestPuller>,
+    /// Its layer service (for the status report the metrics are rendered from).
+    pub lazy: Arc<LazyLayers>,
     /// Where the front door listens and forwards.
     pub front_door: FrontDoorConfig,
     /// The attestation agent: each pull is recorded in the runtime measurements.
@@ -479,12 +481,13 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
     let kept = take_kept(store.as_ref()).await;
     let keeps_connections = store.is_some();
     let keeper = store.map(|s| Arc::new(StoreKeeper(s)) as Arc<dyn ConnectionKeeper>);
-    let puller = tokio::task::spawn_blocking(move || {
-        GuestPuller::new_keeping(Arc::new(lazy), options, keeper)
-    })
-    .await
-    .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
-    .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
+    let lazy = Arc::new(lazy);
+    let for_puller = lazy.clone();
+    let puller =
+        tokio::task::spawn_blocking(move || GuestPuller::new_keeping(for_puller, options, keeper))
+            .await
+            .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?
+            .map_err(|e| DaemonError::Wiring(format!("starting the guest puller: {e}")))?;
     if !kept.is_empty() {
         let offered = kept.len();
         let resumed = puller.resume_kept(kept).await;
@@ -499,6 +502,7 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
     front_door.shutdown_grace = Duration::from_secs(g.shutdown_grace_seconds);
     Ok(GuestService {
         puller: Arc::new(puller),
+        lazy,
         front_door,
         aa_socket: g.aa_socket.clone(),
         keeps_connections,

@@ -14,7 +14,8 @@
 //! that fails (fetch error, digest mismatch) is answered with `EIO`.
 //!
 //! The filesystem is read-only: opening for writing and every modifying operation gets
-//! `EROFS`. It knows nothing of registries, keys or containerd.
+//! `EROFS`. It knows nothing of registries, keys or containerd. Given a
+//! [`StatusFile`], it also serves the hidden `/.veil/<name>` ([`crate::status_dir`]).
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -36,6 +37,7 @@ use crate::access_log::AccessLog;
 use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::{ChunkReader, ReadError};
 use crate::read_data::ReadData;
+use crate::status_dir::{Hidden, HiddenStatus, StatusFile};
 use crate::tree::{LayerTree, Node, NodeKind};
 
 /// Block size reported by `stat` and `statfs`.
@@ -74,6 +76,8 @@ pub struct LayerFs {
     kernel_init: KernelInitSlot,
     /// Where first opens and reads of files are recorded, if anywhere.
     access: Option<Arc<AccessLog>>,
+    /// The hidden status directory, if one is served.
+    status: Option<HiddenStatus>,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -95,7 +99,21 @@ impl LayerFs {
             options,
             kernel_init: KernelInitSlot::default(),
             access: None,
+            status: None,
         }
+    }
+
+    /// The same, serving `file` in the hidden, read-only `/.veil` directory (not when the
+    /// layer has a `/.veil` of its own: the layer's wins).
+    pub fn with_status_file(mut self, file: StatusFile) -> Self {
+        self.status = HiddenStatus::new(file, &self.tree);
+        if self.status.is_none() {
+            tracing::info!(
+                layer = self.reader.layer_name(),
+                "the layer has its own /.veil: its status file is not served"
+            );
+        }
+        self
     }
 
     /// The same, recording the files opened and read in `log` (first touch order).
@@ -105,8 +123,39 @@ impl LayerFs {
     }
 
     fn record_access(&self, ino: INodeNo) {
-        if let Some(log) = &self.access {
+        if let Some(log) = self
+            .access
+            .as_ref()
+            .filter(|_| self.tree.node(ino.0).is_some())
+        {
             log.record(ino.0);
+        }
+    }
+
+    /// The hidden status entry `ino` is, if it is one.
+    fn hidden(&self, ino: u64) -> Option<Hidden<'_>> {
+        self.status.as_ref()?.entry(ino)
+    }
+
+    /// The hidden status directory, when `ino` is the status file.
+    fn status_file(&self, ino: INodeNo) -> Option<&HiddenStatus> {
+        match self.hidden(ino.0)? {
+            Hidden::File(_) => self.status.as_ref(),
+            Hidden::Dir(_) => None,
+        }
+    }
+
+    /// The attributes of `node` and how long the kernel may cache them (not at all for
+    /// the status file: its size changes).
+    fn attr_of(&self, node: &Node) -> (Duration, FileAttr) {
+        let mut attr = file_attr(node);
+        match self.status_file(INodeNo(node.ino)) {
+            Some(status) => {
+                attr.size = status.size();
+                attr.blocks = attr.size.div_ceil(512);
+                (Duration::ZERO, attr)
+            }
+            None => (self.options.attr_ttl, attr),
         }
     }
 
@@ -121,7 +170,13 @@ impl LayerFs {
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
-        self.tree.node(ino.0).ok_or(Errno::ENOENT)
+        if let Some(node) = self.tree.node(ino.0) {
+            return Ok(node);
+        }
+        match self.hidden(ino.0) {
+            Some(Hidden::Dir(node) | Hidden::File(node)) => Ok(node),
+            None => Err(Errno::ENOENT),
+        }
     }
 
     fn dir(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -138,20 +193,25 @@ impl LayerFs {
         &'a self,
         dir: &'a Node,
         start: u64,
-    ) -> impl Iterator<Item = (u64, &'a str, &'a Node)> + 'a {
+    ) -> Box<dyn Iterator<Item = (u64, &'a str, &'a Node)> + 'a> {
+        if let (Some(Hidden::Dir(_)), Some(status)) = (self.hidden(dir.ino), &self.status) {
+            return Box::new(status.dir_entries(self.tree.root(), start));
+        }
         let dots = [(".", dir.ino), ("..", dir.parent)];
         let children = dir
             .children()
             .iter()
             .map(|(name, ino)| (name.as_str(), *ino));
-        dots.into_iter()
-            .chain(children)
-            .enumerate()
-            .skip(usize::try_from(start).unwrap_or(usize::MAX))
-            .filter_map(|(index, (name, ino))| {
-                let node = self.tree.node(ino)?;
-                Some((index as u64 + 1, name, node))
-            })
+        Box::new(
+            dots.into_iter()
+                .chain(children)
+                .enumerate()
+                .skip(usize::try_from(start).unwrap_or(usize::MAX))
+                .filter_map(|(index, (name, ino))| {
+                    let node = self.tree.node(ino)?;
+                    Some((index as u64 + 1, name, node))
+                }),
+        )
     }
 }
 
@@ -274,16 +334,17 @@ impl Filesystem for LayerFs {
         if let Err(err) = self.dir(parent) {
             return reply.error(err);
         }
-        let found = std::str::from_utf8(name.as_bytes())
-            .ok()
-            .and_then(|name| self.tree.lookup(parent.0, name));
+        let found = std::str::from_utf8(name.as_bytes()).ok().and_then(|name| {
+            self.tree.lookup(parent.0, name).or_else(|| {
+                let root = self.tree.root().ino;
+                self.status.as_ref()?.lookup(root, parent.0, name)
+            })
+        });
         match found {
-            Some(node) => reply.entry_with_ttls(
-                &self.options.attr_ttl,
-                &self.options.entry_ttl,
-                &file_attr(node),
-                Generation(0),
-            ),
+            Some(node) => {
+                let (attr_ttl, attr) = self.attr_of(node);
+                reply.entry_with_ttls(&attr_ttl, &self.options.entry_ttl, &attr, Generation(0))
+            }
             None if !self.options.negative_ttl.is_zero() => {
                 // Node id 0 with a TTL: the kernel caches the name as absent.
                 let mut attr = file_attr(self.tree.root());
@@ -301,7 +362,10 @@ impl Filesystem for LayerFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = crate::metrics::op("getattr");
         match self.node(ino) {
-            Ok(node) => reply.attr(&self.options.attr_ttl, &file_attr(node)),
+            Ok(node) => {
+                let (ttl, attr) = self.attr_of(node);
+                reply.attr(&ttl, &attr)
+            }
             Err(err) => reply.error(err),
         }
     }
@@ -321,10 +385,16 @@ impl Filesystem for LayerFs {
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
             Ok(_) if flags.0 & libc::O_TRUNC != 0 => reply.error(Errno::EROFS),
             Ok(node) if node.is_dir() => reply.error(Errno::EISDIR),
-            Ok(_) => {
-                self.record_access(ino);
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
+            Ok(_) => match self.status_file(ino) {
+                // Rendered now; read past the page cache (its size changes).
+                Some(status) => {
+                    reply.opened(FileHandle(status.open()), FopenFlags::FOPEN_DIRECT_IO)
+                }
+                None => {
+                    self.record_access(ino);
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+            },
             Err(err) => reply.error(err),
         }
     }
@@ -333,13 +403,16 @@ impl Filesystem for LayerFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(status) = self.status_file(ino) {
+            return reply.data(&status.read(fh.0, offset, size));
+        }
         self.record_access(ino);
         let (reader, op) = (self.reader.clone(), crate::metrics::op("read"));
         let read = async move { reader.read_data(ino.0, offset, u64::from(size)).await };
@@ -367,6 +440,22 @@ impl Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(status) = self.status_file(ino) {
+            status.release(fh.0);
+        }
         reply.ok();
     }
 
@@ -416,12 +505,12 @@ impl Filesystem for LayerFs {
             Err(err) => return reply.error(err),
         };
         for (next, name, node) in self.dir_entries(dir, offset) {
-            let attr = file_attr(node);
+            let (ttl, attr) = self.attr_of(node);
             if reply.add(
                 INodeNo(node.ino),
                 next,
                 name,
-                &self.options.entry_ttl,
+                &ttl.min(self.options.entry_ttl),
                 &attr,
                 Generation(0),
             ) {

@@ -14,7 +14,7 @@
 //! (serving a live connection another process made, after a restart), [`access_log`]
 //! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
-//! of core dumps).
+//! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount).
 
 pub mod access_log;
 pub mod cache;
@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod prefetch;
 pub mod read_data;
 pub mod resume;
+pub mod status_dir;
 pub mod tree;
 pub mod tuning;
 pub mod window;

@@ -139,6 +139,15 @@ impl Node {
         (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
     }
 
+    /// A node in no tree (an entry a filesystem makes up, like its status file): owned
+    /// by root, no children, time zero.
+    pub fn synthetic(ino: u64, parent: u64, kind: NodeKind, mode: u32, size: u64) -> Self {
+        let mut node = Self::new(ino, parent, kind);
+        node.mode = mode & 0o7777;
+        node.size = size;
+        node
+    }
+
     fn new(ino: u64, parent: u64, kind: NodeKind) -> Self {
         Self {
             ino,

@@ -40,6 +40,7 @@ use veil_fusefs::prefetch::{
     FetchProgress, PrefetchOptions, RateLimiter,
 };
 use veil_fusefs::resume::resume;
+use veil_fusefs::status_dir::StatusFile;
 use veil_fusefs::tree::LayerTree;
 use veil_fusefs::window::WindowOptions;
 
@@ -65,8 +66,10 @@ use crate::verify::{
     DIFF_ID_OFF, DIFF_ID_PENDING,
 };
 
+mod status_file;
 mod streamed;
 
+use status_file::{format_name, layer_status, status_file, Fetches};
 use streamed::{DigestPass, StreamedLayer};
 
 /// The layer name that asks for the access order of every layer.
@@ -154,6 +157,7 @@ impl Default for LazyOptions {
 }
 
 /// A layer resolved for lazy serving, as status reports it.
+#[derive(Clone)]
 struct LayerEntry {
     reader: Arc<ChunkReader>,
     image: String,
@@ -162,6 +166,8 @@ struct LayerEntry {
     cached: Option<Arc<CachedBlob>>,
     /// How it is served: `lazy` or `streamed`.
     mode: &'static str,
+    /// Its format (`estargz`, `zstd:chunked`; a streamed layer's tar stream, `tar+gzip`).
+    format: &'static str,
     /// For a streamed layer: ciphertext bytes read by the verifying pass.
     streamed_bytes: u64,
     /// Bytes the prefetch of its prioritized files read (set when it ends: it goes on
@@ -189,7 +195,7 @@ pub struct LazyLayers {
     manifests: Mutex<HashMap<String, Arc<Manifest>>>,
     configs: ConfigCache,
     readers: Mutex<HashMap<String, LayerEntry>>,
-    fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
+    fetches: Fetches,
 }
 
 impl LazyLayers {
@@ -535,23 +541,23 @@ impl LazyLayers {
             ),
             _ => None,
         };
+        let entry = LayerEntry {
+            reader: reader.clone(),
+            image: layer.image_ref.clone(),
+            blob_size: desc.size,
+            cached: cached.clone(),
+            mode: "lazy",
+            format: format_name(&format),
+            streamed_bytes: 0,
+            prefetch_bytes,
+            diff_id: diff_id_state.unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
+            access: access.clone(),
+        };
+        let status = self.status_file_for(&layer.layer_digest, &entry, encrypted);
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                layer.layer_digest.clone(),
-                LayerEntry {
-                    reader: reader.clone(),
-                    image: layer.image_ref.clone(),
-                    blob_size: desc.size,
-                    cached: cached.clone(),
-                    mode: "lazy",
-                    streamed_bytes: 0,
-                    prefetch_bytes,
-                    diff_id: diff_id_state.unwrap_or_else(|| DiffIdState::new(DIFF_ID_OFF)),
-                    access: access.clone(),
-                },
-            );
+            .insert(layer.layer_digest.clone(), entry);
         let background = cached
             .filter(|_| self.options.background_fetch)
             .map(|source| Background {
@@ -572,7 +578,22 @@ impl LazyLayers {
             options: self.mount_options.clone(),
             background,
             prefetching,
+            status,
         })))
+    }
+
+    /// The `/.veil/<digest>.json` file of layer `digest`'s mount: none for an encrypted
+    /// layer (see `layers/status_file.rs`).
+    fn status_file_for(
+        &self,
+        digest: &str,
+        entry: &LayerEntry,
+        encrypted: bool,
+    ) -> Option<StatusFile> {
+        match encrypted {
+            true => None,
+            false => status_file(digest, entry.clone(), self.fetches.clone()),
+        }
     }
 
     /// Starts prefetching the prioritized files of `reader`'s layer, up to blob offset
@@ -689,41 +710,7 @@ impl LayerResolver for LazyLayers {
         let map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         let mut layers: Vec<LayerStatus> = map
             .iter()
-            .map(|(digest, entry)| {
-                let stats = entry.reader.stats();
-                let prefetch_bytes = entry.prefetch_bytes.load(Ordering::Relaxed);
-                let background = fetches.get(digest);
-                LayerStatus {
-                    digest: digest.clone(),
-                    image: entry.image.clone(),
-                    seq: entry.reader.layer_id(),
-                    mode: entry.mode.into(),
-                    blob_size: entry.blob_size,
-                    // With a disk cache, the reader's bytes may have come from disk:
-                    // count only what the registry sent.
-                    bytes_fetched: match &entry.cached {
-                        Some(c) => c.traffic().1,
-                        // A streamed layer without a disk cache: the bytes its pass
-                        // read (its reads fetch ranges again, not counted here).
-                        None if entry.mode == "streamed" => entry.streamed_bytes,
-                        // The prefetch reads the source directly, not through the reader.
-                        None => stats.bytes_fetched + prefetch_bytes,
-                    },
-                    prefetch_bytes,
-                    background_bytes: background.map(|b| b.fetched()).unwrap_or(0),
-                    range_requests: stats.range_requests,
-                    fetch_failures: stats.fetch_failures,
-                    chunk_hits: stats.chunk_hits,
-                    chunks_fetched: stats.chunks_fetched,
-                    verify_failures: stats.verify_failures,
-                    background_done: background.map(|b| b.done()).unwrap_or(0),
-                    background_state: background
-                        .map(|b| format!("{:?}", b.state()).to_lowercase())
-                        .unwrap_or_else(|| "off".into()),
-                    diff_id: entry.diff_id.get(),
-                    bad: entry.reader.bad_reason().map(str::to_string),
-                }
-            })
+            .map(|(digest, entry)| layer_status(digest, entry, fetches.get(digest)))
             .collect();
         layers.sort_by(|a, b| a.digest.cmp(&b.digest));
         report.layers = layers;
@@ -779,13 +766,15 @@ struct ReadyLayer {
     background: Option<Background>,
     /// The prefetch streaming on: dropping it stops it.
     prefetching: Option<DropGuard>,
+    /// What its mount serves at `/.veil/<digest>.json` (unencrypted layers only).
+    status: Option<StatusFile>,
 }
 
 /// The background fetch to start once a layer is mounted.
 struct Background {
     source: Arc<CachedBlob>,
     options: BackgroundOptions,
-    fetches: Arc<Mutex<HashMap<String, Arc<FetchProgress>>>>,
+    fetches: Fetches,
     /// For an encrypted layer: checked over the whole ciphertext once it is all fetched.
     hmac: Option<HmacCheck>,
     /// The layer's `diff_id`, checked once it is all fetched (after the HMAC).
@@ -840,12 +829,7 @@ impl LiveMount for Mounted {
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
-        let fs = LayerFs::new(
-            self.reader.clone(),
-            self.runtime.clone(),
-            FsOptions::default(),
-        )
-        .with_access_log(self.access.clone());
+        let fs = self.layer_fs();
         let layer_mount = mount(fs, dir, &self.options)?;
         Ok(self.start(layer_mount))
     }
@@ -862,18 +846,27 @@ impl MountableLayer for ReadyLayer {
             ))
         })?;
         // The tree is built from the same TOC as before: the same inode numbers.
-        let fs = LayerFs::new(
-            self.reader.clone(),
-            self.runtime.clone(),
-            FsOptions::default(),
-        )
-        .with_access_log(self.access.clone());
+        let fs = self.layer_fs();
         let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
         Ok(self.start(layer_mount))
     }
 }
 
 impl ReadyLayer {
+    /// The layer's filesystem, with its status file if it has one.
+    fn layer_fs(&self) -> LayerFs {
+        let fs = LayerFs::new(
+            self.reader.clone(),
+            self.runtime.clone(),
+            FsOptions::default(),
+        )
+        .with_access_log(self.access.clone());
+        match self.status.clone() {
+            Some(file) => fs.with_status_file(file),
+            None => fs,
+        }
+    }
+
     /// Starts the background fetch of a mounted layer.
     fn start(self: Box<Self>, layer_mount: LayerMount) -> Box<dyn LiveMount> {
         let reader = self.reader.clone();

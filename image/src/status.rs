@@ -59,6 +59,41 @@ pub struct LayerStatus {
     pub bad: Option<String>,
 }
 
+/// What an unencrypted layer's mount serves at `/.veil/<digest>.json` (hidden, read-only,
+/// root's): the layer's own view of [`LayerStatus`], for scripts and probes inside a
+/// container. Never served for an encrypted layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerStatusFile {
+    /// Layer blob digest.
+    pub digest: String,
+    /// Layer format: `estargz`, `zstd:chunked`, or for a streamed layer its tar stream
+    /// (`tar`, `tar+gzip`, `tar+zstd`).
+    pub format: String,
+    /// How it is served: `lazy` or `streamed` (fetched whole, verified, then served).
+    pub mode: String,
+    /// `serving`, or `bad` (every read fails `EIO`; see [`Self::bad`]).
+    pub state: String,
+    /// Whether the whole blob is on local disk (nothing left to fetch).
+    pub fully_fetched: bool,
+    /// Bytes of the blob fetched from the registry so far.
+    pub bytes_fetched: u64,
+    /// Size of the blob.
+    pub blob_size: u64,
+    /// Range requests sent for it.
+    pub range_requests: u64,
+    /// Range requests for it that failed (after their retries).
+    pub fetch_failures: u64,
+    /// Chunks that failed verification (served as EIO).
+    pub verify_failures: u64,
+    /// State of the background fetch: off, running, complete, cancelled, failed, skipped.
+    pub background_state: String,
+    /// Where the check of the layer's `diff_id` stands (see [`LayerStatus::diff_id`]).
+    pub diff_id: String,
+    /// Why the whole layer was marked bad, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad: Option<String>,
+}
+
 /// A layer containerd unpacked itself because Veil could not serve it lazily.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FallbackStatus {

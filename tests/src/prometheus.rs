@@ -54,6 +54,14 @@ pub fn sum(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A free loopback `IP:PORT` for a daemon's `[metrics] address` (bound, then released).
+pub fn free_loopback_address() -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
 /// Whether any sample of `name` is on the page.
 pub fn has(page: &str, name: &str) -> bool {
     page.lines()

@@ -31,7 +31,11 @@
 //! plaintext cache budget — in a plain tar.gz and in an eStargz image, each pulled and
 //! read whole (`sha256sum` in the container), with veil-guest in a memory cgroup of the
 //! budget plus a fixed headroom; its peak RSS must stay under the budget plus the
-//! overhead measured ([`RSS_OVERHEAD`]).
+//! overhead measured ([`RSS_OVERHEAD`]). veil-guest serves `[metrics] address` there:
+//! scraped after each pull and after each read, the page counts the image's layers as
+//! mounted (`streamed` for the tar.gz, `lazy` for the eStargz one) and, for the eStargz
+//! image, its layers' on-demand bytes and the FUSE reads grow by at least the file's size
+//! (random data does not compress) while it is read.
 //!
 //! Needs root, docker-registry, busybox-static, runc, FUSE, overlayfs and a writable
 //! memory cgroup. Run with
@@ -53,6 +57,7 @@ use veil_tests::lazy_image::{
     BIG_PATH, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT,
 };
 use veil_tests::process::run_with_timeout;
+use veil_tests::prometheus::{free_loopback_address, scrape, sum};
 use veil_tests::test_kbs::{count, resource_reads, SAMPLE_ATTESTATIONS};
 use veil_tests::veil_binary;
 
@@ -445,6 +450,39 @@ const CGROUP_HEADROOM: u64 = 176 << 20;
 /// DEFAULT_MAX_REQUEST`, 16 MiB, per request in flight), which glibc keeps once freed.
 const RSS_OVERHEAD: u64 = 144 << 20;
 
+/// veil-guest's metrics around reading [`BIG_PATH`] of image `name` (`pulled`: scraped
+/// after its pull, `read`: after the read): its layers are mounted (streamed for the
+/// tar.gz image, lazy for the eStargz one); for the eStargz image, on-demand bytes and
+/// FUSE reads grew by at least the file's size.
+fn check_guest_metrics(name: &str, pulled: &str, read: &str) -> anyhow::Result<()> {
+    let mode = if name == "large-plain" {
+        "streamed"
+    } else {
+        "lazy"
+    };
+    let mounted = sum(
+        pulled,
+        "veil_mounted_layers",
+        &[("mode", mode), ("state", "serving")],
+    );
+    if mounted < 2.0 {
+        bail!("{name}: veil-guest's metrics count {mounted} {mode} layers mounted after its pull, expected its 2");
+    }
+    let on_demand = [("source", "on_demand")];
+    let fetched = sum(read, "veil_layer_fetched_bytes_total", &on_demand)
+        - sum(pulled, "veil_layer_fetched_bytes_total", &on_demand);
+    let reads = sum(read, "veil_fuse_operations_total", &[("op", "read")])
+        - sum(pulled, "veil_fuse_operations_total", &[("op", "read")]);
+    eprintln!("[guest_ttrpc] {name}: metrics: {mounted} {mode} layers mounted; the read fetched {fetched} bytes on demand in {reads} FUSE reads");
+    if reads < 1.0 {
+        bail!("{name}: veil-guest's metrics count no FUSE read while {BIG_PATH} was read");
+    }
+    if mode == "lazy" && fetched < LARGE_FILE as f64 {
+        bail!("{name}: veil-guest's metrics count {fetched} bytes fetched on demand while a {LARGE_FILE}-byte random file was read");
+    }
+    Ok(())
+}
+
 #[test]
 fn a_large_image_starts_within_a_small_memory_budget() {
     let guest = GuestStack::new("veil-guest-memory-", HashMap::new()).unwrap();
@@ -467,10 +505,13 @@ fn a_large_image_starts_within_a_small_memory_budget() {
                 guest.push("large-estargz", &sized_layers(LayerFormat::Estargz, &big)?)?,
             ),
         ];
+        let metrics = free_loopback_address()?;
         guest.write_config_with(
             &[],
             None,
-            &format!("[cache]\nmemory_bytes = {SMALL_BUDGET}\n"),
+            &format!(
+                "[cache]\nmemory_bytes = {SMALL_BUDGET}\n\n[metrics]\naddress = \"{metrics}\"\n"
+            ),
         )?;
         guest.start()?;
         let pid = guest.veil()?.pid();
@@ -493,6 +534,7 @@ fn a_large_image_starts_within_a_small_memory_budget() {
                 "[guest_ttrpc] {name} pulled: RSS {:?}",
                 veil_tests::memory_cgroup::rss(pid)?
             );
+            let pulled = guest.runtime.block_on(scrape(&metrics))?;
             // The whole big file, read through the layer.
             let out = runc_run_script(&guest.dir, &bundle, name, &format!("sha256sum {BIG_PATH}"))?;
             if out != want {
@@ -502,6 +544,8 @@ fn a_large_image_starts_within_a_small_memory_budget() {
                 "[guest_ttrpc] {name} read: RSS {:?}",
                 veil_tests::memory_cgroup::rss(pid)?
             );
+            let read = guest.runtime.block_on(scrape(&metrics))?;
+            check_guest_metrics(name, &pulled, &read)?;
             unmount_rootfs(&bundle)?;
             guest.wait_nothing_mounted(name)?;
         }

@@ -25,7 +25,7 @@ use veil_tests::lazy_image::{
     BIG_PATH, HELLO_PATH, HELLO_TEXT,
 };
 use veil_tests::lazy_stack::{text, with_stack, LazyStack};
-use veil_tests::prometheus::{has, scrape, sum};
+use veil_tests::prometheus::{free_loopback_address, has, scrape, sum};
 
 /// Size of the random file read between the two scrapes.
 const BIG_SIZE: usize = 4 << 20;
@@ -33,13 +33,6 @@ const BIG_SIZE: usize = 4 << 20;
 const SECRET_PATH: &str = "/etc/veil-metrics-secret.txt";
 /// Plaintext chunk cache budget configured (and expected on the page).
 const MEMORY_BUDGET: u64 = 48 << 20;
-
-/// A free loopback port (bound, then released).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// The plain eStargz layers, encrypted to `public` with sealed TOC digests.
 fn encrypted_layers(public: &PublicKey) -> anyhow::Result<Vec<Layer>> {
@@ -159,7 +152,7 @@ fn metrics_and_status_views_of_an_encrypted_lazy_image() {
         let public = PublicKey::from_file(&keys.public).map_err(|e| anyhow!("{e}"))?;
         let layers = encrypted_layers(&public)?;
         stack.push("metered", "1", &layers)?;
-        let address = format!("127.0.0.1:{}", free_port()?);
+        let address = free_loopback_address()?;
         write_veil_config_with(
             stack,
             &keys.keys_dir,

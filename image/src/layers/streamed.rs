@@ -269,25 +269,25 @@ impl LazyLayers {
                 window: self.options.window.options(true),
             },
         ));
+        let entry = LayerEntry {
+            reader: reader.clone(),
+            image: what.layer.image_ref.clone(),
+            blob_size,
+            cached: what.cached,
+            mode: "streamed",
+            format: compression.name(),
+            streamed_bytes: read,
+            // Fetched whole before it is served: counted as prefetched.
+            prefetch_bytes: Arc::new(std::sync::atomic::AtomicU64::new(read)),
+            // Authenticated whole by the HMAC or the blob digest instead.
+            diff_id: DiffIdState::new(DIFF_ID_OFF),
+            access: access.clone(),
+        };
+        let status = self.status_file_for(&name, &entry, what.encrypted);
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name,
-                LayerEntry {
-                    reader: reader.clone(),
-                    image: what.layer.image_ref.clone(),
-                    blob_size,
-                    cached: what.cached,
-                    mode: "streamed",
-                    streamed_bytes: read,
-                    // Fetched whole before it is served: counted as prefetched.
-                    prefetch_bytes: Arc::new(std::sync::atomic::AtomicU64::new(read)),
-                    // Authenticated whole by the HMAC or the blob digest instead.
-                    diff_id: DiffIdState::new(DIFF_ID_OFF),
-                    access: access.clone(),
-                },
-            );
+            .insert(name, entry);
         Ok(Resolved::Lazy(Box::new(ReadyLayer {
             reader,
             access,
@@ -295,6 +295,7 @@ impl LazyLayers {
             options: self.mount_options.clone(),
             background: None,
             prefetching: None,
+            status,
         })))
     }
 }
