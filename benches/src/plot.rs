@@ -74,7 +74,7 @@ fn draw<DB: DrawingBackend>(
         .modes
         .iter()
         .filter_map(|m| m.total().map(|t| t.2))
-        .fold(p.limit_s, f64::max)
+        .fold(p.limit_with_run_s.unwrap_or(p.limit_s), f64::max)
         .max(0.1)
         * 1.6;
     // A log scale, so that the fast modes can be told apart beside the status quo.
@@ -175,6 +175,26 @@ fn draw<DB: DrawingBackend>(
             human(o.read_set_compressed_bytes)
         ))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RED.stroke_width(2)));
+    if let (Some(with_run), Some(run)) = (p.limit_with_run_s, p.local_run_s) {
+        let colour = RGBColor(120, 40, 160);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![
+                    (SegmentValue::Exact(0), with_run),
+                    (SegmentValue::Exact(n), with_run),
+                ],
+                4,
+                4,
+                colour.stroke_width(2),
+            ))
+            .map_err(e)?
+            .label(format!(
+                "limit + the workload's local run ({run:.2} s, status quo's run): {with_run:.2} s"
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
