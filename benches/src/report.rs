@@ -18,6 +18,9 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// The width of the mode column (the longest name, `veil-zstd-chunked-enc-prefetch-baseline`).
+const NAME_WIDTH: usize = 39;
+
 fn median(m: &ModeResult) -> Option<f64> {
     m.total().map(|t| t.0)
 }
@@ -47,7 +50,7 @@ pub fn sweep_table(o: &Outcome) -> String {
     let width = 22;
     let mut s = format!(
         "sweep: median cold start per shaping point ({} run(s) each; in brackets × the limit \
-         with the local run)\n{:<31}",
+         with the local run)\n{:<NAME_WIDTH$}",
         o.runs_per_mode, "mode"
     );
     for h in &heads {
@@ -56,7 +59,7 @@ pub fn sweep_table(o: &Outcome) -> String {
     s.push('\n');
     // Modes in the order of the first point; a mode missing at a point shows `-`.
     for name in o.points[0].modes.iter().map(|m| &m.mode) {
-        s.push_str(&format!("{name:<31}"));
+        s.push_str(&format!("{name:<NAME_WIDTH$}"));
         for p in &o.points {
             let m = p.modes.iter().find(|m| &m.mode == name);
             let t = m.and_then(median);
@@ -78,7 +81,7 @@ pub fn sweep_table(o: &Outcome) -> String {
         ),
         ("limit + local run", |p: &PointResult| p.limit_with_run_s),
     ] {
-        s.push_str(&format!("{label:<31}"));
+        s.push_str(&format!("{label:<NAME_WIDTH$}"));
         for p in &o.points {
             s.push_str(&format!(" {:>width$}", secs(f(p))));
         }
@@ -113,7 +116,7 @@ pub fn point_table(o: &Outcome, p: &PointResult) -> String {
         secs(p.limit_with_run_s),
     );
     s.push_str(&format!(
-        "{:<31} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>10} {:>7} {:>9} {:>7} {:>11}\n",
+        "{:<NAME_WIDTH$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>10} {:>7} {:>9} {:>7} {:>11}\n",
         "mode",
         "median",
         "min",
@@ -143,7 +146,7 @@ pub fn point_table(o: &Outcome, p: &PointResult) -> String {
             .filter(|r| r.error.is_none() && !r.output_ok)
             .count();
         s.push_str(&format!(
-            "{:<31} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>10} {:>7} {:>9} {:>7} {:>11}{}{}\n",
+            "{:<NAME_WIDTH$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>10} {:>7} {:>9} {:>7} {:>11}{}{}\n",
             m.mode,
             f(t.map(|t| t.0)),
             f(t.map(|t| t.1)),
