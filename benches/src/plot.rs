@@ -52,6 +52,8 @@ fn color(mode: &str) -> RGBColor {
         mode.ends_with("-enc"),
     ) {
         (true, _, _) => RGBColor(150, 150, 150),
+        // The encrypted status quo: a darker grey.
+        _ if mode.starts_with("status-quo-enc") => RGBColor(100, 100, 100),
         _ if mode == "stargz-snapshotter" => RGBColor(235, 150, 50),
         (_, true, _) if zstd => RGBColor(0, 110, 60),
         (_, true, _) => RGBColor(20, 60, 150),
