@@ -35,6 +35,9 @@ pub fn push_plain(image: &SampleImage, host: &str) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// The private key's file name in [`Recipient::keys_dir`].
+pub const PRIVATE_KEY_FILE: &str = "bench.pem";
+
 /// A JWE recipient of the encrypted images: the private key in `keys_dir` (Veil's
 /// `[decryption] keys_dir`), the public key for `veil convert --recipient jwe:`.
 #[derive(Debug, Clone)]
@@ -51,8 +54,11 @@ impl Recipient {
             .with_context(|| format!("creating {}", keys_dir.display()))?;
         let rsa = openssl::rsa::Rsa::generate(2048).context("generating an RSA key")?;
         let pkey = openssl::pkey::PKey::from_rsa(rsa)?;
-        std::fs::write(keys_dir.join("bench.pem"), pkey.private_key_to_pem_pkcs8()?)
-            .context("writing the private key")?;
+        std::fs::write(
+            keys_dir.join(PRIVATE_KEY_FILE),
+            pkey.private_key_to_pem_pkcs8()?,
+        )
+        .context("writing the private key")?;
         let public = dir.join("bench.pub.pem");
         std::fs::write(&public, pkey.public_key_to_pem()?).context("writing the public key")?;
         Ok(Self { keys_dir, public })

@@ -12,7 +12,10 @@
 
 pub mod cgroup_run;
 pub mod convert;
+pub mod enc_status_quo;
 pub mod fuse_read;
+pub mod limit;
+pub mod mode;
 pub mod passthrough;
 pub mod plot;
 pub mod proxy;

@@ -23,6 +23,9 @@ const SWEEP: &[(f64, f64)] = &[(2.0, 1000.0), (20.0, 200.0), (50.0, 100.0), (100
 /// a private containerd:
 ///
 ///   status-quo                   ctr images pull (download + unpack into overlayfs) + ctr run
+///   status-quo-enc-FORMAT        the encrypted status quo: skopeo copy --decryption-key of
+///                                the -enc image (whole, decrypted) + ctr images import
+///                                (unpack into overlayfs) + ctr run
 ///   stargz-snapshotter           ctr-remote images rpull + ctr run --snapshotter stargz (the
 ///                                peer, built from Debian's Go sources; eStargz, unencrypted)
 ///   veil-FORMAT                  veil pull + ctr run --snapshotter veil (lazy)
@@ -34,7 +37,8 @@ const SWEEP: &[(f64, f64)] = &[(2.0, 1000.0), (20.0, 200.0), (50.0, 100.0), (100
 /// FORMAT is estargz and/or zstd-chunked (--format). Every run is cold: a fresh Veil
 /// (empty caches) and a fresh containerd (empty content store), the page cache dropped.
 /// Prints a table (median / min / max, bytes fetched from the registry, speed-up over the
-/// status quo) and writes OUT/results.json, OUT/cold-start.png and OUT/cold-start.svg.
+/// status quo, times the two physical limits) per shaping point, with --sweep one more
+/// with every mode's median at every point side by side, and writes OUT/results.json, OUT/cold-start.png and OUT/cold-start.svg.
 ///
 /// Scale mode (--scale, or --sizes): the same workload on images of growing size (the
 /// sample's runtime plus random data; 512, 2048, 4096, 10240 MiB for --scale), each cold
@@ -73,9 +77,13 @@ struct Cli {
     #[arg(long, value_name = "MBIT", default_value_t = 200.0)]
     mbit: f64,
     /// Run every mode at several shaping points instead of one: RTT/bandwidth of
-    /// 2 ms/1000, 20 ms/200, 50 ms/100, 100 ms/50 Mbit/s.
+    /// 2 ms/1000, 20 ms/200, 50 ms/100, 100 ms/50 Mbit/s (or --sweep-points).
     #[arg(long)]
     sweep: bool,
+    /// The points of --sweep instead of its defaults: RTT_MS:MBIT, comma-separated (e.g.
+    /// 20:200,100:50).
+    #[arg(long, value_name = "MS:MBIT,...", value_delimiter = ',', value_parser = parse_point)]
+    sweep_points: Vec<(f64, f64)>,
     /// Veil's layer format(s).
     #[arg(long, value_enum, default_value_t = FormatArg::Both)]
     format: FormatArg,
@@ -84,7 +92,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "status-quo,stargz,lazy,enc,enc-prefetch,enc-optimized"
+        default_value = "status-quo,enc-status-quo,stargz,lazy,enc,enc-prefetch,enc-optimized"
     )]
     modes: Vec<ModeKind>,
     /// The workload instead of the sample's: a command line run with /bin/sh -c in the
@@ -161,6 +169,18 @@ struct Cli {
     /// Scale mode: the guest's memory, the cgroup's limit (MiB); its tmpfs gets half.
     #[arg(long, value_name = "MIB", default_value_t = veil_bench::scale::DEFAULT_MEMORY_LIMIT_MIB)]
     memory_limit: u64,
+}
+
+/// One `--sweep-points` entry, `RTT_MS:MBIT`.
+fn parse_point(s: &str) -> Result<(f64, f64), String> {
+    let (rtt, mbit) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not RTT_MS:MBIT (e.g. 100:50)"))?;
+    let num = |v: &str, what: &str| match v.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!("{s:?}: the {what} {v:?} is not a number ≥ 0")),
+    };
+    Ok((num(rtt, "RTT")?, num(mbit, "bandwidth")?))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -281,7 +301,12 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     if modes.is_empty() {
         bail!("no mode to run (--modes)");
     }
-    let shapings = if cli.sweep {
+    let shapings = if !cli.sweep_points.is_empty() {
+        cli.sweep_points
+            .iter()
+            .map(|&(r, b)| Shaping::new(r, b))
+            .collect()
+    } else if cli.sweep {
         SWEEP.iter().map(|&(r, b)| Shaping::new(r, b)).collect()
     } else {
         vec![Shaping::new(cli.rtt_ms, cli.mbit)]
@@ -365,6 +390,8 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         "machine": machine(),
         "shaping": "a TCP proxy on loopback: one-way delay RTT/2 per direction (+1 RTT per new connection), token-bucket bandwidth per direction shared by all connections",
         "status_quo": "containerd's own pull of the plain tar.gz image (unencrypted: the status quo's best case) into overlayfs, then ctr run",
+        "status_quo_enc": "skopeo copy --decryption-key of the -enc image (every layer downloaded whole and decrypted) to an OCI archive, ctr images import (unpack into overlayfs), ctr run",
+        "limits": "limit_s: the read set's compressed bytes ÷ bandwidth + 2 RTT; limit_with_run_s: limit_s + local_run_s, the status-quo modes' median run part (the workload from a local overlayfs snapshot)",
         "result": outcome,
         "lazy": { "measured": cli.lazy, "baseline": cli.baseline_lazy },
         "all_ok": all_ok,

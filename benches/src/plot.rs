@@ -52,6 +52,8 @@ fn color(mode: &str) -> RGBColor {
         mode.ends_with("-enc"),
     ) {
         (true, _, _) => RGBColor(150, 150, 150),
+        // The encrypted status quo: a darker grey.
+        _ if mode.starts_with("status-quo-enc") => RGBColor(100, 100, 100),
         _ if mode == "stargz-snapshotter" => RGBColor(235, 150, 50),
         (_, true, _) if zstd => RGBColor(0, 110, 60),
         (_, true, _) => RGBColor(20, 60, 150),
@@ -74,7 +76,7 @@ fn draw<DB: DrawingBackend>(
         .modes
         .iter()
         .filter_map(|m| m.total().map(|t| t.2))
-        .fold(p.limit_s, f64::max)
+        .fold(p.limit_with_run_s.unwrap_or(p.limit_s), f64::max)
         .max(0.1)
         * 1.6;
     // A log scale, so that the fast modes can be told apart beside the status quo.
@@ -175,6 +177,26 @@ fn draw<DB: DrawingBackend>(
             human(o.read_set_compressed_bytes)
         ))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RED.stroke_width(2)));
+    if let (Some(with_run), Some(run)) = (p.limit_with_run_s, p.local_run_s) {
+        let colour = RGBColor(120, 40, 160);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![
+                    (SegmentValue::Exact(0), with_run),
+                    (SegmentValue::Exact(n), with_run),
+                ],
+                4,
+                4,
+                colour.stroke_width(2),
+            ))
+            .map_err(e)?
+            .label(format!(
+                "limit + the workload's local run ({run:.2} s, status quo's run): {with_run:.2} s"
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)

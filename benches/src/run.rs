@@ -28,6 +28,7 @@ use veil_tests::local_registry::LocalRegistry;
 use veil_tests::process::{run_with_timeout, ChildGuard};
 use veil_tests::scenario::VeilSnapshotter;
 
+pub use crate::mode::{modes, Format, Mode, ModeKind};
 use crate::proxy::{Shaping, ShapingProxy};
 use crate::read_set::ReadSet;
 use crate::sample::{SampleImage, SampleKind};
@@ -63,217 +64,6 @@ pub fn check_interrupted() -> anyhow::Result<()> {
         bail!("interrupted");
     }
     Ok(())
-}
-
-/// The layer format of Veil's images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Format {
-    #[serde(rename = "estargz")]
-    Estargz,
-    #[serde(rename = "zstd-chunked")]
-    ZstdChunked,
-}
-
-impl Format {
-    pub fn flag(self) -> &'static str {
-        match self {
-            Format::Estargz => "estargz",
-            Format::ZstdChunked => "zstd-chunked",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Format::Estargz => "eStargz",
-            Format::ZstdChunked => "zstd:chunked",
-        }
-    }
-}
-
-/// One way of starting the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// containerd's own pull (download + unpack into overlayfs), then `ctr run`.
-    StatusQuo,
-    /// The peer: `ctr-remote images rpull` + `ctr run --snapshotter stargz` on the
-    /// unencrypted eStargz image.
-    Stargz,
-    /// `veil pull` + `ctr run --snapshotter veil`.
-    Veil {
-        format: Format,
-        encrypted: bool,
-        prefetch: bool,
-        /// Fetching as before issue 13, for side-by-side runs: no neighbourhood windows,
-        /// the prefetch waits for all prioritized files (same image).
-        baseline: bool,
-    },
-    /// The same, on the encrypted image `veil optimize` made: the files the workload
-    /// read in a recording run first, then the landmark.
-    Optimized { format: Format },
-}
-
-impl Mode {
-    /// The mode's name in the table, the JSON and `--modes`.
-    pub fn name(self) -> String {
-        match self {
-            Mode::StatusQuo => "status-quo".into(),
-            Mode::Stargz => "stargz-snapshotter".into(),
-            Mode::Veil {
-                format,
-                encrypted,
-                prefetch,
-                baseline,
-            } => {
-                let mut s = format!("veil-{}", format.flag());
-                if encrypted {
-                    s.push_str("-enc");
-                }
-                if prefetch {
-                    s.push_str("-prefetch");
-                }
-                if baseline {
-                    s.push_str("-baseline");
-                }
-                s
-            }
-            Mode::Optimized { format } => format!("veil-{}-enc-optimized", format.flag()),
-        }
-    }
-
-    /// A short label for the plot.
-    pub fn short(self) -> String {
-        match self {
-            Mode::StatusQuo => "status quo".into(),
-            Mode::Stargz => "stargz-snapshotter".into(),
-            Mode::Veil {
-                format,
-                encrypted,
-                prefetch,
-                baseline,
-            } => {
-                let mut s = format.label().to_string();
-                if encrypted {
-                    s.push_str("+enc");
-                }
-                if prefetch {
-                    s.push_str("+pf");
-                }
-                if baseline {
-                    s.push_str(" (before)");
-                }
-                s
-            }
-            Mode::Optimized { format } => format!("{}+enc+optimize", format.label()),
-        }
-    }
-
-    /// What it does, in words.
-    pub fn describe(self) -> String {
-        match self {
-            Mode::StatusQuo => {
-                "ctr images pull (download + unpack, overlayfs) + ctr run; plain tar.gz, unencrypted"
-                    .into()
-            }
-            Mode::Stargz => "ctr-remote images rpull + ctr run --snapshotter stargz \
-                 (stargz-snapshotter from Debian's sources); eStargz, unencrypted"
-                .into(),
-            Mode::Veil {
-                format,
-                encrypted,
-                prefetch,
-                baseline,
-            } => format!(
-                "veil pull + ctr run --snapshotter veil; {}{}{}{}",
-                format.label(),
-                if encrypted { ", encrypted (JWE)" } else { "" },
-                if prefetch {
-                    ", prefetch landmark (the workload's files)"
-                } else {
-                    ""
-                },
-                if baseline {
-                    "; fetching as before: no windows, prefetch waits for all"
-                } else {
-                    ""
-                }
-            ),
-            Mode::Optimized { format } => format!(
-                "veil pull + ctr run --snapshotter veil; {}, encrypted (JWE), made by veil \
-                 optimize (the files a recording run of the workload read, then the landmark)",
-                format.label()
-            ),
-        }
-    }
-
-    /// The image tag it pulls.
-    pub fn tag(self) -> String {
-        match self {
-            Mode::StatusQuo => "plain".into(),
-            Mode::Stargz => "estargz".into(),
-            m => m
-                .name()
-                .trim_start_matches("veil-")
-                .trim_end_matches("-baseline")
-                .to_string(),
-        }
-    }
-}
-
-/// The modes for `formats`, with `kinds` picked from status-quo, lazy, enc, enc-prefetch.
-pub fn modes(formats: &[Format], kinds: &[ModeKind]) -> Vec<Mode> {
-    let mut out = Vec::new();
-    if kinds.contains(&ModeKind::StatusQuo) {
-        out.push(Mode::StatusQuo);
-    }
-    if kinds.contains(&ModeKind::Stargz) {
-        out.push(Mode::Stargz);
-    }
-    for &format in formats {
-        for (kind, encrypted, prefetch, baseline) in [
-            (ModeKind::Lazy, false, false, false),
-            (ModeKind::LazyBaseline, false, false, true),
-            (ModeKind::Enc, true, false, false),
-            (ModeKind::EncBaseline, true, false, true),
-            (ModeKind::EncPrefetch, true, true, false),
-            (ModeKind::EncPrefetchBaseline, true, true, true),
-        ] {
-            if kinds.contains(&kind) {
-                out.push(Mode::Veil {
-                    format,
-                    encrypted,
-                    prefetch,
-                    baseline,
-                });
-            }
-        }
-        if kinds.contains(&ModeKind::EncOptimized) {
-            out.push(Mode::Optimized { format });
-        }
-    }
-    out
-}
-
-/// The kinds of mode `--modes` picks from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeKind {
-    /// containerd's pull + unpack into overlayfs, then ctr run.
-    StatusQuo,
-    /// stargz-snapshotter (built from Debian's Go sources), eStargz, unencrypted.
-    Stargz,
-    /// Veil, lazy, unencrypted.
-    Lazy,
-    /// Veil, lazy, encrypted (JWE recipient).
-    Enc,
-    /// Veil, lazy, encrypted, the workload's files prefetched (landmark).
-    EncPrefetch,
-    /// Veil, lazy, encrypted, the image made by `veil optimize` (a recorded list).
-    EncOptimized,
-    /// `lazy` fetching as before issue 13 (no windows), for side-by-side runs.
-    LazyBaseline,
-    /// `enc` fetching as before issue 13 (no windows).
-    EncBaseline,
-    /// `enc-prefetch` fetching as before issue 13 (no windows, the prefetch waits).
-    EncPrefetchBaseline,
 }
 
 /// Where Veil's binaries are.
@@ -387,6 +177,9 @@ pub struct ModeResult {
     pub description: String,
     /// Total size of the image's layer blobs as pushed.
     pub image_bytes: u64,
+    /// A status-quo mode (the whole image unpacked before the container starts): its
+    /// `run` part is the workload on a local snapshot.
+    pub status_quo: bool,
     pub runs: Vec<RunResult>,
 }
 
@@ -441,9 +234,14 @@ impl ModeResult {
 pub struct PointResult {
     pub rtt_ms: f64,
     pub mbit: f64,
-    /// The physical limit: the read set (compressed) over the bandwidth, plus two RTTs
-    /// (manifest, then the data).
+    /// The physical (transfer) limit: the read set (compressed) over the bandwidth, plus
+    /// two RTTs (manifest, then the data); see [`crate::limit`].
     pub limit_s: f64,
+    /// The workload's run from a local snapshot: the status-quo modes' median `run` part
+    /// at this point (None without a status-quo mode).
+    pub local_run_s: Option<f64>,
+    /// The limit with the local run: `limit_s + local_run_s`.
+    pub limit_with_run_s: Option<f64>,
     pub modes: Vec<ModeResult>,
 }
 
@@ -557,22 +355,10 @@ fn measure_all(
     };
     let mut images: Vec<Mode> = vec![warm_up_mode];
     for mode in &plan.modes {
-        // The peer pulls Veil's unencrypted eStargz image.
-        let image = match mode {
-            Mode::StatusQuo | Mode::Stargz => continue,
-            // A baseline mode runs on the same image as its mode.
-            Mode::Veil {
-                format,
-                encrypted,
-                prefetch,
-                ..
-            } => Mode::Veil {
-                format: *format,
-                encrypted: *encrypted,
-                prefetch: *prefetch,
-                baseline: false,
-            },
-            m => *m,
+        // The peer pulls Veil's unencrypted eStargz image; a baseline mode and the
+        // encrypted status quo run on another mode's image.
+        let Some(image) = mode.veil_image() else {
+            continue;
         };
         if !images.contains(&image) {
             images.push(image);
@@ -634,6 +420,7 @@ fn measure_all(
                 label: m.short(),
                 description: m.describe(),
                 image_bytes: image_bytes.get(&m.tag()).copied().unwrap_or(0),
+                status_quo: m.is_status_quo(),
                 runs: Vec::new(),
             })
             .collect();
@@ -683,12 +470,14 @@ fn measure_all(
                 results[mi].runs.push(r);
             }
         }
-        let limit_s =
-            shaping.transfer_secs(read_set.compressed_bytes) + 2.0 * shaping.rtt.as_secs_f64();
+        let limit_s = crate::limit::transfer(shaping, read_set.compressed_bytes);
+        let local_run_s = crate::limit::local_run(&results);
         points.push(PointResult {
             rtt_ms: shaping.rtt_ms(),
             mbit: shaping.mbit(),
             limit_s,
+            local_run_s,
+            limit_with_run_s: crate::limit::with_run(limit_s, local_run_s),
             modes: results,
         });
     }
@@ -730,7 +519,7 @@ fn convert_image(
             ..
         } => (format, encrypted, prefetch, None),
         Mode::Optimized { format } => (format, true, false, Some(workload)),
-        Mode::StatusQuo | Mode::Stargz => return Ok(0.0),
+        Mode::StatusQuo | Mode::EncStatusQuo { .. } | Mode::Stargz => return Ok(0.0),
     };
     let host = registry.host();
     let tag = mode.tag();
@@ -970,6 +759,14 @@ fn measured(
                 PULL_TIMEOUT,
             )
             .map(|_| ()),
+        Mode::EncStatusQuo { .. } => crate::enc_status_quo::pull(
+            cd,
+            &proxy.host(),
+            &mode.tag(),
+            &plan.dir.join("keys").join(crate::convert::PRIVATE_KEY_FILE),
+            dir,
+            PULL_TIMEOUT,
+        ),
         Mode::Stargz => match plan.stargz.as_ref() {
             Some(tools) => cd
                 .ctr_like(
@@ -989,6 +786,7 @@ fn measured(
     let ran = pulled.and_then(|()| {
         let snapshotter = match mode {
             Mode::StatusQuo => "overlayfs",
+            Mode::EncStatusQuo { .. } => crate::enc_status_quo::SNAPSHOTTER,
             Mode::Stargz => "stargz",
             Mode::Veil { .. } | Mode::Optimized { .. } => veil_tests::containerd::SNAPSHOTTER,
         };
@@ -1089,44 +887,6 @@ pub(crate) fn veil_pull(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mode_names_and_tags() {
-        let all = [
-            ModeKind::StatusQuo,
-            ModeKind::Stargz,
-            ModeKind::Lazy,
-            ModeKind::Enc,
-            ModeKind::EncPrefetch,
-        ];
-        let names: Vec<String> = modes(&[Format::Estargz, Format::ZstdChunked], &all)
-            .iter()
-            .map(|m| m.name())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "status-quo",
-                "stargz-snapshotter",
-                "veil-estargz",
-                "veil-estargz-enc",
-                "veil-estargz-enc-prefetch",
-                "veil-zstd-chunked",
-                "veil-zstd-chunked-enc",
-                "veil-zstd-chunked-enc-prefetch"
-            ]
-        );
-        assert_eq!(Mode::StatusQuo.tag(), "plain");
-        assert_eq!(Mode::Stargz.tag(), "estargz");
-        assert_eq!(
-            modes(&[Format::Estargz], &all)[4].tag(),
-            "estargz-enc-prefetch"
-        );
-        // A baseline mode runs the same image as its mode, fetching as before.
-        let baseline = modes(&[Format::Estargz], &[ModeKind::EncBaseline])[0];
-        assert_eq!(baseline.name(), "veil-estargz-enc-baseline");
-        assert_eq!(baseline.tag(), "estargz-enc");
-    }
 
     #[test]
     fn medians() {
