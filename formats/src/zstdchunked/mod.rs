@@ -25,7 +25,7 @@ mod writer;
 
 pub use annotations::{ManifestInfo, ManifestPosition};
 pub use footer::{FOOTER_SIZE, LEGACY_FOOTER_SIZE};
-pub use reader::{read_toc, read_toc_with_limits};
+pub use reader::{read_toc, read_toc_with_limits, read_toc_with_tail};
 pub use writer::{build, build_to_vec, Variant, ZstdBuildOptions, ZstdBuildOutput};
 
 /// Annotation: `sha256:` of the compressed TOC (current containers/storage).
