@@ -1,8 +1,8 @@
-//! A blob's last bytes, fetched ahead in one request, answering the reads that fall in
-//! them without another round trip: how a layer's footer and TOC (both at the end of
-//! the blob) are read in one request instead of two ([`read_through_tail`]), and how
-//! bytes fetched before a layer is resolved are handed to its resolution
-//! ([`TailPrefilled`]).
+//! Bytes of a blob fetched ahead, answering the reads that fall in them without
+//! another round trip: how bytes fetched before a layer is resolved (its TOC's range,
+//! read while the layer below was being resolved) reach its resolution
+//! ([`Prefilled`]), and how a TOC that starts before the speculatively read tail is
+//! completed with one request for its front part only ([`read_through`]).
 //!
 //! Nothing here checks the bytes: they are whatever the inner source returned, and are
 //! verified by whoever reads them, as any source's bytes are.
@@ -15,82 +15,81 @@ use futures::future::BoxFuture;
 
 use crate::BlobSource;
 
-/// The bytes of `range` from `source`, where `tail` holds the blob's bytes from
-/// `tail_start` on: what lies in the tail is copied from it, only what lies before it
-/// is read from `source` (one request).
-pub async fn read_through_tail(
+/// The bytes of `range` from `source`, where `held` holds the blob's bytes from `at` on:
+/// a range inside them is copied from them; one that starts before them and ends inside
+/// them costs one request for its part before them; any other goes to `source`.
+pub async fn read_through(
     source: &dyn BlobSource,
-    tail_start: u64,
-    tail: &[u8],
+    at: u64,
+    held: &[u8],
     range: Range<u64>,
 ) -> io::Result<Vec<u8>> {
-    let tail_end = tail_start + tail.len() as u64;
-    if range.start >= range.end || range.end > tail_end || range.end <= tail_start {
+    let held_end = at + held.len() as u64;
+    if range.start >= range.end || range.end > held_end || range.end <= at {
         return source.read_range(range).await;
     }
-    let from_tail =
-        |r: Range<u64>| &tail[(r.start - tail_start) as usize..(r.end - tail_start) as usize];
-    if range.start >= tail_start {
-        return Ok(from_tail(range).to_vec());
+    let copy = |r: Range<u64>| &held[(r.start - at) as usize..(r.end - at) as usize];
+    if range.start >= at {
+        return Ok(copy(range).to_vec());
     }
-    let mut out = source.read_range(range.start..tail_start).await?;
-    if out.len() as u64 != tail_start - range.start {
+    let mut out = source.read_range(range.start..at).await?;
+    if out.len() as u64 != at - range.start {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!(
                 "source returned {} bytes for the {}-byte range {:?}",
                 out.len(),
-                tail_start - range.start,
-                range.start..tail_start
+                at - range.start,
+                range.start..at
             ),
         ));
     }
-    out.extend_from_slice(from_tail(tail_start..range.end));
+    out.extend_from_slice(copy(at..range.end));
     Ok(out)
 }
 
-/// A source whose last bytes were fetched ahead: reads that reach into them are
-/// answered from memory (the part before them from the inner source) until
-/// [`TailPrefilled::release`] drops them; every other read, and every read after that,
-/// goes to the inner source.
-pub struct TailPrefilled {
+/// A source with some of its bytes fetched ahead: reads that reach into them are
+/// answered from memory (see [`read_through`]) until [`Prefilled::release`] drops them;
+/// every other read, and every read after that, goes to the inner source.
+pub struct Prefilled {
     inner: Arc<dyn BlobSource>,
-    tail: Mutex<Option<Arc<Vec<u8>>>>,
+    at: u64,
+    held: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
-impl TailPrefilled {
-    /// `inner`, with `tail` its last `tail.len()` bytes (a tail longer than the blob is
-    /// not used).
-    pub fn new(inner: Arc<dyn BlobSource>, tail: Arc<Vec<u8>>) -> Self {
-        let usable = tail.len() as u64 <= inner.size();
+impl Prefilled {
+    /// `inner`, with `held` its bytes from offset `at` on (bytes said to lie past the
+    /// blob's end are not used).
+    pub fn new(inner: Arc<dyn BlobSource>, at: u64, held: Arc<Vec<u8>>) -> Self {
+        let fits = at
+            .checked_add(held.len() as u64)
+            .is_some_and(|end| end <= inner.size());
         Self {
             inner,
-            tail: Mutex::new(usable.then_some(tail)),
+            at,
+            held: Mutex::new(fits.then_some(held)),
         }
     }
 
-    /// Drops the tail's bytes: from now on every read goes to the inner source.
+    /// Drops the held bytes: from now on every read goes to the inner source.
     pub fn release(&self) {
-        *self.tail.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn tail(&self) -> Option<Arc<Vec<u8>>> {
-        self.tail.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn held(&self) -> Option<Arc<Vec<u8>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-impl BlobSource for TailPrefilled {
+impl BlobSource for Prefilled {
     fn size(&self) -> u64 {
         self.inner.size()
     }
 
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
         Box::pin(async move {
-            match self.tail() {
-                Some(tail) => {
-                    let start = self.inner.size() - tail.len() as u64;
-                    read_through_tail(self.inner.as_ref(), start, &tail, range).await
-                }
+            match self.held() {
+                Some(held) => read_through(self.inner.as_ref(), self.at, &held, range).await,
                 None => self.inner.read_range(range).await,
             }
         })
@@ -139,11 +138,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_in_the_tail_cost_no_request_and_the_rest_one() {
+    fn reads_in_the_held_bytes_cost_no_request_and_the_rest_one() {
         let source = blob();
         let all = source.0 .0.clone();
         let tail = &all[900..];
-        let read = |r: Range<u64>| block_on(read_through_tail(source.as_ref(), 900, tail, r));
+        let read = |r: Range<u64>| block_on(read_through(source.as_ref(), 900, tail, r));
         assert_eq!(read(950..1000).unwrap(), &all[950..1000]);
         assert_eq!(read(900..901).unwrap(), &all[900..901]);
         assert_eq!(source.1.load(Ordering::Relaxed), 0);
@@ -157,10 +156,10 @@ mod tests {
     }
 
     #[test]
-    fn prefilled_serves_its_tail_until_released() {
+    fn prefilled_serves_its_bytes_until_released() {
         let source = blob();
         let all = source.0 .0.clone();
-        let pre = TailPrefilled::new(source.clone(), Arc::new(all[872..].to_vec()));
+        let pre = Prefilled::new(source.clone(), 872, Arc::new(all[872..].to_vec()));
         assert_eq!(pre.size(), 1000);
         assert_eq!(block_on(pre.read_range(872..1000)).unwrap(), &all[872..]);
         assert_eq!(block_on(pre.read_range(700..900)).unwrap(), &all[700..900]);
@@ -171,21 +170,34 @@ mod tests {
     }
 
     #[test]
-    fn a_tail_longer_than_the_blob_is_not_used() {
+    fn bytes_past_the_end_are_not_used() {
         let source = blob();
-        let pre = TailPrefilled::new(source.clone(), Arc::new(vec![7u8; 2000]));
+        let pre = Prefilled::new(source.clone(), 0, Arc::new(vec![7u8; 2000]));
         let got = block_on(pre.read_range(990..1000)).unwrap();
         assert_eq!(got, &source.0 .0[990..]);
         assert_eq!(source.1.load(Ordering::Relaxed), 1);
     }
 
     #[test]
-    fn discard_drops_the_tail() {
+    fn discard_drops_the_held_bytes() {
         let source = blob();
         let all = source.0 .0.clone();
-        let pre = TailPrefilled::new(source.clone(), Arc::new(all[900..].to_vec()));
+        let pre = Prefilled::new(source.clone(), 900, Arc::new(all[900..].to_vec()));
         pre.discard(950..960);
         block_on(pre.read_range(950..960)).unwrap();
         assert_eq!(source.1.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn held_bytes_in_the_middle() {
+        let source = blob();
+        let all = source.0 .0.clone();
+        let pre = Prefilled::new(source.clone(), 100, Arc::new(all[100..200].to_vec()));
+        assert_eq!(block_on(pre.read_range(120..180)).unwrap(), &all[120..180]);
+        assert_eq!(source.1.load(Ordering::Relaxed), 0);
+        // Reaching past the held bytes: the inner source answers all of it.
+        assert_eq!(block_on(pre.read_range(150..250)).unwrap(), &all[150..250]);
+        assert_eq!(block_on(pre.read_range(50..150)).unwrap(), &all[50..150]);
+        assert_eq!(source.1.load(Ordering::Relaxed), 2);
     }
 }
