@@ -582,65 +582,70 @@ impl LazyLayers {
         })))
     }
 
-    /// [`LayerResolver::look_ahead`]: fetches, in the background, the range each TOC
-    /// read of the first [`LazyOptions::look_ahead_layers`] layers of `above` will ask
-    /// for first (see `layers/ahead.rs`).
+    /// [`LayerResolver::look_ahead`]: fetches, in the background, the range the TOC
+    /// read of `layer` will ask for first, then those of the first
+    /// [`LazyOptions::look_ahead_layers`] layers of `above` (see `layers/ahead.rs`).
+    /// `layer`'s own comes first, registered before its resolution looks for it (it
+    /// waits for this fetch instead of making its own) and sent first, on the connection
+    /// the manifest came on, ahead of the others.
     fn start_look_ahead(&self, layer: &RemoteLayer, above: &[String]) {
         let tail_bytes = self.options.toc_tail_bytes;
-        let digests: Vec<String> = above
+        if tail_bytes == 0 || self.options.look_ahead_layers == 0 {
+            return;
+        }
+        let first = self.fetch_ahead(layer, &layer.layer_digest, None);
+        for digest in above
             .iter()
             .filter(|d| **d != layer.layer_digest)
             .take(self.options.look_ahead_layers)
-            .cloned()
-            .collect();
-        if digests.is_empty() || tail_bytes == 0 {
-            return;
+        {
+            self.fetch_ahead(layer, digest, first.clone());
         }
+    }
+
+    /// Registers and starts the fetch ahead of the first TOC range of layer `digest` of
+    /// `layer`'s image, after `after` (when given) is done.
+    fn fetch_ahead(
+        &self,
+        layer: &RemoteLayer,
+        digest: &str,
+        after: Option<ahead::Pending>,
+    ) -> Option<ahead::Pending> {
+        let tail_bytes = self.options.toc_tail_bytes;
         let registry = self.registry.clone();
         let manifests = self.manifests.clone();
-        let ahead = self.ahead.clone();
-        let runtime = self.runtime.clone();
         let layer = layer.clone();
-        self.runtime.spawn(async move {
+        let digest = digest.to_string();
+        let key = Ahead::key(&layer.image_ref, &digest);
+        let fetch = async move {
+            if let Some(after) = after {
+                after.await;
+            }
             let (reference, manifest) = match manifests.get(&registry, &layer).await {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::debug!(image = %layer.image_ref, error = %e, "look-ahead: no manifest");
-                    return;
+                    return None;
                 }
             };
-            for digest in digests {
-                let Some(desc) = Digest::parse(&digest)
-                    .ok()
-                    .and_then(|d| manifest.layer(&d).cloned())
-                else {
-                    continue;
-                };
-                let Some(range) = first_toc_range(&desc, tail_bytes) else {
-                    continue;
-                };
-                let blob = registry.blob(&reference, &desc);
-                let len = range.end - range.start;
-                let fetch = async move {
-                    match blob.read(range.clone()).await {
-                        Ok(bytes) if bytes.len() as u64 == len => Some(Arc::new(HeldBytes {
-                            at: range.start,
-                            bytes: Arc::new(bytes),
-                        })),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::debug!(layer = %desc.digest, error = %e, "look-ahead: fetching the TOC range failed");
-                            None
-                        }
-                    }
-                }
-                .boxed();
-                let key = Ahead::key(&layer.image_ref, &digest);
-                if ahead.start(&runtime, key, len, fetch) {
-                    tracing::debug!(layer = %digest, bytes = len, "look-ahead: fetching the TOC range");
+            let desc = manifest.layer(&Digest::parse(&digest).ok()?)?.clone();
+            let range = first_toc_range(&desc, tail_bytes)?;
+            tracing::debug!(layer = %digest, range = ?range, "look-ahead: fetching the TOC range");
+            let len = range.end - range.start;
+            match registry.blob(&reference, &desc).read(range.clone()).await {
+                Ok(bytes) if bytes.len() as u64 == len => Some(Arc::new(HeldBytes {
+                    at: range.start,
+                    bytes: Arc::new(bytes),
+                })),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(layer = %digest, error = %e, "look-ahead: fetching the TOC range failed");
+                    None
                 }
             }
-        });
+        }
+        .boxed();
+        self.ahead.start(&self.runtime, key, tail_bytes, fetch)
     }
 
     /// Starts prefetching the prioritized files of `reader`'s layer, up to blob offset

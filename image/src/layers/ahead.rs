@@ -38,7 +38,8 @@ pub(crate) struct HeldBytes {
     pub bytes: Arc<Vec<u8>>,
 }
 
-type Pending = Shared<BoxFuture<'static, Option<Arc<HeldBytes>>>>;
+/// A fetch started ahead, shared by whoever waits for it.
+pub(crate) type Pending = Shared<BoxFuture<'static, Option<Arc<HeldBytes>>>>;
 
 struct Entry {
     id: u64,
@@ -74,18 +75,19 @@ impl Ahead {
         format!("{image_ref} {digest}")
     }
 
-    /// Starts `fetch` (of `len` bytes) on `runtime` for `key`, unless one is already
-    /// there or the budget is spent; it is dropped after [`AHEAD_TTL`] if not taken.
+    /// Starts `fetch` (of `len` bytes at most) on `runtime` for `key`, unless one is
+    /// already there or the budget is spent (`None`); it is dropped after [`AHEAD_TTL`]
+    /// if not taken.
     pub fn start(
         &self,
         runtime: &tokio::runtime::Handle,
         key: String,
         len: u64,
         fetch: BoxFuture<'static, Option<Arc<HeldBytes>>>,
-    ) -> bool {
+    ) -> Option<Pending> {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if state.entries.contains_key(&key) || state.reserved + len > AHEAD_MAX_BYTES {
-            return false;
+            return None;
         }
         let pending = fetch.shared();
         let id = state.next_id;
@@ -101,15 +103,16 @@ impl Ahead {
         );
         drop(state);
         let this = self.clone();
+        let driven = pending.clone();
         runtime.spawn(async move {
-            pending.await;
+            driven.await;
             tokio::time::sleep(AHEAD_TTL).await;
             let mut state = this.0.lock().unwrap_or_else(|p| p.into_inner());
             if state.remove(&key, Some(id)).is_some() {
                 tracing::debug!(layer = %key, "bytes fetched ahead were not used; dropped");
             }
         });
-        true
+        Some(pending)
     }
 
     /// The bytes fetched ahead for `key` (waiting for them if they are still coming),
