@@ -614,6 +614,7 @@ impl LazyLayers {
         let tail_bytes = self.options.toc_tail_bytes;
         let registry = self.registry.clone();
         let manifests = self.manifests.clone();
+        let disk_cache = self.options.disk_cache.clone();
         let layer = layer.clone();
         let digest = digest.to_string();
         let key = Ahead::key(&layer.image_ref, &digest);
@@ -632,7 +633,14 @@ impl LazyLayers {
             let range = first_toc_range(&desc, tail_bytes)?;
             tracing::debug!(layer = %digest, range = ?range, "look-ahead: fetching the TOC range");
             let len = range.end - range.start;
-            match registry.blob(&reference, &desc).read(range.clone()).await {
+            // Through the disk cache, which keeps the bytes as it would have kept the
+            // layer's own TOC read.
+            let blob: Arc<dyn BlobSource> = Arc::new(registry.blob(&reference, &desc));
+            let blob: Arc<dyn BlobSource> = match &disk_cache {
+                Some(disk) => disk.wrap(&digest, blob),
+                None => blob,
+            };
+            match blob.read_range(range.clone()).await {
                 Ok(bytes) if bytes.len() as u64 == len => Some(Arc::new(HeldBytes {
                     at: range.start,
                     bytes: Arc::new(bytes),

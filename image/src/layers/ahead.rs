@@ -234,16 +234,14 @@ mod tests {
             bytes: Arc::new(vec![1, 2, 3]),
         });
         let h = held.clone();
-        assert!(ahead.start(&runtime, "a".into(), 3, async move { Some(h) }.boxed()));
+        let started = ahead.start(&runtime, "a".into(), 3, async move { Some(h) }.boxed());
+        assert!(started.is_some());
         // A second fetch of the same layer is not started.
-        assert!(!ahead.start(&runtime, "a".into(), 3, async { None }.boxed()));
+        let again = ahead.start(&runtime, "a".into(), 3, async { None }.boxed());
+        assert!(again.is_none());
         // Nor one over the budget.
-        assert!(!ahead.start(
-            &runtime,
-            "b".into(),
-            AHEAD_MAX_BYTES,
-            async { None }.boxed()
-        ));
+        let over = ahead.start(&runtime, "b".into(), AHEAD_MAX_BYTES, async { None }.boxed());
+        assert!(over.is_none());
         assert_eq!(ahead.reserved(), 3);
         let got = ahead.take("a").await.unwrap();
         assert_eq!((got.at, got.bytes.as_slice()), (5, &[1u8, 2, 3][..]));
