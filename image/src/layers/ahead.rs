@@ -240,7 +240,12 @@ mod tests {
         let again = ahead.start(&runtime, "a".into(), 3, async { None }.boxed());
         assert!(again.is_none());
         // Nor one over the budget.
-        let over = ahead.start(&runtime, "b".into(), AHEAD_MAX_BYTES, async { None }.boxed());
+        let over = ahead.start(
+            &runtime,
+            "b".into(),
+            AHEAD_MAX_BYTES,
+            async { None }.boxed(),
+        );
         assert!(over.is_none());
         assert_eq!(ahead.reserved(), 3);
         let got = ahead.take("a").await.unwrap();
