@@ -387,11 +387,14 @@ impl LazyLayers {
         // Bytes fetched while a layer below was resolved (`look_ahead`): the TOC read
         // takes them from memory; they are dropped once it is done.
         let key = Ahead::key(&layer.image_ref, &layer.layer_digest);
-        let prefilled = self
-            .ahead
-            .take(&key)
-            .await
-            .map(|held| Arc::new(Prefilled::new(stored.clone(), held.at, held.bytes.clone())));
+        let prefilled = self.ahead.take(&key).await.map(|held| {
+            // Fetched through another wrapper of the same disk cache: counted as this
+            // layer's.
+            if let Some(cached) = &cached {
+                cached.count_fetched_elsewhere(held.bytes.len() as u64);
+            }
+            Arc::new(Prefilled::new(stored.clone(), held.at, held.bytes.clone()))
+        });
         if let Some(p) = &prefilled {
             stored = p.clone();
         }
