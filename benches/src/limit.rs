@@ -56,6 +56,7 @@ mod tests {
             run_s,
             fetched_bytes: 0,
             connections: 0,
+            requests: 0,
             output_ok: ok,
             output: String::new(),
             error: None,

@@ -235,6 +235,7 @@ mod tests {
                     run_s: 0.5,
                     fetched_bytes: 1 << 20,
                     connections: 1,
+                    requests: 1,
                     output_ok: true,
                     output: "ok".into(),
                     error: None,

@@ -601,8 +601,10 @@ pub fn veil_config_lazy(host: &str, background_fetch: bool, lazy: &str, keys_dir
 }
 
 /// `[lazy]` keys of the baseline modes: fetching as before issue 13 (no neighbourhood
-/// windows, the prefetch waits for every prioritized file).
-const BASELINE_LAZY: &str = "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n";
+/// windows, the prefetch waits for every prioritized file, the footer read before the
+/// TOC, no layer's TOC fetched ahead).
+const BASELINE_LAZY: &str = "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n\
+                             toc_tail_bytes = 0\nlook_ahead_layers = 0\n";
 
 /// One cold start of `mode`; a failure of the run itself is recorded, not returned
 /// (errors setting it up are returned).

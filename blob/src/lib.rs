@@ -4,10 +4,12 @@
 //! and for encrypted layers still encrypted until a decrypting source wraps it). The
 //! registry client (`veil-registry`) implements it over HTTP ranges, the disk cache
 //! (`veil-fusefs`) wraps one, the layer cipher (`veil-keyprovider`) decrypts one; tests
-//! use memory. This crate knows no registry, no FUSE and no keys. [`display`] holds
+//! use memory; [`prefilled`] answers reads from bytes fetched ahead. This crate
+//! knows no registry, no FUSE and no keys. [`display`] holds
 //! the two text helpers every crate of the workspace shares (byte counts, error chains).
 
 pub mod display;
+pub mod prefilled;
 
 use std::io;
 use std::ops::Range;

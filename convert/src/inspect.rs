@@ -405,7 +405,14 @@ async fn inspect_layer(
     }
     if let Some((source, format)) = readable {
         if opts.read_toc {
-            match read_layer_toc(source.as_ref(), &format, &Limits::default()).await {
+            match read_layer_toc(
+                source.as_ref(),
+                &format,
+                &Limits::default(),
+                veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
+            )
+            .await
+            {
                 Ok(toc) => {
                     let (chunks, files) = count(&toc);
                     info.chunks = Some(chunks);

@@ -252,6 +252,12 @@ pub struct LazyConfig {
     /// mounting; the rest streams on in order while the container starts. 0: the
     /// layer is handed out at once; a huge value waits for all of them.
     pub prefetch_wait_bytes: u64,
+    /// Bytes read from a layer's end in the first request for its TOC: footer and TOC
+    /// in one round trip when the TOC fits; 0: the footer alone first, as before.
+    pub toc_tail_bytes: u64,
+    /// While a layer is prepared, the TOC bytes of up to this many layers above it are
+    /// fetched ahead (their Prepares follow one by one); 0: none.
+    pub look_ahead_layers: usize,
 }
 
 impl Default for LazyConfig {
@@ -265,7 +271,24 @@ impl Default for LazyConfig {
             window_min_bytes: veil_fusefs::window::DEFAULT_WINDOW_MIN,
             window_dir_bytes: veil_fusefs::window::DEFAULT_WINDOW_DIR,
             prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
+            toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
+            look_ahead_layers: veil_image::layers::DEFAULT_LOOK_AHEAD_LAYERS,
         }
+    }
+}
+
+impl LazyConfig {
+    /// A message naming the key when `toc_tail_bytes` is over
+    /// `veil_formats::estargz::MAX_TOC_TAIL_BYTES` (what one speculative read may hold).
+    pub fn check(&self) -> Result<(), String> {
+        let max = veil_formats::estargz::MAX_TOC_TAIL_BYTES;
+        if self.toc_tail_bytes > max {
+            return Err(format!(
+                "[lazy] toc_tail_bytes = {} is out of range: it must be between 0 and {max}",
+                self.toc_tail_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -485,6 +508,7 @@ impl Config {
         let config: Self = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
         config.limits.check().map_err(parse_error)?;
         config.metrics.check().map_err(parse_error)?;
+        config.lazy.check().map_err(parse_error)?;
         Ok(config)
     }
 
@@ -530,6 +554,23 @@ mod tests {
         assert_eq!(c.disk_cache_dir(), PathBuf::from("/fast/veil"));
         assert_eq!(c.lazy.background_rate, 1 << 20);
         assert!(c.lazy.prefetch && c.lazy.background_fetch);
+    }
+
+    #[test]
+    fn toc_tail_and_look_ahead() {
+        let c = Config::from_toml("", Path::new("x")).unwrap();
+        assert_eq!(c.lazy.toc_tail_bytes, 128 << 10);
+        assert_eq!(c.lazy.look_ahead_layers, 16);
+        let c = Config::from_toml(
+            "[lazy]\ntoc_tail_bytes = 0\nlook_ahead_layers = 0\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!((c.lazy.toc_tail_bytes, c.lazy.look_ahead_layers), (0, 0));
+        let err = Config::from_toml("[lazy]\ntoc_tail_bytes = 1099511627776\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("toc_tail_bytes"), "{err}");
     }
 
     #[test]

@@ -99,18 +99,21 @@ pub fn classify_sealed(
 }
 
 /// Reads and authenticates the TOC of a lazily servable layer, checking every entry
-/// against `limits`.
+/// against `limits`; the first request reads the blob's last `tail_bytes`
+/// ([`estargz::DEFAULT_TOC_TAIL_BYTES`]; 0: the footer alone), so that a TOC within them
+/// costs one round trip.
 pub async fn read_layer_toc(
     source: &dyn BlobSource,
     format: &LazyFormat,
     limits: &Limits,
+    tail_bytes: u64,
 ) -> Result<LayerToc, FormatError> {
     match format {
         LazyFormat::Estargz { toc_digest } => {
-            estargz::read_toc_with_limits(source, Some(toc_digest), limits).await
+            estargz::read_toc_with_tail(source, Some(toc_digest), limits, tail_bytes).await
         }
         LazyFormat::ZstdChunked(info) => {
-            zstdchunked::read_toc_with_limits(source, info, limits).await
+            zstdchunked::read_toc_with_tail(source, info, limits, tail_bytes).await
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod diff_id;
 pub mod estargz;
 pub mod limits;
 pub mod stream;
+mod tail;
 pub mod tar_index;
 pub mod toc;
 pub mod zstdchunked;

@@ -265,7 +265,12 @@ fn load_with(blob: &[u8], digest: &str, limits: &Limits) -> Result<LayerToc, For
     let format = LazyFormat::Estargz {
         toc_digest: digest.to_owned(),
     };
-    block_on(read_layer_toc(&MemoryBlob(blob.to_vec()), &format, limits))
+    block_on(read_layer_toc(
+        &MemoryBlob(blob.to_vec()),
+        &format,
+        limits,
+        veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
+    ))
 }
 
 #[test]

@@ -76,6 +76,15 @@ pub async fn mount_image(
             manifest_digest: Some(manifest.digest.to_string()),
             toc_digest: None,
         };
+        if i == 0 {
+            // The layers above are resolved next, one by one: start on them now.
+            let above: Vec<String> = manifest
+                .layers
+                .iter()
+                .map(|l| l.digest.to_string())
+                .collect();
+            lazy.look_ahead(&layer, &above);
+        }
         let ready = match lazy.resolve(&layer).await? {
             Resolved::Lazy(l) => l,
             Resolved::NotLazy(why) | Resolved::Fail(why) => {

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use veil_fusefs::access_log::{accessed_files, AccessLog};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
@@ -44,6 +44,7 @@ use veil_fusefs::status_dir::StatusFile;
 use veil_fusefs::tree::LayerTree;
 use veil_fusefs::window::WindowOptions;
 
+use veil_blob::prefilled::Prefilled;
 use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
 use veil_formats::limits::Limits;
@@ -66,9 +67,14 @@ use crate::verify::{
     DIFF_ID_OFF, DIFF_ID_PENDING,
 };
 
+mod ahead;
+mod manifests;
 mod status_file;
 mod streamed;
 
+use ahead::{first_toc_range, Ahead, HeldBytes};
+pub use ahead::{AHEAD_MAX_BYTES, AHEAD_TTL, DEFAULT_LOOK_AHEAD_LAYERS};
+use manifests::ManifestCache;
 use status_file::{format_name, layer_status, status_file, Fetches};
 use streamed::{DigestPass, StreamedLayer};
 
@@ -109,6 +115,12 @@ pub struct LazyOptions {
     /// Bytes of the prioritized files fetched before a layer is handed out; the rest
     /// streams on while it is mounted (`u64::MAX`: wait for all of them).
     pub prefetch_wait_bytes: u64,
+    /// Bytes read from a layer's end in the first request for its TOC (footer and TOC
+    /// in one round trip; 0: the footer alone, the TOC in a second request).
+    pub toc_tail_bytes: u64,
+    /// Layers above the one being resolved whose TOC bytes are fetched meanwhile
+    /// ([`LayerResolver::look_ahead`]; 0: none).
+    pub look_ahead_layers: usize,
 }
 
 /// The sizes of the neighbourhood windows (`veil_fusefs::window`); whether a window's
@@ -152,6 +164,8 @@ impl Default for LazyOptions {
             limits: Limits::default(),
             window: WindowSizes::default(),
             prefetch_wait_bytes: u64::MAX,
+            toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
+            look_ahead_layers: DEFAULT_LOOK_AHEAD_LAYERS,
         }
     }
 }
@@ -192,7 +206,8 @@ pub struct LazyLayers {
     options: LazyOptions,
     background_slots: Arc<tokio::sync::Semaphore>,
     diff_id_slots: Arc<tokio::sync::Semaphore>,
-    manifests: Mutex<HashMap<String, Arc<Manifest>>>,
+    manifests: Arc<ManifestCache>,
+    ahead: Ahead,
     configs: ConfigCache,
     readers: Mutex<HashMap<String, LayerEntry>>,
     fetches: Fetches,
@@ -215,7 +230,8 @@ impl LazyLayers {
             options: LazyOptions::default(),
             background_slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_SLOTS)),
             diff_id_slots: Arc::new(tokio::sync::Semaphore::new(DIFF_ID_CHECKS_AT_ONCE)),
-            manifests: Mutex::new(HashMap::new()),
+            manifests: Arc::default(),
+            ahead: Ahead::default(),
             configs: ConfigCache::default(),
             readers: Mutex::new(HashMap::new()),
             fetches: Arc::new(Mutex::new(HashMap::new())),
@@ -284,33 +300,7 @@ impl LazyLayers {
         &self,
         layer: &RemoteLayer,
     ) -> Result<(Reference, Arc<Manifest>), ImageError> {
-        let mut reference = Reference::parse(&layer.image_ref)
-            .registry_context(|| format!("image reference {:?}", layer.image_ref))?;
-        if let Some(md) = &layer.manifest_digest {
-            let digest =
-                Digest::parse(md).registry_context(|| format!("manifest digest {md:?}"))?;
-            reference = reference.with_digest(digest);
-        }
-        let key = reference.to_string();
-        if let Some(m) = self
-            .manifests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok((reference, m.clone()));
-        }
-        let image = self
-            .registry
-            .resolve(&reference)
-            .await
-            .registry_context(|| format!("resolving {reference}"))?;
-        let manifest = Arc::new(image.manifest);
-        self.manifests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, manifest.clone());
-        Ok((reference, manifest))
+        self.manifests.get(&self.registry, layer).await
     }
 
     /// The layer's digest, its image reference and its descriptor in the manifest.
@@ -400,10 +390,25 @@ impl LazyLayers {
             .disk_cache
             .as_ref()
             .map(|disk| disk.wrap(&layer.layer_digest, registry_blob.clone()));
-        let stored: Arc<dyn BlobSource> = match &cached {
+        let mut stored: Arc<dyn BlobSource> = match &cached {
             Some(cached) => cached.clone(),
             None => registry_blob,
         };
+        // Bytes fetched while a layer below was resolved (`look_ahead`): the TOC read
+        // takes them from memory; they are dropped once it is done.
+        let key = Ahead::key(&layer.image_ref, &layer.layer_digest);
+        let prefilled = self.ahead.take(&key).await.map(|held| {
+            // Fetched through another wrapper of the same disk cache: counted as this
+            // layer's.
+            if let Some(cached) = &cached {
+                cached.count_fetched_elsewhere(held.bytes.len() as u64);
+            }
+            Arc::new(Prefilled::new(stored.clone(), held.at, held.bytes.clone()))
+        });
+        if let Some(p) = &prefilled {
+            stored = p.clone();
+        }
+        let release = || prefilled.iter().for_each(|p| p.release());
         let mut hmac = None;
         let (source, format) = if encrypted {
             // containerd cannot decrypt layers: an encrypted layer Veil cannot open
@@ -437,6 +442,7 @@ impl LazyLayers {
                 }
                 // Not lazily servable: fetched whole, authenticated, then served.
                 Err(why) => {
+                    release();
                     let pass = opened
                         .cipher
                         .reader(stored.clone(), tokio::runtime::Handle::current());
@@ -455,6 +461,7 @@ impl LazyLayers {
         } else if let Some(why) = plain_not_lazy {
             // Unencrypted and not lazily servable, with stream_plain on: fetched whole,
             // checked against the descriptor's digest, indexed, then served.
+            release();
             let pass = DigestPass::new(
                 stored.clone(),
                 digest.clone(),
@@ -479,12 +486,19 @@ impl LazyLayers {
             (stored, format)
         };
         let indexed = async {
-            let toc = read_layer_toc(source.as_ref(), &format, &self.options.limits)
-                .await
-                .map_err(|cause| ImageError::Toc {
-                    layer: digest.to_string(),
-                    cause,
-                })?;
+            let toc = read_layer_toc(
+                source.as_ref(),
+                &format,
+                &self.options.limits,
+                self.options.toc_tail_bytes,
+            )
+            .await
+            .map_err(|cause| ImageError::Toc {
+                layer: digest.to_string(),
+                cause,
+            });
+            release();
+            let toc = toc?;
             let tree = LayerTree::build(&toc, &self.options.limits).map_err(|cause| {
                 ImageError::Index {
                     layer: digest.to_string(),
@@ -596,6 +610,80 @@ impl LazyLayers {
         }
     }
 
+    /// [`LayerResolver::look_ahead`]: fetches, in the background, the range the TOC
+    /// read of `layer` will ask for first, then those of the first
+    /// [`LazyOptions::look_ahead_layers`] layers of `above` (see `layers/ahead.rs`).
+    /// `layer`'s own comes first, registered before its resolution looks for it (it
+    /// waits for this fetch instead of making its own) and sent first, on the connection
+    /// the manifest came on, ahead of the others.
+    fn start_look_ahead(&self, layer: &RemoteLayer, above: &[String]) {
+        let tail_bytes = self.options.toc_tail_bytes;
+        if tail_bytes == 0 || self.options.look_ahead_layers == 0 {
+            return;
+        }
+        let first = self.fetch_ahead(layer, &layer.layer_digest, None);
+        for digest in above
+            .iter()
+            .filter(|d| **d != layer.layer_digest)
+            .take(self.options.look_ahead_layers)
+        {
+            self.fetch_ahead(layer, digest, first.clone());
+        }
+    }
+
+    /// Registers and starts the fetch ahead of the first TOC range of layer `digest` of
+    /// `layer`'s image, after `after` (when given) is done.
+    fn fetch_ahead(
+        &self,
+        layer: &RemoteLayer,
+        digest: &str,
+        after: Option<ahead::Pending>,
+    ) -> Option<ahead::Pending> {
+        let tail_bytes = self.options.toc_tail_bytes;
+        let registry = self.registry.clone();
+        let manifests = self.manifests.clone();
+        let disk_cache = self.options.disk_cache.clone();
+        let layer = layer.clone();
+        let digest = digest.to_string();
+        let key = Ahead::key(&layer.image_ref, &digest);
+        let fetch = async move {
+            if let Some(after) = after {
+                after.await;
+            }
+            let (reference, manifest) = match manifests.get(&registry, &layer).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!(image = %layer.image_ref, error = %e, "look-ahead: no manifest");
+                    return None;
+                }
+            };
+            let desc = manifest.layer(&Digest::parse(&digest).ok()?)?.clone();
+            let range = first_toc_range(&desc, tail_bytes)?;
+            tracing::debug!(layer = %digest, range = ?range, "look-ahead: fetching the TOC range");
+            let len = range.end - range.start;
+            // Through the disk cache, which keeps the bytes as it would have kept the
+            // layer's own TOC read.
+            let blob: Arc<dyn BlobSource> = Arc::new(registry.blob(&reference, &desc));
+            let blob: Arc<dyn BlobSource> = match &disk_cache {
+                Some(disk) => disk.wrap(&digest, blob),
+                None => blob,
+            };
+            match blob.read_range(range.clone()).await {
+                Ok(bytes) if bytes.len() as u64 == len => Some(Arc::new(HeldBytes {
+                    at: range.start,
+                    bytes: Arc::new(bytes),
+                })),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(layer = %digest, error = %e, "look-ahead: fetching the TOC range failed");
+                    None
+                }
+            }
+        }
+        .boxed();
+        self.ahead.start(&self.runtime, key, tail_bytes, fetch)
+    }
+
     /// Starts prefetching the prioritized files of `reader`'s layer, up to blob offset
     /// `end`, and waits until the first [`LazyOptions::prefetch_wait_bytes`] are in; the
     /// rest goes on until done or until the returned guard is dropped (the layer is
@@ -679,6 +767,10 @@ impl LayerResolver for LazyLayers {
         layer: &'a RemoteLayer,
     ) -> BoxFuture<'a, Result<Resolved, ImageError>> {
         Box::pin(self.resolve_layer(layer))
+    }
+
+    fn look_ahead(&self, layer: &RemoteLayer, above: &[String]) {
+        self.start_look_ahead(layer, above);
     }
 
     fn mount_failed(

@@ -126,6 +126,13 @@ pub trait LayerResolver: Send + Sync {
     fn resolve<'a>(&'a self, layer: &'a RemoteLayer)
         -> BoxFuture<'a, Result<Resolved, ImageError>>;
 
+    /// Starts, in the background, what resolving the layers `above` (blob digests of
+    /// `layer`'s image, as the Prepare of `layer` names them) will need first, so that
+    /// their own Prepares, which containerd sends one after another, find it done. Only
+    /// bytes are fetched ahead: each layer's resolution still authenticates everything
+    /// it uses. The default does nothing.
+    fn look_ahead(&self, _layer: &RemoteLayer, _above: &[String]) {}
+
     /// Mounts at `dir` the stand-in for `layer`, which could not be mounted because of
     /// `reason`: every request on it answers `EIO` (never an empty directory) until it is
     /// dropped and the real layer mounted in its place.

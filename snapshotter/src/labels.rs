@@ -24,6 +24,10 @@ pub const IMAGE_REF_LABEL: &str = "containerd.io/snapshot/cri.image-ref";
 pub const LAYER_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.layer-digest";
 /// Digest of the (platform) manifest.
 pub const MANIFEST_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
+/// Comma-separated blob digests of this layer and the layers above it, base first (what
+/// containerd's CRI plugin and `veil pull` send; Veil fetches ahead for the layers above,
+/// [`veil_image::resolver::LayerResolver::look_ahead`]).
+pub const IMAGE_LAYERS_LABEL: &str = "containerd.io/snapshot/cri.image-layers";
 /// Label of an authorization probe: a Prepare (no target) that asks only whether this
 /// node may use the layer the other labels name *now* (its key unwrapped), for a layer
 /// whose snapshot containerd already has and would otherwise never ask Veil about
@@ -79,6 +83,20 @@ impl RemoteRequest {
     }
 }
 
+/// The layer digests [`IMAGE_LAYERS_LABEL`] lists (none without it).
+pub fn image_layers(labels: &HashMap<String, String>) -> Vec<String> {
+    labels
+        .get(IMAGE_LAYERS_LABEL)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +126,16 @@ mod tests {
         let probe = RemoteRequest::probe_from_labels(&labels).unwrap();
         assert_eq!(probe.target, "sha256:chain");
         assert_eq!(RemoteRequest::from_labels(&labels), None);
+    }
+
+    #[test]
+    fn image_layers_are_listed() {
+        let mut labels = HashMap::new();
+        assert!(image_layers(&labels).is_empty());
+        labels.insert(
+            IMAGE_LAYERS_LABEL.to_string(),
+            "sha256:a, sha256:b,,sha256:c".to_string(),
+        );
+        assert_eq!(image_layers(&labels), ["sha256:a", "sha256:b", "sha256:c"]);
     }
 }

@@ -21,7 +21,9 @@ use crate::restore::FailedEntry;
 use veil_image::resolver::{Authorization, LayerIdentity, LayerResolver, Resolved};
 use veil_image::status::{AccessOrder, FailedLayerStatus, FallbackStatus, StatusReport};
 
-use crate::labels::{RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_SNAPSHOT_LABEL};
+use crate::labels::{
+    image_layers, RemoteRequest, REMOTE_LABEL, REMOTE_LABEL_VALUE, TARGET_SNAPSHOT_LABEL,
+};
 
 /// The gRPC-facing snapshotter.
 #[derive(Clone)]
@@ -352,6 +354,10 @@ impl containerd_snapshots::Snapshotter for Service {
             match self.inner.stat(&target) {
                 Ok(existing) => self.prepare_existing(&req, existing).await?,
                 Err(_) => {
+                    // The layers above are prepared next, one by one: start on them now.
+                    if let Some(resolver) = &self.resolver {
+                        resolver.look_ahead(&req.layer, &image_layers(&labels));
+                    }
                     let identity = self.authorize(&req, false).await?;
                     if self
                         .prepare_remote(req, &parent, labels.clone(), identity)

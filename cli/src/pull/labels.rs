@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 
+pub use veil_snapshotter::labels::IMAGE_LAYERS_LABEL;
 use veil_snapshotter::labels::{
     IMAGE_REF_LABEL, LAYER_DIGEST_LABEL, MANIFEST_DIGEST_LABEL, TARGET_SNAPSHOT_LABEL,
 };
-
-/// Comma-separated digests of this layer and the ones above it.
-pub const IMAGE_LAYERS_LABEL: &str = "containerd.io/snapshot/cri.image-layers";
 /// containerd's limit on one label: key and value together.
 pub const MAX_LABEL_BYTES: usize = 4096;
 

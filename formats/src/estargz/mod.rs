@@ -23,7 +23,7 @@ pub(crate) mod writer;
 
 pub use error::{BuildError, FormatError};
 pub use footer::{footer_bytes, parse_footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
-pub use reader::{read_toc, read_toc_with_limits};
+pub use reader::{read_toc, read_toc_with_limits, read_toc_with_tail};
 pub use writer::{build, build_to_vec, BuildOptions, BuildOutput};
 
 /// Name of the tar entry inside the TOC member that holds the TOC JSON.
@@ -46,6 +46,15 @@ pub const LANDMARK_CONTENTS: u8 = 0x0f;
 
 /// The largest uncompressed TOC JSON accepted (64 MiB).
 pub const MAX_TOC_SIZE: u64 = 64 << 20;
+
+/// Bytes read from a layer's end in the first request for its TOC (`[lazy]
+/// toc_tail_bytes`): the footer and, when the TOC fits, the TOC too, so that one round
+/// trip finds both; a bigger TOC costs one more request for its front part only. Small
+/// against a round trip's worth of bandwidth (128 KiB: 5 ms at 200 Mbit/s).
+pub const DEFAULT_TOC_TAIL_BYTES: u64 = 128 << 10;
+/// The most `[lazy] toc_tail_bytes` may ask for (what one speculative read may hold in
+/// memory).
+pub const MAX_TOC_TAIL_BYTES: u64 = 16 << 20;
 
 /// The default size of a payload chunk (4 MiB), as in the reference implementation.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;

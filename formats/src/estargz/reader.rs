@@ -8,9 +8,10 @@ use sha2::{Digest as _, Sha256};
 use super::error::FormatError;
 use super::footer::{parse_footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
 use super::toc_json::{normalize, JsonToc, Layout};
-use super::{MAX_TOC_SIZE, TOC_TAR_NAME};
+use super::{DEFAULT_TOC_TAIL_BYTES, MAX_TOC_SIZE, TOC_TAR_NAME};
 use crate::codec::parse_sha256;
 use crate::limits::Limits;
+use crate::tail::Tail;
 use crate::tar_index::clean_name;
 use crate::toc::{Compression, Format, LayerToc};
 use veil_blob::BlobSource;
@@ -80,6 +81,18 @@ pub async fn read_toc_with_limits(
     expected_toc_digest: Option<&str>,
     limits: &Limits,
 ) -> Result<LayerToc, FormatError> {
+    read_toc_with_tail(source, expected_toc_digest, limits, DEFAULT_TOC_TAIL_BYTES).await
+}
+
+/// [`read_toc_with_limits`], reading the blob's last `tail_bytes` (at least the footer)
+/// in the first request: a TOC that lies within them costs no second request, a bigger
+/// one a second request for its part before them only. 0 reads the footer alone first.
+pub async fn read_toc_with_tail(
+    source: &dyn BlobSource,
+    expected_toc_digest: Option<&str>,
+    limits: &Limits,
+    tail_bytes: u64,
+) -> Result<LayerToc, FormatError> {
     if let Some(expected) = expected_toc_digest {
         parse_sha256(expected)
             .ok_or_else(|| FormatError::BadExpectedDigest(expected.to_owned()))?;
@@ -92,9 +105,8 @@ pub async fn read_toc_with_limits(
             format: "eStargz",
         });
     }
-    let tail_len = FOOTER_SIZE.min(size);
-    let tail = fetch(source, size - tail_len..size, "eStargz footer").await?;
-    let (toc_offset, footer_len) = parse_footer(&tail)?;
+    let tail = Tail::read(source, tail_bytes.max(FOOTER_SIZE), "eStargz footer").await?;
+    let (toc_offset, footer_len) = parse_footer(tail.bytes())?;
     let toc_end = size - footer_len;
     if toc_offset >= toc_end {
         return Err(FormatError::TocOutOfRange {
@@ -110,7 +122,9 @@ pub async fn read_toc_with_limits(
             max: MAX_TOC_SIZE,
         });
     }
-    let member = fetch(source, toc_offset..toc_end, "eStargz TOC").await?;
+    let member = tail
+        .range(source, toc_offset..toc_end, "eStargz TOC")
+        .await?;
     let json = toc_json_from_member(&member)?;
     let digest: [u8; 32] = Sha256::digest(&json).into();
     check_digest(&digest, expected_toc_digest)?;

@@ -6,7 +6,7 @@ use crate::estargz::FormatError;
 pub(crate) const SKIPPABLE_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
 
 /// Length of a skippable frame's header (magic and u32 length).
-pub(crate) const SKIPPABLE_HEADER: u64 = 8;
+pub const SKIPPABLE_HEADER: u64 = 8;
 
 /// Size of the current footer's data (inside its skippable frame).
 pub const FOOTER_SIZE: u64 = 64;

@@ -24,8 +24,8 @@ mod tarsplit;
 mod writer;
 
 pub use annotations::{ManifestInfo, ManifestPosition};
-pub use footer::{FOOTER_SIZE, LEGACY_FOOTER_SIZE};
-pub use reader::{read_toc, read_toc_with_limits};
+pub use footer::{FOOTER_SIZE, LEGACY_FOOTER_SIZE, SKIPPABLE_HEADER};
+pub use reader::{read_toc, read_toc_with_limits, read_toc_with_tail};
 pub use writer::{build, build_to_vec, Variant, ZstdBuildOptions, ZstdBuildOutput};
 
 /// Annotation: `sha256:` of the compressed TOC (current containers/storage).

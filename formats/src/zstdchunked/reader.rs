@@ -10,8 +10,9 @@ use super::footer::{parse_footer, FOOTER_SIZE, SKIPPABLE_HEADER, SKIPPABLE_MAGIC
 use super::MANIFEST_TYPE_CRFS;
 use crate::estargz::reader::{check_digest, fetch};
 use crate::estargz::toc_json::{normalize, JsonToc, Layout};
-use crate::estargz::{FormatError, MAX_TOC_SIZE};
+use crate::estargz::{FormatError, DEFAULT_TOC_TAIL_BYTES, MAX_TOC_SIZE};
 use crate::limits::Limits;
+use crate::tail::Tail;
 use crate::toc::{Compression, Format, LayerToc};
 use veil_blob::BlobSource;
 
@@ -39,17 +40,31 @@ pub async fn read_toc_with_limits(
     info: &ManifestInfo,
     limits: &Limits,
 ) -> Result<LayerToc, FormatError> {
+    read_toc_with_tail(source, info, limits, DEFAULT_TOC_TAIL_BYTES).await
+}
+
+/// [`read_toc_with_limits`]; when the annotations do not give the TOC's position, the
+/// first request reads the blob's last `tail_bytes` (at least the footer): a TOC that
+/// lies within them costs no second request, a bigger one a second request for its
+/// part before them only. 0 reads the footer alone first.
+pub async fn read_toc_with_tail(
+    source: &dyn BlobSource,
+    info: &ManifestInfo,
+    limits: &Limits,
+    tail_bytes: u64,
+) -> Result<LayerToc, FormatError> {
     for digest in [&info.checksum, &info.toc_digest].into_iter().flatten() {
         crate::codec::parse_sha256(digest)
             .ok_or_else(|| FormatError::BadExpectedDigest(digest.clone()))?;
     }
     let size = source.size();
+    let mut tail = None;
     let position = match info.position {
         Some(p) => p,
         None => {
-            let tail_len = (FOOTER_SIZE + SKIPPABLE_HEADER).min(size);
-            let tail = fetch(source, size - tail_len..size, "zstd:chunked footer").await?;
-            let f = parse_footer(&tail)?;
+            let want = tail_bytes.max(FOOTER_SIZE + SKIPPABLE_HEADER);
+            let read = tail.insert(Tail::read(source, want, "zstd:chunked footer").await?);
+            let f = parse_footer(read.bytes())?;
             ManifestPosition {
                 offset: f.offset,
                 compressed_len: f.compressed_len,
@@ -84,7 +99,13 @@ pub async fn read_toc_with_limits(
         .checked_add(position.compressed_len)
         .filter(|&end| end <= size && position.compressed_len > 0)
         .ok_or_else(out_of_range)?;
-    let frame = fetch(source, frame_start..end, "zstd:chunked TOC").await?;
+    let frame = match &tail {
+        Some(tail) => {
+            tail.range(source, frame_start..end, "zstd:chunked TOC")
+                .await?
+        }
+        None => fetch(source, frame_start..end, "zstd:chunked TOC").await?,
+    };
     if frame[..4] != SKIPPABLE_MAGIC[..]
         || u64::from(u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]))
             < position.compressed_len

@@ -53,6 +53,13 @@ impl CachedBlob {
         self.entry.size <= self.cache.budget
     }
 
+    /// Counts `n` bytes another wrapper of the same blob fetched from the inner source
+    /// on this blob's behalf (a look-ahead read before this wrapper existed), so that
+    /// [`CachedBlob::traffic`] tells all the registry sent for it.
+    pub fn count_fetched_elsewhere(&self, n: u64) {
+        bump(&self.bytes_from_inner, n);
+    }
+
     /// Bytes of this blob answered from disk, and fetched from the inner source.
     pub fn traffic(&self) -> (u64, u64) {
         (

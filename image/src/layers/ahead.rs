@@ -1,0 +1,257 @@
+//! Looking ahead: while one layer of an image is resolved, the bytes the TOC reads of
+//! the layers above it will ask for first are already fetched.
+//!
+//! containerd prepares an image's layers one after another, base first, each Prepare
+//! waiting for the one below (`veil pull` and containerd's CRI pull alike); each
+//! layer's TOC costs at least a round trip. The Prepare of one layer names the layers
+//! above it (`containerd.io/snapshot/cri.image-layers`), so Veil starts fetching their
+//! TOC ranges right away, in parallel, and a later Prepare finds its bytes in memory
+//! (or in flight: it waits for the same request). Only bytes are fetched ahead:
+//! nothing is trusted until the layer's own resolution authenticates its TOC against
+//! the digest its manifest (or its sealed options) vouches for, exactly as when the
+//! bytes come from the registry then. Held bytes are bounded ([`AHEAD_MAX_BYTES`]),
+//! handed out once, and dropped after [`AHEAD_TTL`] when no Prepare took them.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use veil_formats::zstdchunked::{ManifestInfo, SKIPPABLE_HEADER};
+use veil_registry::BlobDescriptor;
+
+/// Layers above the one being prepared whose TOC bytes are fetched ahead (`[lazy]
+/// look_ahead_layers`; 0: none).
+pub const DEFAULT_LOOK_AHEAD_LAYERS: usize = 16;
+/// How long fetched-ahead bytes wait for their layer's Prepare before they are dropped.
+pub const AHEAD_TTL: Duration = Duration::from_secs(60);
+/// The most bytes held (or being fetched) ahead at once, over all layers.
+pub const AHEAD_MAX_BYTES: u64 = 64 << 20;
+
+/// Bytes of a blob from offset `at` on.
+#[derive(Debug)]
+pub(crate) struct HeldBytes {
+    /// Where they start in the blob.
+    pub at: u64,
+    /// The bytes.
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// A fetch started ahead, shared by whoever waits for it.
+pub(crate) type Pending = Shared<BoxFuture<'static, Option<Arc<HeldBytes>>>>;
+
+struct Entry {
+    id: u64,
+    len: u64,
+    pending: Pending,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    reserved: u64,
+    next_id: u64,
+}
+
+impl State {
+    fn remove(&mut self, key: &str, id: Option<u64>) -> Option<Pending> {
+        if id.is_some_and(|id| self.entries.get(key).map(|e| e.id) != Some(id)) {
+            return None;
+        }
+        let entry = self.entries.remove(key)?;
+        self.reserved -= entry.len;
+        Some(entry.pending)
+    }
+}
+
+/// The fetches started ahead, by layer.
+#[derive(Clone, Default)]
+pub(crate) struct Ahead(Arc<Mutex<State>>);
+
+impl Ahead {
+    /// The key of layer `digest` of image `image_ref`.
+    pub fn key(image_ref: &str, digest: &str) -> String {
+        format!("{image_ref} {digest}")
+    }
+
+    /// Starts `fetch` (of `len` bytes at most) on `runtime` for `key`, unless one is
+    /// already there or the budget is spent (`None`); it is dropped after [`AHEAD_TTL`]
+    /// if not taken.
+    pub fn start(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: String,
+        len: u64,
+        fetch: BoxFuture<'static, Option<Arc<HeldBytes>>>,
+    ) -> Option<Pending> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if state.entries.contains_key(&key) || state.reserved + len > AHEAD_MAX_BYTES {
+            return None;
+        }
+        let pending = fetch.shared();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.reserved += len;
+        state.entries.insert(
+            key.clone(),
+            Entry {
+                id,
+                len,
+                pending: pending.clone(),
+            },
+        );
+        drop(state);
+        let this = self.clone();
+        let driven = pending.clone();
+        runtime.spawn(async move {
+            driven.await;
+            tokio::time::sleep(AHEAD_TTL).await;
+            let mut state = this.0.lock().unwrap_or_else(|p| p.into_inner());
+            if state.remove(&key, Some(id)).is_some() {
+                tracing::debug!(layer = %key, "bytes fetched ahead were not used; dropped");
+            }
+        });
+        Some(pending)
+    }
+
+    /// The bytes fetched ahead for `key` (waiting for them if they are still coming),
+    /// handed out once; `None` when nothing was fetched or the fetch failed.
+    pub async fn take(&self, key: &str) -> Option<Arc<HeldBytes>> {
+        let pending = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key, None)?;
+        pending.await
+    }
+
+    /// Bytes held or being fetched ahead (for tests).
+    #[cfg(test)]
+    pub fn reserved(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).reserved
+    }
+}
+
+/// The blob range a lazy layer's TOC read asks for first: the last `tail_bytes` of an
+/// eStargz (or zstd:chunked without a position annotation) blob, the manifest frame of
+/// a zstd:chunked blob whose annotations give its position. `None`: not a layer whose
+/// TOC is read (not gzip or zstd), or a range over `tail_bytes` (a position annotation
+/// is not trusted to size a fetch).
+pub(crate) fn first_toc_range(desc: &BlobDescriptor, tail_bytes: u64) -> Option<Range<u64>> {
+    let size = desc.size;
+    let media_type = desc.media_type.trim_end_matches("+encrypted");
+    let tail = size.saturating_sub(tail_bytes)..size;
+    let range = if media_type.ends_with("tar+gzip") || media_type.ends_with("tar.gzip") {
+        tail
+    } else if media_type.ends_with("tar+zstd") {
+        match ManifestInfo::from_annotations(&desc.annotations)
+            .ok()
+            .and_then(|info| info.position)
+        {
+            Some(p) => {
+                p.offset.checked_sub(SKIPPABLE_HEADER)?..p.offset.checked_add(p.compressed_len)?
+            }
+            None => tail,
+        }
+    } else {
+        return None;
+    };
+    (range.start < range.end && range.end <= size && range.end - range.start <= tail_bytes)
+        .then_some(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use veil_registry::Digest;
+
+    use super::*;
+
+    fn desc(media_type: &str, size: u64, annotations: &[(&str, &str)]) -> BlobDescriptor {
+        BlobDescriptor {
+            media_type: media_type.into(),
+            digest: Digest::sha256_of(b"x"),
+            size,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            urls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_toc_range_of_each_format() {
+        let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert_eq!(first_toc_range(&desc(gz, 1000, &[]), 100), Some(900..1000));
+        assert_eq!(first_toc_range(&desc(gz, 50, &[]), 100), Some(0..50));
+        let enc = format!("{gz}+encrypted");
+        assert_eq!(
+            first_toc_range(&desc(&enc, 1000, &[]), 100),
+            Some(900..1000)
+        );
+        let zstd = "application/vnd.oci.image.layer.v1.tar+zstd";
+        assert_eq!(
+            first_toc_range(&desc(zstd, 1000, &[]), 100),
+            Some(900..1000)
+        );
+        let position = [(
+            veil_formats::zstdchunked::MANIFEST_POSITION_ANNOTATION,
+            "500:40:90:1",
+        )];
+        assert_eq!(
+            first_toc_range(&desc(zstd, 1000, &position), 100),
+            Some(492..540)
+        );
+        // A position claiming more than the tail size is not fetched ahead.
+        let huge = [(
+            veil_formats::zstdchunked::MANIFEST_POSITION_ANNOTATION,
+            "500:400:900:1",
+        )];
+        assert_eq!(first_toc_range(&desc(zstd, 1000, &huge), 100), None);
+        let beyond = [(
+            veil_formats::zstdchunked::MANIFEST_POSITION_ANNOTATION,
+            "990:40:90:1",
+        )];
+        assert_eq!(first_toc_range(&desc(zstd, 1000, &beyond), 100), None);
+        assert_eq!(
+            first_toc_range(
+                &desc("application/vnd.oci.image.layer.v1.tar", 1000, &[]),
+                100
+            ),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn fetched_once_handed_out_once_within_budget() {
+        let ahead = Ahead::default();
+        let runtime = tokio::runtime::Handle::current();
+        let held = Arc::new(HeldBytes {
+            at: 5,
+            bytes: Arc::new(vec![1, 2, 3]),
+        });
+        let h = held.clone();
+        let started = ahead.start(&runtime, "a".into(), 3, async move { Some(h) }.boxed());
+        assert!(started.is_some());
+        // A second fetch of the same layer is not started.
+        let again = ahead.start(&runtime, "a".into(), 3, async { None }.boxed());
+        assert!(again.is_none());
+        // Nor one over the budget.
+        let over = ahead.start(
+            &runtime,
+            "b".into(),
+            AHEAD_MAX_BYTES,
+            async { None }.boxed(),
+        );
+        assert!(over.is_none());
+        assert_eq!(ahead.reserved(), 3);
+        let got = ahead.take("a").await.unwrap();
+        assert_eq!((got.at, got.bytes.as_slice()), (5, &[1u8, 2, 3][..]));
+        assert!(ahead.take("a").await.is_none());
+        assert_eq!(ahead.reserved(), 0);
+        assert!(ahead.take("never").await.is_none());
+    }
+}
