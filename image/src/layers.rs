@@ -27,19 +27,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::BoxFuture;
 use veil_fusefs::access_log::{accessed_files, AccessLog};
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::{CachedBlob, DiskCache};
-use veil_fusefs::fs::{FsOptions, LayerFs};
-use veil_fusefs::handover::KernelInit;
-use veil_fusefs::mount::{mount, mount_failed, LayerMount, MountOptions};
+use veil_fusefs::mount::{mount_failed, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::prefetch::{
-    background_fetch, spawn_prefetch, BackgroundOptions, CancellationToken, DropGuard,
-    FetchProgress, PrefetchOptions, RateLimiter,
+    spawn_prefetch, BackgroundOptions, CancellationToken, DropGuard, FetchProgress,
+    PrefetchOptions, RateLimiter,
 };
-use veil_fusefs::resume::resume;
 use veil_fusefs::status_dir::StatusFile;
 use veil_fusefs::tree::LayerTree;
 use veil_fusefs::window::WindowOptions;
@@ -49,32 +46,31 @@ use veil_blob::BlobSource;
 use veil_formats::classify::{classify, classify_sealed, read_layer_toc};
 use veil_formats::limits::Limits;
 use veil_keyprovider::layer::Decryption;
-use veil_keyprovider::stream_cipher::HmacCheck;
 use veil_registry::{BlobDescriptor, Digest, Manifest, Reference, RegistryClient};
 
 use crate::error::{ImageError, RegistryContext};
 use crate::identity::{check_recorded_toc, toc_digest};
 use crate::image_config::ConfigCache;
 use crate::resolver::{
-    Authorization, Handover, LayerIdentity, LayerResolver, LiveMount, MountableLayer, RemoteLayer,
-    Resolved,
+    Authorization, LayerIdentity, LayerResolver, LiveMount, RemoteLayer, Resolved,
 };
 use crate::status::{
     AccessOrder, AccessedFileStatus, CacheStatus, DiskCacheStatus, LayerStatus, StatusReport,
 };
 use crate::verify::{
-    compression_of, spawn_whole_layer_checks, DiffIdCheck, DiffIdState, DIFF_ID_CHECKS_AT_ONCE,
-    DIFF_ID_OFF, DIFF_ID_PENDING,
+    compression_of, DiffIdCheck, DiffIdState, DIFF_ID_CHECKS_AT_ONCE, DIFF_ID_OFF, DIFF_ID_PENDING,
 };
 
 mod ahead;
 mod manifests;
+mod ready;
 mod status_file;
 mod streamed;
 
-use ahead::{first_toc_range, Ahead, HeldBytes};
+use ahead::Ahead;
 pub use ahead::{AHEAD_MAX_BYTES, AHEAD_TTL, DEFAULT_LOOK_AHEAD_LAYERS};
 use manifests::ManifestCache;
+use ready::{Background, Mounted, ReadyLayer};
 use status_file::{format_name, layer_status, status_file, Fetches};
 use streamed::{DigestPass, StreamedLayer};
 
@@ -610,80 +606,6 @@ impl LazyLayers {
         }
     }
 
-    /// [`LayerResolver::look_ahead`]: fetches, in the background, the range the TOC
-    /// read of `layer` will ask for first, then those of the first
-    /// [`LazyOptions::look_ahead_layers`] layers of `above` (see `layers/ahead.rs`).
-    /// `layer`'s own comes first, registered before its resolution looks for it (it
-    /// waits for this fetch instead of making its own) and sent first, on the connection
-    /// the manifest came on, ahead of the others.
-    fn start_look_ahead(&self, layer: &RemoteLayer, above: &[String]) {
-        let tail_bytes = self.options.toc_tail_bytes;
-        if tail_bytes == 0 || self.options.look_ahead_layers == 0 {
-            return;
-        }
-        let first = self.fetch_ahead(layer, &layer.layer_digest, None);
-        for digest in above
-            .iter()
-            .filter(|d| **d != layer.layer_digest)
-            .take(self.options.look_ahead_layers)
-        {
-            self.fetch_ahead(layer, digest, first.clone());
-        }
-    }
-
-    /// Registers and starts the fetch ahead of the first TOC range of layer `digest` of
-    /// `layer`'s image, after `after` (when given) is done.
-    fn fetch_ahead(
-        &self,
-        layer: &RemoteLayer,
-        digest: &str,
-        after: Option<ahead::Pending>,
-    ) -> Option<ahead::Pending> {
-        let tail_bytes = self.options.toc_tail_bytes;
-        let registry = self.registry.clone();
-        let manifests = self.manifests.clone();
-        let disk_cache = self.options.disk_cache.clone();
-        let layer = layer.clone();
-        let digest = digest.to_string();
-        let key = Ahead::key(&layer.image_ref, &digest);
-        let fetch = async move {
-            if let Some(after) = after {
-                after.await;
-            }
-            let (reference, manifest) = match manifests.get(&registry, &layer).await {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::debug!(image = %layer.image_ref, error = %e, "look-ahead: no manifest");
-                    return None;
-                }
-            };
-            let desc = manifest.layer(&Digest::parse(&digest).ok()?)?.clone();
-            let range = first_toc_range(&desc, tail_bytes)?;
-            tracing::debug!(layer = %digest, range = ?range, "look-ahead: fetching the TOC range");
-            let len = range.end - range.start;
-            // Through the disk cache, which keeps the bytes as it would have kept the
-            // layer's own TOC read.
-            let blob: Arc<dyn BlobSource> = Arc::new(registry.blob(&reference, &desc));
-            let blob: Arc<dyn BlobSource> = match &disk_cache {
-                Some(disk) => disk.wrap(&digest, blob),
-                None => blob,
-            };
-            match blob.read_range(range.clone()).await {
-                Ok(bytes) if bytes.len() as u64 == len => Some(Arc::new(HeldBytes {
-                    at: range.start,
-                    bytes: Arc::new(bytes),
-                })),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::debug!(layer = %digest, error = %e, "look-ahead: fetching the TOC range failed");
-                    None
-                }
-            }
-        }
-        .boxed();
-        self.ahead.start(&self.runtime, key, tail_bytes, fetch)
-    }
-
     /// Starts prefetching the prioritized files of `reader`'s layer, up to blob offset
     /// `end`, and waits until the first [`LazyOptions::prefetch_wait_bytes`] are in; the
     /// rest goes on until done or until the returned guard is dropped (the layer is
@@ -845,147 +767,5 @@ fn access_order_of(digest: &str, entry: &LayerEntry) -> AccessOrder {
         mode: entry.mode.to_string(),
         files,
         dropped: entry.access.dropped(),
-    }
-}
-
-/// A resolved layer, ready to mount.
-struct ReadyLayer {
-    reader: Arc<ChunkReader>,
-    /// Where its filesystem records first opens and reads.
-    access: Arc<AccessLog>,
-    runtime: tokio::runtime::Handle,
-    options: MountOptions,
-    background: Option<Background>,
-    /// The prefetch streaming on: dropping it stops it.
-    prefetching: Option<DropGuard>,
-    /// What its mount serves at `/.veil/<digest>.json` (unencrypted layers only).
-    status: Option<StatusFile>,
-}
-
-/// The background fetch to start once a layer is mounted.
-struct Background {
-    source: Arc<CachedBlob>,
-    options: BackgroundOptions,
-    fetches: Fetches,
-    /// For an encrypted layer: checked over the whole ciphertext once it is all fetched.
-    hmac: Option<HmacCheck>,
-    /// The layer's `diff_id`, checked once it is all fetched (after the HMAC).
-    diff_id: Option<DiffIdCheck>,
-}
-
-/// A mounted layer: dropping it stops its background fetch, then unmounts.
-struct Mounted {
-    background: Option<DropGuard>,
-    /// The prefetch still streaming, if any: stopped when the layer is unmounted.
-    prefetching: Option<DropGuard>,
-    mount: LayerMount,
-    /// The layer's reader (`None` for a stand-in), for its health.
-    reader: Option<Arc<ChunkReader>>,
-}
-
-impl LiveMount for Mounted {
-    fn unhealthy(&self) -> Option<String> {
-        let reader = self.reader.as_ref()?;
-        reader
-            .bad_reason()
-            .map(|why| format!("layer {} is bad: {why}", reader.layer_name()))
-    }
-
-    fn handover(&self) -> Option<Result<Handover, ImageError>> {
-        let copied = self.mount.handover()?;
-        Some(
-            copied
-                .map_err(|e| ImageError::Invalid(format!("copying the FUSE fd: {e}")))
-                .and_then(|(fd, init)| {
-                    let state = serde_json::to_string(&init).map_err(|e| {
-                        ImageError::Invalid(format!("recording the FUSE connection: {e}"))
-                    })?;
-                    Ok(Handover { fd, state })
-                }),
-        )
-    }
-
-    fn keep_mounted(self: Box<Self>) {
-        let Mounted {
-            background,
-            prefetching,
-            mount,
-            ..
-        } = *self;
-        // The background fetch and the prefetch run on until the process exits.
-        std::mem::forget(background);
-        std::mem::forget(prefetching);
-        mount.keep_mounted();
-    }
-}
-
-impl MountableLayer for ReadyLayer {
-    fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
-        let fs = self.layer_fs();
-        let layer_mount = mount(fs, dir, &self.options)?;
-        Ok(self.start(layer_mount))
-    }
-
-    fn resume(
-        self: Box<Self>,
-        dir: &Path,
-        handover: Handover,
-    ) -> Result<Box<dyn LiveMount>, ImageError> {
-        let init: KernelInit = serde_json::from_str(&handover.state).map_err(|e| {
-            ImageError::Invalid(format!(
-                "the handed-over FUSE connection of {} has unreadable state: {e}",
-                dir.display()
-            ))
-        })?;
-        // The tree is built from the same TOC as before: the same inode numbers.
-        let fs = self.layer_fs();
-        let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
-        Ok(self.start(layer_mount))
-    }
-}
-
-impl ReadyLayer {
-    /// The layer's filesystem, with its status file if it has one.
-    fn layer_fs(&self) -> LayerFs {
-        let fs = LayerFs::new(
-            self.reader.clone(),
-            self.runtime.clone(),
-            FsOptions::default(),
-        )
-        .with_access_log(self.access.clone());
-        match self.status.clone() {
-            Some(file) => fs.with_status_file(file),
-            None => fs,
-        }
-    }
-
-    /// Starts the background fetch of a mounted layer.
-    fn start(self: Box<Self>, layer_mount: LayerMount) -> Box<dyn LiveMount> {
-        let reader = self.reader.clone();
-        let guard = self.background.map(|bg| {
-            let cancel = CancellationToken::new();
-            let key = bg.source.key().to_string();
-            let fetch =
-                background_fetch(&self.runtime, bg.source.clone(), bg.options, cancel.clone());
-            bg.fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone(), fetch.progress().clone());
-            spawn_whole_layer_checks(
-                &self.runtime,
-                fetch,
-                bg.source,
-                bg.hmac,
-                bg.diff_id,
-                reader.clone(),
-            );
-            cancel.drop_guard()
-        });
-        Box::new(Mounted {
-            background: guard,
-            prefetching: self.prefetching,
-            mount: layer_mount,
-            reader: Some(reader),
-        })
     }
 }

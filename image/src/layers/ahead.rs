@@ -11,6 +11,8 @@
 //! the digest its manifest (or its sealed options) vouches for, exactly as when the
 //! bytes come from the registry then. Held bytes are bounded ([`AHEAD_MAX_BYTES`]),
 //! handed out once, and dropped after [`AHEAD_TTL`] when no Prepare took them.
+//!
+//! `LazyLayers::start_look_ahead` (below) starts the fetches of one Prepare.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -18,8 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use veil_blob::BlobSource;
 use veil_formats::zstdchunked::{ManifestInfo, SKIPPABLE_HEADER};
-use veil_registry::BlobDescriptor;
+use veil_registry::{BlobDescriptor, Digest};
+
+use crate::resolver::RemoteLayer;
 
 /// Layers above the one being prepared whose TOC bytes are fetched ahead (`[lazy]
 /// look_ahead_layers`; 0: none).
@@ -159,6 +164,82 @@ pub(crate) fn first_toc_range(desc: &BlobDescriptor, tail_bytes: u64) -> Option<
     };
     (range.start < range.end && range.end <= size && range.end - range.start <= tail_bytes)
         .then_some(range)
+}
+
+impl super::LazyLayers {
+    /// [`LayerResolver::look_ahead`]: fetches, in the background, the range the TOC
+    /// read of `layer` will ask for first, then those of the first
+    /// [`LazyOptions::look_ahead_layers`] layers of `above` (see `layers/ahead.rs`).
+    /// `layer`'s own comes first, registered before its resolution looks for it (it
+    /// waits for this fetch instead of making its own) and sent first, on the connection
+    /// the manifest came on, ahead of the others.
+    pub(super) fn start_look_ahead(&self, layer: &RemoteLayer, above: &[String]) {
+        let tail_bytes = self.options.toc_tail_bytes;
+        if tail_bytes == 0 || self.options.look_ahead_layers == 0 {
+            return;
+        }
+        let first = self.fetch_ahead(layer, &layer.layer_digest, None);
+        for digest in above
+            .iter()
+            .filter(|d| **d != layer.layer_digest)
+            .take(self.options.look_ahead_layers)
+        {
+            self.fetch_ahead(layer, digest, first.clone());
+        }
+    }
+
+    /// Registers and starts the fetch ahead of the first TOC range of layer `digest` of
+    /// `layer`'s image, after `after` (when given) is done.
+    fn fetch_ahead(
+        &self,
+        layer: &RemoteLayer,
+        digest: &str,
+        after: Option<Pending>,
+    ) -> Option<Pending> {
+        let tail_bytes = self.options.toc_tail_bytes;
+        let registry = self.registry.clone();
+        let manifests = self.manifests.clone();
+        let disk_cache = self.options.disk_cache.clone();
+        let layer = layer.clone();
+        let digest = digest.to_string();
+        let key = Ahead::key(&layer.image_ref, &digest);
+        let fetch = async move {
+            if let Some(after) = after {
+                after.await;
+            }
+            let (reference, manifest) = match manifests.get(&registry, &layer).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!(image = %layer.image_ref, error = %e, "look-ahead: no manifest");
+                    return None;
+                }
+            };
+            let desc = manifest.layer(&Digest::parse(&digest).ok()?)?.clone();
+            let range = first_toc_range(&desc, tail_bytes)?;
+            tracing::debug!(layer = %digest, range = ?range, "look-ahead: fetching the TOC range");
+            let len = range.end - range.start;
+            // Through the disk cache, which keeps the bytes as it would have kept the
+            // layer's own TOC read.
+            let blob: Arc<dyn BlobSource> = Arc::new(registry.blob(&reference, &desc));
+            let blob: Arc<dyn BlobSource> = match &disk_cache {
+                Some(disk) => disk.wrap(&digest, blob),
+                None => blob,
+            };
+            match blob.read_range(range.clone()).await {
+                Ok(bytes) if bytes.len() as u64 == len => Some(Arc::new(HeldBytes {
+                    at: range.start,
+                    bytes: Arc::new(bytes),
+                })),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(layer = %digest, error = %e, "look-ahead: fetching the TOC range failed");
+                    None
+                }
+            }
+        }
+        .boxed();
+        self.ahead.start(&self.runtime, key, tail_bytes, fetch)
+    }
 }
 
 #[cfg(test)]
