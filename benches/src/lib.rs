@@ -11,6 +11,7 @@
 //! Veil's FUSE filesystem against tmpfs, with [`passthrough`]'s probe of FUSE passthrough.
 
 pub mod cgroup_run;
+pub mod cold_run;
 pub mod convert;
 pub mod enc_status_quo;
 pub mod fuse_read;

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use veil_tests::containerd::{process_alive, shim_pids_for, Containerd};
+use veil_tests::containerd::process_alive;
 use veil_tests::local_registry::LocalRegistry;
-use veil_tests::process::{run_with_timeout, ChildGuard};
-use veil_tests::scenario::VeilSnapshotter;
+use veil_tests::process::run_with_timeout;
 
+use crate::cold_run::{one_run, one_run_recording};
 pub use crate::mode::{modes, Format, Mode, ModeKind};
 use crate::proxy::{Shaping, ShapingProxy};
 use crate::read_set::ReadSet;
@@ -38,7 +38,7 @@ pub const REPO: &str = "veil-bench/app";
 /// The containerd namespace of the measured runs.
 pub const NAMESPACE: &str = "veil-bench";
 /// How long one pull may take (the status quo downloads the whole image).
-const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
+pub(crate) const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Set by SIGINT/SIGTERM: stop after cleaning up.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -276,7 +276,7 @@ pub struct Outcome {
 }
 
 /// Prints a progress line on stderr.
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     eprintln!("[veil-bench] {msg}");
 }
 
@@ -605,222 +605,6 @@ pub fn veil_config_lazy(host: &str, background_fetch: bool, lazy: &str, keys_dir
 /// TOC, no layer's TOC fetched ahead).
 const BASELINE_LAZY: &str = "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n\
                              toc_tail_bytes = 0\nlook_ahead_layers = 0\n";
-
-/// One cold start of `mode`; a failure of the run itself is recorded, not returned
-/// (errors setting it up are returned).
-fn one_run(
-    plan: &Plan,
-    mode: Mode,
-    proxy: &ShapingProxy,
-    name: &str,
-    workload: &str,
-    expect: &str,
-    started: &mut Vec<Started>,
-) -> anyhow::Result<RunResult> {
-    one_run_recording(plan, mode, proxy, name, workload, expect, started, None)
-}
-
-/// [`one_run`], and with `access` the daemon's access orders after the workload (JSON,
-/// `veil status --access-order all`).
-#[allow(clippy::too_many_arguments)]
-fn one_run_recording(
-    plan: &Plan,
-    mode: Mode,
-    proxy: &ShapingProxy,
-    name: &str,
-    workload: &str,
-    expect: &str,
-    started: &mut Vec<Started>,
-    mut access: Option<&mut Option<anyhow::Result<serde_json::Value>>>,
-) -> anyhow::Result<RunResult> {
-    let dir = plan.dir.join("runs").join(name);
-    std::fs::create_dir_all(&dir)?;
-    let dir = dir.canonicalize()?;
-    let config = dir.join("veil-config.toml");
-    std::fs::write(
-        &config,
-        veil_config_lazy(
-            &proxy.host(),
-            plan.background_fetch,
-            &plan
-                .lazy
-                .lines(matches!(mode, Mode::Veil { baseline: true, .. })),
-            &plan.dir.join("keys"),
-        ),
-    )?;
-    let mut veil = VeilSnapshotter::new(
-        plan.bins.snapshotter.clone(),
-        dir.join("veil"),
-        dir.join("veil.sock"),
-        dir.clone(),
-    )
-    .with_config(config);
-    let result = (|| -> anyhow::Result<RunResult> {
-        if plan.drop_caches {
-            drop_caches()?;
-        }
-        let pid = veil.start().context("starting veil-snapshotter")?;
-        started.push(Started {
-            what: format!("veil-snapshotter ({} {name})", mode.name()),
-            pid,
-        });
-        let mut stargz = None;
-        let stargz_socket = dir.join("stargz.sock");
-        if mode == Mode::Stargz {
-            let tools = plan
-                .stargz
-                .as_ref()
-                .context("stargz-snapshotter was not built")?;
-            let mut cmd = Command::new(&tools.snapshotter);
-            cmd.arg("-root")
-                .arg(dir.join("stargz"))
-                .arg("-address")
-                .arg(&stargz_socket);
-            if !plan.background_fetch {
-                cmd.arg("-no-background-fetch");
-            }
-            let mut guard = ChildGuard::spawn("stargz-grpc", cmd, &dir.join("stargz.log"))?;
-            started.push(Started {
-                what: format!("stargz-grpc ({} {name})", mode.name()),
-                pid: guard.pid(),
-            });
-            guard.wait_for_path(&stargz_socket, Duration::from_secs(60))?;
-            stargz = Some(guard);
-        }
-        let more: Vec<(&str, &Path)> = if stargz.is_some() {
-            vec![("stargz", stargz_socket.as_path())]
-        } else {
-            Vec::new()
-        };
-        let mut cd = Containerd::start_with(&dir.join("containerd"), veil.socket(), &more)
-            .context("starting containerd")?;
-        started.push(Started {
-            what: format!("containerd ({} {name})", mode.name()),
-            pid: cd.pid(),
-        });
-        let r = measured(plan, mode, proxy, &cd, &dir, workload, expect);
-        if let Some(slot) = access.as_deref_mut() {
-            *slot = Some(crate::read_set::access_orders(
-                &plan.bins.veil,
-                &veil.socket().with_file_name("status.sock"),
-                &dir.join("veil-status"),
-            ));
-        }
-        for pid in shim_pids_for(cd.address()) {
-            started.push(Started {
-                what: format!("containerd-shim ({} {name})", mode.name()),
-                pid,
-            });
-        }
-        let shutdown = cd.shutdown();
-        if !shutdown.shims_left.is_empty() {
-            say(&format!(
-                "{name}: shims outlived containerd and were killed: {:?}",
-                shutdown.shims_left
-            ));
-        }
-        if let Some(mut g) = stargz.take() {
-            g.stop();
-        }
-        Ok(r)
-    })();
-    veil.stop();
-    veil_tests::unmount_below(&dir);
-    let r = result?;
-    if r.error.is_some() || plan.keep {
-        // Logs stay for a look; the status quo's blobs and snapshots do not.
-        let cd_root = dir.join("containerd").join("root");
-        let _ = std::fs::remove_dir_all(cd_root);
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    Ok(r)
-}
-
-/// The measured part: pull, then run the workload.
-fn measured(
-    plan: &Plan,
-    mode: Mode,
-    proxy: &ShapingProxy,
-    cd: &Containerd,
-    dir: &Path,
-    workload: &str,
-    expect: &str,
-) -> RunResult {
-    let reference = format!("{}/{REPO}:{}", proxy.host(), mode.tag());
-    let down = proxy.bytes_down();
-    let conns = proxy.connections();
-    let requests = proxy.requests();
-    let t = Instant::now();
-    let pulled: anyhow::Result<()> = match mode {
-        Mode::StatusQuo => cd
-            .ctr_like(
-                Path::new("ctr"),
-                NAMESPACE,
-                &["images", "pull", "--plain-http", &reference],
-                PULL_TIMEOUT,
-            )
-            .map(|_| ()),
-        Mode::EncStatusQuo { .. } => crate::enc_status_quo::pull(
-            cd,
-            &proxy.host(),
-            &mode.tag(),
-            &plan.dir.join("keys").join(crate::convert::PRIVATE_KEY_FILE),
-            dir,
-            PULL_TIMEOUT,
-        ),
-        Mode::Stargz => match plan.stargz.as_ref() {
-            Some(tools) => cd
-                .ctr_like(
-                    &tools.ctr_remote,
-                    NAMESPACE,
-                    &["images", "rpull", "--plain-http", &reference],
-                    PULL_TIMEOUT,
-                )
-                .map(|_| ()),
-            None => Err(anyhow::anyhow!("ctr-remote was not built")),
-        },
-        Mode::Veil { .. } | Mode::Optimized { .. } => {
-            veil_pull(&plan.bins.veil, cd.address(), &reference, dir)
-        }
-    };
-    let pull_s = t.elapsed().as_secs_f64();
-    let ran = pulled.and_then(|()| {
-        let snapshotter = match mode {
-            Mode::StatusQuo => "overlayfs",
-            Mode::EncStatusQuo { .. } => crate::enc_status_quo::SNAPSHOTTER,
-            Mode::Stargz => "stargz",
-            Mode::Veil { .. } | Mode::Optimized { .. } => veil_tests::containerd::SNAPSHOTTER,
-        };
-        cd.run_container_in(
-            NAMESPACE,
-            snapshotter,
-            &reference,
-            "veil-bench-workload",
-            &["/bin/sh", "-c", workload],
-        )
-    });
-    let total_s = t.elapsed().as_secs_f64();
-    let fetched_bytes = proxy.bytes_down() - down;
-    let connections = proxy.connections() - conns;
-    let requests = proxy.requests() - requests;
-    let (output, error) = match ran {
-        Ok(out) => (out, None),
-        Err(e) => (String::new(), Some(format!("{e:#}"))),
-    };
-    RunResult {
-        round: 0,
-        total_s,
-        pull_s,
-        run_s: total_s - pull_s,
-        fetched_bytes,
-        connections,
-        requests,
-        output_ok: error.is_none() && output.contains(expect),
-        output: output.trim_end().to_string(),
-        error,
-    }
-}
 
 /// The sum of the layer sizes in `REPO:tag`'s manifest (asked of the registry directly).
 pub fn manifest_layer_bytes(registry: &LocalRegistry, tag: &str) -> anyhow::Result<u64> {
