@@ -31,10 +31,8 @@ use veil_tests::memory_cgroup::{rss, MemoryCgroup};
 use veil_tests::scenario::VeilSnapshotter;
 
 use crate::proxy::ShapingProxy;
-use crate::run::{Binaries, Started, NAMESPACE};
+use crate::run::{Binaries, Started, NAMESPACE, PULL_TIMEOUT};
 
-/// How long one pull may take.
-const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long the workload's container may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// The guest's tmpfs, below a run's directory.
