@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod containerd;
 pub mod core_dumps;
 pub mod cri;
+pub mod cri_private;
 pub mod encrypted_support;
 pub mod gosuite;
 pub mod guest_scenario;

@@ -25,27 +25,19 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use base64::Engine as _;
-use k8s_cri::v1::AuthConfig;
-use veil_tests::cri::{image_layers, push_sandbox_image, CgroupParent, CriClient};
-use veil_tests::lazy_image::{LayerFormat, HELLO_PATH, HELLO_TEXT, LAYER2_PATH, LAYER2_TEXT};
-use veil_tests::lazy_stack::{status_layer, with_auth_stack, LazyStack};
-use veil_tests::log_secrets::check_no_secret_in_logs;
-use veil_tests::registry::{Pusher, TokenAuth};
-use veil_tests::token::{token_server, Issuer, ISSUER, SERVICE};
+use veil_tests::cri::{CgroupParent, CriClient};
+use veil_tests::cri_private::{
+    cat_both_files, check_served_lazily, with_private_cri_stack, Account,
+};
+use veil_tests::lazy_stack::LazyStack;
 
 /// The only credentials the token service accepts.
-const USER: &str = "hook-user";
-const PASSWORD: &str = "hook-secret-4b8e1d7a90";
-
-/// Size of the big random file in the second layer.
-const BIG_SIZE: usize = 8 << 20;
-
-/// The share of the big layer a lazily served image may have fetched.
-const LAZY_SHARE: f64 = 0.10;
+const ACCOUNT: Account = Account {
+    user: "hook-user",
+    password: "hook-secret-4b8e1d7a90",
+};
 
 /// The kubelet credential provider API version.
 const API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
@@ -74,7 +66,7 @@ fn hook_answers(dir: &Path, host: &str) -> anyhow::Result<()> {
         "kind": "CredentialProviderResponse",
         "cacheKeyType": "Registry",
         "cacheDuration": "5m",
-        "auth": { host: { "username": USER, "password": PASSWORD } },
+        "auth": { host: { "username": ACCOUNT.user, "password": ACCOUNT.password } },
     });
     let path = dir.join("hook-response.json");
     std::fs::write(&path, response.to_string())?;
@@ -91,90 +83,33 @@ fn hook_asked(dir: &Path, image: &str) -> bool {
         .any(|r| r["kind"] == "CredentialProviderRequest" && r["image"] == image)
 }
 
-/// The sandbox image's credentials, as kubelet would send them for it.
-fn sandbox_auth() -> AuthConfig {
-    AuthConfig {
-        username: USER.into(),
-        password: PASSWORD.into(),
-        ..Default::default()
-    }
-}
-
 #[test]
 fn the_credential_provider_hook_authenticates_a_lazy_pull() {
     let name = "cri-hook";
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let issuer = Arc::new(Issuer::new());
-    let (tokens, _token_log) =
-        runtime.block_on(token_server(issuer.clone(), Some((USER, PASSWORD))));
-    let auth = TokenAuth {
-        realm: format!("{}/token", tokens.base()),
-        service: SERVICE.into(),
-        issuer: ISSUER.into(),
-        root_cert_pem: issuer.cert_pem.clone(),
+    let images = ["hook-a", "hook-b"];
+    let seeds = [0x400c_a11a, 0x400c_b11b];
+    let hook = |dir: &Path| {
+        let hook = write_hook(dir)?;
+        Ok(format!("credential_provider = \"{}\"\n", hook.display()))
     };
-    with_auth_stack(name, Some(&auth), |stack| {
-        let push_token = issuer.token(
-            &[
-                "repository:cri/pause:push,pull".to_string(),
-                "repository:cri/hook-a:push,pull".to_string(),
-                "repository:cri/hook-b:push,pull".to_string(),
-            ],
-            600,
-        );
-        let pusher = Pusher::new(stack.registry.base(), Some(format!("Bearer {push_token}")));
-        let a = image_layers("hook-a", 0x400c_a11a, BIG_SIZE, LayerFormat::Estargz)?;
-        let b = image_layers("hook-b", 0x400c_b11b, BIG_SIZE, LayerFormat::Estargz)?;
-        for (repo, layers) in [("cri/hook-a", &a), ("cri/hook-b", &b)] {
-            stack.runtime.block_on(veil_tests::lazy_image::push_image(
-                &pusher, repo, "1", layers,
-            ))?;
-        }
-        stack
-            .runtime
-            .block_on(push_sandbox_image(&pusher, "cri/pause", "1"))?;
-        let sandbox = stack.image_ref("cri/pause", "1");
-        let proxy_socket = stack.dir.join("cri-proxy.sock");
-        let containerd_socket = stack.dir.join("containerd").join("containerd.sock");
-        let empty_docker_config = stack.dir.join("docker-config.json");
-        std::fs::write(&empty_docker_config, "{}")?;
-        let hook = write_hook(&stack.dir)?;
-        std::fs::write(
-            stack.dir.join("veil-config.toml"),
-            format!(
-                "[registry]\nplain_http = [\"{}\"]\ndocker_config = \"{}\"\n\n\
-                 [lazy]\nbackground_fetch = false\n\n\
-                 [cri]\nimage_service_socket = \"{}\"\ncontainerd_socket = \"{}\"\n\
-                 credential_provider = \"{}\"\n",
-                stack.registry.host(),
-                empty_docker_config.display(),
-                proxy_socket.display(),
-                containerd_socket.display(),
-                hook.display(),
-            ),
-        )?;
-        stack.start_cri(&sandbox)?;
-
+    with_private_cri_stack(name, ACCOUNT, images, seeds, hook, |stack, images| {
         let cgroup = CgroupParent::new();
         let stack_ref: &LazyStack = stack;
-        let (ref_a, ref_b) = (
-            stack_ref.image_ref("cri/hook-a", "1"),
-            stack_ref.image_ref("cri/hook-b", "1"),
-        );
+        let [ref_a, ref_b] = &images.refs;
         let dir = stack_ref.dir.clone();
         stack_ref.runtime.block_on(async {
             let mut direct = CriClient::connect(stack_ref.cd().address()).await?;
-            let mut proxied = CriClient::connect(&proxy_socket)
+            let mut proxied = CriClient::connect(&images.proxy_socket)
                 .await
                 .context("connecting to Veil's CRI proxy")?;
             // The sandbox image with its own credentials, as kubelet pulls it.
-            direct.pull(&sandbox, Some(sandbox_auth())).await?;
+            direct.pull(&images.sandbox, Some(ACCOUNT.auth())).await?;
             let pod = direct
                 .run_pod(name, &dir.join("pod-logs"), &cgroup.path())
                 .await?;
             let result = async {
                 // 1. The hook answers no credentials: the pull fails, the registry refused.
-                let refused = proxied.pull(&ref_a, None).await;
+                let refused = proxied.pull(ref_a, None).await;
                 let why = match refused {
                     Ok(_) => bail!("image A was pulled though nothing had its credentials"),
                     Err(e) => format!("{e:#}"),
@@ -184,62 +119,22 @@ fn the_credential_provider_hook_authenticates_a_lazy_pull() {
                 if !["401", "unauthorized", "authoriz"].iter().any(|w| lower.contains(w)) {
                     bail!("the failed pull of image A does not say the registry refused it: {why}");
                 }
-                if !hook_asked(&dir, &ref_a) {
+                if !hook_asked(&dir, ref_a) {
                     bail!("the credential hook was not asked for image A");
                 }
                 // 2. The hook answers the credentials: the pull succeeds, lazily.
                 hook_answers(&dir, &stack_ref.registry.host())?;
-                let (_, took) = proxied.pull(&ref_b, None).await?;
+                let (_, took) = proxied.pull(ref_b, None).await?;
                 eprintln!("[{name}] image B pulled through Veil's CRI proxy with the hook's credentials in {took:.2?}");
-                if !hook_asked(&dir, &ref_b) {
+                if !hook_asked(&dir, ref_b) {
                     bail!("the credential hook was not asked for image B");
                 }
-                let id = direct
-                    .start_container(&pod, "hook-b", &ref_b, &["/bin/cat", HELLO_PATH, LAYER2_PATH])
-                    .await?;
-                let done = direct.wait_exited(&id).await?;
-                direct.remove_container(&id).await?;
-                let want = format!("{HELLO_TEXT}{LAYER2_TEXT}");
-                if done.exit_code != 0 || done.log != want {
-                    bail!(
-                        "the container of image B exited with {} and logged {:?}, expected 0 and {want:?}",
-                        done.exit_code,
-                        done.log
-                    );
-                }
-                let report = stack_ref.status_json()?;
-                for layer in &b {
-                    let l = status_layer(&report, &layer.digest)?;
-                    if l["mode"].as_str() != Some("lazy") {
-                        bail!("image B layer {} is not lazy: {l:#}", layer.digest);
-                    }
-                }
-                let (_, served) = stack_ref.served(&b[1].digest);
-                let share = served as f64 / b[1].size() as f64;
-                eprintln!(
-                    "[{name}] image B big layer: {served} of {} bytes served ({:.1} %)",
-                    b[1].size(),
-                    share * 100.0
-                );
-                if share >= LAZY_SHARE {
-                    bail!("image B's big layer was not read lazily: {served} bytes served");
-                }
-                anyhow::Ok(())
+                cat_both_files(&mut direct, &pod, "hook-b", ref_b).await?;
+                check_served_lazily(stack_ref, &images.layers[1], "image B")
             }
             .await;
             let _ = direct.remove_pod(&pod.0).await;
             result
-        })?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let secrets = vec![
-            PASSWORD.to_string(),
-            b64.encode(format!("{USER}:{PASSWORD}")),
-            b64.encode(PASSWORD),
-        ];
-        let mut logs = stack.veil.logs.clone();
-        logs.push(stack.cd().log_path().to_path_buf());
-        check_no_secret_in_logs(&logs, &secrets)?;
-        Ok(())
+        })
     });
-    drop(tokens);
 }
