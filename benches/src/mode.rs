@@ -68,17 +68,12 @@ impl Mode {
                 prefetch,
                 baseline,
             } => {
-                let mut s = format!("veil-{}", format.flag());
-                if encrypted {
-                    s.push_str("-enc");
-                }
-                if prefetch {
-                    s.push_str("-prefetch");
-                }
-                if baseline {
-                    s.push_str("-baseline");
-                }
-                s
+                let parts = [
+                    (encrypted, "-enc"),
+                    (prefetch, "-prefetch"),
+                    (baseline, "-baseline"),
+                ];
+                with_parts(format!("veil-{}", format.flag()), parts)
             }
             Mode::Optimized { format } => format!("veil-{}-enc-optimized", format.flag()),
         }
@@ -96,17 +91,12 @@ impl Mode {
                 prefetch,
                 baseline,
             } => {
-                let mut s = format.label().to_string();
-                if encrypted {
-                    s.push_str("+enc");
-                }
-                if prefetch {
-                    s.push_str("+pf");
-                }
-                if baseline {
-                    s.push_str(" (before)");
-                }
-                s
+                let parts = [
+                    (encrypted, "+enc"),
+                    (prefetch, "+pf"),
+                    (baseline, " (before)"),
+                ];
+                with_parts(format.label().to_string(), parts)
             }
             Mode::Optimized { format } => format!("{}+enc+optimize", format.label()),
         }
@@ -266,6 +256,16 @@ pub enum ModeKind {
     EncBaseline,
     /// `enc-prefetch` fetching as before issue 13 (no windows, the prefetch waits).
     EncPrefetchBaseline,
+}
+
+/// `base` followed by each part whose flag is set, in order.
+fn with_parts(mut base: String, parts: [(bool, &str); 3]) -> String {
+    for (set, part) in parts {
+        if set {
+            base.push_str(part);
+        }
+    }
+    base
 }
 
 #[cfg(test)]
