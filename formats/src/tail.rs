@@ -5,7 +5,6 @@ use std::ops::Range;
 
 use veil_blob::BlobSource;
 
-use crate::estargz::reader::fetch;
 use crate::estargz::FormatError;
 
 /// The last bytes of a blob, read in one request.
@@ -54,4 +53,29 @@ impl Tail {
         front.extend_from_slice(in_tail(self.start..range.end));
         Ok(front)
     }
+}
+
+/// Fetch `range` from `source`, checking that all of it came.
+pub(crate) async fn fetch(
+    source: &dyn BlobSource,
+    range: Range<u64>,
+    what: &'static str,
+) -> Result<Vec<u8>, FormatError> {
+    let bytes = source
+        .read_range(range.clone())
+        .await
+        .map_err(|source| FormatError::Read {
+            what,
+            start: range.start,
+            end: range.end,
+            source,
+        })?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(FormatError::ShortRead {
+            what,
+            expected: range.end - range.start,
+            actual: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
 }

@@ -1,7 +1,6 @@
 //! Reading an eStargz blob's TOC: footer, TOC member, digest check, normalization.
 
 use std::io::Read;
-use std::ops::Range;
 
 use sha2::{Digest as _, Sha256};
 
@@ -15,31 +14,6 @@ use crate::tail::Tail;
 use crate::tar_index::clean_name;
 use crate::toc::{Compression, Format, LayerToc};
 use veil_blob::BlobSource;
-
-/// Fetch `range` from `source`, checking that all of it came.
-pub(crate) async fn fetch(
-    source: &dyn BlobSource,
-    range: Range<u64>,
-    what: &'static str,
-) -> Result<Vec<u8>, FormatError> {
-    let bytes = source
-        .read_range(range.clone())
-        .await
-        .map_err(|source| FormatError::Read {
-            what,
-            start: range.start,
-            end: range.end,
-            source,
-        })?;
-    if bytes.len() as u64 != range.end - range.start {
-        return Err(FormatError::ShortRead {
-            what,
-            expected: range.end - range.start,
-            actual: bytes.len() as u64,
-        });
-    }
-    Ok(bytes)
-}
 
 /// Check `json`'s SHA-256 against `expected` (`sha256:<hex>`), if given.
 pub(crate) fn check_digest(actual: &[u8; 32], expected: Option<&str>) -> Result<(), FormatError> {
