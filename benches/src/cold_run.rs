@@ -20,21 +20,8 @@ use crate::run::{
 };
 
 /// One cold start of `mode`; a failure of the run itself is recorded, not returned
-/// (errors setting it up are returned).
-pub(crate) fn one_run(
-    plan: &Plan,
-    mode: Mode,
-    proxy: &ShapingProxy,
-    name: &str,
-    workload: &str,
-    expect: &str,
-    started: &mut Vec<Started>,
-) -> anyhow::Result<RunResult> {
-    one_run_recording(plan, mode, proxy, name, workload, expect, started, None)
-}
-
-/// [`one_run`], and with `access` the daemon's access orders after the workload (JSON,
-/// `veil status --access-order all`).
+/// (errors setting it up are returned). With `access`: the daemon's access orders after
+/// the workload (JSON, `veil status --access-order all`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn one_run_recording(
     plan: &Plan,

@@ -27,7 +27,7 @@ use veil_tests::containerd::process_alive;
 use veil_tests::local_registry::LocalRegistry;
 use veil_tests::process::run_with_timeout;
 
-use crate::cold_run::{one_run, one_run_recording};
+use crate::cold_run::one_run_recording;
 pub use crate::mode::{modes, Format, Mode, ModeKind};
 use crate::proxy::{Shaping, ShapingProxy};
 use crate::read_set::ReadSet;
@@ -430,7 +430,9 @@ fn measure_all(
                 check_interrupted()?;
                 // Short: containerd's sockets below it must fit a unix socket path.
                 let name = format!("{pi}-{mi}-{round}");
-                let r = match one_run(plan, *mode, &proxy, &name, workload, expect, started) {
+                let r = match one_run_recording(
+                    plan, *mode, &proxy, &name, workload, expect, started, None,
+                ) {
                     Ok(r) => r,
                     Err(e) => {
                         // Ctrl-C ends the bench; anything else fails this run only.

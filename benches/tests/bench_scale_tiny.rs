@@ -6,40 +6,31 @@
 //! table and plot are written; nothing is left running, mounted or in a cgroup.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
 use veil_tests::containerd::process_alive;
-use veil_tests::process::run_with_timeout;
 
 /// The guest's memory, MiB: its tmpfs (half) holds 4 MiB pulled and unpacked, not 100.
 const LIMIT_MIB: u64 = 192;
 
 #[test]
 fn veil_bench_scale_on_two_tiny_images() {
-    veil_tests::require_root();
-    let veil = veil_tests::veil_binary("veil");
-    let bench = Path::new(env!("CARGO_BIN_EXE_veil-bench"));
-    assert_eq!(
-        veil.parent(),
-        bench.parent(),
-        "veil and veil-bench must be built into the same directory"
+    let run = common::run_bench(
+        &[
+            "--sample",
+            "busybox",
+            "--sizes",
+            "4,100",
+            "--runs",
+            "1",
+            "--memory-limit",
+            &LIMIT_MIB.to_string(),
+        ],
+        Duration::from_secs(900),
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().canonicalize().unwrap();
-    let (out, work, json) = (dir.join("out"), dir.join("w"), dir.join("r.json"));
-    let mut cmd = Command::new(&veil);
-    cmd.arg("bench")
-        .args(["--sample", "busybox", "--sizes", "4,100", "--runs", "1"])
-        .args(["--memory-limit", &LIMIT_MIB.to_string()])
-        .args(["--rtt-ms", "2", "--mbit", "1000"])
-        .arg("--out")
-        .arg(&out)
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(&work);
-    let ran = run_with_timeout(cmd, Duration::from_secs(900), &dir.join("bench")).unwrap();
+    let (dir, out, work, json, ran) = (&run.dir, &run.out, &run.work, &run.json, &run.ran);
     let stdout = String::from_utf8_lossy(&ran.stdout);
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert!(
@@ -53,7 +44,7 @@ fn veil_bench_scale_on_two_tiny_images() {
     );
     assert!(stdout.contains("ENOSPC"), "no out-of-space row:\n{stdout}");
 
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
     let result = &doc["result"];
     assert_eq!(result["memory_limit"].as_u64(), Some(LIMIT_MIB << 20));
     assert_eq!(result["tmpfs_size"].as_u64(), Some(LIMIT_MIB << 19));
@@ -102,8 +93,8 @@ fn veil_bench_scale_on_two_tiny_images() {
             s["what"]
         );
     }
-    assert!(veil_tests::mounts::mounts_below(&dir).is_empty());
-    let left: Vec<_> = std::fs::read_dir(&work).unwrap().flatten().collect();
+    assert!(veil_tests::mounts::mounts_below(dir).is_empty());
+    let left: Vec<_> = std::fs::read_dir(work).unwrap().flatten().collect();
     assert!(left.is_empty(), "left in the work directory: {left:?}");
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let cgroups = own

@@ -3,38 +3,19 @@
 //! printed what it should in every mode, the plot files are there, and nothing the bench
 //! started is left running or mounted. Timings are the bench's to report, not asserted.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
 use veil_tests::containerd::process_alive;
-use veil_tests::process::run_with_timeout;
 
 #[test]
 fn veil_bench_on_a_tiny_image() {
-    veil_tests::require_root();
-    // `veil` (and veil-snapshotter) built, debug, beside the veil-bench under test.
-    let veil = veil_tests::veil_binary("veil");
-    let bench = Path::new(env!("CARGO_BIN_EXE_veil-bench"));
-    assert_eq!(
-        veil.parent(),
-        bench.parent(),
-        "veil and veil-bench must be built into the same directory"
+    let run = common::run_bench(
+        &["--sample", "busybox", "--size", "4", "--runs", "1"],
+        Duration::from_secs(300),
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().canonicalize().unwrap();
-    let (out, work, json) = (dir.join("out"), dir.join("work"), dir.join("r.json"));
-    let mut cmd = Command::new(&veil);
-    cmd.arg("bench")
-        .args(["--sample", "busybox", "--size", "4", "--runs", "1"])
-        .args(["--rtt-ms", "2", "--mbit", "1000"])
-        .arg("--out")
-        .arg(&out)
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(&work);
-    let ran = run_with_timeout(cmd, Duration::from_secs(300), &dir.join("bench")).unwrap();
+    let (dir, out, work, json, ran) = (&run.dir, &run.out, &run.work, &run.json, &run.ran);
     let stdout = String::from_utf8_lossy(&ran.stdout);
     let stderr = String::from_utf8_lossy(&ran.stderr);
     assert!(
@@ -44,7 +25,7 @@ fn veil_bench_on_a_tiny_image() {
     );
     assert!(stdout.contains("speed-up"), "no table:\n{stdout}");
 
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
     let point = &doc["result"]["points"][0];
     let modes = point["modes"].as_array().unwrap();
     let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
@@ -136,7 +117,7 @@ fn veil_bench_on_a_tiny_image() {
             s["what"]
         );
     }
-    assert!(veil_tests::mounts::mounts_below(&dir).is_empty());
-    let left: Vec<_> = std::fs::read_dir(&work).unwrap().flatten().collect();
+    assert!(veil_tests::mounts::mounts_below(dir).is_empty());
+    let left: Vec<_> = std::fs::read_dir(work).unwrap().flatten().collect();
     assert!(left.is_empty(), "left in the work directory: {left:?}");
 }
