@@ -8,6 +8,7 @@
 //! `veil inspect` (to say whether, and why not).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use veil_blob::BlobSource;
 
@@ -71,9 +72,7 @@ pub fn classify_sealed(
     if mt.ends_with("+encrypted") {
         return Err(NotLazy::Encrypted(mt.to_string()));
     }
-    let gzip = mt.ends_with("tar+gzip") || mt.ends_with("tar.gzip");
-    let zstd = mt.ends_with("tar+zstd");
-    if gzip {
+    if is_gzip(mt) {
         let digest = sealed.or(annotations
             .get(estargz::TOC_DIGEST_ANNOTATION)
             .map(String::as_str));
@@ -84,7 +83,7 @@ pub fn classify_sealed(
             None => Err(NotLazy::NoTocDigest),
         };
     }
-    if zstd {
+    if is_zstd(mt) {
         let mut info = zstdchunked::ManifestInfo::from_annotations(annotations)
             .map_err(|e| NotLazy::BadZstdAnnotations(e.to_string()))?;
         if let Some(sealed) = sealed {
@@ -96,6 +95,50 @@ pub fn classify_sealed(
         return Ok(LazyFormat::ZstdChunked(info));
     }
     Err(NotLazy::MediaType(mt.to_string()))
+}
+
+/// Whether `media_type` is a gzip layer's (eStargz's).
+fn is_gzip(media_type: &str) -> bool {
+    media_type.ends_with("tar+gzip") || media_type.ends_with("tar.gzip")
+}
+
+/// Whether `media_type` is a zstd layer's (zstd:chunked's).
+fn is_zstd(media_type: &str) -> bool {
+    media_type.ends_with("tar+zstd")
+}
+
+/// The blob range [`read_layer_toc`] asks for first, for a layer of `media_type` (an
+/// `+encrypted` one: its ciphertext has the same layout) and `size` bytes: the last
+/// `tail_bytes` of an eStargz (or zstd:chunked without a position annotation) blob, the
+/// manifest frame of a zstd:chunked blob whose annotations give its position. `None`:
+/// not a layer whose TOC is read (not gzip or zstd), or a range over `tail_bytes` (a
+/// position annotation is not trusted to size a fetch).
+pub fn first_toc_range(
+    media_type: &str,
+    size: u64,
+    annotations: &BTreeMap<String, String>,
+    tail_bytes: u64,
+) -> Option<Range<u64>> {
+    let media_type = media_type.trim_end_matches("+encrypted");
+    let tail = size.saturating_sub(tail_bytes)..size;
+    let range = if is_gzip(media_type) {
+        tail
+    } else if is_zstd(media_type) {
+        match zstdchunked::ManifestInfo::from_annotations(annotations)
+            .ok()
+            .and_then(|info| info.position)
+        {
+            Some(p) => {
+                p.offset.checked_sub(zstdchunked::SKIPPABLE_HEADER)?
+                    ..p.offset.checked_add(p.compressed_len)?
+            }
+            None => tail,
+        }
+    } else {
+        return None;
+    };
+    (range.start < range.end && range.end <= size && range.end - range.start <= tail_bytes)
+        .then_some(range)
 }
 
 /// Reads and authenticates the TOC of a lazily servable layer, checking every entry

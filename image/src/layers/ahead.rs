@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use veil_blob::BlobSource;
-use veil_formats::zstdchunked::{ManifestInfo, SKIPPABLE_HEADER};
 use veil_registry::{BlobDescriptor, Digest};
 
 use crate::resolver::RemoteLayer;
@@ -138,32 +137,15 @@ impl Ahead {
     }
 }
 
-/// The blob range a lazy layer's TOC read asks for first: the last `tail_bytes` of an
-/// eStargz (or zstd:chunked without a position annotation) blob, the manifest frame of
-/// a zstd:chunked blob whose annotations give its position. `None`: not a layer whose
-/// TOC is read (not gzip or zstd), or a range over `tail_bytes` (a position annotation
-/// is not trusted to size a fetch).
+/// The blob range a lazy layer's TOC read asks for first (the formats crate knows it:
+/// [`veil_formats::classify::first_toc_range`]).
 pub(crate) fn first_toc_range(desc: &BlobDescriptor, tail_bytes: u64) -> Option<Range<u64>> {
-    let size = desc.size;
-    let media_type = desc.media_type.trim_end_matches("+encrypted");
-    let tail = size.saturating_sub(tail_bytes)..size;
-    let range = if media_type.ends_with("tar+gzip") || media_type.ends_with("tar.gzip") {
-        tail
-    } else if media_type.ends_with("tar+zstd") {
-        match ManifestInfo::from_annotations(&desc.annotations)
-            .ok()
-            .and_then(|info| info.position)
-        {
-            Some(p) => {
-                p.offset.checked_sub(SKIPPABLE_HEADER)?..p.offset.checked_add(p.compressed_len)?
-            }
-            None => tail,
-        }
-    } else {
-        return None;
-    };
-    (range.start < range.end && range.end <= size && range.end - range.start <= tail_bytes)
-        .then_some(range)
+    veil_formats::classify::first_toc_range(
+        &desc.media_type,
+        desc.size,
+        &desc.annotations,
+        tail_bytes,
+    )
 }
 
 impl super::LazyLayers {
