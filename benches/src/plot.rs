@@ -64,6 +64,37 @@ fn color(mode: &str) -> RGBColor {
     }
 }
 
+/// The y axis's labelled values: 1, 2 and 5 times each power of ten between `min` and
+/// `max` (a log axis labelled only at powers of ten says nothing about the fast modes
+/// between 0.1 and 1 s).
+fn log_ticks(min: f64, max: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    if !(min > 0.0 && max > min && max.is_finite()) {
+        return ticks;
+    }
+    let mut decade = 10f64.powf(min.log10().floor());
+    while decade <= max {
+        for step in [1.0, 2.0, 5.0] {
+            let tick = step * decade;
+            if (min..=max).contains(&tick) {
+                ticks.push(tick);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
+/// A tick's label: whole seconds from 1 s up, two decimals at most below (0.2, 0.05).
+fn tick_label(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        let text = format!("{v:.2}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     o: &Outcome,
@@ -97,7 +128,12 @@ fn draw<DB: DrawingBackend>(
         .margin(20)
         .x_label_area_size(60)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..n - 1).into_segmented(), (ymin..ymax).log_scale())
+        .build_cartesian_2d(
+            (0..n - 1).into_segmented(),
+            (ymin..ymax)
+                .log_scale()
+                .with_key_points(log_ticks(ymin, ymax)),
+        )
         .map_err(e)?;
     let formatter = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
@@ -110,6 +146,7 @@ fn draw<DB: DrawingBackend>(
         .x_label_formatter(&formatter)
         .x_label_style(("sans-serif", 16))
         .y_label_style(("sans-serif", 15))
+        .y_label_formatter(&|v: &f64| tick_label(*v))
         .y_desc("seconds, log scale (bar: median, whisker: min–max)")
         .x_desc(format!(
             "{} sample, {} of files; workload: {} files / {}; {} run(s) per mode, cold caches",
@@ -223,4 +260,27 @@ pub fn write(o: &Outcome, p: &PointResult, stem: &Path) -> anyhow::Result<Vec<Pa
         }
     }
     Ok(vec![png, svg])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_one_two_five_per_decade_inside_the_range() {
+        let labels: Vec<String> = log_ticks(0.18, 36.0).into_iter().map(tick_label).collect();
+        assert_eq!(
+            labels,
+            ["0.2", "0.5", "1", "2", "5", "10", "20"].map(String::from)
+        );
+        assert_eq!(
+            log_ticks(0.04, 0.06)
+                .into_iter()
+                .map(tick_label)
+                .collect::<Vec<_>>(),
+            ["0.05"]
+        );
+        assert!(log_ticks(0.0, 1.0).is_empty());
+        assert!(log_ticks(2.0, 1.0).is_empty());
+    }
 }
