@@ -19,7 +19,9 @@ use veil_cri::{CredentialProvider, ImageProxy, PodCredentials};
 use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
+use veil_fusefs::mount::MountOptions;
 use veil_fusefs::prefetch::RateLimiter;
+use veil_fusefs::promote::PromoteOptions;
 use veil_guest::{ConnectionKeeper, GuestOptions, GuestPuller, KeptConnection};
 use veil_image::layers::{LazyLayers, LazyOptions, WindowSizes};
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
@@ -208,6 +210,18 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
     }
 }
 
+/// How layers are mounted: promotion of files whole in the cache to FUSE passthrough as
+/// `[cache] passthrough` and `passthrough_min_bytes` say, the rest the defaults.
+pub fn mount_options(config: &Config) -> MountOptions {
+    MountOptions {
+        promote: PromoteOptions {
+            enabled: config.cache.passthrough,
+            min_size: config.cache.passthrough_min_bytes,
+        },
+        ..MountOptions::default()
+    }
+}
+
 /// The image service for `config`, reaching registries with `registry` (normally
 /// [`registry_options`] of the same config), running reads on `runtime`.
 pub fn image_service(
@@ -218,7 +232,9 @@ pub fn image_service(
     let registry = RegistryClient::new(registry)
         .map_err(|e| DaemonError::Wiring(format!("setting up the registry client: {e}")))?;
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
-    Ok(LazyLayers::new(registry, cache, runtime).with_options(lazy_options(config)))
+    Ok(LazyLayers::new(registry, cache, runtime)
+        .with_options(lazy_options(config))
+        .with_mount_options(mount_options(config)))
 }
 
 /// Directory (below the daemon's root) of the data stored with each fd in systemd's fd
@@ -478,7 +494,8 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
         .map_err(|e| DaemonError::Wiring(format!("setting up the registry client: {e}")))?;
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
     let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
-        .with_options(guest_lazy_options(config));
+        .with_options(guest_lazy_options(config))
+        .with_mount_options(mount_options(config));
     let store = fd_store(config, &config.guest.work_dir);
     let kept = take_kept(store.as_ref()).await;
     let keeps_connections = store.is_some();
