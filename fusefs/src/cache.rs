@@ -536,6 +536,46 @@ mod tests {
         assert_ne!(cache.new_layer_id(), cache.new_layer_id());
     }
 
+    #[test]
+    fn promotion_takes_the_chunks_and_charges_the_budget() {
+        let cache = ChunkCache::new(1000);
+        for i in 0..4 {
+            cache.insert(key(i), vec![i as u8; 200].into());
+        }
+        let file = [key(1), key(2)];
+        // Over the cap, or a chunk missing: nothing changes.
+        assert_eq!(
+            cache.take_for_promotion(&file, 400, 300).unwrap_err(),
+            PromotionRefused::OverCap
+        );
+        assert_eq!(
+            cache
+                .take_for_promotion(&[key(1), key(9)], 400, 500)
+                .unwrap_err(),
+            PromotionRefused::NotWhole
+        );
+        assert_eq!(cache.stats().bytes, 800);
+        let taken = cache.take_for_promotion(&file, 400, 500).unwrap();
+        assert_eq!((taken.len(), taken[1][0]), (2, 2));
+        let stats = cache.stats();
+        assert_eq!((stats.bytes, stats.promoted), (400, 400));
+        assert!(!cache.contains(key(1)) && cache.contains(key(0)));
+        // Inserting evicts to keep chunks and promoted bytes within the budget.
+        cache.insert(key(5), vec![5; 300].into());
+        let stats = cache.stats();
+        assert!(stats.bytes + stats.promoted <= 1000, "{stats:?}");
+        // A chunk larger than what promotion leaves is not kept.
+        cache.insert(key(6), vec![6; 700].into());
+        assert!(!cache.contains(key(6)));
+        // Undone: chunks back, bytes released; released: bytes back.
+        cache.undo_promotion(&file, taken, 400);
+        assert_eq!(cache.stats().promoted, 0);
+        assert!(cache.contains(key(1)) && cache.contains(key(2)));
+        let _ = cache.take_for_promotion(&file, 400, 500).unwrap();
+        cache.release_promoted(400);
+        assert_eq!(cache.stats().promoted, 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_fetch() {
         let cache = Arc::new(ChunkCache::new(1 << 20));
