@@ -42,9 +42,9 @@
 //!
 //! Known limit: after a restart (a handover to a new process), the new process does not
 //! know which inodes the previous one promoted; a passthrough handle still open from
-//! before makes the kernel refuse a normal open of that inode, and the memfd, held by
-//! the kernel alone, is no longer locked. Restarts with such files open are rare (a
-//! running container holding a large binary it was started from is one).
+//! before makes the kernel refuse (`EIO`) a normal open of that inode, and the memfd,
+//! held by the kernel alone, is no longer locked. So the daemon turns promotion off for
+//! mounts whose connections are kept for a restart (`veil_daemon::wiring::mount_options`).
 
 use std::collections::HashMap;
 use std::io;
