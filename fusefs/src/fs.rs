@@ -38,7 +38,7 @@ use tokio::runtime::Handle;
 use crate::access_log::AccessLog;
 use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::{ChunkReader, ReadError};
-use crate::promote::{PromoteOptions, PromoteStats, Promoter};
+use crate::promote::{PromoteOptions, Promoter};
 use crate::read_data::ReadData;
 use crate::status_dir::{Hidden, HiddenStatus, StatusFile};
 use crate::tree::{LayerTree, Node, NodeKind};
@@ -118,21 +118,6 @@ impl LayerFs {
             .enabled
             .then(|| Arc::new(Promoter::new(self.reader.clone(), options)));
         self
-    }
-
-    /// The counters of promotions (all zero when promotion is off).
-    pub fn promote_stats(&self) -> PromoteStats {
-        self.promoter
-            .as_ref()
-            .map(|p| p.stats())
-            .unwrap_or_default()
-    }
-
-    /// Whether promotion is on, and how.
-    pub fn promote_options(&self) -> PromoteOptions {
-        self.promoter
-            .as_ref()
-            .map_or_else(PromoteOptions::off, |p| p.options())
     }
 
     /// The same, serving `file` in the hidden, read-only `/.veil` directory (not when the

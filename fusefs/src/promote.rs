@@ -102,19 +102,6 @@ impl PromoteOptions {
     }
 }
 
-/// Counters of a mount's promotions, at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PromoteStats {
-    /// Files promoted so far.
-    pub promoted: u64,
-    /// Promoted files held now.
-    pub held: u64,
-    /// Bytes of promoted files held now.
-    pub held_bytes: u64,
-    /// Opens answered by passthrough.
-    pub passthrough_opens: u64,
-}
-
 /// Why a promotion did not happen.
 #[derive(Debug, thiserror::Error)]
 enum PromoteError {
@@ -263,8 +250,6 @@ pub(crate) struct Promoter {
     /// Why promotion was turned off for this mount, once it was.
     off: OnceLock<String>,
     clock: AtomicU64,
-    promoted: AtomicU64,
-    passthrough_opens: AtomicU64,
 }
 
 impl Promoter {
@@ -276,25 +261,6 @@ impl Promoter {
             inodes: Mutex::new(HashMap::new()),
             off: OnceLock::new(),
             clock: AtomicU64::new(0),
-            promoted: AtomicU64::new(0),
-            passthrough_opens: AtomicU64::new(0),
-        }
-    }
-
-    /// The options it was made with.
-    pub(crate) fn options(&self) -> PromoteOptions {
-        self.options
-    }
-
-    /// Current counters.
-    pub(crate) fn stats(&self) -> PromoteStats {
-        let inodes = self.inodes();
-        let held = inodes.values().filter_map(|i| i.promoted.as_ref());
-        PromoteStats {
-            promoted: self.promoted.load(Ordering::Relaxed),
-            held: held.clone().count() as u64,
-            held_bytes: held.map(|p| p.file.len as u64).sum(),
-            passthrough_opens: self.passthrough_opens.load(Ordering::Relaxed),
         }
     }
 
@@ -314,7 +280,6 @@ impl Promoter {
         if let Some(promoted) = opens.promoted.as_mut() {
             promoted.last_open = self.clock.fetch_add(1, Ordering::Relaxed);
             opens.passthrough += 1;
-            self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
             return reply.opened_passthrough(
                 FileHandle(PASSTHROUGH_FH),
                 FopenFlags::empty(),
@@ -389,10 +354,8 @@ impl Promoter {
         let replies = std::iter::once(reply).chain(waiting);
         match result {
             Ok(promoted) => {
-                self.promoted.fetch_add(1, Ordering::Relaxed);
                 for reply in replies {
                     opens.passthrough += 1;
-                    self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                     reply.opened_passthrough(
                         FileHandle(PASSTHROUGH_FH),
                         FopenFlags::empty(),
