@@ -38,6 +38,10 @@
 //! if that is not enough, the file is not promoted. Dropping a promoted file (or the
 //! filesystem) unmaps the memfd and gives its bytes back to the cache's budget.
 //!
+//! **A layer marked bad** ([`ChunkReader::mark_bad`]) serves nothing: an open of one of
+//! its promoted files drops the file (or fails with `EIO` while passthrough handles of
+//! it are still open, which cannot be revoked), and nothing more is promoted.
+//!
 //! **Fallback.** Anything that fails (no passthrough capability, no `CAP_SYS_ADMIN`, a
 //! session served through a socket after a restart ([`crate::resume`]: the filesystem is
 //! made with promotion off there), `memfd_create`, `mmap`, `mlock` over
@@ -56,7 +60,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
+use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
 use crate::cache::{ChunkCache, ChunkKey, PromotionRefused};
 use crate::pipeline::ChunkReader;
@@ -277,6 +281,14 @@ impl Promoter {
         let ino = node.ino;
         let mut inodes = self.inodes();
         let opens = inodes.entry(ino).or_default();
+        if self.reader.bad_reason().is_some() && opens.promoted.is_some() {
+            // A layer marked bad serves nothing: its promoted files go (those still
+            // open by passthrough cannot be revoked; a new open of them fails).
+            if opens.passthrough > 0 {
+                return reply.error(Errno::EIO);
+            }
+            opens.promoted = None;
+        }
         if let Some(promoted) = opens.promoted.as_mut() {
             promoted.last_open = self.clock.fetch_add(1, Ordering::Relaxed);
             opens.passthrough += 1;

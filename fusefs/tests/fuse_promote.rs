@@ -495,3 +495,37 @@ fn promoted_files_stay_within_the_cache_budget() {
     assert!(m.served() > served);
     m.assert_within_budget();
 }
+
+#[test]
+fn a_layer_marked_bad_stops_serving_its_promoted_files() {
+    if !available() {
+        return;
+    }
+    let data = letters(2 * MIB, 6);
+    let m = Mounted::new(&[("f.bin", &data)], 64 << 20, PromoteOptions::default());
+    assert_eq!(sha(&read_and_drop_pages(&m, "f.bin")), sha(&data));
+    let mut held = m.open_promoted("f.bin", data.len() as u64);
+    assert_eq!(sha(&read_all(&mut held)), sha(&data));
+    m.reader.mark_bad("the whole-layer check failed (test)");
+    // While a passthrough handle is open, a new open fails.
+    assert!(File::open(m.path("f.bin")).is_err());
+    drop(held);
+    // Once it is closed, the promoted file goes and reads fail like every read of a bad
+    // layer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.promoted() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the promoted file was never dropped"
+        );
+        if let Ok(mut file) = File::open(m.path("f.bin")) {
+            drop_pages(&file);
+            let mut buf = Vec::new();
+            assert!(
+                file.read_to_end(&mut buf).is_err(),
+                "a bad layer served bytes"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
