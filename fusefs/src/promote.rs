@@ -421,13 +421,12 @@ impl Promoter {
             cache.undo_promotion(&keys, chunks, node.size);
             return Err(PromoteError::Skipped(PromotionRefused::NotWhole));
         }
-        let promoted = Promoted {
+        let mut promoted = Promoted {
             backing,
             file,
             cache: cache.clone(),
             last_open: self.clock.fetch_add(1, Ordering::Relaxed),
         };
-        let mut promoted = promoted;
         let bytes = promoted.file.bytes_mut();
         for (chunk, data) in chunk_list.iter().zip(chunks) {
             let at = chunk.file_offset as usize;
