@@ -96,7 +96,13 @@ fn fuse_vs_tmpfs(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("layer");
     std::fs::create_dir(&mnt).unwrap();
-    let _mounted = Mounted::new(mount::mount(fs, &mnt, &MountOptions::default()).unwrap());
+    // Veil's own read path: promotion to passthrough off (`veil bench --fuse-read`
+    // measures the promoted file beside it).
+    let options = MountOptions {
+        promote: veil_fusefs::promote::PromoteOptions::off(),
+        ..MountOptions::default()
+    };
+    let _mounted = Mounted::new(mount::mount(fs, &mnt, &options).unwrap());
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let on_tmpfs = shm.path().join("data.bin");
     std::fs::write(&on_tmpfs, &data).unwrap();

@@ -4,15 +4,22 @@
 //! A one-file eStargz layer (default 1 GiB, 4 MiB chunks, built with Veil's own writer
 //! from a generated tar) is served by Veil's FUSE filesystem from an in-memory blob (the
 //! "network"), through the same `veil_fusefs` API the daemon mounts layers with
-//! (default [`MountOptions`] and [`FsOptions`]). The file is read once front to back
-//! from the blob (fetch, decompress, verify: the warm-up, also timed), then every run
-//! reads it three ways, each front to back with a 1 MiB buffer:
+//! (default [`MountOptions`] and [`FsOptions`]), twice, from one plaintext cache: one
+//! mount with promotion to FUSE passthrough off ([`PromoteOptions::off`]), one with it
+//! on (the default, `veil_fusefs::promote`). The file is read once front to back through
+//! each mount from the blob (fetch, decompress, verify: the warm-up, also timed; the
+//! first mount's is reported), then opened again on the second mount, which promotes it
+//! to a memfd. Every run reads it four ways, each front to back with a 1 MiB buffer:
 //!
-//! * **Veil, page cache dropped**: the kernel's page cache of the file is dropped first
-//!   (`posix_fadvise(DONTNEED)`, this file only), so every byte is a FUSE read answered
-//!   from Veil's plaintext chunk cache: FUSE round trips, Veil's read path, copying.
-//! * **Veil, hot**: read again right after, pages kept: what the page cache gives a
-//!   second reader (`FOPEN_KEEP_CACHE`, long TTLs).
+//! * **Veil, page cache dropped** (promotion off): the kernel's page cache of the file is
+//!   dropped first (`posix_fadvise(DONTNEED)`, this file only), so every byte is a FUSE
+//!   read answered from Veil's plaintext chunk cache: FUSE round trips, Veil's read
+//!   path, copying.
+//! * **Veil, hot** (promotion off): read again right after, pages kept: what the page
+//!   cache gives a second reader (`FOPEN_KEEP_CACHE`, long TTLs).
+//! * **Veil, promoted**: the page cache dropped the same way, on the mount that promoted
+//!   the file: the kernel reads the memfd's pages itself (FUSE passthrough), no request
+//!   reaches Veil.
 //! * **tmpfs**: the same bytes in a file under `/dev/shm` (its pages are the file: a
 //!   memory copy, the floor).
 //!
@@ -39,6 +46,7 @@ use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::mount::{self, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
+use veil_fusefs::promote::PromoteOptions;
 use veil_fusefs::tree::LayerTree;
 
 /// The file's name in the layer and on tmpfs.
@@ -50,12 +58,17 @@ pub const READ_SIZE: usize = 1 << 20;
 /// gzip level of the layer (fast: building a 1 GiB layer should take seconds).
 const GZIP_LEVEL: i32 = 1;
 
+/// How long the bench tries to have the file promoted (the kernel sends the warm-up
+/// handle's RELEASE in the background; until Veil has it, an open is not promoted).
+const PROMOTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct FuseReadPlan {
     /// File size in MiB.
     pub size_mib: u64,
-    /// Timed runs (each: Veil with the page cache dropped, Veil hot, tmpfs).
+    /// Timed runs (each: Veil with the page cache dropped, Veil hot, Veil promoted,
+    /// tmpfs).
     pub runs: usize,
     /// Where the generated tar is written (removed again).
     pub work_dir: PathBuf,
@@ -78,13 +91,13 @@ pub struct FuseReadResult {
     pub hot: Vec<f64>,
     /// tmpfs.
     pub tmpfs: Vec<f64>,
-    /// The passthrough probe ([`crate::passthrough`]): the file in a memfd, read by the
-    /// kernel through a FUSE mount without asking the server.
+    /// Veil with the file promoted to FUSE passthrough from a memfd, page cache dropped
+    /// (empty for a build without promotion).
     #[serde(default)]
-    pub passthrough: Vec<f64>,
-    /// Why the passthrough probe could not run, if it could not.
+    pub promoted: Vec<f64>,
+    /// Why the file was not promoted, if it was not.
     #[serde(default)]
-    pub passthrough_error: Option<String>,
+    pub promoted_error: Option<String>,
 }
 
 impl FuseReadResult {
@@ -99,6 +112,10 @@ impl FuseReadResult {
     /// Median of tmpfs.
     pub fn tmpfs_median(&self) -> f64 {
         median(&self.tmpfs)
+    }
+    /// Median of Veil promoted.
+    pub fn promoted_median(&self) -> f64 {
+        median(&self.promoted)
     }
 }
 
@@ -172,12 +189,12 @@ fn print_table(after: &FuseReadResult, before: Option<&FuseReadResult>) {
     );
     let row = |name: &str, r: &FuseReadResult| {
         let t = r.tmpfs_median();
-        if let Some(e) = &r.passthrough_error {
-            println!("  {name:<8} passthrough probe: not measured: {e}");
-        } else if !r.passthrough.is_empty() {
-            let p = median(&r.passthrough);
+        if let Some(e) = &r.promoted_error {
+            println!("  {name:<8} Veil promoted: not measured: {e}");
+        } else if !r.promoted.is_empty() {
+            let p = r.promoted_median();
             println!(
-                "  {name:<8} FUSE passthrough from a memfd (probe, not Veil's path): {p:.2} ({:.1} %)",
+                "  {name:<8} Veil promoted (FUSE passthrough from a memfd), page cache dropped: {p:.2} ({:.1} %)",
                 100.0 * p / t
             );
         }
@@ -231,20 +248,33 @@ fn measure(plan: &FuseReadPlan) -> anyhow::Result<FuseReadResult> {
         .context("reading the layer's TOC")?;
     let tree = LayerTree::build(&toc, &veil_formats::limits::Limits::default())
         .context("building the layer's tree")?;
-    let reader = Arc::new(ChunkReader::new(
-        "sha256:fuse-read-bench",
-        Arc::new(tree),
-        Arc::new(blob),
-        Arc::new(ChunkCache::new(size * 2)),
-        ReaderOptions::default(),
-    ));
-    let fs = LayerFs::new(reader, runtime.handle().clone(), FsOptions::default());
-    let mnt = work.path().join("layer");
-    std::fs::create_dir(&mnt).context("making the mount point")?;
-    let _mounted = Mounted::new(
-        mount::mount(fs, &mnt, &MountOptions::default()).context("mounting the layer")?,
-    );
-    let on_fuse = mnt.join(FILE_NAME);
+    // Room for both mounts' copies: the chunks of one, the promoted file of the other
+    // (promoted files may take half the budget).
+    let cache = Arc::new(ChunkCache::new(size * 3));
+    let (tree, blob) = (Arc::new(tree), Arc::new(blob));
+    let mount_at = |name: &str, promote: PromoteOptions| -> anyhow::Result<Mounted> {
+        let reader = Arc::new(ChunkReader::new(
+            format!("sha256:fuse-read-bench-{name}"),
+            tree.clone(),
+            blob.clone(),
+            cache.clone(),
+            ReaderOptions::default(),
+        ));
+        let fs = LayerFs::new(reader, runtime.handle().clone(), FsOptions::default());
+        let mnt = work.path().join(name);
+        std::fs::create_dir(&mnt).context("making the mount point")?;
+        let options = MountOptions {
+            promote,
+            ..MountOptions::default()
+        };
+        Ok(Mounted::new(
+            mount::mount(fs, &mnt, &options).context("mounting the layer")?,
+        ))
+    };
+    let plain = mount_at("layer", PromoteOptions::off())?;
+    let promoting = mount_at("promoting", PromoteOptions::default())?;
+    let on_fuse = plain.path.join(FILE_NAME);
+    let on_promoting = promoting.path.join(FILE_NAME);
     // The tmpfs copy is the tar's payload: made from the same generator.
     let shm = tempfile::tempdir_in("/dev/shm").context("making a directory in /dev/shm")?;
     let on_tmpfs = shm.path().join(FILE_NAME);
@@ -258,74 +288,76 @@ fn measure(plan: &FuseReadPlan) -> anyhow::Result<FuseReadResult> {
     if warm_up.1 != expected.1 {
         bail!("Veil's FUSE served other bytes than the file on tmpfs");
     }
+    eprintln!("fuse-read: warming the promoting mount, then opening it again to promote");
+    if digest_of(&on_promoting, &mut buf)? != expected.1 {
+        bail!("Veil's FUSE (promoting mount) served other bytes than the file on tmpfs");
+    }
+    let promoted_error = promote(&on_promoting, &cache, size).err();
+    if promoted_error.is_none() && digest_of(&on_promoting, &mut buf)? != expected.1 {
+        bail!("the promoted file holds other bytes than the file on tmpfs");
+    }
     let mut result = FuseReadResult {
         bytes: size,
         warm_up: rate(size, warm_up.0),
         cached: Vec::new(),
         hot: Vec::new(),
         tmpfs: Vec::new(),
-        passthrough: Vec::new(),
-        passthrough_error: None,
+        promoted: Vec::new(),
+        promoted_error,
     };
     for run in 1..=plan.runs {
         let cached = timed(|| read_dropping_cache(&on_fuse, &mut buf))?;
         let hot = timed(|| read_all(&on_fuse, &mut buf))?;
+        let promoted = if result.promoted_error.is_none() {
+            Some(timed(|| read_dropping_cache(&on_promoting, &mut buf))?)
+        } else {
+            None
+        };
         let tmpfs = timed(|| read_all(&on_tmpfs, &mut buf))?;
-        for (_, bytes) in [cached, hot, tmpfs] {
-            if bytes != size {
+        for (_, bytes) in [cached, hot, tmpfs].iter().chain(promoted.as_ref()) {
+            if *bytes != size {
                 bail!("read {bytes} bytes, expected {size}");
             }
         }
         result.cached.push(rate(size, cached.0));
         result.hot.push(rate(size, hot.0));
         result.tmpfs.push(rate(size, tmpfs.0));
+        if let Some((secs, _)) = promoted {
+            result.promoted.push(rate(size, secs));
+        }
         eprintln!(
-            "fuse-read: run {run}: Veil cached {:.2} GiB/s, hot {:.2} GiB/s, tmpfs {:.2} GiB/s",
+            "fuse-read: run {run}: Veil cached {:.2} GiB/s, hot {:.2} GiB/s, promoted {}, tmpfs {:.2} GiB/s",
             rate(size, cached.0),
             rate(size, hot.0),
+            promoted.map_or("-".to_string(), |(secs, _)| format!("{:.2} GiB/s", rate(size, secs))),
             rate(size, tmpfs.0)
         );
     }
-    drop(_mounted);
-    match probe_passthrough(work.path(), size, plan.runs, &mut buf) {
-        Ok(rates) => result.passthrough = rates,
-        Err(e) => result.passthrough_error = Some(format!("{e:#}")),
+    if cache.stats().promoted != size && result.promoted_error.is_none() {
+        bail!("the promoted file was dropped during the runs");
     }
+    drop((plain, promoting));
     Ok(result)
 }
 
-/// Reads the same bytes `runs` times through [`crate::passthrough`]'s probe (from a memfd).
-fn probe_passthrough(
-    work: &Path,
-    size: u64,
-    runs: usize,
-    buf: &mut [u8],
-) -> anyhow::Result<Vec<f64>> {
-    eprintln!("fuse-read: the FUSE passthrough probe (the file in a memfd)");
-    let backing = crate::passthrough::memfd(|f| {
-        io::copy(&mut Generator::new(size), f)?;
-        Ok(())
-    })
-    .context("filling a memfd")?;
-    let mnt = work.join("passthrough");
-    std::fs::create_dir(&mnt).context("making the probe's mount point")?;
-    let session = crate::passthrough::mount_passthrough(&mnt, FILE_NAME, size, backing)
-        .context("mounting the passthrough probe")?;
-    let path = mnt.join(FILE_NAME);
-    let mut rates = Vec::new();
-    let result = (0..runs).try_for_each(|_| {
-        let (secs, bytes) = timed(|| read_dropping_cache(&path, buf))?;
-        if bytes != size {
-            bail!("read {bytes} bytes through passthrough, expected {size}");
+/// Opens `path` (whole in the cache) until its mount promotes it, at most
+/// [`PROMOTION_WAIT`]; an error says why not.
+fn promote(path: &Path, cache: &ChunkCache, size: u64) -> Result<(), String> {
+    let deadline = Instant::now() + PROMOTION_WAIT;
+    loop {
+        let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        if cache.stats().promoted >= size {
+            return Ok(());
         }
-        rates.push(rate(size, secs));
-        Ok(())
-    });
-    drop(session);
-    if mount::is_mountpoint(&mnt).unwrap_or(false) {
-        let _ = mount::unmount_path(&mnt);
+        drop(file);
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not promoted within {PROMOTION_WAIT:?} (no FUSE passthrough: Linux 6.9+ and \
+                 CAP_SYS_ADMIN needed; see the log)"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    result.map(|()| rates)
 }
 
 fn rate(bytes: u64, secs: f64) -> f64 {
@@ -446,7 +478,8 @@ fn read_with(mut file: File, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> io:
 #[derive(Debug)]
 pub struct Mounted {
     mount: Option<LayerMount>,
-    path: PathBuf,
+    /// Where it is mounted.
+    pub path: PathBuf,
 }
 
 impl Mounted {

@@ -8,7 +8,7 @@
 //! every time. Output: a table, JSON, and a plot (PNG, SVG).
 //!
 //! [`fuse_read`] (`--fuse-read`) measures something else: a cached file read through
-//! Veil's FUSE filesystem against tmpfs, with [`passthrough`]'s probe of FUSE passthrough.
+//! Veil's FUSE filesystem against tmpfs, with and without promotion to FUSE passthrough.
 
 pub mod cgroup_run;
 pub mod cold_run;
@@ -17,7 +17,6 @@ pub mod enc_status_quo;
 pub mod fuse_read;
 pub mod limit;
 pub mod mode;
-pub mod passthrough;
 pub mod plot;
 pub mod proxy;
 pub mod push;

@@ -130,7 +130,8 @@ struct Cli {
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
     work_dir: PathBuf,
     /// Instead of the cold start: read a file whose chunks Veil has cached through Veil's
-    /// FUSE filesystem (page cache dropped, and hot) against the same file on tmpfs
+    /// FUSE filesystem (page cache dropped, hot, and promoted to FUSE passthrough from a
+    /// memfd) against the same file on tmpfs
     /// (--size-mib, --runs, --json, --work-dir apply; see veil_bench::fuse_read).
     #[arg(long)]
     fuse_read: bool,

@@ -242,7 +242,7 @@ fn serve_mount(args: &MountArgs, dir: &std::path::Path, state: &std::path::Path)
         let lazy = wiring::image_service(&config, registry, tokio::runtime::Handle::current())?
             .with_mount_options(MountOptions {
                 allow_other: args.allow_other,
-                ..MountOptions::default()
+                ..wiring::mount_options(&config, false)
             });
         let mounted = image_mount::mount_image(&lazy, &args.reference, dir, state).await?;
         println!(

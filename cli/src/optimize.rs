@@ -162,7 +162,7 @@ async fn record(args: &OptimizeArgs, work: &Path) -> anyhow::Result<(Vec<AccessO
         })
         .with_mount_options(MountOptions {
             allow_other: true,
-            ..MountOptions::default()
+            ..wiring::mount_options(&config, false)
         });
     let image_root = work.join("image");
     std::fs::create_dir_all(&image_root)?;

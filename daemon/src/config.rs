@@ -338,6 +338,11 @@ pub struct CacheConfig {
     pub disk_bytes: u64,
     /// Directory of the disk cache [default: `<root>/cache`].
     pub disk_dir: Option<PathBuf>,
+    /// Serve files whole in the plaintext cache by FUSE passthrough from a locked memfd
+    /// (charged against `memory_bytes`; see `veil_fusefs::promote`).
+    pub passthrough: bool,
+    /// Smallest file served by passthrough, in bytes.
+    pub passthrough_min_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -346,6 +351,8 @@ impl Default for CacheConfig {
             memory_bytes: veil_fusefs::cache::DEFAULT_BUDGET,
             disk_bytes: veil_fusefs::disk_cache::DEFAULT_DISK_BUDGET,
             disk_dir: None,
+            passthrough: true,
+            passthrough_min_bytes: veil_fusefs::promote::DEFAULT_MIN_SIZE,
         }
     }
 }

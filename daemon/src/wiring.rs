@@ -19,7 +19,9 @@ use veil_cri::{CredentialProvider, ImageProxy, PodCredentials};
 use veil_formats::limits::Limits;
 use veil_fusefs::cache::ChunkCache;
 use veil_fusefs::disk_cache::DiskCache;
+use veil_fusefs::mount::MountOptions;
 use veil_fusefs::prefetch::RateLimiter;
+use veil_fusefs::promote::PromoteOptions;
 use veil_guest::{ConnectionKeeper, GuestOptions, GuestPuller, KeptConnection};
 use veil_image::layers::{LazyLayers, LazyOptions, WindowSizes};
 use veil_keyprovider::kbs::attester::{self, AttesterKind};
@@ -208,8 +210,33 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
     }
 }
 
+/// How layers are mounted: promotion of files whole in the cache to FUSE passthrough as
+/// `[cache] passthrough` and `passthrough_min_bytes` say, the rest the defaults.
+///
+/// Not when `keeps_connections` (the layers' FUSE connections are kept in an fd store
+/// to survive restarts): the next process would not know which inodes the previous one
+/// promoted, and the kernel refuses a normal open beside a passthrough handle still
+/// open from before the restart (`veil_fusefs::promote`, "Known limit").
+pub fn mount_options(config: &Config, keeps_connections: bool) -> MountOptions {
+    let enabled = config.cache.passthrough && !keeps_connections;
+    if config.cache.passthrough && keeps_connections {
+        tracing::info!(
+            "[cache] passthrough is off while layer connections are kept in an fd store \
+             (a restart cannot carry promoted files over yet)"
+        );
+    }
+    MountOptions {
+        promote: PromoteOptions {
+            enabled,
+            min_size: config.cache.passthrough_min_bytes,
+        },
+        ..MountOptions::default()
+    }
+}
+
 /// The image service for `config`, reaching registries with `registry` (normally
-/// [`registry_options`] of the same config), running reads on `runtime`.
+/// [`registry_options`] of the same config), running reads on `runtime`, mounting layers
+/// with [`mount_options`] (no fd store; [`snapshots_service`] says whether there is one).
 pub fn image_service(
     config: &Config,
     registry: ClientOptions,
@@ -218,7 +245,9 @@ pub fn image_service(
     let registry = RegistryClient::new(registry)
         .map_err(|e| DaemonError::Wiring(format!("setting up the registry client: {e}")))?;
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
-    Ok(LazyLayers::new(registry, cache, runtime).with_options(lazy_options(config)))
+    Ok(LazyLayers::new(registry, cache, runtime)
+        .with_options(lazy_options(config))
+        .with_mount_options(mount_options(config, false)))
 }
 
 /// Directory (below the daemon's root) of the data stored with each fd in systemd's fd
@@ -294,7 +323,9 @@ pub fn snapshots_service(
     }
     let mut registry = registry_options(config);
     registry.credential_store = credentials.map(|c| SharedCredentialStore::new(c));
-    let lazy = image_service(config, registry, tokio::runtime::Handle::current())?;
+    let keeps_connections = snapshotter.has_fd_store();
+    let lazy = image_service(config, registry, tokio::runtime::Handle::current())?
+        .with_mount_options(mount_options(config, keeps_connections));
     Ok(Service::with_resolver(snapshotter, Arc::new(lazy)))
 }
 
@@ -476,12 +507,13 @@ pub async fn guest_service(config: &Config) -> Result<GuestService, DaemonError>
     let registry = veil_guest::registry_options(registry_options(config), &options);
     let registry = RegistryClient::new(registry)
         .map_err(|e| DaemonError::Wiring(format!("setting up the registry client: {e}")))?;
+    let store = fd_store(config, &config.guest.work_dir);
+    let keeps_connections = store.is_some();
     let cache = Arc::new(ChunkCache::new(config.cache.memory_bytes));
     let lazy = LazyLayers::new(registry, cache, tokio::runtime::Handle::current())
-        .with_options(guest_lazy_options(config));
-    let store = fd_store(config, &config.guest.work_dir);
+        .with_options(guest_lazy_options(config))
+        .with_mount_options(mount_options(config, keeps_connections));
     let kept = take_kept(store.as_ref()).await;
-    let keeps_connections = store.is_some();
     let keeper = store.map(|s| Arc::new(StoreKeeper(s)) as Arc<dyn ConnectionKeeper>);
     let lazy = Arc::new(lazy);
     let for_puller = lazy.clone();
@@ -589,5 +621,19 @@ mod tests {
         };
         assert_eq!(limits(&config.limits), want);
         assert_eq!(want.validate(), Ok(()));
+    }
+
+    #[test]
+    fn passthrough_comes_from_the_cache_section_and_is_off_with_an_fd_store() {
+        let default = mount_options(&Config::default(), false).promote;
+        assert_eq!(default, veil_fusefs::promote::PromoteOptions::default());
+        let config = Config::from_toml(
+            "[cache]\npassthrough = false\npassthrough_min_bytes = 4096\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let off = mount_options(&config, false).promote;
+        assert_eq!((off.enabled, off.min_size), (false, 4096));
+        assert!(!mount_options(&Config::default(), true).promote.enabled);
     }
 }

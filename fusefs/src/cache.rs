@@ -13,6 +13,13 @@
 //! [`WaitError::Abandoned`], so they can take over the fetch instead of hanging.
 //! [`ChunkCache::get_or_fetch`] wraps the whole dance for one chunk.
 //!
+//! **Promoted files.** Bytes of whole files promoted to memfds ([`crate::promote`]) are
+//! charged against the same budget: [`ChunkCache::take_for_promotion`] takes a file's
+//! chunks out of the cache and reserves the file's size in one step, evicting least
+//! recently used chunks until chunks plus reservations fit the budget again, and
+//! [`ChunkCache::release_promoted`] gives the bytes back when the promoted file is
+//! dropped. Chunks plus promoted bytes never exceed the budget.
+//!
 //! **Core dumps.** The pages of every chunk kept are marked `MADV_DONTDUMP`
 //! ([`crate::no_dump`]; chunks of 64 KiB or more, their whole pages), so a core dump of a
 //! process holding the cache leaves the cached plaintext out.
@@ -63,6 +70,19 @@ pub struct CacheStats {
     pub entries: u64,
     /// The byte budget.
     pub budget: u64,
+    /// Bytes of promoted files charged against the budget ([`crate::promote`]).
+    pub promoted: u64,
+}
+
+/// Why [`ChunkCache::take_for_promotion`] took nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PromotionRefused {
+    /// A chunk of the file is not cached (any more).
+    #[error("the file is not whole in the cache")]
+    NotWhole,
+    /// Promoted files would take more than the cap allows.
+    #[error("promoted files would exceed their share of the cache budget")]
+    OverCap,
 }
 
 /// The answer of [`ChunkCache::lookup`].
@@ -179,6 +199,8 @@ impl Drop for FetchGuard<'_> {
 struct State {
     lru: LruCache<ChunkKey, ChunkData>,
     bytes: u64,
+    /// Bytes of promoted files charged against the budget.
+    promoted: u64,
     inflight: HashMap<ChunkKey, watch::Receiver<Slot>>,
 }
 
@@ -215,6 +237,7 @@ impl ChunkCache {
             state: Mutex::new(State {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                promoted: 0,
                 inflight: HashMap::new(),
             }),
             next_layer: AtomicU64::new(1),
@@ -348,9 +371,9 @@ impl ChunkCache {
 
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
-        let (bytes, entries) = {
+        let (bytes, entries, promoted) = {
             let state = self.state();
-            (state.bytes, state.lru.len() as u64)
+            (state.bytes, state.lru.len() as u64, state.promoted)
         };
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
@@ -360,7 +383,59 @@ impl ChunkCache {
             bytes,
             entries,
             budget: self.budget,
+            promoted,
         }
+    }
+
+    /// Whether every chunk of `keys` is cached (not counted, recency unchanged).
+    pub fn contains_all(&self, keys: impl IntoIterator<Item = ChunkKey>) -> bool {
+        let state = self.state();
+        keys.into_iter().all(|key| state.lru.contains(&key))
+    }
+
+    /// For promoting a file of `bytes` whose chunks are `keys`: takes every one of them
+    /// out of the cache (returned in order) and charges `bytes` against the budget, in
+    /// one step, evicting least recently used chunks to make room. Refused (nothing
+    /// changed) when a chunk is missing, or when promoted bytes would pass `cap`.
+    pub fn take_for_promotion(
+        &self,
+        keys: &[ChunkKey],
+        bytes: u64,
+        cap: u64,
+    ) -> Result<Vec<ChunkData>, PromotionRefused> {
+        let mut state = self.state();
+        if state.promoted.saturating_add(bytes) > cap.min(self.budget) {
+            return Err(PromotionRefused::OverCap);
+        }
+        if !keys.iter().all(|key| state.lru.contains(key)) {
+            return Err(PromotionRefused::NotWhole);
+        }
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(data) = state.lru.pop(key) {
+                state.bytes = state.bytes.saturating_sub(data.len() as u64);
+                taken.push(data);
+            }
+        }
+        state.promoted += bytes;
+        self.evict_to_budget(&mut state);
+        Ok(taken)
+    }
+
+    /// Gives back what [`ChunkCache::take_for_promotion`] took when the promotion
+    /// failed: the chunks are cached again (budget permitting) and `bytes` released.
+    pub fn undo_promotion(&self, keys: &[ChunkKey], chunks: Vec<ChunkData>, bytes: u64) {
+        let mut state = self.state();
+        state.promoted = state.promoted.saturating_sub(bytes);
+        for (key, data) in keys.iter().zip(chunks) {
+            self.insert_locked(&mut state, *key, data);
+        }
+    }
+
+    /// Releases `bytes` of a promoted file that is gone.
+    pub fn release_promoted(&self, bytes: u64) {
+        let mut state = self.state();
+        state.promoted = state.promoted.saturating_sub(bytes);
     }
 
     fn count(&self, hit: bool) {
@@ -377,7 +452,7 @@ impl ChunkCache {
 
     fn insert_locked(&self, state: &mut State, key: ChunkKey, data: ChunkData) {
         let len = data.len() as u64;
-        if len > self.budget {
+        if len > self.budget.saturating_sub(state.promoted) {
             return;
         }
         crate::no_dump::exclude_from_core_dumps(&data);
@@ -386,7 +461,12 @@ impl ChunkCache {
         }
         state.lru.push(key, data);
         state.bytes += len;
-        while state.bytes > self.budget {
+        self.evict_to_budget(state);
+    }
+
+    /// Evicts least recently used chunks until chunks and promoted files fit the budget.
+    fn evict_to_budget(&self, state: &mut State) {
+        while state.bytes + state.promoted > self.budget {
             let Some((_, evicted)) = state.lru.pop_lru() else {
                 break;
             };
@@ -454,6 +534,46 @@ mod tests {
         assert_eq!(cache.stats().bytes, 70);
         assert_eq!(cache.stats().entries, 1);
         assert_ne!(cache.new_layer_id(), cache.new_layer_id());
+    }
+
+    #[test]
+    fn promotion_takes_the_chunks_and_charges_the_budget() {
+        let cache = ChunkCache::new(1000);
+        for i in 0..4 {
+            cache.insert(key(i), vec![i as u8; 200].into());
+        }
+        let file = [key(1), key(2)];
+        // Over the cap, or a chunk missing: nothing changes.
+        assert_eq!(
+            cache.take_for_promotion(&file, 400, 300).unwrap_err(),
+            PromotionRefused::OverCap
+        );
+        assert_eq!(
+            cache
+                .take_for_promotion(&[key(1), key(9)], 400, 500)
+                .unwrap_err(),
+            PromotionRefused::NotWhole
+        );
+        assert_eq!(cache.stats().bytes, 800);
+        let taken = cache.take_for_promotion(&file, 400, 500).unwrap();
+        assert_eq!((taken.len(), taken[1][0]), (2, 2));
+        let stats = cache.stats();
+        assert_eq!((stats.bytes, stats.promoted), (400, 400));
+        assert!(!cache.contains(key(1)) && cache.contains(key(0)));
+        // Inserting evicts to keep chunks and promoted bytes within the budget.
+        cache.insert(key(5), vec![5; 300].into());
+        let stats = cache.stats();
+        assert!(stats.bytes + stats.promoted <= 1000, "{stats:?}");
+        // A chunk larger than what promotion leaves is not kept.
+        cache.insert(key(6), vec![6; 700].into());
+        assert!(!cache.contains(key(6)));
+        // Undone: chunks back, bytes released; released: bytes back.
+        cache.undo_promotion(&file, taken, 400);
+        assert_eq!(cache.stats().promoted, 0);
+        assert!(cache.contains(key(1)) && cache.contains(key(2)));
+        let _ = cache.take_for_promotion(&file, 400, 500).unwrap();
+        cache.release_promoted(400);
+        assert_eq!(cache.stats().promoted, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

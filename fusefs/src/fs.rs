@@ -14,7 +14,9 @@
 //! that fails (fetch error, digest mismatch) is answered with `EIO`.
 //!
 //! The filesystem is read-only: opening for writing and every modifying operation gets
-//! `EROFS`. It knows nothing of registries, keys or containerd. Given a
+//! `EROFS`. It knows nothing of registries, keys or containerd. Mounted with promotion on
+//! ([`crate::mount::MountOptions::promote`]), a large file whole in the cache is opened by
+//! FUSE passthrough from a memfd instead ([`crate::promote`]). Given a
 //! [`StatusFile`], it also serves the hidden `/.veil/<name>` ([`crate::status_dir`]).
 
 use std::ffi::OsStr;
@@ -36,6 +38,7 @@ use tokio::runtime::Handle;
 use crate::access_log::AccessLog;
 use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::{ChunkReader, ReadError};
+use crate::promote::{PromoteOptions, Promoter};
 use crate::read_data::ReadData;
 use crate::status_dir::{Hidden, HiddenStatus, StatusFile};
 use crate::tree::{LayerTree, Node, NodeKind};
@@ -78,6 +81,8 @@ pub struct LayerFs {
     access: Option<Arc<AccessLog>>,
     /// The hidden status directory, if one is served.
     status: Option<HiddenStatus>,
+    /// Promotion of files whole in the cache to passthrough, when on.
+    promoter: Option<Arc<Promoter>>,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -100,7 +105,19 @@ impl LayerFs {
             kernel_init: KernelInitSlot::default(),
             access: None,
             status: None,
+            promoter: None,
         }
+    }
+
+    /// The same, promoting files whole in the cache as `options` say ([`crate::promote`];
+    /// a new filesystem promotes nothing). [`crate::mount::mount`] calls this with its
+    /// [`crate::mount::MountOptions::promote`]; a resumed session does not (it cannot
+    /// register backing files).
+    pub fn with_promotion(mut self, options: PromoteOptions) -> Self {
+        self.promoter = options
+            .enabled
+            .then(|| Arc::new(Promoter::new(self.reader.clone(), options)));
+        self
     }
 
     /// The same, serving `file` in the hidden, read-only `/.veil` directory (not when the
@@ -385,14 +402,17 @@ impl Filesystem for LayerFs {
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
             Ok(_) if flags.0 & libc::O_TRUNC != 0 => reply.error(Errno::EROFS),
             Ok(node) if node.is_dir() => reply.error(Errno::EISDIR),
-            Ok(_) => match self.status_file(ino) {
+            Ok(node) => match self.status_file(ino) {
                 // Rendered now; read past the page cache (its size changes).
                 Some(status) => {
                     reply.opened(FileHandle(status.open()), FopenFlags::FOPEN_DIRECT_IO)
                 }
                 None => {
                     self.record_access(ino);
-                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                    match &self.promoter {
+                        Some(promoter) => promoter.open(node, &self.runtime, reply),
+                        None => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                    }
                 }
             },
             Err(err) => reply.error(err),
@@ -455,6 +475,8 @@ impl Filesystem for LayerFs {
     ) {
         if let Some(status) = self.status_file(ino) {
             status.release(fh.0);
+        } else if let Some(promoter) = &self.promoter {
+            promoter.release(ino.0, fh.0);
         }
         reply.ok();
     }

@@ -14,7 +14,8 @@
 //! (serving a live connection another process made, after a restart), [`access_log`]
 //! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
-//! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount).
+//! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount),
+//! [`promote`] (files whole in the cache served by FUSE passthrough from a memfd).
 
 pub mod access_log;
 pub mod cache;
@@ -27,6 +28,7 @@ pub mod mount;
 pub mod no_dump;
 pub mod pipeline;
 pub mod prefetch;
+pub mod promote;
 pub mod read_data;
 pub mod resume;
 pub mod status_dir;

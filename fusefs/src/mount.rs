@@ -28,6 +28,7 @@ use fuser::{Config, Filesystem, MountOption, Session, SessionACL, SessionUnmount
 use crate::failed::FailedFs;
 use crate::fs::LayerFs;
 use crate::handover::{KernelInit, KernelInitSlot};
+use crate::promote::PromoteOptions;
 use crate::tuning::{set_read_ahead, READ_AHEAD_KB};
 
 /// The fsname and subtype of Veil's mounts.
@@ -66,6 +67,9 @@ pub struct MountOptions {
     /// The mount's readahead in KiB (sizes a sequential reader's FUSE requests; set as
     /// root only); 0 leaves the kernel's default (128 KiB).
     pub read_ahead_kb: u32,
+    /// Whether and from which size files whole in the plaintext cache are served by FUSE
+    /// passthrough from a memfd ([`crate::promote`]).
+    pub promote: PromoteOptions,
 }
 
 impl Default for MountOptions {
@@ -79,6 +83,7 @@ impl Default for MountOptions {
             subtype: FS_NAME.to_string(),
             threads: DEFAULT_THREADS,
             read_ahead_kb: READ_AHEAD_KB,
+            promote: PromoteOptions::default(),
         }
     }
 }
@@ -129,12 +134,14 @@ enum Unmounter {
     Path,
 }
 
-/// Mounts `fs` at `mountpoint` (an existing directory).
+/// Mounts `fs` at `mountpoint` (an existing directory), promoting files as
+/// [`MountOptions::promote`] says.
 pub fn mount(
     fs: LayerFs,
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<LayerMount, MountError> {
+    let fs = fs.with_promotion(options.promote);
     let offer = fs.kernel_init_slot();
     mount_any(fs, mountpoint, options, Some(offer))
 }

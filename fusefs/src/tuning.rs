@@ -33,8 +33,13 @@ pub const MAX_BACKGROUND: u16 = 64;
 /// Background requests in flight from which the connection counts as congested.
 pub const CONGESTION_THRESHOLD: u16 = 48;
 
+/// Stack depth asked for with `FUSE_PASSTHROUGH`: backing files on a filesystem of depth
+/// 0 (a memfd), and room for overlayfs on top (the kernel's maximum is 2).
+pub const PASSTHROUGH_STACK_DEPTH: u32 = 1;
+
 /// Answers the kernel's `FUSE_INIT` offer in `config`: the capabilities a read-only,
-/// immutable layer wants (each only if offered), the kernel's largest readahead and the
+/// immutable layer wants (each only if offered; `FUSE_PASSTHROUGH` with
+/// [`PASSTHROUGH_STACK_DEPTH`]), the kernel's largest readahead and the
 /// background limits above.
 pub fn answer_init(config: &mut KernelConfig) {
     for flag in [
@@ -45,6 +50,12 @@ pub fn answer_init(config: &mut KernelConfig) {
         InitFlags::FUSE_ASYNC_READ,
     ] {
         let _ = config.add_capabilities(flag);
+    }
+    // Passthrough (promoted files, crate::promote) whenever offered, whether or not this
+    // mount promotes: the answer depends on the offer alone. Depth 1: the backing memfd
+    // is on a filesystem of depth 0, and overlayfs can still stack on the mount.
+    if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+        let _ = config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH);
     }
     // "Too much" is answered with the most the kernel offered: take that.
     if let Err(max) = config.set_max_readahead(u32::MAX) {
