@@ -176,7 +176,10 @@ async fn a_window_chunk_is_served_before_the_window_has_arrived() {
         trickle.permits.add_permits(1000);
         settle(&reader).await;
         for (name, data) in &files {
-            assert_eq!(&reader.read(ino(&reader, name), 0, 1 << 20).await.unwrap(), data);
+            assert_eq!(
+                &reader.read(ino(&reader, name), 0, 1 << 20).await.unwrap(),
+                data
+            );
         }
     }
 }
@@ -215,7 +218,10 @@ async fn a_window_that_breaks_midway_fails_only_the_reads_of_chunks_not_in() {
     let near = tokio::time::timeout(Duration::from_secs(30), near).await;
     assert_eq!(near.expect("hung").unwrap().unwrap(), files[2].1);
     let far = tokio::time::timeout(Duration::from_secs(30), far).await;
-    let err = far.expect("hung").unwrap().expect_err("its bytes never came");
+    let err = far
+        .expect("hung")
+        .unwrap()
+        .expect_err("its bytes never came");
     assert_eq!(err.errno(), libc::EIO, "{err}");
     settle(&reader).await;
     // What came before the break stays served (the source is gone now).
@@ -227,5 +233,8 @@ async fn a_window_that_breaks_midway_fails_only_the_reads_of_chunks_not_in() {
             "{name}"
         );
     }
-    assert!(reader.read(ino(&reader, "d/f012"), 0, 1 << 20).await.is_err());
+    assert!(reader
+        .read(ino(&reader, "d/f012"), 0, 1 << 20)
+        .await
+        .is_err());
 }

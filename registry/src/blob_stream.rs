@@ -42,9 +42,9 @@ impl RegistryBlob {
                 end: range.end,
                 size: self.size,
             };
-            return Box::pin(futures::stream::once(async move {
-                Err(io::Error::from(err))
-            }));
+            return Box::pin(futures::stream::once(
+                async move { Err(io::Error::from(err)) },
+            ));
         }
         generate(move |mut out| async move {
             if let Err(err) = self.stream_to(range, &mut out).await {
@@ -61,30 +61,28 @@ impl RegistryBlob {
         while at < range.end {
             let rest = at..range.end;
             let op = self.operation(std::slice::from_ref(&rest));
-            let (mut response, body, url) = match self
-                .request(std::slice::from_ref(&rest), &op, true)
-                .await?
-            {
-                Answer::Body(response, body, _, url) => (response, body, url),
-                Answer::Data(mut parts, _) => {
-                    let data = parts.pop().unwrap_or_default();
-                    if data.len() as u64 != rest.end - rest.start {
+            let (mut response, body, url) =
+                match self.request(std::slice::from_ref(&rest), &op, true).await? {
+                    Answer::Body(response, body, _, url) => (response, body, url),
+                    Answer::Data(mut parts, _) => {
+                        let data = parts.pop().unwrap_or_default();
+                        if data.len() as u64 != rest.end - rest.start {
+                            return Err(RegistryError::BadResponse {
+                                op,
+                                reason: format!("{} bytes for {rest:?}", data.len()),
+                            });
+                        }
+                        out.send(Ok(data.into())).await;
+                        return Ok(());
+                    }
+                    Answer::Expired(err) => return Err(err),
+                    Answer::MultiRangeRejected => {
                         return Err(RegistryError::BadResponse {
                             op,
-                            reason: format!("{} bytes for {rest:?}", data.len()),
-                        });
+                            reason: "a request for one range rejected as multi-range".into(),
+                        })
                     }
-                    out.send(Ok(data.into())).await;
-                    return Ok(());
-                }
-                Answer::Expired(err) => return Err(err),
-                Answer::MultiRangeRejected => {
-                    return Err(RegistryError::BadResponse {
-                        op,
-                        reason: "a request for one range rejected as multi-range".into(),
-                    })
-                }
-            };
+                };
             let before = at;
             let broke = loop {
                 match next_chunk(&mut response, &op, &url, stall).await {

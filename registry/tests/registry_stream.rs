@@ -85,7 +85,10 @@ async fn a_streamed_range_is_the_exact_bytes_and_a_cut_body_resumes_where_it_bro
     for range in [0..LAYER_SIZE as u64, 12_345..300_001, 399_999..400_000] {
         let (got, error) = drain(&blob, range.clone()).await;
         assert_eq!(error, None);
-        assert!(got == layer[range.start as usize..range.end as usize], "{range:?}");
+        assert!(
+            got == layer[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
     }
 
     // The next answer is cut after 100,000 body bytes: the rest is asked for again.
@@ -99,7 +102,10 @@ async fn a_streamed_range_is_the_exact_bytes_and_a_cut_body_resumes_where_it_bro
     assert!(got == layer[1000..301_000], "{} bytes", got.len());
     assert_eq!(
         blob_ranges(&state),
-        vec!["bytes=1000-300999".to_string(), "bytes=101000-300999".to_string()]
+        vec![
+            "bytes=1000-300999".to_string(),
+            "bytes=101000-300999".to_string()
+        ]
     );
 }
 

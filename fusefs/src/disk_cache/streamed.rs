@@ -77,9 +77,13 @@ impl CachedBlob {
     /// Streams `range` from the inner source onto disk, handing each batch up to `out`
     /// (when given) once it is written; returns the bytes fetched. Stops early (no
     /// error) when `out`'s reader has gone.
-    pub(super) async fn pump(&self, range: Range<u64>, mut out: Option<&mut Pieces>) -> io::Result<u64> {
-        let mut stream =
-            Exact::new(self.inner.stream_range(range.clone()), range).ready_chunks(STORE_BATCH_PIECES);
+    pub(super) async fn pump(
+        &self,
+        range: Range<u64>,
+        mut out: Option<&mut Pieces>,
+    ) -> io::Result<u64> {
+        let mut stream = Exact::new(self.inner.stream_range(range.clone()), range)
+            .ready_chunks(STORE_BATCH_PIECES);
         let mut fetched = 0u64;
         while let Some(batch) = stream.next().await {
             let mut pieces = Vec::with_capacity(batch.len());

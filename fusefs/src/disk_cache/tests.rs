@@ -603,7 +603,9 @@ async fn a_streamed_read_is_written_as_it_arrives_and_a_break_keeps_what_came() 
         match piece {
             Ok(piece) => {
                 // Every piece handed up is on disk already.
-                assert!(blob.missing(0..got.len() as u64 + piece.len() as u64).is_empty());
+                assert!(blob
+                    .missing(0..got.len() as u64 + piece.len() as u64)
+                    .is_empty());
                 got.extend_from_slice(&piece);
             }
             Err(err) => error = Some(err),
@@ -612,7 +614,11 @@ async fn a_streamed_read_is_written_as_it_arrives_and_a_break_keeps_what_came() 
     drop(stream);
     assert_eq!(got, &data[..6000]);
     assert_eq!(error.unwrap().kind(), io::ErrorKind::ConnectionReset);
-    assert_eq!(blob.missing(0..10_000), vec![6000..10_000], "what came is kept");
+    assert_eq!(
+        blob.missing(0..10_000),
+        vec![6000..10_000],
+        "what came is kept"
+    );
     // The next read fetches only the rest.
     inner.cut_after(u64::MAX);
     let all = veil_blob::stream::collect(blob.stream_range(0..10_000), 0..10_000).await;

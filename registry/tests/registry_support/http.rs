@@ -176,7 +176,10 @@ async fn handle(mut stream: TcpStream, handler: Handler) -> std::io::Result<()> 
     out.push_str("Connection: close\r\n\r\n");
     stream.write_all(out.as_bytes()).await?;
     if !is_head {
-        let end = response.cut_after.unwrap_or(usize::MAX).min(response.body.len());
+        let end = response
+            .cut_after
+            .unwrap_or(usize::MAX)
+            .min(response.body.len());
         stream.write_all(&response.body[..end]).await?;
     }
     stream.shutdown().await
