@@ -24,12 +24,18 @@
 //!   Chunks inside a prefetch that is still running are left to it.
 //! - **Ciphertext kept, plaintext only when read.** The window's bytes go through the
 //!   layer's source; with the disk cache in front of the registry they are kept there as
-//!   served (ciphertext for encrypted layers). When they arrive, only the chunks someone
+//!   served (ciphertext for encrypted layers). As they arrive, only the chunks someone
 //!   is already waiting for are decoded, verified and put into the plaintext cache; the
 //!   rest are left on disk until read (a local read then). A source that keeps nothing
 //!   (no disk cache, a streamed layer's restart points) sets
 //!   [`WindowOptions::keep_plaintext`], and every chunk of the window is decoded and
 //!   cached (the window is small against the cache's budget).
+//! - **Chunk by chunk as the response streams in.** With [`WindowOptions::stream`] (the
+//!   default) the window's range is read as a stream ([`BlobSource::stream_range`]) and
+//!   each chunk is completed as soon as its bytes are in, while the rest of the window
+//!   is still arriving ([`crate::window_stream`]): a read of the window's first chunk
+//!   waits for that chunk, not for the window's last byte. Off, the window is one
+//!   response, completed when it is all in.
 //! - **Fail closed per chunk.** A window chunk that fails verification fails only the
 //!   reads waiting for it (EIO), is dropped from the disk cache and counted against the
 //!   chunk like any other failure; the rest of the window is served.
