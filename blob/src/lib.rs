@@ -4,17 +4,21 @@
 //! and for encrypted layers still encrypted until a decrypting source wraps it). The
 //! registry client (`veil-registry`) implements it over HTTP ranges, the disk cache
 //! (`veil-fusefs`) wraps one, the layer cipher (`veil-keyprovider`) decrypts one; tests
-//! use memory; [`prefilled`] answers reads from bytes fetched ahead. This crate
+//! use memory; [`prefilled`] answers reads from bytes fetched ahead; [`stream`] hands a
+//! range's bytes up as they arrive ([`BlobSource::stream_range`]). This crate
 //! knows no registry, no FUSE and no keys. [`display`] holds
 //! the two text helpers every crate of the workspace shares (byte counts, error chains).
 
 pub mod display;
 pub mod prefilled;
+pub mod stream;
 
 use std::io;
 use std::ops::Range;
 
 use futures::future::BoxFuture;
+
+pub use stream::RangeStream;
 
 /// Random access to one blob's bytes.
 pub trait BlobSource: Send + Sync {
@@ -23,6 +27,17 @@ pub trait BlobSource: Send + Sync {
 
     /// The bytes in `range` (which lies inside `0..size()`), all of them or an error.
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>>;
+
+    /// The bytes in `range` in order as they arrive ([`stream`]): pieces without gap
+    /// from `range.start`, or an error after a prefix of them. A source that keeps what
+    /// it reads (a disk cache) has kept each piece before handing it up. The default is
+    /// one piece, [`BlobSource::read_range`]; sources that can do better (the registry,
+    /// the disk cache, the decrypting source) hand up each piece as it comes.
+    fn stream_range(&self, range: Range<u64>) -> RangeStream<'_> {
+        Box::pin(futures::stream::once(async move {
+            self.read_range(range).await.map(bytes::Bytes::from)
+        }))
+    }
 
     /// The bytes in `range` failed verification after they were read: a source that keeps
     /// copies (a cache) drops them, so the next read of the range fetches them again.

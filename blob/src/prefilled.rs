@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
-use crate::BlobSource;
+use crate::{BlobSource, RangeStream};
 
 /// The bytes of `range` from `source`, where `held` holds the blob's bytes from `at` on:
 /// a range inside them is copied from them; one that starts before them and ends inside
@@ -93,6 +93,20 @@ impl BlobSource for Prefilled {
                 None => self.inner.read_range(range).await,
             }
         })
+    }
+
+    /// A range reaching into the held bytes is one piece ([`read_through`]); any other
+    /// streams from the inner source.
+    fn stream_range(&self, range: Range<u64>) -> RangeStream<'_> {
+        let held_end = self.held().map(|held| self.at + held.len() as u64);
+        match held_end {
+            Some(end) if range.start < end && range.end > self.at => {
+                Box::pin(futures::stream::once(async move {
+                    self.read_range(range).await.map(bytes::Bytes::from)
+                }))
+            }
+            _ => self.inner.stream_range(range),
+        }
     }
 
     fn discard(&self, range: Range<u64>) {

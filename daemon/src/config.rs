@@ -248,6 +248,9 @@ pub struct LazyConfig {
     /// Most bytes of a directory window: the first miss in a small file of a directory
     /// also fetches the blob region of that directory's small files; 0: none.
     pub window_dir_bytes: u64,
+    /// Complete each chunk of a window as soon as its bytes have arrived (the response
+    /// streamed); false: when the whole window is in.
+    pub window_stream: bool,
     /// Bytes of the prioritized files fetched before a layer is handed out for
     /// mounting; the rest streams on in order while the container starts. 0: the
     /// layer is handed out at once; a huge value waits for all of them.
@@ -270,6 +273,7 @@ impl Default for LazyConfig {
             window_max_bytes: veil_fusefs::window::DEFAULT_WINDOW_MAX,
             window_min_bytes: veil_fusefs::window::DEFAULT_WINDOW_MIN,
             window_dir_bytes: veil_fusefs::window::DEFAULT_WINDOW_DIR,
+            window_stream: veil_fusefs::window::DEFAULT_WINDOW_STREAM,
             prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: veil_image::layers::DEFAULT_LOOK_AHEAD_LAYERS,

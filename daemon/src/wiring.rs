@@ -200,6 +200,7 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
                 .min(config.lazy.window_max_bytes),
             max: config.lazy.window_max_bytes,
             dir: config.lazy.window_dir_bytes,
+            stream: config.lazy.window_stream,
         },
         prefetch_wait_bytes: config.lazy.prefetch_wait_bytes,
         toc_tail_bytes: config.lazy.toc_tail_bytes,

@@ -9,8 +9,9 @@
 //! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
 //! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
-//! [`window`] (fetching the neighbourhood of a miss) and [`window_plan`] (where its
-//! range goes: neighbourhood, the directory's small files), [`handover`] and [`resume`]
+//! [`window`] (fetching the neighbourhood of a miss), [`window_plan`] (where its
+//! range goes: neighbourhood, the directory's small files) and [`window_stream`] (its
+//! chunks completed as the response streams in), [`handover`] and [`resume`]
 //! (serving a live connection another process made, after a restart), [`access_log`]
 //! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
@@ -36,3 +37,4 @@ pub mod tree;
 pub mod tuning;
 pub mod window;
 pub mod window_plan;
+pub mod window_stream;

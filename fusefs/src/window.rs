@@ -24,12 +24,18 @@
 //!   Chunks inside a prefetch that is still running are left to it.
 //! - **Ciphertext kept, plaintext only when read.** The window's bytes go through the
 //!   layer's source; with the disk cache in front of the registry they are kept there as
-//!   served (ciphertext for encrypted layers). When they arrive, only the chunks someone
+//!   served (ciphertext for encrypted layers). As they arrive, only the chunks someone
 //!   is already waiting for are decoded, verified and put into the plaintext cache; the
 //!   rest are left on disk until read (a local read then). A source that keeps nothing
 //!   (no disk cache, a streamed layer's restart points) sets
 //!   [`WindowOptions::keep_plaintext`], and every chunk of the window is decoded and
 //!   cached (the window is small against the cache's budget).
+//! - **Chunk by chunk as the response streams in.** With [`WindowOptions::stream`] (the
+//!   default) the window's range is read as a stream ([`BlobSource::stream_range`]) and
+//!   each chunk is completed as soon as its bytes are in, while the rest of the window
+//!   is still arriving ([`crate::window_stream`]): a read of the window's first chunk
+//!   waits for that chunk, not for the window's last byte. Off, the window is one
+//!   response, completed when it is all in.
 //! - **Fail closed per chunk.** A window chunk that fails verification fails only the
 //!   reads waiting for it (EIO), is dropped from the disk cache and counted against the
 //!   chunk like any other failure; the rest of the window is served.
@@ -51,16 +57,22 @@ use crate::cache::{ChunkCache, ChunkKey, FetchGuard};
 use crate::pipeline::ChunkReader;
 use crate::tree::LayerTree;
 use crate::window_plan::{neighbourhood, BlobIndex, DirsStarted};
+use crate::window_stream;
 
 /// Default window while other requests of the layer are in flight: 128 KiB.
 pub const DEFAULT_WINDOW_MIN: u64 = 128 << 10;
 
-/// Default window while the link is idle: 512 KiB.
-pub const DEFAULT_WINDOW_MAX: u64 = 512 << 10;
+/// Default window while the link is idle: 2 MiB (with streamed windows; README, "No
+/// round trip per file").
+pub const DEFAULT_WINDOW_MAX: u64 = 2 << 20;
 
 /// Default most bytes of a directory window (the first miss in a small file of a
 /// directory fetches the blob region of the directory's small files): 4 MiB.
 pub const DEFAULT_WINDOW_DIR: u64 = 4 << 20;
+
+/// Whether windows complete each chunk as its bytes arrive by default (see
+/// [`WindowOptions::stream`]).
+pub const DEFAULT_WINDOW_STREAM: bool = true;
 
 /// Default share of a window placed before the miss: a quarter.
 pub const DEFAULT_WINDOW_BACK_DIVISOR: u64 = 4;
@@ -83,6 +95,9 @@ pub struct WindowOptions {
     /// Decode and cache every chunk of a window as plaintext: set when the source
     /// keeps nothing it reads (no disk cache), else only the chunks being waited for are.
     pub keep_plaintext: bool,
+    /// Complete each chunk of a window as soon as its bytes are in (the response
+    /// streamed, [`crate::window_stream`]); off: when the whole window is in.
+    pub stream: bool,
 }
 
 impl WindowOptions {
@@ -93,10 +108,11 @@ impl WindowOptions {
         back_divisor: 0,
         dir: 0,
         keep_plaintext: false,
+        stream: false,
     };
 
     /// The default sizes ([`DEFAULT_WINDOW_MIN`], [`DEFAULT_WINDOW_MAX`],
-    /// [`DEFAULT_WINDOW_DIR`]).
+    /// [`DEFAULT_WINDOW_DIR`]), streamed ([`DEFAULT_WINDOW_STREAM`]).
     pub fn tuned(keep_plaintext: bool) -> Self {
         Self {
             min: DEFAULT_WINDOW_MIN,
@@ -104,6 +120,7 @@ impl WindowOptions {
             back_divisor: DEFAULT_WINDOW_BACK_DIVISOR,
             dir: DEFAULT_WINDOW_DIR,
             keep_plaintext,
+            stream: DEFAULT_WINDOW_STREAM,
         }
     }
 
@@ -237,12 +254,13 @@ pub struct WindowVerifyError {
     pub message: String,
 }
 
-/// Counts one window in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Counts one window in flight for as long as it lives (a streamed window: while its
+/// transfer runs).
+pub(crate) struct InFlight(Arc<WindowState>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -277,7 +295,7 @@ pub(crate) fn spawn(job: WindowJob) {
 }
 
 async fn run(mut job: WindowJob) {
-    let _in_flight = InFlight(&job.state.in_flight);
+    let in_flight = InFlight(job.state.clone());
     let chunks = job.tree.chunks();
     let claims = std::mem::take(&mut job.claims);
     let (Some(first), Some(last)) = (claims.first(), claims.last()) else {
@@ -295,6 +313,16 @@ async fn run(mut job: WindowJob) {
         return;
     }
     bump(&job.state.counters.requests, 1);
+    if job.state.options.stream {
+        // Each chunk completed as soon as its bytes are in.
+        let job = Arc::new(job);
+        let result = window_stream::fetch(job.clone(), range.clone(), claims, in_flight).await;
+        if let Err(error) = result {
+            tracing::debug!(layer = %job.layer_name, ?range, %error, "window fetch broke; its chunks not in yet are fetched when read");
+        }
+        return;
+    }
+    let _in_flight = in_flight;
     let keep_all = job.state.options.keep_plaintext;
     let fetched = if keep_all {
         // Nothing below keeps the bytes: read them all, decode them all.
@@ -338,33 +366,7 @@ async fn run(mut job: WindowJob) {
         return;
     };
     for ((i, guard), result) in decode.into_iter().zip(decoded) {
-        match result {
-            Ok(data) => {
-                bump(&job.state.counters.chunks_cached, 1);
-                guard.complete(data);
-            }
-            Err(err) => {
-                let c = &chunks[i];
-                job.source.discard(c.blob_offset..c.blob_end);
-                let attempt = strike(&job.strikes, i as u64);
-                let file = job.file_of(i);
-                tracing::error!(
-                    layer = %job.layer_name,
-                    file = %file,
-                    chunk = i,
-                    blob_range = ?(c.blob_offset..c.blob_end),
-                    error = %err,
-                    attempt,
-                    "chunk of a fetch window failed verification; reads of it fail with EIO"
-                );
-                guard.fail(Arc::new(WindowVerifyError {
-                    layer: job.layer_name.clone(),
-                    file,
-                    chunk: i as u64,
-                    message: err.to_string(),
-                }));
-            }
-        }
+        job.finish(i, guard, result);
     }
 }
 
@@ -412,6 +414,44 @@ async fn fetch_waited_for(
 }
 
 impl WindowJob {
+    /// Hands chunk `i`'s decoded bytes to its waiters and the plaintext cache, or, when
+    /// it failed verification, drops its bytes from the source's copy, counts the
+    /// failure and fails the reads waiting for it (EIO).
+    pub(crate) fn finish(
+        &self,
+        i: usize,
+        guard: FetchGuard<'static>,
+        result: Result<Vec<u8>, codec::CodecError>,
+    ) {
+        match result {
+            Ok(data) => {
+                bump(&self.state.counters.chunks_cached, 1);
+                guard.complete(data);
+            }
+            Err(err) => {
+                let c = &self.tree.chunks()[i];
+                self.source.discard(c.blob_offset..c.blob_end);
+                let attempt = strike(&self.strikes, i as u64);
+                let file = self.file_of(i);
+                tracing::error!(
+                    layer = %self.layer_name,
+                    file = %file,
+                    chunk = i,
+                    blob_range = ?(c.blob_offset..c.blob_end),
+                    error = %err,
+                    attempt,
+                    "chunk of a fetch window failed verification; reads of it fail with EIO"
+                );
+                guard.fail(Arc::new(WindowVerifyError {
+                    layer: self.layer_name.clone(),
+                    file,
+                    chunk: i as u64,
+                    message: err.to_string(),
+                }));
+            }
+        }
+    }
+
     /// How logs name the file holding chunk `i`.
     fn file_of(&self, i: usize) -> String {
         let node = self.tree.nodes().iter().find(|n| n.chunks.contains(&i));

@@ -9,7 +9,9 @@ use crate::cache::ChunkCache;
 use crate::pipeline::tests::{layer, CountingSource};
 use crate::pipeline::{ChunkReader, ReaderOptions};
 use crate::window::tests::noise;
-use crate::window::{WindowOptions, WindowState, DEFAULT_WINDOW_BACK_DIVISOR};
+use crate::window::{
+    WindowOptions, WindowState, DEFAULT_WINDOW_BACK_DIVISOR, DEFAULT_WINDOW_STREAM,
+};
 
 /// Files `dir/f000`… of `size` incompressible bytes for each `(dir, n, size)`, one
 /// chunk each, back to back in the blob in that order.
@@ -38,6 +40,7 @@ fn options(max: u64, dir: u64) -> WindowOptions {
         back_divisor: DEFAULT_WINDOW_BACK_DIVISOR,
         dir,
         keep_plaintext: true,
+        stream: DEFAULT_WINDOW_STREAM,
     }
 }
 

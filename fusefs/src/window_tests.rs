@@ -20,7 +20,7 @@ use crate::tree::LayerTree;
 
 /// `n` small files `d/f000`, `d/f001`, … of `size` bytes each (incompressible), one
 /// chunk each, back to back in the blob.
-fn small_files(n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn small_files(n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| (format!("d/f{i:03}"), noise(size, i as u64)))
         .collect()
@@ -39,7 +39,7 @@ pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn reader_over(
+pub(crate) fn reader_over(
     files: &[(String, Vec<u8>)],
     tamper: Option<&str>,
     window: WindowOptions,
@@ -65,7 +65,7 @@ fn reader_over(
     )
 }
 
-fn ino(reader: &ChunkReader, path: &str) -> u64 {
+pub(crate) fn ino(reader: &ChunkReader, path: &str) -> u64 {
     reader.tree().resolve(path).unwrap().ino
 }
 
@@ -80,13 +80,14 @@ pub(crate) async fn settle(reader: &ChunkReader) {
     panic!("windows still in flight");
 }
 
-fn window(min: u64, max: u64, keep_plaintext: bool) -> WindowOptions {
+pub(crate) fn window(min: u64, max: u64, keep_plaintext: bool) -> WindowOptions {
     WindowOptions {
         min,
         max,
         back_divisor: DEFAULT_WINDOW_BACK_DIVISOR,
         dir: 0,
         keep_plaintext,
+        stream: DEFAULT_WINDOW_STREAM,
     }
 }
 

@@ -131,6 +131,8 @@ pub struct WindowSizes {
     /// Most bytes of a directory window (the first miss in a directory's small file);
     /// 0: none.
     pub dir: u64,
+    /// Complete each chunk of a window as its bytes arrive (the response streamed).
+    pub stream: bool,
 }
 
 impl WindowSizes {
@@ -142,6 +144,7 @@ impl WindowSizes {
             max: self.max,
             dir: self.dir,
             keep_plaintext,
+            stream: self.stream,
             ..WindowOptions::tuned(keep_plaintext)
         }
     }

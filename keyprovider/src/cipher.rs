@@ -23,7 +23,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use veil_blob::BlobSource;
+use futures::StreamExt;
+use veil_blob::{BlobSource, RangeStream};
 
 /// AES-256 key length.
 pub const KEY_LEN: usize = 32;
@@ -100,6 +101,17 @@ impl BlobSource for CtrDecryptingSource {
 
     fn size(&self) -> u64 {
         self.inner.size()
+    }
+
+    /// The inner source's pieces, each decrypted at its offset as it arrives.
+    fn stream_range(&self, range: Range<u64>) -> RangeStream<'_> {
+        let mut at = range.start;
+        Box::pin(self.inner.stream_range(range).map(move |piece| {
+            let mut piece = Vec::from(piece?);
+            apply_keystream_at(&self.key, &self.nonce, at, &mut piece);
+            at += piece.len() as u64;
+            Ok(piece.into())
+        }))
     }
 
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
@@ -207,6 +219,40 @@ mod tests {
         let mut out = plain.to_vec();
         apply_keystream_at(&KEY, nonce, 0, &mut out);
         out
+    }
+
+    /// Ciphertext in memory, streamed in 7-byte pieces.
+    struct Pieces(MemoryBlob);
+
+    impl BlobSource for Pieces {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+
+        fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+            self.0.read_range(range)
+        }
+
+        fn stream_range(&self, range: Range<u64>) -> RangeStream<'_> {
+            let bytes = self.0 .0[range.start as usize..range.end as usize].to_vec();
+            let pieces: Vec<io::Result<_>> =
+                bytes.chunks(7).map(|c| Ok(c.to_vec().into())).collect();
+            Box::pin(futures::stream::iter(pieces))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_range_decrypts_piece_by_piece_like_the_whole() {
+        let nonce = [9u8; 16];
+        let plain = plaintext(5_000);
+        let inner = Arc::new(Pieces(MemoryBlob(encrypt(&nonce, &plain))));
+        let source = CtrDecryptingSource::new(inner, &KEY, &nonce);
+        for (start, end) in [(0, 5_000), (3, 4_001), (16, 17)] {
+            let got = veil_blob::stream::collect(source.stream_range(start..end), start..end)
+                .await
+                .unwrap();
+            assert_eq!(got, &plain[start as usize..end as usize], "{start}..{end}");
+        }
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ use super::transport::{
     next_chunk, read_limited_within, redact, status_error, Endpoint, RequestSpec,
 };
 
+#[path = "blob_stream.rs"]
+pub mod stream;
+
 /// A mirror's whole-blob answer to a range request is read when the bytes needed end
 /// within this many bytes of the blob's start; beyond, the read goes to the next host.
 pub const COLD_MIRROR_PREFIX: u64 = 1 << 20;
@@ -87,10 +90,24 @@ struct Location {
 enum Answer {
     /// The ranges, in the order asked for, and the URL that served them.
     Data(Vec<Vec<u8>>, Location),
+    /// A streaming read's open answer (206, one range): the response, its body not read
+    /// yet, the blob range its body holds (from the start asked for), and the URL that
+    /// serves it (shown redacted).
+    Body(reqwest::Response, Range<u64>, Location, String),
     /// A storage URL (not the registry) refused: probably an expired pre-signed URL.
     Expired(RegistryError),
     /// The server will not serve several ranges at once.
     MultiRangeRejected,
+}
+
+impl Answer {
+    /// The URL that served the bytes (none for the other answers).
+    fn location(&self) -> Option<&Location> {
+        match self {
+            Answer::Data(_, location) | Answer::Body(_, _, location, _) => Some(location),
+            Answer::Expired(_) | Answer::MultiRangeRejected => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for RegistryBlob {
@@ -175,11 +192,40 @@ impl RegistryBlob {
 
     /// One request for all of `wanted` (non-empty ranges), under the operation deadline.
     async fn read_together(&self, wanted: &[Range<u64>]) -> Result<Vec<Vec<u8>>, RegistryError> {
-        let op = Operation::new(
+        let op = self.operation(wanted);
+        match self.request(wanted, &op, false).await? {
+            Answer::Data(parts, _) => Ok(parts),
+            Answer::Expired(err) => Err(err),
+            Answer::Body(..) => Err(RegistryError::BadResponse {
+                op,
+                reason: "an unread body where bytes were expected".into(),
+            }),
+            Answer::MultiRangeRejected => {
+                tracing::debug!(%op, "multi-range request rejected; reading ranges one by one");
+                self.single_range_only.store(true, Ordering::Relaxed);
+                Box::pin(self.read_one_by_one(wanted)).await
+            }
+        }
+    }
+
+    /// What a read of `wanted` is called in errors and logs.
+    fn operation(&self, wanted: &[Range<u64>]) -> Operation {
+        Operation::new(
             self.reference.registry(),
             self.reference.repository(),
             format!("{} of blob {}", range_header(wanted), self.digest),
-        );
+        )
+    }
+
+    /// One request for `wanted` through every host with retries, an outage ridden out,
+    /// under the operation deadline. With `stream`, a 206 answer for one range comes
+    /// back as [`Answer::Body`], its body not read yet.
+    async fn request(
+        &self,
+        wanted: &[Range<u64>],
+        op: &Operation,
+        stream: bool,
+    ) -> Result<Answer, RegistryError> {
         let options = &self.client.inner.options;
         let metrics = &self.client.inner.transport.metrics;
         // Each round tries every host (with retries); an outage is ridden out for
@@ -197,8 +243,9 @@ impl RegistryBlob {
             false => options.read_retry,
         };
         let started = Instant::now();
-        let answer = ride_out(budget, metrics, &op, || {
-            self.client.with_deadline(&op, self.fetch(wanted, &op))
+        let answer = ride_out(budget, metrics, op, || {
+            self.client
+                .with_deadline(op, self.fetch(wanted, op, stream))
         })
         .await;
         crate::metrics::record_range_read(started, answer.is_ok());
@@ -208,26 +255,22 @@ impl RegistryBlob {
                 _ => None,
             };
         }
-        let answer = answer?;
-        match answer {
-            Answer::Data(parts, _) => Ok(parts),
-            Answer::Expired(err) => Err(err),
-            Answer::MultiRangeRejected => {
-                tracing::debug!(%op, "multi-range request rejected; reading ranges one by one");
-                self.single_range_only.store(true, Ordering::Relaxed);
-                Box::pin(self.read_one_by_one(wanted)).await
-            }
-        }
+        answer
     }
 
     /// Reads from the remembered location, re-resolving once if it expired; else resolves.
-    async fn fetch(&self, wanted: &[Range<u64>], op: &Operation) -> Result<Answer, RegistryError> {
+    async fn fetch(
+        &self,
+        wanted: &[Range<u64>],
+        op: &Operation,
+        stream: bool,
+    ) -> Result<Answer, RegistryError> {
         let remembered = self.location.lock().ok().and_then(|l| l.clone());
         if let Some(location) = remembered {
             let policy = &self.client.inner.options.retry;
             let metrics = &self.client.inner.transport.metrics;
             let answer = with_retries(policy, metrics, op, || {
-                self.attempt(&location.endpoint, location.url.clone(), wanted, op)
+                self.attempt(&location.endpoint, location.url.clone(), wanted, op, stream)
             })
             .await;
             match answer {
@@ -235,12 +278,14 @@ impl RegistryBlob {
                     tracing::debug!(%op, error = %err, "storage URL refused; resolving the blob again");
                     self.forget_location();
                 }
-                Ok(Answer::Data(parts, location)) => {
-                    match self.mirror_is_cold() {
-                        true => self.forget_location(),
-                        false => self.remember(location.clone()),
+                Ok(answer @ (Answer::Data(..) | Answer::Body(..))) => {
+                    if let Some(location) = answer.location() {
+                        match self.mirror_is_cold() {
+                            true => self.forget_location(),
+                            false => self.remember(location.clone()),
+                        }
                     }
-                    return Ok(Answer::Data(parts, location));
+                    return Ok(answer);
                 }
                 Ok(other) => return Ok(other),
                 // The host that served this blob is down (or a mirror lost it): go
@@ -265,12 +310,12 @@ impl RegistryBlob {
                         });
                     }
                     let url = endpoint.url(path, op)?;
-                    self.attempt(&endpoint, url, wanted, op).await
+                    self.attempt(&endpoint, url, wanted, op, stream).await
                 }
             })
             .await?;
         // Not while a mirror is filling: the next reads go to it once it holds the blob.
-        if let (Answer::Data(_, location), false) = (&answer, self.mirror_is_cold()) {
+        if let (Some(location), false) = (answer.location(), self.mirror_is_cold()) {
             self.remember(location.clone());
         }
         Ok(answer)
@@ -321,6 +366,7 @@ impl RegistryBlob {
         url: Url,
         wanted: &[Range<u64>],
         op: &Operation,
+        stream: bool,
     ) -> Result<Answer, RegistryError> {
         let transport = &self.client.inner.transport;
         let mut headers = identity_headers();
@@ -408,6 +454,14 @@ impl RegistryBlob {
                         )));
                     }
                     self.check_within(&range).map_err(bad)?;
+                    if let ([asked], true) = (wanted, stream) {
+                        if range.start != asked.start || range.end > asked.end {
+                            return Err(bad(format!(
+                                "Content-Range {content_range:?} for a request of bytes {asked:?}"
+                            )));
+                        }
+                        return Ok(Answer::Body(sent.response, range, location, shown_url));
+                    }
                     let body = read_limited_within(
                         sent.response,
                         range.end - range.start,
@@ -517,6 +571,11 @@ impl BlobSource for RegistryBlob {
 
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
         Box::pin(async move { self.read(range).await.map_err(io::Error::from) })
+    }
+
+    /// Handed up as the response arrives ([`crate::blob_stream`]).
+    fn stream_range(&self, range: Range<u64>) -> veil_blob::RangeStream<'_> {
+        self.stream(range)
     }
 }
 

@@ -89,23 +89,21 @@ impl CachedBlob {
         let _ = self.cache.persist(&self.entry);
     }
 
-    /// Fetches what of `range` is not on disk yet and stores it, without reading
-    /// anything back; returns the bytes fetched.
+    /// Fetches what of `range` is not on disk yet (from the first gap to the end of the
+    /// last) and stores it as it arrives, without reading anything back; returns the
+    /// bytes fetched.
     pub async fn warm(&self, range: Range<u64>) -> io::Result<u64> {
         let range = range.start..range.end.min(self.entry.size);
         let gaps = self.missing(range);
         let (Some(first), Some(last)) = (gaps.first(), gaps.last()) else {
             return Ok(0);
         };
-        let hull = first.start..last.end;
-        let data = self.fetch(hull.clone()).await?;
-        let n = data.len() as u64;
-        let (cache, entry) = (self.cache.clone(), self.entry.clone());
-        blocking(move || cache.store(&entry, hull.start, &data)).await?;
-        Ok(n)
+        // Streamed onto disk: memory stays bounded, and what arrived before a broken
+        // transfer is kept.
+        self.pump(first.start..last.end, None).await
     }
 
-    fn note_disk(&self, n: u64) {
+    pub(super) fn note_disk(&self, n: u64) {
         bump(&self.bytes_from_disk, n);
         bump(&self.cache.counters.bytes_from_disk, n);
     }
@@ -130,7 +128,7 @@ impl CachedBlob {
 
     /// Reads `range` from disk if all present, dropping it from the cache on a disk
     /// error. `None`: not (or no longer) on disk.
-    async fn read_disk(&self, range: Range<u64>) -> Option<Vec<u8>> {
+    pub(super) async fn read_disk(&self, range: Range<u64>) -> Option<Vec<u8>> {
         let (cache, entry) = (self.cache.clone(), self.entry.clone());
         let r = range.clone();
         let result = blocking(move || cache.read_present(&entry, r))
@@ -248,6 +246,12 @@ impl BlobSource for CachedBlob {
 
     fn read_range(&self, range: Range<u64>) -> BoxFuture<'_, io::Result<Vec<u8>>> {
         Box::pin(self.read(range))
+    }
+
+    /// Written to disk as it arrives, each piece before it is handed up
+    /// ([`super::streamed`]).
+    fn stream_range(&self, range: Range<u64>) -> veil_blob::RangeStream<'_> {
+        self.stream(range)
     }
 }
 

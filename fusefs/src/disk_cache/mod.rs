@@ -7,7 +7,8 @@
 //! [`DiskCache::wrap`] puts it in front of a blob's [`BlobSource`]: the returned
 //! [`CachedBlob`] answers a read from disk when every byte of the range is present, and
 //! otherwise fetches what is missing from the inner source (the span from the first to
-//! the last missing byte, in one request), records it and answers.
+//! the last missing byte, in one request), records it and answers. Its streaming reads
+//! write each piece to disk as it arrives, before handing it up (`streamed.rs`).
 //!
 //! **Storage.** One sparse data file per blob (`<name>.blob`, the blob's size, holes where
 //! nothing is cached) and a sidecar (`<name>.ranges`) listing the byte ranges present,
@@ -45,7 +46,8 @@
 //!
 //! Files: this one (the index, budget, eviction, storing and reading ranges),
 //! `persist.rs` (sidecars: format, loading at open, persisting), `ranges.rs` (the
-//! present-range set), `cached_blob.rs` ([`CachedBlob`]).
+//! present-range set), `cached_blob.rs` ([`CachedBlob`]), `streamed.rs` (its streaming
+//! reads).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -66,6 +68,7 @@ use veil_blob::BlobSource;
 mod cached_blob;
 mod persist;
 mod ranges;
+mod streamed;
 
 pub use cached_blob::CachedBlob;
 use persist::stem_of;

@@ -11,6 +11,8 @@ pub(crate) struct Counting {
     blob: MemoryBlob,
     requests: Mutex<Vec<Range<u64>>>,
     fail: AtomicUsize,
+    /// A streamed request breaks after this many bytes (u64::MAX: never).
+    cut_after: AtomicU64,
 }
 
 impl Counting {
@@ -19,6 +21,7 @@ impl Counting {
             blob: MemoryBlob(data),
             requests: Mutex::new(Vec::new()),
             fail: AtomicUsize::new(0),
+            cut_after: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -29,6 +32,11 @@ impl Counting {
     /// The next `n` requests fail (0: none does).
     pub(crate) fn fail(&self, n: usize) {
         self.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Streamed requests break after `n` bytes (u64::MAX: never).
+    pub(crate) fn cut_after(&self, n: u64) {
+        self.cut_after.store(n, Ordering::SeqCst);
     }
 
     fn data(&self) -> &[u8] {
@@ -52,6 +60,35 @@ impl BlobSource for Counting {
             return Box::pin(async { Err(io::Error::other("registry unavailable")) });
         }
         self.blob.read_range(range)
+    }
+
+    /// In 1000-byte pieces, broken after [`Counting::cut_after`] bytes.
+    fn stream_range(&self, range: Range<u64>) -> veil_blob::RangeStream<'_> {
+        lock(&self.requests).push(range.clone());
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Box::pin(futures::stream::once(async {
+                Err(io::Error::other("registry unavailable"))
+            }));
+        }
+        let cut = self.cut_after.load(Ordering::SeqCst);
+        let bytes = self.slice(range);
+        let mut items: Vec<io::Result<bytes::Bytes>> = bytes
+            .chunks(1000)
+            .scan(0u64, |sent, piece| {
+                *sent += piece.len() as u64;
+                Some((*sent, piece))
+            })
+            .take_while(|(sent, _)| *sent <= cut)
+            .map(|(_, piece)| Ok(bytes::Bytes::copy_from_slice(piece)))
+            .collect();
+        if cut < bytes.len() as u64 {
+            items.push(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "connection cut",
+            )));
+        }
+        Box::pin(futures::stream::iter(items))
     }
 }
 
@@ -548,4 +585,49 @@ async fn concurrent_readers_see_the_right_bytes() {
         }
         assert_eq!(src.requests().len(), n);
     }
+}
+
+#[tokio::test]
+async fn a_streamed_read_is_written_as_it_arrives_and_a_break_keeps_what_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path(), 1 << 20).unwrap();
+    let data = pattern(10_000, 5);
+    let inner = Counting::new(data.clone());
+    let blob = cache.wrap("sha256:streamed", inner.clone());
+    // The transfer breaks after 6000 bytes: the reader gets them, then the error.
+    inner.cut_after(6000);
+    let mut stream = blob.stream_range(0..10_000);
+    let mut got = Vec::new();
+    let mut error = None;
+    while let Some(piece) = futures::StreamExt::next(&mut stream).await {
+        match piece {
+            Ok(piece) => {
+                // Every piece handed up is on disk already.
+                assert!(blob
+                    .missing(0..got.len() as u64 + piece.len() as u64)
+                    .is_empty());
+                got.extend_from_slice(&piece);
+            }
+            Err(err) => error = Some(err),
+        }
+    }
+    drop(stream);
+    assert_eq!(got, &data[..6000]);
+    assert_eq!(error.unwrap().kind(), io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        blob.missing(0..10_000),
+        vec![6000..10_000],
+        "what came is kept"
+    );
+    // The next read fetches only the rest.
+    inner.cut_after(u64::MAX);
+    let all = veil_blob::stream::collect(blob.stream_range(0..10_000), 0..10_000).await;
+    assert_eq!(all.unwrap(), data);
+    assert_eq!(inner.requests(), vec![0..10_000, 6000..10_000]);
+    assert!(blob.held_locally(0..10_000));
+    // Bytes on either side of a gap come from disk, the gap in one request.
+    blob.forget(3000..4000);
+    let all = veil_blob::stream::collect(blob.stream_range(1000..9000), 1000..9000).await;
+    assert_eq!(all.unwrap(), &data[1000..9000]);
+    assert_eq!(inner.requests().last(), Some(&(3000..4000)));
 }

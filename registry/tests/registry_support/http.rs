@@ -36,6 +36,9 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Close the connection after this many body bytes (the Content-Length still
+    /// announces the whole body): a transfer cut midway.
+    pub cut_after: Option<usize>,
 }
 
 impl Response {
@@ -173,7 +176,11 @@ async fn handle(mut stream: TcpStream, handler: Handler) -> std::io::Result<()> 
     out.push_str("Connection: close\r\n\r\n");
     stream.write_all(out.as_bytes()).await?;
     if !is_head {
-        stream.write_all(&response.body).await?;
+        let end = response
+            .cut_after
+            .unwrap_or(usize::MAX)
+            .min(response.body.len());
+        stream.write_all(&response.body[..end]).await?;
     }
     stream.shutdown().await
 }

@@ -2,7 +2,7 @@
 //! with knobs: require Basic auth, answer blob requests with a 307 to another server
 //! (a "storage backend"), answer 403 once (an expired pre-signed URL), ignore `Range`
 //! (so the registry sends the whole blob with 200), tamper with bodies, stall blob
-//! requests (hold them without a byte of answer).
+//! requests (hold them without a byte of answer), cut blob bodies midway.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,10 @@ pub struct ProxyState {
     /// Stall this many of the next blob GETs: no byte of answer until the server drops
     /// the connection (after its 30 s limit).
     pub stall_blob_gets: AtomicUsize,
+    /// Cut this many of the next blob GET answers after `cut_blob_bytes` body bytes
+    /// (the connection closes).
+    pub cut_blob_gets: AtomicUsize,
+    pub cut_blob_bytes: AtomicUsize,
     pub seen: Mutex<Vec<Seen>>,
 }
 
@@ -99,6 +103,12 @@ async fn handle(state: &ProxyState, http: &reqwest::Client, req: Request) -> Res
     if stall {
         std::future::pending::<()>().await;
     }
+    let cut = req.method == "GET"
+        && req.path.contains("/blobs/")
+        && state
+            .cut_blob_gets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
     let redirect = state.redirect_blobs_to.lock().unwrap().clone();
     if let Some(target) = redirect {
         if req.path.contains("/blobs/") {
@@ -154,5 +164,9 @@ async fn handle(state: &ProxyState, http: &reqwest::Client, req: Request) -> Res
             *last ^= 0x20;
         }
     }
-    response.body(body)
+    let mut response = response.body(body);
+    if cut {
+        response.cut_after = Some(state.cut_blob_bytes.load(Ordering::SeqCst));
+    }
+    response
 }
