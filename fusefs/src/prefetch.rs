@@ -18,10 +18,27 @@
 //! the caller waits only until the first [`PrefetchOptions::wait_bytes`] of the region
 //! are in (those are fetched in smaller pieces, so that they come first), hands the
 //! layer out, and the rest streams on in blob order (the priority order) while the
-//! container starts. A read of a chunk that has not arrived yet is not queued behind
-//! the prefetch: it fetches the chunk at once with its own request (the prefetch claims
-//! a chunk only once its bytes are in, and skips chunks that are cached by then).
-//! Windows ([`crate::window`]) leave the region to the prefetch while it runs.
+//! container starts, in pieces of [`PrefetchOptions::range_size`]. Reads and the
+//! prefetch never fetch the same bytes twice:
+//!
+//! - **A chunk on the way is waited for.** A piece claims its chunks in the plaintext
+//!   [`ChunkCache`] when its request is sent ([`ChunkCache::claim`], as windows do), so a
+//!   read of one of them waits for the piece instead of fetching it again; the piece
+//!   completes every claim with the verified chunk (also a chunk past the plaintext
+//!   limit, when a read waits for it) or releases it. A piece that fails (fetch error,
+//!   a chunk failing verification, the prefetch cancelled or dropped) releases its
+//!   claims unresolved, and the waiting reads fetch the chunks themselves (and fail
+//!   with their own error if that fails too): no read hangs on a prefetch.
+//! - **A chunk not yet asked for is read at once.** A read of a chunk whose piece has
+//!   not been requested yet is not queued behind the prefetch: it fetches the chunk
+//!   with its own request, and the piece later leaves it out (its request spans only
+//!   the chunks it could claim). Pieces after the first bytes are small enough (see
+//!   [`DEFAULT_PIECE_SIZE`]) that a read waits at most about one piece's transfer.
+//!
+//! [`PrefetchOptions::claim_in_flight`] off restores the previous behaviour (a piece
+//! claims its chunks only once its bytes are in; a read meanwhile fetches them again),
+//! for comparing the two. Windows ([`crate::window`]) leave the region to the prefetch
+//! while it runs.
 //!
 //! Without a disk cache ([`PrefetchOptions::fetch_all`] false) only the chunks that go to
 //! the plaintext cache are fetched, since nothing else would keep the rest. Chunks that
@@ -47,7 +64,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 pub use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::cache::{ChunkKey, Lookup};
+use crate::cache::{ChunkKey, FetchGuard};
 use crate::disk_cache::CachedBlob;
 use crate::pipeline::ChunkReader;
 use veil_blob::BlobSource;
@@ -56,8 +73,15 @@ use veil_formats::toc::Chunk;
 #[cfg(doc)]
 use {crate::cache::ChunkCache, veil_formats::toc::LayerToc};
 
-/// Default size of one prefetch or background range request: 8 MiB.
+/// Default size of one background range request: 8 MiB.
 pub const DEFAULT_RANGE_SIZE: u64 = 8 << 20;
+
+/// Default size of one prefetch range request (a piece; the pieces of the bytes waited
+/// for are smaller): 1 MiB. Small enough that a read waiting for a piece in flight
+/// waits about one piece's transfer (a few hundred ms at 50 Mbit/s with the other pieces
+/// in flight beside it), big enough that the pieces in flight fill a link of 100 ms
+/// round trip (their per-request cost is one more round trip each, overlapped).
+pub const DEFAULT_PIECE_SIZE: u64 = 1 << 20;
 
 /// Chunks further apart than this go in separate prefetch requests rather than fetching
 /// the bytes between them.
@@ -76,7 +100,8 @@ const MIN_BACKGROUND_RANGE: u64 = 64 << 10;
 /// Tuning of [`prefetch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrefetchOptions {
-    /// The most bytes one range request spans (a single larger chunk is fetched alone).
+    /// The most bytes one range request (piece) spans (a single larger chunk is fetched
+    /// alone).
     pub range_size: u64,
     /// Range requests in flight at once.
     pub concurrency: usize,
@@ -89,16 +114,21 @@ pub struct PrefetchOptions {
     /// layer counts as ready; fetched in pieces of a `concurrency`th of it, so they
     /// arrive first. `u64::MAX`: all of it.
     pub wait_bytes: u64,
+    /// Claim a piece's chunks when its request is sent, so that a read of one waits
+    /// for the piece rather than fetching it again; off: claim them once the bytes are
+    /// in (a read meanwhile fetches them itself), as before.
+    pub claim_in_flight: bool,
 }
 
 impl Default for PrefetchOptions {
     fn default() -> Self {
         Self {
-            range_size: DEFAULT_RANGE_SIZE,
+            range_size: DEFAULT_PIECE_SIZE,
             concurrency: 4,
             plaintext_limit: None,
             fetch_all: false,
             wait_bytes: DEFAULT_WAIT_BYTES,
+            claim_in_flight: true,
         }
     }
 }
@@ -259,10 +289,8 @@ async fn prefetch_signalling(
             (i, !full)
         })
         .collect();
-    let mut report = PrefetchReport {
-        chunks_skipped: order.iter().filter(|(_, d)| !d).count() as u64,
-        ..PrefetchReport::default()
-    };
+    let prioritized = order.len() as u64;
+    let mut report = PrefetchReport::default();
     if !options.fetch_all {
         order.retain(|(_, decode)| *decode);
     }
@@ -289,7 +317,7 @@ async fn prefetch_signalling(
     signal(0);
 
     let mut results = stream::iter(pieces)
-        .map(|piece| fetch_piece(reader, source, piece))
+        .map(|piece| fetch_piece(reader, source, piece, options.claim_in_flight))
         .buffered(concurrency);
     let mut pieces_done = 0;
     while let Some(result) = results.next().await {
@@ -300,9 +328,10 @@ async fn prefetch_signalling(
         report.bytes_fetched += done.bytes;
         report.chunks_cached += done.cached;
         report.plaintext_bytes += done.plaintext;
-        report.chunks_skipped += done.skipped;
         report.verify_failures.extend(done.failures);
     }
+    report.chunks_skipped =
+        prioritized.saturating_sub(report.chunks_cached + report.verify_failures.len() as u64);
     tracing::debug!(
         layer = reader.layer_name(),
         upto,
@@ -316,36 +345,67 @@ async fn prefetch_signalling(
     Ok(report)
 }
 
+#[derive(Default)]
 struct PieceDone {
     bytes: u64,
     cached: u64,
     plaintext: u64,
-    skipped: u64,
     failures: Vec<Range<u64>>,
 }
 
+/// A chunk of a piece this prefetch owns the fetch of: its index, whether it goes to
+/// the plaintext cache in any case, and the claim.
+type Claimed = (usize, bool, FetchGuard<'static>);
+
+/// Claims the chunks of `piece` nobody has cached or claimed (with `all` false only
+/// those that go to the plaintext cache).
+fn claim_chunks(reader: &ChunkReader, piece: &Piece, all: bool) -> Vec<Claimed> {
+    piece
+        .chunks
+        .iter()
+        .zip(&piece.decode)
+        .filter(|(_, &decode)| all || decode)
+        .filter_map(|(&i, &decode)| {
+            let key = ChunkKey {
+                layer: reader.layer_id(),
+                chunk: i as u64,
+            };
+            reader.cache().claim(key).map(|guard| (i, decode, guard))
+        })
+        .collect()
+}
+
+/// Fetches one piece and caches its chunks. Claims are released unresolved (the reads
+/// waiting for them fetch the chunks themselves) when it fails or is dropped.
 async fn fetch_piece(
     reader: &ChunkReader,
     source: &dyn BlobSource,
     piece: Piece,
+    claim_in_flight: bool,
 ) -> io::Result<PieceDone> {
-    let range = piece.range.clone();
-    // Reads got there first (they do not wait for the prefetch): nothing left to do.
-    let cached = |&i: &usize| {
-        reader.cache().contains(ChunkKey {
-            layer: reader.layer_id(),
-            chunk: i as u64,
-        })
+    let chunks = reader.tree().chunks();
+    let (range, early) = if claim_in_flight {
+        // Claimed before the request goes out: a read of one of these waits for it.
+        let claims = claim_chunks(reader, &piece, true);
+        let start = claims.iter().map(|(i, _, _)| chunks[*i].blob_offset).min();
+        let end = claims.iter().map(|(i, _, _)| chunks[*i].blob_end).max();
+        let (Some(start), Some(end)) = (start, end) else {
+            // Reads got there first (cached, or their requests are in flight).
+            return Ok(PieceDone::default());
+        };
+        (start..end, Some(claims))
+    } else {
+        let cached = |&i: &usize| {
+            reader.cache().contains(ChunkKey {
+                layer: reader.layer_id(),
+                chunk: i as u64,
+            })
+        };
+        if piece.chunks.iter().all(cached) {
+            return Ok(PieceDone::default());
+        }
+        (piece.range.clone(), None)
     };
-    if piece.chunks.iter().all(cached) {
-        return Ok(PieceDone {
-            bytes: 0,
-            cached: 0,
-            plaintext: 0,
-            skipped: piece.chunks.len() as u64,
-            failures: Vec::new(),
-        });
-    }
     let bytes = source.read_range(range.clone()).await?;
     if bytes.len() as u64 != range.end - range.start {
         return Err(io::Error::new(
@@ -359,33 +419,22 @@ async fn fetch_piece(
     }
     let mut done = PieceDone {
         bytes: bytes.len() as u64,
-        cached: 0,
-        plaintext: 0,
-        skipped: 0,
-        failures: Vec::new(),
+        ..PieceDone::default()
     };
-    // Claim the chunks the plaintext cache should get and nobody has (a read that
-    // could not wait for this piece fetched its chunks itself).
-    let cache = reader.cache();
-    let mut claims = Vec::new();
-    for (&i, &decode) in piece.chunks.iter().zip(&piece.decode) {
-        if !decode {
-            continue;
-        }
-        let key = ChunkKey {
-            layer: reader.layer_id(),
-            chunk: i as u64,
-        };
-        match cache.lookup(key) {
-            Lookup::Fetch(guard) => claims.push((i, guard)),
-            Lookup::Hit(_) | Lookup::Wait(_) => done.skipped += 1,
-        }
-    }
+    // Without early claims: claim now what the plaintext cache should get and nobody
+    // has (a read that could not wait for this piece fetched its chunks itself).
+    let claims = early.unwrap_or_else(|| claim_chunks(reader, &piece, false));
+    // Decoded: the chunks the plaintext cache gets and those a read waits for; the
+    // others are released (their bytes are in the source's disk cache).
+    let (claims, released): (Vec<Claimed>, Vec<Claimed>) = claims
+        .into_iter()
+        .partition(|(_, decode, guard)| *decode || guard.has_waiters());
+    drop(released);
     if claims.is_empty() {
         return Ok(done);
     }
     let tree = reader.tree().clone();
-    let wanted: Vec<usize> = claims.iter().map(|(i, _)| *i).collect();
+    let wanted: Vec<usize> = claims.iter().map(|(i, _, _)| *i).collect();
     let decoded = tokio::task::spawn_blocking(move || {
         wanted
             .iter()
@@ -399,8 +448,7 @@ async fn fetch_piece(
     })
     .await
     .map_err(|e| io::Error::other(format!("prefetch decoding task failed: {e}")))?;
-    let chunks = reader.tree().chunks();
-    for ((i, guard), result) in claims.into_iter().zip(decoded) {
+    for ((i, _, guard), result) in claims.into_iter().zip(decoded) {
         match result {
             Ok(data) => {
                 done.cached += 1;
@@ -417,7 +465,7 @@ async fn fetch_piece(
                     "prefetched chunk failed verification; not cached"
                 );
                 done.failures.push(c.blob_offset..c.blob_end);
-                // Dropped unresolved: a reader that waited fetches it itself.
+                // Released unresolved: a read that waited fetches it itself.
                 drop(guard);
             }
         }
