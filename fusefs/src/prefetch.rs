@@ -91,6 +91,11 @@ const MAX_PREFETCH_GAP: u64 = 256 << 10;
 /// layer is ready: 1 MiB.
 pub const DEFAULT_WAIT_BYTES: u64 = 1 << 20;
 
+/// Default prefetch requests in flight after the bytes waited for: 2. Two 1 MiB pieces
+/// keep a 100 ms / 50 Mbit/s link busy, and leave most of it to what the start still
+/// waits for (the next layers' TOCs and first bytes, while the image is prepared).
+pub const DEFAULT_STREAM_CONCURRENCY: usize = 2;
+
 /// Smallest prefetch piece while fetching the bytes waited for.
 const MIN_FIRST_PIECE: u64 = 64 << 10;
 
@@ -105,6 +110,8 @@ pub struct PrefetchOptions {
     pub range_size: u64,
     /// Range requests in flight at once.
     pub concurrency: usize,
+    /// Of those, the most after the bytes waited for ([`PrefetchOptions::wait_bytes`]).
+    pub stream_concurrency: usize,
     /// The most plaintext bytes put into the chunk cache; `None`: half its budget.
     pub plaintext_limit: Option<u64>,
     /// Fetch every chunk of the prioritized range, also those not kept as plaintext:
@@ -125,6 +132,7 @@ impl Default for PrefetchOptions {
         Self {
             range_size: DEFAULT_PIECE_SIZE,
             concurrency: 4,
+            stream_concurrency: DEFAULT_STREAM_CONCURRENCY,
             plaintext_limit: None,
             fetch_all: false,
             wait_bytes: DEFAULT_WAIT_BYTES,
@@ -316,8 +324,18 @@ async fn prefetch_signalling(
     };
     signal(0);
 
-    let mut results = stream::iter(pieces)
-        .map(|piece| fetch_piece(reader, source, piece, options.claim_in_flight))
+    // A piece after those waits for one of fewer slots before its request goes out
+    // (and claims nothing until then: a read of its chunks meanwhile fetches them).
+    let stream_slots = tokio::sync::Semaphore::new(options.stream_concurrency.max(1));
+    let stream_slots = &stream_slots;
+    let mut results = stream::iter(pieces.into_iter().enumerate())
+        .map(|(n, piece)| async move {
+            let _slot = match n >= first_pieces {
+                true => Some(stream_slots.acquire().await.map_err(io::Error::other)?),
+                false => None,
+            };
+            fetch_piece(reader, source, piece, options.claim_in_flight).await
+        })
         .buffered(concurrency);
     let mut pieces_done = 0;
     while let Some(result) = results.next().await {
