@@ -18,8 +18,10 @@
 //! the caller waits only until the first [`PrefetchOptions::wait_bytes`] of the region
 //! are in (those are fetched in smaller pieces, so that they come first), hands the
 //! layer out, and the rest streams on in blob order (the priority order) while the
-//! container starts, in pieces of [`PrefetchOptions::range_size`]. Reads and the
-//! prefetch never fetch the same bytes twice:
+//! container starts, in pieces of [`PrefetchOptions::range_size`], at most
+//! [`PrefetchOptions::stream_concurrency`] of them in flight (so that the rest leaves
+//! most of the link to what the start still waits for: the next layers' TOCs and first
+//! bytes). Reads and the prefetch never fetch the same bytes twice:
 //!
 //! - **A chunk on the way is waited for.** A piece claims its chunks in the plaintext
 //!   [`ChunkCache`] when its request is sent ([`ChunkCache::claim`], as windows do), so a
