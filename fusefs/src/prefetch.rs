@@ -33,8 +33,8 @@
 //!   with their own error if that fails too): no read hangs on a prefetch.
 //! - **A chunk not yet asked for is read at once.** A read of a chunk whose piece has
 //!   not been requested yet is not queued behind the prefetch: it fetches the chunk
-//!   with its own request, and the piece later leaves it out (its request spans only
-//!   the chunks it could claim). Pieces after the first bytes are small enough (see
+//!   with its own request, and the piece later leaves it out (a piece sends one
+//!   request per run of chunks it could claim, so none spans bytes a read fetched). Pieces after the first bytes are small enough (see
 //!   [`DEFAULT_PIECE_SIZE`]) that a read waits at most about one piece's transfer.
 //!
 //! [`PrefetchOptions::claim_in_flight`] off restores the previous behaviour (a piece
@@ -344,7 +344,7 @@ async fn prefetch_signalling(
         let done = result?;
         pieces_done += 1;
         signal(pieces_done);
-        report.ranges += 1;
+        report.ranges += done.requests;
         report.bytes_fetched += done.bytes;
         report.chunks_cached += done.cached;
         report.plaintext_bytes += done.plaintext;
@@ -367,6 +367,7 @@ async fn prefetch_signalling(
 
 #[derive(Default)]
 struct PieceDone {
+    requests: u64,
     bytes: u64,
     cached: u64,
     plaintext: u64,
@@ -378,43 +379,50 @@ struct PieceDone {
 type Claimed = (usize, bool, FetchGuard<'static>);
 
 /// Claims the chunks of `piece` nobody has cached or claimed (with `all` false only
-/// those that go to the plaintext cache).
-fn claim_chunks(reader: &ChunkReader, piece: &Piece, all: bool) -> Vec<Claimed> {
-    piece
-        .chunks
-        .iter()
-        .zip(&piece.decode)
-        .filter(|(_, &decode)| all || decode)
-        .filter_map(|(&i, &decode)| {
-            let key = ChunkKey {
-                layer: reader.layer_id(),
-                chunk: i as u64,
-            };
-            reader.cache().claim(key).map(|guard| (i, decode, guard))
-        })
-        .collect()
+/// those that go to the plaintext cache), in runs: a chunk someone else has ends a run,
+/// so that no request spans bytes that are cached or on the way already.
+fn claim_runs(reader: &ChunkReader, piece: &Piece, all: bool) -> Vec<Vec<Claimed>> {
+    let mut runs: Vec<Vec<Claimed>> = vec![Vec::new()];
+    for (&i, &decode) in piece.chunks.iter().zip(&piece.decode) {
+        if !(all || decode) {
+            continue;
+        }
+        let key = ChunkKey {
+            layer: reader.layer_id(),
+            chunk: i as u64,
+        };
+        match reader.cache().claim(key) {
+            Some(guard) => match runs.last_mut() {
+                Some(run) => run.push((i, decode, guard)),
+                None => runs.push(vec![(i, decode, guard)]),
+            },
+            None if runs.last().is_some_and(|r| !r.is_empty()) => runs.push(Vec::new()),
+            None => {}
+        }
+    }
+    runs.retain(|r| !r.is_empty());
+    runs
 }
 
-/// Fetches one piece and caches its chunks. Claims are released unresolved (the reads
-/// waiting for them fetch the chunks themselves) when it fails or is dropped.
+/// The blob range holding the chunks of `run`.
+fn run_range(chunks: &[Chunk], run: &[Claimed]) -> Range<u64> {
+    let start = run.iter().map(|(i, _, _)| chunks[*i].blob_offset).min();
+    let end = run.iter().map(|(i, _, _)| chunks[*i].blob_end).max();
+    start.unwrap_or(0)..end.unwrap_or(0)
+}
+
+/// Fetches one piece and caches its chunks: with `claim_in_flight`, one request per run
+/// of chunks it could claim (before the requests go out), all at once; else one for the
+/// whole piece, claiming its chunks once the bytes are in. Claims are released
+/// unresolved (the reads waiting for them fetch the chunks themselves) when it fails
+/// or is dropped.
 async fn fetch_piece(
     reader: &ChunkReader,
     source: &dyn BlobSource,
     piece: Piece,
     claim_in_flight: bool,
 ) -> io::Result<PieceDone> {
-    let chunks = reader.tree().chunks();
-    let (range, early) = if claim_in_flight {
-        // Claimed before the request goes out: a read of one of these waits for it.
-        let claims = claim_chunks(reader, &piece, true);
-        let start = claims.iter().map(|(i, _, _)| chunks[*i].blob_offset).min();
-        let end = claims.iter().map(|(i, _, _)| chunks[*i].blob_end).max();
-        let (Some(start), Some(end)) = (start, end) else {
-            // Reads got there first (cached, or their requests are in flight).
-            return Ok(PieceDone::default());
-        };
-        (start..end, Some(claims))
-    } else {
+    if !claim_in_flight {
         let cached = |&i: &usize| {
             reader.cache().contains(ChunkKey {
                 layer: reader.layer_id(),
@@ -424,8 +432,37 @@ async fn fetch_piece(
         if piece.chunks.iter().all(cached) {
             return Ok(PieceDone::default());
         }
-        (piece.range.clone(), None)
-    };
+        return fetch_run(reader, source, piece.range.clone(), None, &piece).await;
+    }
+    let chunks = reader.tree().chunks();
+    let runs = claim_runs(reader, &piece, true);
+    let fetches = runs.into_iter().map(|run| {
+        let range = run_range(chunks, &run);
+        fetch_run(reader, source, range, Some(run), &piece)
+    });
+    let mut done = PieceDone::default();
+    for result in futures::future::join_all(fetches).await {
+        let run = result?;
+        done.requests += run.requests;
+        done.bytes += run.bytes;
+        done.cached += run.cached;
+        done.plaintext += run.plaintext;
+        done.failures.extend(run.failures);
+    }
+    Ok(done)
+}
+
+/// Fetches `range` of `piece` with one request and caches the chunks of `early` (the
+/// run's claims, taken before the request) or, without them, those it can claim once
+/// the bytes are in.
+async fn fetch_run(
+    reader: &ChunkReader,
+    source: &dyn BlobSource,
+    range: Range<u64>,
+    early: Option<Vec<Claimed>>,
+    piece: &Piece,
+) -> io::Result<PieceDone> {
+    let chunks = reader.tree().chunks();
     let bytes = source.read_range(range.clone()).await?;
     if bytes.len() as u64 != range.end - range.start {
         return Err(io::Error::new(
@@ -438,12 +475,18 @@ async fn fetch_piece(
         ));
     }
     let mut done = PieceDone {
+        requests: 1,
         bytes: bytes.len() as u64,
         ..PieceDone::default()
     };
     // Without early claims: claim now what the plaintext cache should get and nobody
     // has (a read that could not wait for this piece fetched its chunks itself).
-    let claims = early.unwrap_or_else(|| claim_chunks(reader, &piece, false));
+    let claims = early.unwrap_or_else(|| {
+        claim_runs(reader, piece, false)
+            .into_iter()
+            .flatten()
+            .collect()
+    });
     // Decoded: the chunks the plaintext cache gets and those a read waits for; the
     // others are released (their bytes are in the source's disk cache).
     let (claims, released): (Vec<Claimed>, Vec<Claimed>) = claims

@@ -675,19 +675,22 @@ async fn a_read_of_a_chunk_on_the_way_waits_for_the_prefetch_piece() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_of_a_chunk_not_yet_requested_fetches_it_and_the_prefetch_leaves_it_out() {
     let s = streaming();
-    // One piece in flight (held back), the one holding f39 not requested yet.
+    // One piece in flight (held back), those holding f15 (amid its piece) and f39 (at
+    // the end of its piece) not requested yet.
     let running = s.start(1, CancellationToken::new()).await;
-    let data = tokio::time::timeout(HANG, s.read(39))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(data.unwrap(), s.files[39].1);
-    assert_eq!(s.reader.stats().range_requests, 1);
+    for n in [15, 39] {
+        let data = tokio::time::timeout(HANG, s.read(n))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(data.unwrap(), s.files[n].1);
+    }
+    assert_eq!(s.reader.stats().range_requests, 2);
     s.gated.open.add_permits(1000);
     let report = running.finish().await.unwrap();
     assert_eq!(
-        report.chunks_cached, 78,
-        "f39's two chunks left out: {report:?}"
+        report.chunks_cached, 76,
+        "their four chunks left out: {report:?}"
     );
     s.all_read_right().await;
     s.each_byte_requested_once();
@@ -743,7 +746,10 @@ async fn after_the_first_bytes_fewer_pieces_are_in_flight() {
     s.gated.open.add_permits(1000);
     running.finish().await.unwrap();
     let most = s.gated.held.lock().unwrap().1;
-    assert_eq!(most, DEFAULT_STREAM_CONCURRENCY, "of 4 requests in flight at the start");
+    assert_eq!(
+        most, DEFAULT_STREAM_CONCURRENCY,
+        "of 4 requests in flight at the start"
+    );
     s.all_read_right().await;
     s.each_byte_requested_once();
 }
