@@ -6,7 +6,7 @@
 //! [`veil_formats::toc::LayerToc`], and serves that through FUSE: [`tree`] (inodes,
 //! whiteouts, hard links), [`pipeline`] (chunk reads: coalescing, single flight,
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
-//! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
+//! stored), [`prefetch`] (prioritized files) and [`background`] (whole blobs into the disk cache), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
 //! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
 //! [`window`] (fetching the neighbourhood of a miss) and [`window_plan`] (where its
@@ -17,6 +17,7 @@
 //! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount).
 
 pub mod access_log;
+pub mod background;
 pub mod cache;
 pub mod disk_cache;
 pub mod failed;
