@@ -255,8 +255,6 @@ pub struct LazyConfig {
     /// Bytes per prefetch range request after the first `prefetch_wait_bytes` (a read
     /// of a prioritized file whose request is in flight waits about this much).
     pub prefetch_piece_bytes: u64,
-    /// Prefetch requests in flight after the first `prefetch_wait_bytes` (at most 4).
-    pub prefetch_stream_requests: usize,
     /// A read of a prioritized file whose prefetch request is in flight waits for it;
     /// false: it fetches the bytes again itself (as before; for comparing the two).
     pub prefetch_reads_wait: bool,
@@ -280,7 +278,6 @@ impl Default for LazyConfig {
             window_dir_bytes: veil_fusefs::window::DEFAULT_WINDOW_DIR,
             prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
             prefetch_piece_bytes: veil_fusefs::prefetch::DEFAULT_PIECE_SIZE,
-            prefetch_stream_requests: veil_fusefs::prefetch::DEFAULT_STREAM_CONCURRENCY,
             prefetch_reads_wait: true,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: veil_image::layers::DEFAULT_LOOK_AHEAD_LAYERS,

@@ -114,9 +114,6 @@ pub struct LazyOptions {
     /// Bytes per prefetch range request after the first `prefetch_wait_bytes`
     /// ([`PrefetchOptions::range_size`]).
     pub prefetch_piece_bytes: u64,
-    /// Prefetch requests in flight after the first `prefetch_wait_bytes`
-    /// ([`PrefetchOptions::stream_concurrency`]).
-    pub prefetch_stream_requests: usize,
     /// Reads of prioritized chunks whose prefetch request is in flight wait for it
     /// ([`PrefetchOptions::claim_in_flight`]).
     pub prefetch_reads_wait: bool,
@@ -170,7 +167,6 @@ impl Default for LazyOptions {
             window: WindowSizes::default(),
             prefetch_wait_bytes: u64::MAX,
             prefetch_piece_bytes: veil_fusefs::prefetch::DEFAULT_PIECE_SIZE,
-            prefetch_stream_requests: veil_fusefs::prefetch::DEFAULT_STREAM_CONCURRENCY,
             prefetch_reads_wait: true,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: DEFAULT_LOOK_AHEAD_LAYERS,
@@ -637,7 +633,6 @@ impl LazyLayers {
             wait_bytes: self.options.prefetch_wait_bytes,
             range_size: self.options.prefetch_piece_bytes.max(1),
             claim_in_flight: self.options.prefetch_reads_wait,
-            stream_concurrency: self.options.prefetch_stream_requests,
             ..PrefetchOptions::default()
         };
         let started = std::time::Instant::now();
