@@ -603,9 +603,10 @@ pub fn veil_config_lazy(host: &str, background_fetch: bool, lazy: &str, keys_dir
 }
 
 /// `[lazy]` keys of the baseline modes: fetching as before issue 13 (no neighbourhood
-/// windows, the prefetch waits for every prioritized file, the footer read before the
-/// TOC, no layer's TOC fetched ahead).
+/// windows, the prefetch waits for every prioritized file in 8 MiB requests, the footer
+/// read before the TOC, no layer's TOC fetched ahead).
 const BASELINE_LAZY: &str = "window_max_bytes = 0\nprefetch_wait_bytes = 4611686018427387904\n\
+                             prefetch_piece_bytes = 8388608\n\
                              toc_tail_bytes = 0\nlook_ahead_layers = 0\n";
 
 /// The sum of the layer sizes in `REPO:tag`'s manifest (asked of the registry directly).

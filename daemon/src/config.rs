@@ -255,6 +255,12 @@ pub struct LazyConfig {
     /// mounting; the rest streams on in order while the container starts. 0: the
     /// layer is handed out at once; a huge value waits for all of them.
     pub prefetch_wait_bytes: u64,
+    /// Bytes per prefetch range request after the first `prefetch_wait_bytes` (a read
+    /// of a prioritized file whose request is in flight waits about this much).
+    pub prefetch_piece_bytes: u64,
+    /// A read of a prioritized file whose prefetch request is in flight waits for it;
+    /// false: it fetches the bytes again itself (as before; for comparing the two).
+    pub prefetch_reads_wait: bool,
     /// Bytes read from a layer's end in the first request for its TOC: footer and TOC
     /// in one round trip when the TOC fits; 0: the footer alone first, as before.
     pub toc_tail_bytes: u64,
@@ -275,6 +281,8 @@ impl Default for LazyConfig {
             window_dir_bytes: veil_fusefs::window::DEFAULT_WINDOW_DIR,
             window_stream: veil_fusefs::window::DEFAULT_WINDOW_STREAM,
             prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
+            prefetch_piece_bytes: veil_fusefs::prefetch::DEFAULT_PIECE_SIZE,
+            prefetch_reads_wait: true,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: veil_image::layers::DEFAULT_LOOK_AHEAD_LAYERS,
         }

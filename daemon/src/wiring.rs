@@ -203,6 +203,8 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
             stream: config.lazy.window_stream,
         },
         prefetch_wait_bytes: config.lazy.prefetch_wait_bytes,
+        prefetch_piece_bytes: config.lazy.prefetch_piece_bytes,
+        prefetch_reads_wait: config.lazy.prefetch_reads_wait,
         toc_tail_bytes: config.lazy.toc_tail_bytes,
         look_ahead_layers: config.lazy.look_ahead_layers,
         // The snapshotter lets containerd unpack plain layers.

@@ -6,7 +6,7 @@
 //! [`veil_formats::toc::LayerToc`], and serves that through FUSE: [`tree`] (inodes,
 //! whiteouts, hard links), [`pipeline`] (chunk reads: coalescing, single flight,
 //! verification), [`cache`] (the plaintext chunk cache), [`disk_cache`] (blob bytes as
-//! stored), [`prefetch`] (prioritized files and background fetches), [`fs`] and
+//! stored), [`prefetch`] (prioritized files) and [`background`] (whole blobs into the disk cache), [`fs`] and
 //! [`mount`] (the FUSE filesystem and its mount), [`read_data`] (a read's bytes without
 //! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
 //! [`window`] (fetching the neighbourhood of a miss), [`window_plan`] (where its
@@ -19,6 +19,7 @@
 //! [`promote`] (files whole in the cache served by FUSE passthrough from a memfd).
 
 pub mod access_log;
+pub mod background;
 pub mod cache;
 pub mod disk_cache;
 pub mod failed;

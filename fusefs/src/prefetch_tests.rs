@@ -1,9 +1,12 @@
 //! Tests of `prefetch.rs`.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use super::*;
 use crate::cache::ChunkCache;
 use crate::disk_cache::tests::{open_cache, pattern, Counting};
-use crate::disk_cache::DiskCache;
+use crate::disk_cache::{CachedBlob, DiskCache};
 use crate::pipeline::tests::append_gzip_file;
 use crate::pipeline::ReaderOptions;
 use crate::tree::{LayerTree, ROOT_INO};
@@ -252,158 +255,26 @@ impl Fixture {
     }
 }
 
-fn cached_blob(len: usize, budget: u64) -> (tempfile::TempDir, Arc<Counting>, Arc<CachedBlob>) {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = open_cache(dir.path(), budget).unwrap();
-    let counting = Counting::new(pattern(len, 9));
-    let cached = disk.wrap("sha256:bg", counting.clone());
-    (dir, counting, cached)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_fetch_caches_the_whole_blob() {
-    let (_dir, counting, cached) = cached_blob(1_000_000, 4 << 20);
-    cached.read_range(100_000..200_000).await.unwrap();
-    let options = BackgroundOptions {
-        range_size: 128 << 10,
-        ..BackgroundOptions::default()
-    };
-    let fetch = background_fetch(
-        &tokio::runtime::Handle::current(),
-        cached.clone(),
-        options,
-        CancellationToken::new(),
-    );
-    let progress = fetch.progress().clone();
-    assert_eq!(fetch.wait().await, FetchState::Complete);
-    assert_eq!(progress.state(), FetchState::Complete);
-    assert_eq!((progress.done(), progress.total()), (1_000_000, 1_000_000));
-    assert_eq!(cached.present_bytes(), 1_000_000);
-    // What was cached already was not fetched again.
-    let fetched: u64 = counting.requests().iter().map(|r| r.end - r.start).sum();
-    assert_eq!(fetched, 1_000_000);
-    assert_eq!(progress.fetched(), 900_000);
-    let n = counting.requests().len();
-    cached.read_range(0..1_000_000).await.unwrap();
-    assert_eq!(counting.requests().len(), n);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_fetch_respects_the_rate_limit() {
-    let (_dir, _counting, cached) = cached_blob(300 << 10, 4 << 20);
-    let options = BackgroundOptions {
-        rate_limit: Some(RateLimiter::new(600 << 10)), // 0.5 s for the blob
-        ..BackgroundOptions::default()
-    };
-    let started = Instant::now();
-    let fetch = background_fetch(
-        &tokio::runtime::Handle::current(),
-        cached.clone(),
-        options.clone(),
-        CancellationToken::new(),
-    );
-    assert_eq!(fetch.wait().await, FetchState::Complete);
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
-    assert_eq!(cached.present_bytes(), 300 << 10);
-
-    // Two fetches sharing the limiter (and one slot) share the rate: 300 KiB more
-    // take another 0.5 s or so.
-    let options = BackgroundOptions {
-        rate_limit: Some(RateLimiter::new(600 << 10)),
-        slots: Some(Arc::new(tokio::sync::Semaphore::new(1))),
-        ..options
-    };
-    let (_d1, _c1, one) = cached_blob(150 << 10, 4 << 20);
-    let (_d2, _c2, two) = cached_blob(150 << 10, 4 << 20);
-    let started = Instant::now();
-    let runtime = tokio::runtime::Handle::current();
-    let a = background_fetch(&runtime, one, options.clone(), CancellationToken::new());
-    let b = background_fetch(&runtime, two, options, CancellationToken::new());
-    assert_eq!(a.wait().await, FetchState::Complete);
-    assert_eq!(b.wait().await, FetchState::Complete);
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_fetch_stops_when_cancelled() {
-    let (_dir, counting, cached) = cached_blob(4 << 20, 8 << 20);
-    let options = BackgroundOptions {
-        rate_limit: Some(RateLimiter::new(256 << 10)), // 16 s for the blob
-        ..BackgroundOptions::default()
-    };
-    let cancel = CancellationToken::new();
-    let guard = cancel.clone().drop_guard();
-    let fetch = background_fetch(
-        &tokio::runtime::Handle::current(),
-        cached.clone(),
-        options,
-        cancel,
-    );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    drop(guard); // as when the mount goes away
-    let progress = fetch.progress().clone();
-    let state = tokio::time::timeout(Duration::from_secs(5), fetch.wait())
-        .await
-        .expect("stops promptly");
-    assert_eq!(state, FetchState::Cancelled);
-    assert!(progress.done() < progress.total());
-    let n = counting.requests().len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(counting.requests().len(), n, "no requests after cancelling");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_fetch_gives_up_after_retries() {
-    let (_dir, counting, cached) = cached_blob(100_000, 1 << 20);
-    counting.fail(100);
-    let options = BackgroundOptions {
-        attempts: 3,
-        retry_delay: Duration::from_millis(10),
-        ..BackgroundOptions::default()
-    };
-    let fetch = background_fetch(
-        &tokio::runtime::Handle::current(),
-        cached.clone(),
-        options,
-        CancellationToken::new(),
-    );
-    assert_eq!(fetch.wait().await, FetchState::Failed);
-    assert_eq!(counting.requests().len(), 3);
-    // A transient failure is retried.
-    counting.fail(0);
-    counting.fail(1);
-    let fetch = background_fetch(
-        &tokio::runtime::Handle::current(),
-        cached.clone(),
-        BackgroundOptions {
-            retry_delay: Duration::from_millis(10),
-            ..BackgroundOptions::default()
-        },
-        CancellationToken::new(),
-    );
-    assert_eq!(fetch.wait().await, FetchState::Complete);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_fetch_skips_blobs_larger_than_the_cache() {
-    let (_dir, counting, cached) = cached_blob(100_000, 50_000);
-    let fetch = background_fetch(
-        &tokio::runtime::Handle::current(),
-        cached,
-        BackgroundOptions::default(),
-        CancellationToken::new(),
-    );
-    assert_eq!(fetch.wait().await, FetchState::Skipped);
-    assert!(counting.requests().is_empty());
-}
-
-/// A source that holds back every request longer than `gate_above` bytes until released.
+/// A source that holds back every request longer than `gate_above` bytes starting at or
+/// after `gate_from` until released, and then fails it if told to.
 struct Gated {
     inner: Arc<Counting>,
     gate_above: u64,
+    gate_from: u64,
     open: tokio::sync::Semaphore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Gated {
+    fn new(inner: Arc<Counting>, gate_above: u64, gate_from: u64) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            gate_above,
+            gate_from,
+            open: tokio::sync::Semaphore::new(0),
+            fail: Default::default(),
+        })
+    }
 }
 
 impl BlobSource for Gated {
@@ -413,8 +284,11 @@ impl BlobSource for Gated {
 
     fn read_range(&self, range: Range<u64>) -> futures::future::BoxFuture<'_, io::Result<Vec<u8>>> {
         Box::pin(async move {
-            if range.end - range.start > self.gate_above {
+            if range.end - range.start > self.gate_above && range.start >= self.gate_from {
                 let _permit = self.open.acquire().await;
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("registry unavailable"));
+                }
             }
             self.inner.read_range(range).await
         })
@@ -430,11 +304,7 @@ async fn a_spawned_prefetch_is_ready_after_the_first_bytes_and_reads_do_not_wait
     let named: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
     let (toc, blob) = layer(&named, 8192, 40);
     let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
-    let gated = Arc::new(Gated {
-        inner: Counting::new(blob),
-        gate_above: 64 << 10,
-        open: tokio::sync::Semaphore::new(0),
-    });
+    let gated = Gated::new(Counting::new(blob), 64 << 10, 0);
     let reader = Arc::new(ChunkReader::new(
         "sha256:layer",
         tree.clone(),
@@ -442,8 +312,10 @@ async fn a_spawned_prefetch_is_ready_after_the_first_bytes_and_reads_do_not_wait
         Arc::new(ChunkCache::new(64 << 20)),
         ReaderOptions::default(),
     ));
+    // The rest in pieces of 128 KiB, two in flight: the last file's piece is not
+    // requested yet while the first two are held back.
     let options = PrefetchOptions {
-        range_size: 512 << 10,
+        range_size: 128 << 10,
         concurrency: 2,
         wait_bytes: 128 << 10,
         ..PrefetchOptions::default()
@@ -470,7 +342,7 @@ async fn a_spawned_prefetch_is_ready_after_the_first_bytes_and_reads_do_not_wait
     let before = gated.inner.requests().len();
     assert_eq!(read("f00").await, files[0].1);
     assert_eq!(gated.inner.requests().len(), before, "f00 was prefetched");
-    // A prioritized file that has not arrived: its own request, at once.
+    // A prioritized file whose piece has not been requested: its own request, at once.
     let last = tokio::time::timeout(Duration::from_secs(10), read("f39"))
         .await
         .expect("a read does not wait for the prefetch");
@@ -485,11 +357,7 @@ async fn a_spawned_prefetch_is_ready_after_the_first_bytes_and_reads_do_not_wait
     }
 
     // Cancelled while held back: it ends, with Interrupted.
-    let held: Arc<dyn BlobSource> = Arc::new(Gated {
-        inner: gated.inner.clone(),
-        gate_above: 0,
-        open: tokio::sync::Semaphore::new(0),
-    });
+    let held: Arc<dyn BlobSource> = Gated::new(gated.inner.clone(), 0, 0);
     let reader2 = Arc::new(ChunkReader::new(
         "sha256:layer2",
         tree.clone(),
@@ -510,4 +378,203 @@ async fn a_spawned_prefetch_is_ready_after_the_first_bytes_and_reads_do_not_wait
     stuck.ready().await;
     let err = stuck.finish().await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+}
+
+/// A spawned prefetch of 40 prioritized files of 16 KB (incompressible, two chunks
+/// each; a 41st after them) whose pieces after the first one are held back.
+struct Streaming {
+    files: Vec<(String, Vec<u8>)>,
+    tree: Arc<LayerTree>,
+    gated: Arc<Gated>,
+    reader: Arc<ChunkReader>,
+    end: u64,
+}
+
+/// A hang guard (the tests assert no timing): 10 s.
+const HANG: Duration = Duration::from_secs(10);
+
+fn streaming() -> Streaming {
+    let files: Vec<(String, Vec<u8>)> = (0..41)
+        .map(|i| (format!("f{i:02}"), crate::window::tests::noise(16_000, i)))
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (toc, blob) = layer(&named, 8192, 40);
+    let tree = Arc::new(LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap());
+    // Reads ask for one file (about 16 KB) at a time: never held back.
+    let gated = Gated::new(Counting::new(blob), 20_000, 1 << 10);
+    let reader = Arc::new(ChunkReader::new(
+        "sha256:layer",
+        tree.clone(),
+        gated.clone(),
+        Arc::new(ChunkCache::new(64 << 20)),
+        ReaderOptions::default(),
+    ));
+    Streaming {
+        files,
+        tree,
+        gated,
+        reader,
+        end: toc.prefetch_end.unwrap(),
+    }
+}
+
+impl Streaming {
+    /// Starts the prefetch (the rest in 128 KiB pieces, `concurrency` in flight) and
+    /// waits until it is ready.
+    async fn start(&self, concurrency: usize, cancel: CancellationToken) -> RunningPrefetch {
+        let options = PrefetchOptions {
+            range_size: 128 << 10,
+            concurrency,
+            wait_bytes: 64 << 10,
+            ..PrefetchOptions::default()
+        };
+        let mut running = spawn_prefetch(
+            &tokio::runtime::Handle::current(),
+            self.reader.clone(),
+            self.gated.clone(),
+            self.end,
+            options,
+            cancel,
+        );
+        tokio::time::timeout(HANG, running.ready()).await.unwrap();
+        running
+    }
+
+    /// Reads file `n` whole, as its own task.
+    fn read(
+        &self,
+        n: usize,
+    ) -> tokio::task::JoinHandle<Result<Vec<u8>, crate::pipeline::ReadError>> {
+        let node = self
+            .tree
+            .lookup(ROOT_INO, &self.files[n].0)
+            .unwrap()
+            .clone();
+        let reader = self.reader.clone();
+        tokio::spawn(async move { reader.read(node.ino, 0, node.size).await })
+    }
+
+    /// Waits until reads wait for `n` chunks fetched by someone else.
+    async fn until_waiting(&self, n: u64) {
+        let cache = self.reader.cache().clone();
+        let waiting = async move {
+            while cache.stats().shared_waits < n {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(HANG, waiting).await.unwrap();
+    }
+
+    /// The blob range of file `n`'s chunks.
+    fn blob_range(&self, n: usize) -> Range<u64> {
+        let node = self.tree.lookup(ROOT_INO, &self.files[n].0).unwrap();
+        let chunks = self.tree.file_chunks(node);
+        chunks[0].blob_offset..chunks[chunks.len() - 1].blob_end
+    }
+
+    /// Every file reads back right.
+    async fn all_read_right(&self) {
+        for n in 0..self.files.len() {
+            let data = tokio::time::timeout(HANG, self.read(n)).await.unwrap();
+            assert_eq!(
+                data.unwrap().unwrap(),
+                self.files[n].1,
+                "{}",
+                self.files[n].0
+            );
+        }
+    }
+
+    /// Asserts that no blob byte was requested twice.
+    fn each_byte_requested_once(&self) {
+        let mut requests = self.gated.inner.requests();
+        requests.sort_by_key(|r| r.start);
+        for pair in requests.windows(2) {
+            assert!(pair[0].end <= pair[1].start, "fetched twice: {requests:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_chunk_on_the_way_waits_for_the_prefetch_piece() {
+    let s = streaming();
+    // The first piece after the waited-for bytes (f04 onward) is in flight, held back.
+    let running = s.start(2, CancellationToken::new()).await;
+    let read = s.read(5);
+    s.until_waiting(2).await;
+    let f05 = s.blob_range(5);
+    let overlaps = |r: &Range<u64>| r.start < f05.end && f05.start < r.end;
+    assert!(
+        !s.gated.inner.requests().iter().any(overlaps),
+        "the read made no request of its own"
+    );
+    s.gated.open.add_permits(1000);
+    let data = tokio::time::timeout(HANG, read).await.unwrap().unwrap();
+    assert_eq!(data.unwrap(), s.files[5].1);
+    let stats = s.reader.stats();
+    assert_eq!((stats.range_requests, stats.chunk_waits), (0, 2));
+    let report = running.finish().await.unwrap();
+    assert_eq!(report.chunks_cached, 80, "{report:?}");
+    s.all_read_right().await;
+    s.each_byte_requested_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_chunk_not_yet_requested_fetches_it_and_the_prefetch_leaves_it_out() {
+    let s = streaming();
+    // One piece in flight (held back), those holding f15 (amid its piece) and f39 (at
+    // the end of its piece) not requested yet.
+    let running = s.start(1, CancellationToken::new()).await;
+    for n in [15, 39] {
+        let data = tokio::time::timeout(HANG, s.read(n))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(data.unwrap(), s.files[n].1);
+    }
+    assert_eq!(s.reader.stats().range_requests, 2);
+    s.gated.open.add_permits(1000);
+    let report = running.finish().await.unwrap();
+    assert_eq!(
+        report.chunks_cached, 76,
+        "their four chunks left out: {report:?}"
+    );
+    s.all_read_right().await;
+    s.each_byte_requested_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_prefetch_piece_makes_the_waiting_read_fetch_itself() {
+    let s = streaming();
+    let running = s.start(2, CancellationToken::new()).await;
+    let read = s.read(5);
+    s.until_waiting(2).await;
+    s.gated.fail.store(true, Ordering::SeqCst);
+    s.gated.open.add_permits(1000);
+    let data = tokio::time::timeout(HANG, read).await.unwrap().unwrap();
+    assert_eq!(data.unwrap(), s.files[5].1);
+    assert!(s.reader.stats().range_requests > 0, "fetched by the read");
+    assert!(running.finish().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_prefetch_releases_its_claims() {
+    let s = streaming();
+    let cancel = CancellationToken::new();
+    let running = s.start(2, cancel.clone()).await;
+    let read = s.read(5);
+    s.until_waiting(2).await;
+    // Never released: the read gets its bytes only if the claims are let go.
+    cancel.cancel();
+    let data = tokio::time::timeout(HANG, read).await.unwrap().unwrap();
+    assert_eq!(data.unwrap(), s.files[5].1);
+    let err = running.finish().await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+    // Nothing of the cancelled pieces stays claimed.
+    let f06 = s.tree.lookup(ROOT_INO, "f06").unwrap().chunks.start;
+    let key = ChunkKey {
+        layer: s.reader.layer_id(),
+        chunk: f06 as u64,
+    };
+    assert!(s.reader.cache().claim(key).is_some());
 }

@@ -111,6 +111,12 @@ pub struct LazyOptions {
     /// Bytes of the prioritized files fetched before a layer is handed out; the rest
     /// streams on while it is mounted (`u64::MAX`: wait for all of them).
     pub prefetch_wait_bytes: u64,
+    /// Bytes per prefetch range request after the first `prefetch_wait_bytes`
+    /// ([`PrefetchOptions::range_size`]).
+    pub prefetch_piece_bytes: u64,
+    /// Reads of prioritized chunks whose prefetch request is in flight wait for it
+    /// ([`PrefetchOptions::claim_in_flight`]).
+    pub prefetch_reads_wait: bool,
     /// Bytes read from a layer's end in the first request for its TOC (footer and TOC
     /// in one round trip; 0: the footer alone, the TOC in a second request).
     pub toc_tail_bytes: u64,
@@ -163,6 +169,8 @@ impl Default for LazyOptions {
             limits: Limits::default(),
             window: WindowSizes::default(),
             prefetch_wait_bytes: u64::MAX,
+            prefetch_piece_bytes: veil_fusefs::prefetch::DEFAULT_PIECE_SIZE,
+            prefetch_reads_wait: true,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: DEFAULT_LOOK_AHEAD_LAYERS,
         }
@@ -626,6 +634,8 @@ impl LazyLayers {
         let options = PrefetchOptions {
             fetch_all: cached.is_some(),
             wait_bytes: self.options.prefetch_wait_bytes,
+            range_size: self.options.prefetch_piece_bytes.max(1),
+            claim_in_flight: self.options.prefetch_reads_wait,
             ..PrefetchOptions::default()
         };
         let started = std::time::Instant::now();
