@@ -28,6 +28,7 @@ use veil_daemon::config::Config;
 use veil_daemon::no_core_dumps::forbid_core_dumps;
 use veil_daemon::wiring;
 use veil_fusefs::mount::MountOptions;
+use veil_fusefs::promote::PromoteOptions;
 use veil_image::image_mount;
 use veil_image::layers::LazyOptions;
 use veil_image::status::{merged_access_list, AccessOrder};
@@ -162,6 +163,14 @@ async fn record(args: &OptimizeArgs, work: &Path) -> anyhow::Result<(Vec<AccessO
         })
         .with_mount_options(MountOptions {
             allow_other: true,
+            // No passthrough: the container's overlay goes over the image's overlay, and
+            // a passthrough-capable layer mount takes one of the kernel's two levels of
+            // filesystem stacking (mounting that overlay fails with EINVAL); the
+            // recording also wants every read to reach Veil.
+            promote: PromoteOptions {
+                enabled: false,
+                ..PromoteOptions::default()
+            },
             ..wiring::mount_options(&config, false)
         });
     let image_root = work.join("image");

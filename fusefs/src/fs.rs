@@ -342,7 +342,7 @@ impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         *self.kernel_init.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(KernelInit::from_config(config));
-        crate::tuning::answer_init(config);
+        crate::tuning::answer_init(config, self.promoter.is_some());
         Ok(())
     }
 

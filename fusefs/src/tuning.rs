@@ -15,9 +15,11 @@
 //!   up to [`MAX_BACKGROUND`] before the kernel makes readers wait, and the connection
 //!   counts as congested from [`CONGESTION_THRESHOLD`].
 //!
-//! The answer to `FUSE_INIT` must not depend on anything but the kernel's offer: a
-//! restarted daemon replays the recorded offer to a new session ([`crate::resume`]) and
-//! the kernel keeps what the first answer said.
+//! The answer to `FUSE_INIT` depends on the kernel's offer and on whether the mount
+//! promotes files to passthrough, nothing else: a restarted daemon replays the recorded
+//! offer to a new session ([`crate::resume`]) and the kernel keeps what the first answer
+//! said (a resumed session promotes nothing, so its own answer's passthrough bit does not
+//! matter).
 
 use std::io;
 use std::path::Path;
@@ -39,9 +41,9 @@ pub const PASSTHROUGH_STACK_DEPTH: u32 = 1;
 
 /// Answers the kernel's `FUSE_INIT` offer in `config`: the capabilities a read-only,
 /// immutable layer wants (each only if offered; `FUSE_PASSTHROUGH` with
-/// [`PASSTHROUGH_STACK_DEPTH`]), the kernel's largest readahead and the
-/// background limits above.
-pub fn answer_init(config: &mut KernelConfig) {
+/// [`PASSTHROUGH_STACK_DEPTH`] only for a mount that promotes, `passthrough`), the
+/// kernel's largest readahead and the background limits above.
+pub fn answer_init(config: &mut KernelConfig, passthrough: bool) {
     for flag in [
         InitFlags::FUSE_DO_READDIRPLUS,
         InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -51,10 +53,13 @@ pub fn answer_init(config: &mut KernelConfig) {
     ] {
         let _ = config.add_capabilities(flag);
     }
-    // Passthrough (promoted files, crate::promote) whenever offered, whether or not this
-    // mount promotes: the answer depends on the offer alone. Depth 1: the backing memfd
-    // is on a filesystem of depth 0, and overlayfs can still stack on the mount.
-    if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+    // Passthrough (promoted files, crate::promote) only for a mount that promotes: it
+    // makes the mount a stacked filesystem of depth 1, which leaves room for one overlay
+    // on top (containerd's, the guest's root) but not for an overlay over an overlay of
+    // layers (`veil optimize`'s container over its image: EINVAL). Depth 1: the backing
+    // memfd is on a filesystem of depth 0. A resumed session's answer is not the
+    // kernel's (it kept the first one), and a resumed session promotes nothing.
+    if passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
         let _ = config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH);
     }
     // "Too much" is answered with the most the kernel offered: take that.
