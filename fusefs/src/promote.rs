@@ -63,6 +63,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
 use crate::cache::{ChunkCache, ChunkKey, PromotionRefused};
+use crate::carry::PROMOTED_SEALS;
 use crate::pipeline::ChunkReader;
 use crate::tree::{Node, NodeKind};
 
@@ -191,10 +192,8 @@ impl MemFile {
         {
             return Err(io::Error::last_os_error());
         }
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: fcntl on an fd we own.
-        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_ADD_SEALS, PROMOTED_SEALS) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
