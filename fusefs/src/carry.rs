@@ -23,7 +23,7 @@
 //!
 //! This module knows nothing of where the fds are kept.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +117,32 @@ impl PromotedRecord {
             backing_id: wire.backing_id,
         })
     }
+}
+
+/// Keeps the promoted files of one mount beside its connection (the daemon's fd store).
+pub trait PromotedKeeper: Send + Sync {
+    /// Keeps a copy of `memfd`, the promoted file of inode `ino`, with `data` (an encoded
+    /// [`PromotedRecord`]), replacing one kept for `ino`. Called before any open is
+    /// answered by passthrough with it: an error leaves the file unpromoted.
+    fn keep(&self, ino: u64, data: &[u8], memfd: BorrowedFd<'_>) -> Result<(), String>;
+
+    /// Closes the copy kept for `ino`, if any. Called before the backing id is closed.
+    fn forget(&self, ino: u64);
+}
+
+/// Where a mount's [`PromotedKeeper`] is attached (once its connection is kept): shared
+/// by the mount's owner and its filesystem.
+pub type KeeperSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn PromotedKeeper>>>;
+
+/// A promoted file handed over by an earlier process: the data kept with it and its fd.
+#[derive(Debug)]
+pub struct CarriedFile {
+    /// Its inode, as the name it was kept under says ([`parse_entry_name`]).
+    pub ino: u64,
+    /// The data kept with it (an encoded [`PromotedRecord`], unchecked).
+    pub data: Vec<u8>,
+    /// The fd kept with it (its memfd, unchecked).
+    pub fd: OwnedFd,
 }
 
 /// The name a promoted file of inode `ino` is kept under, beside the connection kept

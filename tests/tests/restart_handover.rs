@@ -14,6 +14,14 @@
 //! worst). At the end the image is removed: containerd's Remove unmounts the layers and
 //! the fd store holds nothing any more.
 //!
+//! The big file is promoted to FUSE passthrough (whole in the cache after the first
+//! hash: `veil_fusefs::promote`) before the prober opens it, so the prober holds a
+//! passthrough handle across every restart, and the container's opens after a restart
+//! come beside it. The fd store holds the promoted file's memfd beside the connection;
+//! after every restart the prober's held handle still reads the right bytes, new opens
+//! (the container's, and one from the test) read right (no `EIO`), and the new daemon
+//! has the memfd mapped, locked whole and left out of core dumps (`/proc/PID/smaps`).
+//!
 //! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd and runc.
 //! Run with `cargo test -p veil-tests --test restart_handover -- --nocapture`.
 
@@ -33,9 +41,35 @@ use veil_tests::restart_watch::{
     check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT,
     LOOP, SETTLE,
 };
+use veil_tests::smaps::promoted_mappings;
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
+
+/// Seed of the big random file's bytes.
+const BIG_SEED: u64 = 0x005e_5510;
+
+/// Waits until the current daemon has the big file's memfd mapped, and checks that it is
+/// locked whole and left out of core dumps.
+fn check_promoted(stack: &LazyStack, when: &str) -> anyhow::Result<()> {
+    let pid = *stack.veil.pids.last().context("no daemon started")?;
+    let want_kib = (BIG_SIZE >> 10) as u64;
+    let start = Instant::now();
+    loop {
+        let maps = promoted_mappings(pid);
+        if let Some(m) = maps.iter().find(|m| m.size_kib == want_kib) {
+            if !m.locked_and_undumped() {
+                bail!("{when}: the promoted file's mapping in the daemon is not locked whole and dd: {m:?}");
+            }
+            eprintln!("[restart-handover] {when}: the big file is promoted, its memfd locked in daemon {pid}");
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("{when}: daemon {pid} has no promoted mapping of the big file: {maps:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
 fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
@@ -66,7 +100,7 @@ fn container_survives_kill_term_and_upgrade() {
             ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
         supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
-        let big = random_bytes(BIG_SIZE, 0x005e_5510);
+        let big = random_bytes(BIG_SIZE, BIG_SEED);
         let want = sha256_hex(&big);
         let layers = vec![
             pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
@@ -111,11 +145,25 @@ fn container_survives_kill_term_and_upgrade() {
         stack.cd().ctr(&refs)?;
         let mut seen = wait_for_more(&hashes, &want, 2, Duration::from_secs(60))?;
         eprintln!("[{name}] the container is hashing ({seen} hashes so far, all right)");
+        // Whole in the cache after the first hash: promoted on a later open, and its
+        // memfd kept beside the connection.
+        check_promoted(stack, "before the restarts")?;
+        let stored = FdStoreClient::new(&store_socket).take_all()?;
+        if stored.len() != layers.len() + 1 {
+            let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "the fd store holds {names:?}, not the {} connections and the promoted file",
+                layers.len()
+            );
+        }
+        drop(stored);
 
         // The prober reads the same file from the host, in a process of its own.
         let probe_log = stack.dir.join("probes.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
-        cmd.arg(big_file(stack)?).arg(BIG_SIZE.to_string());
+        cmd.arg(big_file(stack)?)
+            .arg(BIG_SIZE.to_string())
+            .arg(BIG_SEED.to_string());
         let mut prober = ChildGuard::spawn("read-prober", cmd, &probe_log)?;
         std::thread::sleep(SETTLE);
         prober.check_running()?;
@@ -152,6 +200,11 @@ fn container_survives_kill_term_and_upgrade() {
                 ready,
             };
             seen = confirm_back(name, restart, &hashes, &want, seen, &mut restarts)?;
+            check_promoted(stack, &format!("after the {what} restart"))?;
+            let again = sha256_hex(&std::fs::read(big_file(stack)?)?);
+            if again != want {
+                bail!("after the {what} restart a new open of the big file read other bytes");
+            }
         }
         prober.check_running()?;
         prober.stop();
