@@ -42,17 +42,20 @@
 //! its promoted files drops the file (or fails with `EIO` while passthrough handles of
 //! it are still open, which cannot be revoked), and nothing more is promoted.
 //!
-//! **Fallback.** Anything that fails (no passthrough capability, no `CAP_SYS_ADMIN`, a
-//! session served through a socket after a restart ([`crate::resume`]: the filesystem is
-//! made with promotion off there), `memfd_create`, `mmap`, `mlock` over
-//! `RLIMIT_MEMLOCK`) leaves the open answered normally and reads served by Veil as
-//! before; the first such failure turns promotion off for the mount and is logged once.
+//! **Fallback.** Anything that fails (no passthrough capability, no `CAP_SYS_ADMIN`,
+//! `memfd_create`, `mmap`, `mlock` over `RLIMIT_MEMLOCK`, keeping the file for restarts)
+//! leaves the open answered normally and reads served by Veil as before; the first such
+//! failure turns promotion off for the mount and is logged once.
 //!
-//! Known limit: after a restart (a handover to a new process), the new process does not
-//! know which inodes the previous one promoted; a passthrough handle still open from
-//! before makes the kernel refuse (`EIO`) a normal open of that inode, and the memfd,
-//! held by the kernel alone, is no longer locked. So the daemon turns promotion off for
-//! mounts whose connections are kept for a restart (`veil_daemon::wiring::mount_options`).
+//! **Restarts.** With [`PromoteOptions::keep_for_restart`] (the mount's connection is
+//! kept for a restart), each promoted file is kept beside the connection before any open
+//! is answered with it, and forgotten before its backing id is closed
+//! ([`crate::carry`]); nothing is promoted until a keeper is attached. A session served
+//! through a socket after a restart ([`crate::resume`]) promotes nothing new but takes
+//! over the files the previous process kept ([`Promoter::adopt`]): re-mapped, locked,
+//! charged to the cache, answered by passthrough with the same backing id (the kernel
+//! refuses a normal open, or one with another backing file, beside a passthrough handle
+//! still open from before), never dropped to make room.
 
 use std::collections::HashMap;
 use std::io;

@@ -15,12 +15,14 @@
 //! the fd store holds nothing any more.
 //!
 //! The big file is promoted to FUSE passthrough (whole in the cache after the first
-//! hash: `veil_fusefs::promote`) before the prober opens it, so the prober holds a
+//! hash: `veil_fusefs::promote`) before a second prober opens it, so that one holds a
 //! passthrough handle across every restart, and the container's opens after a restart
 //! come beside it. The fd store holds the promoted file's memfd beside the connection;
-//! after every restart the prober's held handle still reads the right bytes, new opens
-//! (the container's, and one from the test) read right (no `EIO`), and the new daemon
-//! has the memfd mapped, locked whole and left out of core dumps (`/proc/PID/smaps`).
+//! after every restart the held handle still reads the right bytes, new opens (the
+//! container's, and one from the test) read right (no `EIO`), and the new daemon has
+//! the memfd mapped, locked whole and left out of core dumps (`/proc/PID/smaps`). The
+//! pauses are measured on another file, below the promotion threshold, whose reads
+//! Veil serves.
 //!
 //! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd and runc.
 //! Run with `cargo test -p veil-tests --test restart_handover -- --nocapture`.
@@ -33,7 +35,7 @@ use anyhow::{bail, Context};
 use veil_snapshotter::fdstore::FdStoreClient;
 use veil_tests::containerd::SNAPSHOTTER;
 use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, LayerFormat, BIG_PATH,
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, LayerFormat, BIG_PATH,
 };
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 use veil_tests::process::ChildGuard;
@@ -48,6 +50,18 @@ const BIG_SIZE: usize = 16 << 20;
 
 /// Seed of the big random file's bytes.
 const BIG_SEED: u64 = 0x005e_5510;
+
+/// The file the pauses are measured on: never promoted (below `passthrough_min_bytes`).
+const LAZY_PATH: &str = "data/lazy.bin";
+
+/// Its size.
+const LAZY_SIZE: usize = 8 << 20;
+
+/// Seed of its bytes.
+const LAZY_SEED: u64 = 0x1a2b_3c4d;
+
+/// `[cache] passthrough_min_bytes` of the test: the big file is promoted, not the other.
+const PROMOTE_FROM: usize = 12 << 20;
 
 /// Waits until the current daemon has the big file's memfd mapped, and checks that it is
 /// locked whole and left out of core dumps.
@@ -73,11 +87,16 @@ fn check_promoted(stack: &LazyStack, when: &str) -> anyhow::Result<()> {
 
 /// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
 fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
+    layer_file(stack, BIG_PATH.trim_start_matches('/'))
+}
+
+/// `path` in the mounted top layer.
+fn layer_file(stack: &LazyStack, path: &str) -> anyhow::Result<PathBuf> {
     veil_tests::mounts::mounts_below(stack.veil.root())
         .into_iter()
-        .map(|m| Path::new(&m).join(BIG_PATH.trim_start_matches('/')))
+        .map(|m| Path::new(&m).join(path))
         .find(|p| p.exists())
-        .context("no mounted layer below Veil's root has the big file")
+        .with_context(|| format!("no mounted layer below Veil's root has {path}"))
 }
 
 #[test]
@@ -89,9 +108,10 @@ fn container_survives_kill_term_and_upgrade() {
             stack.dir.join("veil-config.toml"),
             format!(
                 "fd_store_socket = \"{}\"\n\n[registry]\nplain_http = [\"{}\"]\n\n\
-                 [lazy]\nbackground_fetch = false\n",
+                 [lazy]\nbackground_fetch = false\n\n[cache]\npassthrough_min_bytes = {}\n",
                 store_socket.display(),
-                stack.registry.host()
+                stack.registry.host(),
+                PROMOTE_FROM
             ),
         )?;
         let mut cmd = Command::new(veil_tests::veil_binary("veil"));
@@ -102,9 +122,15 @@ fn container_survives_kill_term_and_upgrade() {
 
         let big = random_bytes(BIG_SIZE, BIG_SEED);
         let want = sha256_hex(&big);
+        let mut top = top_entries(big);
+        top.push(Entry::File(
+            LAZY_PATH.into(),
+            random_bytes(LAZY_SIZE, LAZY_SEED),
+            0o644,
+        ));
         let layers = vec![
             pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-            pack(tar_of(&top_entries(big))?, LayerFormat::Estargz)?,
+            pack(tar_of(&top)?, LayerFormat::Estargz)?,
         ];
         stack.push("handover", "1", &layers)?;
         stack.start()?;
@@ -158,15 +184,23 @@ fn container_survives_kill_term_and_upgrade() {
         }
         drop(stored);
 
-        // The prober reads the same file from the host, in a process of its own.
-        let probe_log = stack.dir.join("probes.log");
+        // A prober holds the promoted file open from the host, reading it, in a process
+        // of its own; another reads a file Veil serves, measuring the pauses.
+        let held_log = stack.dir.join("held-probes.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
         cmd.arg(big_file(stack)?)
             .arg(BIG_SIZE.to_string())
             .arg(BIG_SEED.to_string());
+        let mut holder = ChildGuard::spawn("read-prober (promoted)", cmd, &held_log)?;
+        let probe_log = stack.dir.join("probes.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
+        cmd.arg(layer_file(stack, LAZY_PATH)?)
+            .arg(LAZY_SIZE.to_string())
+            .arg(LAZY_SEED.to_string());
         let mut prober = ChildGuard::spawn("read-prober", cmd, &probe_log)?;
         std::thread::sleep(SETTLE);
         prober.check_running()?;
+        holder.check_running()?;
 
         let upgraded = stack.dir.join("upgrade").join("veil-snapshotter");
         std::fs::create_dir_all(upgraded.parent().context("no parent")?)?;
@@ -208,7 +242,21 @@ fn container_survives_kill_term_and_upgrade() {
         }
         prober.check_running()?;
         prober.stop();
+        holder.check_running()?;
+        holder.stop();
         report_pauses(name, &restarts, &probes_of(&probe_log))?;
+        // The handle held across the restarts read the right bytes all along, and after
+        // the last restart too.
+        let held = probes_of(&held_log);
+        if let Some(p) = held.iter().find(|p| p.error.is_some()) {
+            bail!("a read of the held promoted file failed: {:?}", p.error);
+        }
+        let last = restarts.last().map(|r| r.ready).context("no restart")?;
+        let after = held.iter().filter(|p| p.start > last).count();
+        if after == 0 {
+            bail!("the held promoted file was not read after the last restart");
+        }
+        eprintln!("[{name}] the promoted file held open across the restarts read right ({} reads, {after} after the last restart)", held.len());
 
         // Nothing anywhere says the connection was lost.
         let mut logs = check_hashes(&hashes, &want).map(|_| String::new())?;
