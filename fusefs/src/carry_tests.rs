@@ -1,6 +1,7 @@
 //! Unit tests of [`super`]: records round trip, bad records, memfds and inodes refused.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use veil_formats::limits::Limits;
 use veil_formats::toc::{Chunk, Compression, Entry, EntryKind, Format, LayerToc};
@@ -115,8 +116,8 @@ fn a_memfd_of_another_size_or_not_sealed_or_not_a_memfd_is_refused() {
     }
 }
 
-#[test]
-fn the_inode_must_be_a_file_of_the_recorded_size() {
+/// A layer of a directory `d` and a file `f` of [`RECORD`]'s size.
+fn tree() -> LayerTree {
     let mut file = Entry::new("f", EntryKind::Reg);
     file.mode = 0o644;
     file.size = RECORD.size;
@@ -135,7 +136,12 @@ fn the_inode_must_be_a_file_of_the_recorded_size() {
         prefetch_end: None,
         blob_size: 1 << 20,
     };
-    let tree = LayerTree::build(&toc, &Limits::default()).unwrap();
+    LayerTree::build(&toc, &Limits::default()).unwrap()
+}
+
+#[test]
+fn the_inode_must_be_a_file_of_the_recorded_size() {
+    let tree = tree();
     let f = tree.resolve("f").unwrap();
     let d = tree.resolve("d").unwrap();
     let at = |ino| PromotedRecord { ino, ..RECORD };
@@ -152,4 +158,53 @@ fn the_inode_must_be_a_file_of_the_recorded_size() {
         let err = check_node(node, &record).unwrap_err();
         assert!(matches!(err, CarryError::Node(_)), "{err}");
     }
+}
+
+#[test]
+fn a_resumed_mount_takes_over_only_the_files_that_pass_every_check() {
+    use crate::cache::ChunkCache;
+    use crate::pipeline::{ChunkReader, ReaderOptions};
+    use crate::promote::{PromoteOptions, Promoter};
+
+    let tree = Arc::new(tree());
+    let ino = tree.resolve("f").unwrap().ino;
+    let dir = tree.resolve("d").unwrap().ino;
+    let cache = Arc::new(ChunkCache::new(1 << 20));
+    let reader = Arc::new(ChunkReader::new(
+        "sha256:carry",
+        tree,
+        Arc::new(veil_blob::MemoryBlob(vec![0; 16])),
+        cache.clone(),
+        ReaderOptions::default(),
+    ));
+    let promoter = Promoter::new(reader, PromoteOptions::off(), KeeperSlot::default());
+    let record = PromotedRecord { ino, ..RECORD };
+    let carried = |ino: u64, data: Vec<u8>, fd: OwnedFd| CarriedFile { ino, data, fd };
+    let bad = vec![
+        // Not a record.
+        carried(ino, b"{}".to_vec(), memfd(RECORD.size, PROMOTED_SEALS)),
+        // Kept under another inode than it records.
+        carried(ino + 1, record.encode(), memfd(RECORD.size, PROMOTED_SEALS)),
+        // A memfd of another size, or not sealed.
+        carried(ino, record.encode(), memfd(RECORD.size * 2, PROMOTED_SEALS)),
+        carried(ino, record.encode(), memfd(RECORD.size, 0)),
+        // An inode that is not that file (the directory).
+        carried(
+            dir,
+            PromotedRecord { ino: dir, ..record }.encode(),
+            memfd(RECORD.size, PROMOTED_SEALS),
+        ),
+    ];
+    assert_eq!(promoter.adopt(bad), 0);
+    assert_eq!(cache.stats().promoted, 0);
+    let good = vec![carried(
+        ino,
+        record.encode(),
+        memfd(RECORD.size, PROMOTED_SEALS),
+    )];
+    assert_eq!(promoter.adopt(good), 1);
+    // Charged to the cache's budget again.
+    assert_eq!(cache.stats().promoted, RECORD.size);
+    drop(promoter);
+    assert_eq!(cache.stats().promoted, 0);
 }
