@@ -58,3 +58,23 @@ pub fn promoted_mappings(pid: u32) -> Vec<PromotedMapping> {
     found.extend(current);
     found
 }
+
+/// Waits (up to `within`) until process `pid` has a promoted file of `bytes` mapped, and
+/// checks that the mapping is locked whole and left out of core dumps.
+pub fn wait_promoted(pid: u32, bytes: usize, within: std::time::Duration) -> anyhow::Result<()> {
+    let want_kib = (bytes >> 10) as u64;
+    let start = std::time::Instant::now();
+    loop {
+        let maps = promoted_mappings(pid);
+        if let Some(m) = maps.iter().find(|m| m.size_kib == want_kib) {
+            if !m.locked_and_undumped() {
+                anyhow::bail!("the promoted file's mapping in process {pid} is not locked whole and dd: {m:?}");
+            }
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            anyhow::bail!("process {pid} has no promoted file of {bytes} bytes mapped: {maps:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -43,7 +43,7 @@ use veil_tests::restart_watch::{
     check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT,
     LOOP, SETTLE,
 };
-use veil_tests::smaps::promoted_mappings;
+use veil_tests::smaps::wait_promoted;
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
@@ -67,22 +67,11 @@ const PROMOTE_FROM: usize = 12 << 20;
 /// locked whole and left out of core dumps.
 fn check_promoted(stack: &LazyStack, when: &str) -> anyhow::Result<()> {
     let pid = *stack.veil.pids.last().context("no daemon started")?;
-    let want_kib = (BIG_SIZE >> 10) as u64;
-    let start = Instant::now();
-    loop {
-        let maps = promoted_mappings(pid);
-        if let Some(m) = maps.iter().find(|m| m.size_kib == want_kib) {
-            if !m.locked_and_undumped() {
-                bail!("{when}: the promoted file's mapping in the daemon is not locked whole and dd: {m:?}");
-            }
-            eprintln!("[restart-handover] {when}: the big file is promoted, its memfd locked in daemon {pid}");
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("{when}: daemon {pid} has no promoted mapping of the big file: {maps:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_promoted(pid, BIG_SIZE, Duration::from_secs(60)).with_context(|| when.to_string())?;
+    eprintln!(
+        "[restart-handover] {when}: the big file is promoted, its memfd locked in daemon {pid}"
+    );
+    Ok(())
 }
 
 /// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
@@ -174,15 +163,19 @@ fn container_survives_kill_term_and_upgrade() {
         // Whole in the cache after the first hash: promoted on a later open, and its
         // memfd kept beside the connection.
         check_promoted(stack, "before the restarts")?;
-        let stored = FdStoreClient::new(&store_socket).take_all()?;
-        if stored.len() != layers.len() + 1 {
-            let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "the fd store holds {names:?}, not the {} connections and the promoted file",
-                layers.len()
-            );
+        // Kept in the store just before the first open by passthrough was answered.
+        let start = Instant::now();
+        loop {
+            let stored = FdStoreClient::new(&store_socket).take_all()?;
+            if stored.len() == layers.len() + 1 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+                bail!("the fd store holds {names:?}, not the connections and the promoted file");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        drop(stored);
 
         // A prober holds the promoted file open from the host, reading it, in a process
         // of its own; another reads a file Veil serves, measuring the pauses.
