@@ -216,22 +216,18 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
 /// How layers are mounted: promotion of files whole in the cache to FUSE passthrough as
 /// `[cache] passthrough` and `passthrough_min_bytes` say, the rest the defaults.
 ///
-/// Not when `keeps_connections` (the layers' FUSE connections are kept in an fd store
-/// to survive restarts): the next process would not know which inodes the previous one
-/// promoted, and the kernel refuses a normal open beside a passthrough handle still
-/// open from before the restart (`veil_fusefs::promote`, "Known limit").
+/// When `keeps_connections` (the layers' FUSE connections are kept in an fd store to
+/// survive restarts), each promoted file is kept beside its layer's connection (its
+/// memfd and a record of its inode, size and backing id: `veil_fusefs::carry`), and a
+/// mount promotes nothing until its connection is kept: the next process serves the
+/// same inodes by passthrough with the same backing ids, since the kernel refuses a
+/// normal open beside a passthrough handle still open from before the restart.
 pub fn mount_options(config: &Config, keeps_connections: bool) -> MountOptions {
-    let enabled = config.cache.passthrough && !keeps_connections;
-    if config.cache.passthrough && keeps_connections {
-        tracing::info!(
-            "[cache] passthrough is off while layer connections are kept in an fd store \
-             (a restart cannot carry promoted files over yet)"
-        );
-    }
     MountOptions {
         promote: PromoteOptions {
-            enabled,
+            enabled: config.cache.passthrough,
             min_size: config.cache.passthrough_min_bytes,
+            keep_for_restart: keeps_connections,
         },
         ..MountOptions::default()
     }
@@ -627,7 +623,7 @@ mod tests {
     }
 
     #[test]
-    fn passthrough_comes_from_the_cache_section_and_is_off_with_an_fd_store() {
+    fn passthrough_comes_from_the_cache_section_and_is_kept_with_an_fd_store() {
         let default = mount_options(&Config::default(), false).promote;
         assert_eq!(default, veil_fusefs::promote::PromoteOptions::default());
         let config = Config::from_toml(
@@ -637,6 +633,8 @@ mod tests {
         .unwrap();
         let off = mount_options(&config, false).promote;
         assert_eq!((off.enabled, off.min_size), (false, 4096));
-        assert!(!mount_options(&Config::default(), true).promote.enabled);
+        let kept = mount_options(&Config::default(), true).promote;
+        assert!(kept.enabled && kept.keep_for_restart);
+        assert!(!default.keep_for_restart);
     }
 }

@@ -422,6 +422,15 @@ impl ChunkCache {
         Ok(taken)
     }
 
+    /// Charges `bytes` of a promoted file carried over a restart against the budget,
+    /// evicting least recently used chunks to make room (the file exists whether or not
+    /// it fits: the kernel holds it).
+    pub fn charge_promoted(&self, bytes: u64) {
+        let mut state = self.state();
+        state.promoted = state.promoted.saturating_add(bytes);
+        self.evict_to_budget(&mut state);
+    }
+
     /// Gives back what [`ChunkCache::take_for_promotion`] took when the promotion
     /// failed: the chunks are cached again (budget permitting) and `bytes` released.
     pub fn undo_promotion(&self, keys: &[ChunkKey], chunks: Vec<ChunkData>, bytes: u64) {

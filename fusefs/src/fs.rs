@@ -36,6 +36,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::access_log::AccessLog;
+use crate::carry::{CarriedFile, KeeperSlot};
 use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::{ChunkReader, ReadError};
 use crate::promote::{PromoteOptions, Promoter};
@@ -83,6 +84,8 @@ pub struct LayerFs {
     status: Option<HiddenStatus>,
     /// Promotion of files whole in the cache to passthrough, when on.
     promoter: Option<Arc<Promoter>>,
+    /// Where its promoted files are kept for restarts, once attached.
+    keeper: KeeperSlot,
 }
 
 impl std::fmt::Debug for LayerFs {
@@ -106,18 +109,32 @@ impl LayerFs {
             access: None,
             status: None,
             promoter: None,
+            keeper: KeeperSlot::default(),
         }
     }
 
-    /// The same, promoting files whole in the cache as `options` say ([`crate::promote`];
-    /// a new filesystem promotes nothing). [`crate::mount::mount`] calls this with its
-    /// [`crate::mount::MountOptions::promote`]; a resumed session does not (it cannot
-    /// register backing files).
+    /// The same, promoting as `options` say ([`crate::promote`]; by default nothing is):
+    /// [`crate::mount::mount`] calls this with [`crate::mount::MountOptions::promote`].
     pub fn with_promotion(mut self, options: PromoteOptions) -> Self {
-        self.promoter = options
-            .enabled
-            .then(|| Arc::new(Promoter::new(self.reader.clone(), options)));
+        let (reader, keeper) = (self.reader.clone(), self.keeper.clone());
+        self.promoter = (options.enabled).then(|| Arc::new(Promoter::new(reader, options, keeper)));
         self
+    }
+
+    /// The same, promoted files kept for restarts by what `slot` is given ([`crate::carry`]).
+    pub fn with_keeper_slot(mut self, slot: KeeperSlot) -> Self {
+        self.keeper = slot;
+        self
+    }
+
+    /// The same, serving the promoted files an earlier process kept (a resumed session:
+    /// it promotes nothing new). Returns how many were taken over.
+    pub fn with_carried(mut self, carried: Vec<CarriedFile>) -> (Self, usize) {
+        let (reader, keeper) = (self.reader.clone(), self.keeper.clone());
+        let promoter = Promoter::new(reader, PromoteOptions::off(), keeper);
+        let adopted = promoter.adopt(carried);
+        self.promoter = (adopted > 0).then(|| Arc::new(promoter));
+        (self, adopted)
     }
 
     /// The same, serving `file` in the hidden, read-only `/.veil` directory (not when the

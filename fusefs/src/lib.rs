@@ -16,11 +16,13 @@
 //! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount),
-//! [`promote`] (files whole in the cache served by FUSE passthrough from a memfd).
+//! [`promote`] (files whole in the cache served by FUSE passthrough from a memfd),
+//! [`carry`] (the record that carries a promoted file over a restart, and its checks).
 
 pub mod access_log;
 pub mod background;
 pub mod cache;
+pub mod carry;
 pub mod disk_cache;
 pub mod failed;
 pub mod fs;

@@ -42,27 +42,34 @@
 //! its promoted files drops the file (or fails with `EIO` while passthrough handles of
 //! it are still open, which cannot be revoked), and nothing more is promoted.
 //!
-//! **Fallback.** Anything that fails (no passthrough capability, no `CAP_SYS_ADMIN`, a
-//! session served through a socket after a restart ([`crate::resume`]: the filesystem is
-//! made with promotion off there), `memfd_create`, `mmap`, `mlock` over
-//! `RLIMIT_MEMLOCK`) leaves the open answered normally and reads served by Veil as
-//! before; the first such failure turns promotion off for the mount and is logged once.
+//! **Fallback.** Anything that fails (no passthrough capability, no `CAP_SYS_ADMIN`,
+//! `memfd_create`, `mmap`, `mlock` over `RLIMIT_MEMLOCK`, keeping the file for restarts)
+//! leaves the open answered normally and reads served by Veil as before; the first such
+//! failure turns promotion off for the mount and is logged once.
 //!
-//! Known limit: after a restart (a handover to a new process), the new process does not
-//! know which inodes the previous one promoted; a passthrough handle still open from
-//! before makes the kernel refuse (`EIO`) a normal open of that inode, and the memfd,
-//! held by the kernel alone, is no longer locked. So the daemon turns promotion off for
-//! mounts whose connections are kept for a restart (`veil_daemon::wiring::mount_options`).
+//! **Restarts.** With [`PromoteOptions::keep_for_restart`] (the mount's connection is
+//! kept for a restart), each promoted file is kept beside the connection before any open
+//! is answered with it, and forgotten before its backing id is closed
+//! ([`crate::carry`]); nothing is promoted until a keeper is attached. A session served
+//! through a socket after a restart ([`crate::resume`]) promotes nothing new but takes
+//! over the files the previous process kept ([`Promoter::adopt`]): re-mapped, locked,
+//! charged to the cache, answered by passthrough with the same backing id (the kernel
+//! refuses a normal open, or one with another backing file, beside a passthrough handle
+//! still open from before), never dropped to make room.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
 use crate::cache::{ChunkCache, ChunkKey, PromotionRefused};
+use crate::carry::{
+    check_memfd, check_node, CarriedFile, CarryError, KeeperSlot, PromotedKeeper, PromotedRecord,
+    PROMOTED_SEALS,
+};
 use crate::pipeline::ChunkReader;
 use crate::tree::{Node, NodeKind};
 
@@ -84,6 +91,9 @@ pub struct PromoteOptions {
     pub enabled: bool,
     /// Smallest file promoted, in bytes.
     pub min_size: u64,
+    /// The mount's connection is kept for restarts: each promoted file is kept beside it
+    /// ([`crate::carry`]), and nothing is promoted until a keeper is attached.
+    pub keep_for_restart: bool,
 }
 
 impl Default for PromoteOptions {
@@ -92,6 +102,7 @@ impl Default for PromoteOptions {
         Self {
             enabled: true,
             min_size: DEFAULT_MIN_SIZE,
+            keep_for_restart: false,
         }
     }
 }
@@ -148,14 +159,25 @@ impl MemFile {
         Ok(Self { fd, map: 0, len })
     }
 
-    /// Maps it shared and writable, out of core dumps, locked in memory.
-    fn map_locked(&mut self) -> io::Result<()> {
+    /// A promoted file's sealed memfd of `len` bytes, handed over, not yet mapped.
+    fn carried(fd: OwnedFd, len: u64) -> io::Result<Self> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("file too large"))?;
+        Ok(Self { fd, map: 0, len })
+    }
+
+    /// Maps it shared (writable when `writable`), out of core dumps, locked in memory.
+    fn map_locked(&mut self, writable: bool) -> io::Result<()> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a fresh shared mapping of our memfd, `len` bytes long.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 self.len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 self.fd.as_raw_fd(),
                 0,
@@ -191,10 +213,8 @@ impl MemFile {
         {
             return Err(io::Error::last_os_error());
         }
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: fcntl on an fd we own.
-        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_ADD_SEALS, PROMOTED_SEALS) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -212,17 +232,47 @@ impl Drop for MemFile {
 
 /// A promoted file: its memfd and backing id, its bytes charged against the cache.
 struct Promoted {
+    ino: u64,
+    /// Its backing id on the connection.
+    id: u32,
+    /// The id, closed when dropped; `None` for a file carried over a restart, whose id
+    /// this process never closes (handles from before may use it; it lives as long as
+    /// the connection).
+    backing: Option<BackingId>,
     /// Dropped after the backing id (declaration order): the kernel holds its own
     /// reference to the memfd for as long as it uses it.
-    backing: BackingId,
     file: MemFile,
     cache: Arc<ChunkCache>,
+    /// Where it is kept for restarts, once it is: told to forget it first when dropped
+    /// (a record must never outlive its backing id).
+    kept: Option<Arc<dyn PromotedKeeper>>,
     /// When it was last opened ([`Promoter::clock`]).
     last_open: u64,
 }
 
+impl Promoted {
+    /// Answers `reply` by passthrough with this file.
+    fn answer(&self, reply: ReplyOpen) {
+        let fh = FileHandle(PASSTHROUGH_FH);
+        match &self.backing {
+            Some(backing) => reply.opened_passthrough(fh, FopenFlags::empty(), backing),
+            None => {
+                // SAFETY: the id is registered on this connection (by the process before
+                // a restart) and stays so; the wrapper is given back with into_raw, so
+                // it never closes it.
+                let backing = unsafe { reply.wrap_backing(self.id) };
+                reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
+                let _ = backing.into_raw();
+            }
+        }
+    }
+}
+
 impl Drop for Promoted {
     fn drop(&mut self) {
+        if let Some(keeper) = &self.kept {
+            keeper.forget(self.ino);
+        }
         self.cache.release_promoted(self.file.len as u64);
     }
 }
@@ -238,6 +288,9 @@ struct InodeOpens {
     promoted: Option<Promoted>,
     /// While a promotion runs: the opens waiting for its outcome.
     waiting: Option<Vec<ReplyOpen>>,
+    /// Its promoted file was carried over a restart: passthrough handles from before
+    /// (not counted here) may use it, so it is never dropped to make room.
+    carried: bool,
 }
 
 impl InodeOpens {
@@ -254,18 +307,74 @@ pub(crate) struct Promoter {
     /// Why promotion was turned off for this mount, once it was.
     off: OnceLock<String>,
     clock: AtomicU64,
+    /// Where promoted files are kept for restarts ([`PromoteOptions::keep_for_restart`]).
+    keeper: KeeperSlot,
 }
 
 impl Promoter {
     /// Promotions of `reader`'s files as `options` say.
-    pub(crate) fn new(reader: Arc<ChunkReader>, options: PromoteOptions) -> Self {
+    pub(crate) fn new(
+        reader: Arc<ChunkReader>,
+        options: PromoteOptions,
+        keeper: KeeperSlot,
+    ) -> Self {
         Self {
             options,
             reader,
             inodes: Mutex::new(HashMap::new()),
             off: OnceLock::new(),
             clock: AtomicU64::new(0),
+            keeper,
         }
+    }
+
+    /// Takes over the promoted files an earlier process kept (after a restart): each one
+    /// whose record, memfd and inode pass the checks ([`crate::carry`]) is mapped,
+    /// locked and left out of core dumps again, charged to the cache's budget, and
+    /// answered by passthrough with its recorded backing id. The others are logged and
+    /// their inodes answered normally. Returns how many were taken over.
+    pub(crate) fn adopt(&self, carried: Vec<CarriedFile>) -> usize {
+        let mut adopted = 0;
+        for file in carried {
+            match self.adopt_one(file) {
+                Ok(promoted) => {
+                    let mut inodes = self.inodes();
+                    let opens = inodes.entry(promoted.ino).or_default();
+                    opens.carried = true;
+                    opens.promoted = Some(promoted);
+                    adopted += 1;
+                }
+                Err(e) => tracing::warn!(layer = self.reader.layer_name(), error = %e,
+                    "a promoted file handed over is not trusted: its opens are answered normally"),
+            }
+        }
+        adopted
+    }
+
+    fn adopt_one(&self, file: CarriedFile) -> Result<Promoted, CarryError> {
+        let record = PromotedRecord::decode(&file.data)?;
+        if record.ino != file.ino {
+            return Err(CarryError::Record(format!(
+                "kept for inode {} but records inode {}",
+                file.ino, record.ino
+            )));
+        }
+        check_node(self.reader.tree().node(record.ino), &record)?;
+        check_memfd(file.fd.as_fd(), &record)?;
+        let bad = |e: io::Error| CarryError::Memfd(format!("mapping and locking it: {e}"));
+        let mut mem = MemFile::carried(file.fd, record.size).map_err(bad)?;
+        mem.map_locked(false).map_err(bad)?;
+        let cache = self.reader.cache();
+        cache.charge_promoted(record.size);
+        Ok(Promoted {
+            ino: record.ino,
+            id: record.backing_id,
+            backing: None,
+            file: mem,
+            cache: cache.clone(),
+            kept: None,
+            last_open: self.clock.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// Answers the open of regular file `node` (read-only, checked by the caller):
@@ -292,11 +401,7 @@ impl Promoter {
         if let Some(promoted) = opens.promoted.as_mut() {
             promoted.last_open = self.clock.fetch_add(1, Ordering::Relaxed);
             opens.passthrough += 1;
-            return reply.opened_passthrough(
-                FileHandle(PASSTHROUGH_FH),
-                FopenFlags::empty(),
-                &promoted.backing,
-            );
+            return promoted.answer(reply);
         }
         if let Some(waiting) = opens.waiting.as_mut() {
             return waiting.push(reply);
@@ -323,7 +428,7 @@ impl Promoter {
         } else {
             opens.normal = opens.normal.saturating_sub(1);
         }
-        if opens.is_idle() && opens.promoted.is_none() {
+        if opens.is_idle() && opens.promoted.is_none() && !opens.carried {
             inodes.remove(&ino);
         }
     }
@@ -332,6 +437,7 @@ impl Promoter {
     fn worth_trying(&self, node: &Node) -> bool {
         let cache = self.reader.cache();
         self.options.enabled
+            && (!self.options.keep_for_restart || self.keeper.get().is_some())
             && self.off.get().is_none()
             && node.kind == NodeKind::Reg
             && node.size >= self.options.min_size.max(1)
@@ -368,11 +474,7 @@ impl Promoter {
             Ok(promoted) => {
                 for reply in replies {
                     opens.passthrough += 1;
-                    reply.opened_passthrough(
-                        FileHandle(PASSTHROUGH_FH),
-                        FopenFlags::empty(),
-                        &promoted.backing,
-                    );
+                    promoted.answer(reply);
                 }
                 opens.promoted = Some(promoted);
             }
@@ -398,6 +500,10 @@ impl Promoter {
         let backing = reply
             .open_backing(&file.fd)
             .map_err(|e| cannot("registering a backing file with the kernel", e))?;
+        let id = backing.into_raw();
+        // SAFETY: the id was just registered on this connection and is owned by nothing
+        // else: the wrapper closes it when dropped.
+        let backing = unsafe { reply.wrap_backing(id) };
         let keys: Vec<ChunkKey> = self.keys(node).collect();
         let cache = self.reader.cache();
         let chunks = loop {
@@ -408,7 +514,7 @@ impl Promoter {
             }
         };
         // From here the file's bytes are charged to the cache; `promoted` gives them back.
-        if let Err(e) = file.map_locked() {
+        if let Err(e) = file.map_locked(true) {
             cache.undo_promotion(&keys, chunks, node.size);
             return Err(cannot("mapping and locking a memfd (RLIMIT_MEMLOCK?)", e));
         }
@@ -422,9 +528,12 @@ impl Promoter {
             return Err(PromoteError::Skipped(PromotionRefused::NotWhole));
         }
         let mut promoted = Promoted {
-            backing,
+            ino: node.ino,
+            id,
+            backing: Some(backing),
             file,
             cache: cache.clone(),
+            kept: None,
             last_open: self.clock.fetch_add(1, Ordering::Relaxed),
         };
         let bytes = promoted.file.bytes_mut();
@@ -436,6 +545,24 @@ impl Promoter {
             .file
             .seal()
             .map_err(|e| cannot("sealing a memfd", e))?;
+        if self.options.keep_for_restart {
+            // Kept before any open is answered with it: a restart finds every file that
+            // passthrough handles may use.
+            let keeper = self.keeper.get().cloned().ok_or_else(|| {
+                PromoteError::Cannot("no keeper of promoted files for restarts".to_string())
+            })?;
+            let record = PromotedRecord {
+                ino: node.ino,
+                size: node.size,
+                backing_id: id,
+            };
+            keeper
+                .keep(node.ino, &record.encode(), promoted.file.fd.as_fd())
+                .map_err(|e| {
+                    PromoteError::Cannot(format!("keeping a promoted file for restarts: {e}"))
+                })?;
+            promoted.kept = Some(keeper);
+        }
         Ok(promoted)
     }
 
@@ -445,7 +572,7 @@ impl Promoter {
         let mut inodes = self.inodes();
         let victim = inodes
             .iter()
-            .filter(|(_, o)| o.is_idle())
+            .filter(|(_, o)| o.is_idle() && !o.carried)
             .filter_map(|(ino, o)| Some((*ino, o.promoted.as_ref()?.last_open)))
             .min_by_key(|(_, last_open)| *last_open)
             .map(|(ino, _)| ino);

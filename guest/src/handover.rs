@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use veil_image::layers::LazyLayers;
-use veil_image::resolver::{Handover, LayerResolver, LiveMount, RemoteLayer, Resolved};
+use veil_image::resolver::{
+    parse_entry_name, CarriedFile, Handover, LayerResolver, LiveMount, RemoteLayer, Resolved,
+};
+
+use crate::kept_promoted::KeptPromoted;
 
 /// Keeps layer connections (fds) across restarts of the process.
 pub trait ConnectionKeeper: Send + Sync {
@@ -64,6 +68,8 @@ impl Record {
 pub(crate) struct Kept {
     keeper: Option<Arc<dyn ConnectionKeeper>>,
     resumed: Mutex<HashMap<PathBuf, Box<dyn LiveMount>>>,
+    /// The promoted files kept beside the connections.
+    promoted: KeptPromoted,
 }
 
 /// The keeper's name of the layer mounted at `dir`: the directory's own name.
@@ -77,6 +83,7 @@ impl Kept {
         Self {
             keeper,
             resumed: Mutex::new(HashMap::new()),
+            promoted: KeptPromoted::default(),
         }
     }
 
@@ -94,7 +101,13 @@ impl Kept {
                     layer: layer.clone(),
                     state: h.state,
                 };
-                keeper.keep(&name, &record.encode(), h.fd.as_fd())
+                // Files kept beside an earlier connection of this name are not this one's.
+                self.promoted.forget_all(keeper.as_ref(), &name);
+                let kept = keeper.keep(&name, &record.encode(), h.fd.as_fd());
+                if kept.is_ok() {
+                    live.keep_promoted(self.promoted.keeper(keeper.clone(), &name));
+                }
+                kept
             }
         };
         if let Err(e) = kept {
@@ -117,6 +130,7 @@ impl Kept {
             if let Err(e) = keeper.forget(&name) {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not close the layer's kept FUSE connection");
             }
+            self.promoted.forget_all(keeper.as_ref(), &name);
         }
         was
     }
@@ -145,7 +159,25 @@ impl Kept {
         kept: Vec<KeptConnection>,
     ) -> usize {
         let mut resumed = 0;
+        let (kept, mut carried) = split_promoted(kept);
+        for (name, files) in &carried {
+            self.promoted.note(name, files.iter().map(|f| f.ino));
+        }
+        // Promoted files of no kept connection.
+        let names: HashSet<&str> = kept.iter().map(|c| c.name.as_str()).collect();
+        let orphans: Vec<String> = carried
+            .keys()
+            .filter(|n| !names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in orphans {
+            carried.remove(&name);
+            if let Some(keeper) = &self.keeper {
+                self.promoted.forget_all(keeper.as_ref(), &name);
+            }
+        }
         for conn in kept {
+            let files = carried.remove(&conn.name).unwrap_or_default();
             let dir = in_use
                 .iter()
                 .find(|d| name_of(d).as_deref() == Some(&conn.name));
@@ -155,10 +187,11 @@ impl Kept {
                 drop(conn.fd);
                 if let Some(keeper) = &self.keeper {
                     let _ = keeper.forget(&conn.name);
+                    self.promoted.forget_all(keeper.as_ref(), &conn.name);
                 }
                 continue;
             };
-            match resume_one(lazy, dir, &record, conn.fd).await {
+            match resume_one(lazy, dir, &record, conn.fd, files).await {
                 Ok(live) => {
                     tracing::info!(layer = %record.layer.layer_digest, dir = %dir.display(),
                         "serving a running container's layer again on its kept connection");
@@ -173,6 +206,7 @@ impl Kept {
                         "could not serve a kept layer connection again: containers using it lose it");
                     if let Some(keeper) = &self.keeper {
                         let _ = keeper.forget(&conn.name);
+                        self.promoted.forget_all(keeper.as_ref(), &conn.name);
                     }
                 }
             }
@@ -188,6 +222,7 @@ async fn resume_one(
     dir: &Path,
     record: &Record,
     fd: OwnedFd,
+    carried: Vec<CarriedFile>,
 ) -> Result<Box<dyn LiveMount>, String> {
     match lazy.authorize(&record.layer).await {
         Ok(veil_image::resolver::Authorization::Granted(_)) => {}
@@ -202,12 +237,35 @@ async fn resume_one(
     let handover = Handover {
         fd,
         state: record.state.clone(),
+        carried,
     };
     let d = dir.to_path_buf();
     tokio::task::spawn_blocking(move || ready.resume(&d, handover))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+}
+
+/// The kept connections, and the promoted files kept beside them by connection name.
+fn split_promoted(
+    kept: Vec<KeptConnection>,
+) -> (Vec<KeptConnection>, HashMap<String, Vec<CarriedFile>>) {
+    let mut connections = Vec::new();
+    let mut carried: HashMap<String, Vec<CarriedFile>> = HashMap::new();
+    for conn in kept {
+        match parse_entry_name(&conn.name) {
+            Some((name, ino)) => carried
+                .entry(name.to_string())
+                .or_default()
+                .push(CarriedFile {
+                    ino,
+                    data: conn.data,
+                    fd: conn.fd,
+                }),
+            None => connections.push(conn),
+        }
+    }
+    (connections, carried)
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@
 mod adopt;
 pub mod error;
 pub mod handover;
+mod kept_promoted;
 pub mod options;
 pub mod policy;
 mod pool;

@@ -720,6 +720,7 @@ impl LayerResolver for LazyLayers {
             prefetching: None,
             mount: stand_in,
             reader: None,
+            keeper: Default::default(),
         }))
     }
 

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ImageError;
 use crate::status::{AccessOrder, StatusReport};
 
+pub use veil_fusefs::carry::{entry_name, parse_entry_name, CarriedFile, PromotedKeeper};
+
 /// Which layer of which image a remote snapshot serves; recorded with the snapshot so a
 /// restarted daemon can mount it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +45,9 @@ pub struct Handover {
     pub fd: OwnedFd,
     /// What else resuming needs, as text.
     pub state: String,
+    /// The promoted files kept beside the connection ([`LiveMount::keep_promoted`]),
+    /// unchecked: resuming checks each and serves those that pass.
+    pub carried: Vec<CarriedFile>,
 }
 
 /// A mounted layer filesystem. Dropping it unmounts.
@@ -63,6 +68,12 @@ pub trait LiveMount: Send {
     /// Lets go of the mount without unmounting it (this process is exiting and another
     /// will resume it).
     fn keep_mounted(self: Box<Self>);
+
+    /// Has `keeper` keep the files the mount promotes to FUSE passthrough beside its
+    /// connection (call once the connection is kept): with
+    /// `PromoteOptions::keep_for_restart` nothing is promoted before. The default (a
+    /// mount that promotes nothing) does nothing.
+    fn keep_promoted(&self, _keeper: std::sync::Arc<dyn PromotedKeeper>) {}
 }
 
 /// A layer that has been resolved and can be mounted.

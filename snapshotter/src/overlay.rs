@@ -50,6 +50,8 @@ pub struct OverlaySnapshotter {
     unavailable: Mutex<HashMap<u64, String>>,
     /// Where each layer's FUSE connection is kept across restarts, when configured.
     fd_store: Option<Arc<dyn FdKeeper>>,
+    /// The promoted files kept beside those connections.
+    promoted: handover::PromotedEntries,
 }
 
 impl OverlaySnapshotter {
@@ -93,6 +95,7 @@ impl OverlaySnapshotter {
             live: Mutex::new(HashMap::new()),
             unavailable: Mutex::new(HashMap::new()),
             fd_store: None,
+            promoted: Default::default(),
         };
         let removed = sn.cleanup()?;
         if removed > 0 {
@@ -127,6 +130,9 @@ impl OverlaySnapshotter {
             None => return,
             Some(Err(e)) => Err(e.to_string()),
             Some(Ok(h)) => {
+                // Promoted files kept beside an earlier connection under this id are
+                // not this one's: their backing ids mean nothing on it.
+                self.promoted.remove_all(store.as_ref(), id);
                 let data = handover::encode(layer_digest, &h.state);
                 store
                     .store(&id.to_string(), &data, h.fd.as_fd())
@@ -134,11 +140,14 @@ impl OverlaySnapshotter {
             }
         };
         match stored {
-            Ok(()) => tracing::debug!(
-                id,
-                layer = layer_digest,
-                "FUSE connection kept in the fd store"
-            ),
+            Ok(()) => {
+                tracing::debug!(
+                    id,
+                    layer = layer_digest,
+                    "FUSE connection kept in the fd store"
+                );
+                mount.keep_promoted(self.promoted.keeper(store.clone(), id));
+            }
             Err(e) => tracing::warn!(id, layer = layer_digest, error = %e,
                 "could not keep the layer's FUSE connection in the fd store: a restart will \
                  break containers using it"),
@@ -151,6 +160,7 @@ impl OverlaySnapshotter {
             if let Err(e) = store.remove(&id.to_string()) {
                 tracing::warn!(id, error = %e, "could not remove the layer's FUSE connection from the fd store");
             }
+            self.promoted.remove_all(store.as_ref(), id);
         }
     }
 
@@ -358,6 +368,7 @@ impl OverlaySnapshotter {
         handover: Handover,
     ) -> Result<()> {
         let dir = self.upper(id);
+        self.note_carried(id, &handover);
         match layer.resume(&dir, handover) {
             Ok(m) => {
                 self.live_mounts().insert(id, m);
@@ -372,6 +383,13 @@ impl OverlaySnapshotter {
                 )))
             }
         }
+    }
+
+    /// Notes the promoted files kept beside `handover`, the connection of remote snapshot
+    /// `id`, so that they go with it.
+    pub fn note_carried(&self, id: u64, handover: &Handover) {
+        self.promoted
+            .note(id, handover.carried.iter().map(|c| c.ino));
     }
 
     /// Gives up a handed-over connection of remote snapshot `id` that will not be served

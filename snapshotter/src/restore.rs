@@ -58,10 +58,14 @@ impl Service {
             .into_iter()
             .map(|(name, id, layer)| {
                 // A connection is served again only for the layer it served.
-                let handover = handed
-                    .remove(&id)
-                    .filter(|h| h.layer_digest == layer.layer_digest)
-                    .map(|h| h.handover);
+                let handover = handed.remove(&id).and_then(|h| {
+                    if h.layer_digest == layer.layer_digest {
+                        return Some(h.handover);
+                    }
+                    // Its promoted files go when the new connection is kept.
+                    self.inner.note_carried(id, &h.handover);
+                    None
+                });
                 if handover.is_some() {
                     resumed_ids.push(id);
                 }
@@ -72,6 +76,7 @@ impl Service {
         for (id, h) in handed {
             tracing::warn!(id, layer = %h.layer_digest,
                 "the fd store holds a connection of no recorded layer; closing it");
+            self.inner.note_carried(id, &h.handover);
             drop(h);
             let inner = self.inner.clone();
             let _ = tokio::task::spawn_blocking(move || inner.abandon_connection(id)).await;

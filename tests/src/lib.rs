@@ -37,6 +37,7 @@ pub mod prometheus;
 pub mod registry;
 pub mod registry_log;
 pub mod restart_watch;
+pub mod smaps;
 // The registry client tests' loopback HTTP server and forwarding proxy (stalls, tampering):
 // one copy, shared.
 #[path = "../../registry/tests/registry_support/http.rs"]

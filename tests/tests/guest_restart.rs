@@ -9,7 +9,12 @@
 //! with its page cache dropped, so every iteration reads through FUSE. Every hash is
 //! right, no read fails, nothing says `Transport endpoint is not connected`, and each
 //! restarted veil-guest serves both layers again on the connections the fd store kept.
-//! The test prints how long reads paused across each restart. At the end the container
+//! The test prints how long reads paused across each restart, measured on a file below
+//! the promotion threshold (Veil serves its reads). The big file is promoted to FUSE
+//! passthrough before a second prober opens it and holds it across the restarts: its
+//! memfd is kept in the fd store beside the connection, the held handle and new opens
+//! read right after each restart, and each new veil-guest has the memfd locked whole
+//! and left out of core dumps. At the end the container
 //! goes and its root is unmounted (as kata-agent does): the adopted layers are released
 //! and the fd store holds nothing any more.
 //!
@@ -26,15 +31,28 @@ use veil_snapshotter::fdstore::FdStoreClient;
 use veil_tests::bundle::{runc_kill_remove, runc_run_detached, unmount_rootfs};
 use veil_tests::guest_stack::GuestStack;
 use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, LayerFormat, BIG_PATH,
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, LayerFormat, BIG_PATH,
 };
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
     confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT, SETTLE,
 };
+use veil_tests::smaps::wait_promoted;
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
+
+/// Seed of its bytes.
+const BIG_SEED: u64 = 0x6e57_2e57;
+
+/// The file the pauses are measured on (below `passthrough_min_bytes`: never promoted),
+/// its size and the seed of its bytes.
+const LAZY_PATH: &str = "data/lazy.bin";
+const LAZY_SIZE: usize = 8 << 20;
+const LAZY_SEED: u64 = 0x1a2b_3c4d;
+
+/// The test's `[cache]`: the big file is promoted, not the other.
+const CACHE_CONFIG: &str = "\n[cache]\npassthrough_min_bytes = 12582912\n";
 
 /// How long one `PullImage` may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,11 +67,16 @@ const RESUMED: &str = "serving a running container's layer again on its kept con
 
 /// The big file in the layer mounts of the work directory.
 fn big_file(work: &Path) -> anyhow::Result<PathBuf> {
+    layer_file(work, BIG_PATH.trim_start_matches('/'))
+}
+
+/// `path` in the layer mounts of the work directory.
+fn layer_file(work: &Path, path: &str) -> anyhow::Result<PathBuf> {
     veil_tests::mounts::mounts_below(&work.join("layers"))
         .into_iter()
-        .map(|m| Path::new(&m).join(BIG_PATH.trim_start_matches('/')))
+        .map(|m| Path::new(&m).join(path))
         .find(|p| p.exists())
-        .context("no layer mount of veil-guest has the big file")
+        .with_context(|| format!("no layer mount of veil-guest has {path}"))
 }
 
 #[test]
@@ -69,7 +92,7 @@ fn guest_container_survives_kill_and_term() {
 
 fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
     let store_socket = guest.dir.join("fdstore.sock");
-    guest.write_config(&[], None)?;
+    guest.write_config_with(&[], None, CACHE_CONFIG)?;
     // fd_store_socket is a top-level key: before every section.
     let config = std::fs::read_to_string(&guest.config)?;
     std::fs::write(
@@ -81,11 +104,17 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
     let mut supervisor = ChildGuard::spawn("veil fd-store", cmd, &guest.dir.join("fdstore.log"))?;
     supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
-    let big = random_bytes(BIG_SIZE, 0x6e57_2e57);
+    let big = random_bytes(BIG_SIZE, BIG_SEED);
     let want = sha256_hex(&big);
+    let mut top = top_entries(big);
+    top.push(Entry::File(
+        LAZY_PATH.into(),
+        random_bytes(LAZY_SIZE, LAZY_SEED),
+        0o644,
+    ));
     let layers = vec![
         pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-        pack(tar_of(&top_entries(big))?, LayerFormat::Estargz)?,
+        pack(tar_of(&top)?, LayerFormat::Estargz)?,
     ];
     let (image, _) = guest.push("restart", &layers)?;
     guest.start()?;
@@ -110,13 +139,37 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
     let hashes = bundle.join("rootfs/hashes");
     let mut seen = wait_for_more(&hashes, &want, 2, Duration::from_secs(60))?;
     eprintln!("[{name}] the container is hashing ({seen} hashes so far, all right)");
+    // Whole in the cache after the first hash: promoted, its memfd kept in the store.
+    wait_promoted(guest.veil()?.pid(), BIG_SIZE, Duration::from_secs(60))?;
+    // Kept in the store just before the first open by passthrough was answered.
+    let start = Instant::now();
+    loop {
+        let stored = FdStoreClient::new(&store_socket).take_all()?;
+        if stored.len() == layers.len() + 1 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+            bail!("the fd store holds {names:?}, not the connections and the promoted file");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let work = guest.dir.join("work");
+    let held_log = guest.dir.join("held-probes.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
+    cmd.arg(big_file(&work)?)
+        .arg(BIG_SIZE.to_string())
+        .arg(BIG_SEED.to_string());
+    let mut holder = ChildGuard::spawn("read-prober (promoted)", cmd, &held_log)?;
     let probe_log = guest.dir.join("probes.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
-    cmd.arg(big_file(&guest.dir.join("work"))?)
-        .arg(BIG_SIZE.to_string());
+    cmd.arg(layer_file(&work, LAZY_PATH)?)
+        .arg(LAZY_SIZE.to_string())
+        .arg(LAZY_SEED.to_string());
     let mut prober = ChildGuard::spawn("read-prober", cmd, &probe_log)?;
     std::thread::sleep(SETTLE);
     prober.check_running()?;
+    holder.check_running()?;
 
     let mut restarts = Vec::new();
     for (what, signal) in [("SIGKILL", libc::SIGKILL), ("SIGTERM", libc::SIGTERM)] {
@@ -142,10 +195,29 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
             ready,
         };
         seen = confirm_back(name, restart, &hashes, &want, seen, &mut restarts)?;
+        wait_promoted(guest.veil()?.pid(), BIG_SIZE, Duration::from_secs(60))
+            .with_context(|| format!("after the {what} restart"))?;
+        if sha256_hex(&std::fs::read(big_file(&work)?)?) != want {
+            bail!("after the {what} restart a new open of the big file read other bytes");
+        }
     }
     prober.check_running()?;
     prober.stop();
+    holder.check_running()?;
+    holder.stop();
     report_pauses(name, &restarts, &probes_of(&probe_log))?;
+    let held = probes_of(&held_log);
+    if let Some(p) = held.iter().find(|p| p.error.is_some()) {
+        bail!("a read of the held promoted file failed: {:?}", p.error);
+    }
+    let last = restarts.last().map(|r| r.ready).context("no restart")?;
+    if !held.iter().any(|p| p.start > last) {
+        bail!("the held promoted file was not read after the last restart");
+    }
+    eprintln!(
+        "[{name}] the promoted file held open across the restarts read right ({} reads)",
+        held.len()
+    );
     let mut logs = std::fs::read_to_string(&hashes)?;
     logs.push_str(&guest.logs());
     if let Some(line) = logs.lines().find(|l| l.contains(ENOTCONN_TEXT)) {

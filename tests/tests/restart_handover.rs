@@ -14,6 +14,16 @@
 //! worst). At the end the image is removed: containerd's Remove unmounts the layers and
 //! the fd store holds nothing any more.
 //!
+//! The big file is promoted to FUSE passthrough (whole in the cache after the first
+//! hash: `veil_fusefs::promote`) before a second prober opens it, so that one holds a
+//! passthrough handle across every restart, and the container's opens after a restart
+//! come beside it. The fd store holds the promoted file's memfd beside the connection;
+//! after every restart the held handle still reads the right bytes, new opens (the
+//! container's, and one from the test) read right (no `EIO`), and the new daemon has
+//! the memfd mapped, locked whole and left out of core dumps (`/proc/PID/smaps`). The
+//! pauses are measured on another file, below the promotion threshold, whose reads
+//! Veil serves.
+//!
 //! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd and runc.
 //! Run with `cargo test -p veil-tests --test restart_handover -- --nocapture`.
 
@@ -25,7 +35,7 @@ use anyhow::{bail, Context};
 use veil_snapshotter::fdstore::FdStoreClient;
 use veil_tests::containerd::SNAPSHOTTER;
 use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, LayerFormat, BIG_PATH,
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, LayerFormat, BIG_PATH,
 };
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 use veil_tests::process::ChildGuard;
@@ -33,17 +43,49 @@ use veil_tests::restart_watch::{
     check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT,
     LOOP, SETTLE,
 };
+use veil_tests::smaps::wait_promoted;
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
 
+/// Seed of the big random file's bytes.
+const BIG_SEED: u64 = 0x005e_5510;
+
+/// The file the pauses are measured on: never promoted (below `passthrough_min_bytes`).
+const LAZY_PATH: &str = "data/lazy.bin";
+
+/// Its size.
+const LAZY_SIZE: usize = 8 << 20;
+
+/// Seed of its bytes.
+const LAZY_SEED: u64 = 0x1a2b_3c4d;
+
+/// `[cache] passthrough_min_bytes` of the test: the big file is promoted, not the other.
+const PROMOTE_FROM: usize = 12 << 20;
+
+/// Waits until the current daemon has the big file's memfd mapped, and checks that it is
+/// locked whole and left out of core dumps.
+fn check_promoted(stack: &LazyStack, when: &str) -> anyhow::Result<()> {
+    let pid = *stack.veil.pids.last().context("no daemon started")?;
+    wait_promoted(pid, BIG_SIZE, Duration::from_secs(60)).with_context(|| when.to_string())?;
+    eprintln!(
+        "[restart-handover] {when}: the big file is promoted, its memfd locked in daemon {pid}"
+    );
+    Ok(())
+}
+
 /// The big file in the mounted top layer (among the FUSE mounts below Veil's root).
 fn big_file(stack: &LazyStack) -> anyhow::Result<PathBuf> {
+    layer_file(stack, BIG_PATH.trim_start_matches('/'))
+}
+
+/// `path` in the mounted top layer.
+fn layer_file(stack: &LazyStack, path: &str) -> anyhow::Result<PathBuf> {
     veil_tests::mounts::mounts_below(stack.veil.root())
         .into_iter()
-        .map(|m| Path::new(&m).join(BIG_PATH.trim_start_matches('/')))
+        .map(|m| Path::new(&m).join(path))
         .find(|p| p.exists())
-        .context("no mounted layer below Veil's root has the big file")
+        .with_context(|| format!("no mounted layer below Veil's root has {path}"))
 }
 
 #[test]
@@ -55,9 +97,10 @@ fn container_survives_kill_term_and_upgrade() {
             stack.dir.join("veil-config.toml"),
             format!(
                 "fd_store_socket = \"{}\"\n\n[registry]\nplain_http = [\"{}\"]\n\n\
-                 [lazy]\nbackground_fetch = false\n",
+                 [lazy]\nbackground_fetch = false\n\n[cache]\npassthrough_min_bytes = {}\n",
                 store_socket.display(),
-                stack.registry.host()
+                stack.registry.host(),
+                PROMOTE_FROM
             ),
         )?;
         let mut cmd = Command::new(veil_tests::veil_binary("veil"));
@@ -66,11 +109,17 @@ fn container_survives_kill_term_and_upgrade() {
             ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
         supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
-        let big = random_bytes(BIG_SIZE, 0x005e_5510);
+        let big = random_bytes(BIG_SIZE, BIG_SEED);
         let want = sha256_hex(&big);
+        let mut top = top_entries(big);
+        top.push(Entry::File(
+            LAZY_PATH.into(),
+            random_bytes(LAZY_SIZE, LAZY_SEED),
+            0o644,
+        ));
         let layers = vec![
             pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-            pack(tar_of(&top_entries(big))?, LayerFormat::Estargz)?,
+            pack(tar_of(&top)?, LayerFormat::Estargz)?,
         ];
         stack.push("handover", "1", &layers)?;
         stack.start()?;
@@ -111,14 +160,40 @@ fn container_survives_kill_term_and_upgrade() {
         stack.cd().ctr(&refs)?;
         let mut seen = wait_for_more(&hashes, &want, 2, Duration::from_secs(60))?;
         eprintln!("[{name}] the container is hashing ({seen} hashes so far, all right)");
+        // Whole in the cache after the first hash: promoted on a later open, and its
+        // memfd kept beside the connection.
+        check_promoted(stack, "before the restarts")?;
+        // Kept in the store just before the first open by passthrough was answered.
+        let start = Instant::now();
+        loop {
+            let stored = FdStoreClient::new(&store_socket).take_all()?;
+            if stored.len() == layers.len() + 1 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+                bail!("the fd store holds {names:?}, not the connections and the promoted file");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
 
-        // The prober reads the same file from the host, in a process of its own.
+        // A prober holds the promoted file open from the host, reading it, in a process
+        // of its own; another reads a file Veil serves, measuring the pauses.
+        let held_log = stack.dir.join("held-probes.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
+        cmd.arg(big_file(stack)?)
+            .arg(BIG_SIZE.to_string())
+            .arg(BIG_SEED.to_string());
+        let mut holder = ChildGuard::spawn("read-prober (promoted)", cmd, &held_log)?;
         let probe_log = stack.dir.join("probes.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));
-        cmd.arg(big_file(stack)?).arg(BIG_SIZE.to_string());
+        cmd.arg(layer_file(stack, LAZY_PATH)?)
+            .arg(LAZY_SIZE.to_string())
+            .arg(LAZY_SEED.to_string());
         let mut prober = ChildGuard::spawn("read-prober", cmd, &probe_log)?;
         std::thread::sleep(SETTLE);
         prober.check_running()?;
+        holder.check_running()?;
 
         let upgraded = stack.dir.join("upgrade").join("veil-snapshotter");
         std::fs::create_dir_all(upgraded.parent().context("no parent")?)?;
@@ -152,10 +227,29 @@ fn container_survives_kill_term_and_upgrade() {
                 ready,
             };
             seen = confirm_back(name, restart, &hashes, &want, seen, &mut restarts)?;
+            check_promoted(stack, &format!("after the {what} restart"))?;
+            let again = sha256_hex(&std::fs::read(big_file(stack)?)?);
+            if again != want {
+                bail!("after the {what} restart a new open of the big file read other bytes");
+            }
         }
         prober.check_running()?;
         prober.stop();
+        holder.check_running()?;
+        holder.stop();
         report_pauses(name, &restarts, &probes_of(&probe_log))?;
+        // The handle held across the restarts read the right bytes all along, and after
+        // the last restart too.
+        let held = probes_of(&held_log);
+        if let Some(p) = held.iter().find(|p| p.error.is_some()) {
+            bail!("a read of the held promoted file failed: {:?}", p.error);
+        }
+        let last = restarts.last().map(|r| r.ready).context("no restart")?;
+        let after = held.iter().filter(|p| p.start > last).count();
+        if after == 0 {
+            bail!("the held promoted file was not read after the last restart");
+        }
+        eprintln!("[{name}] the promoted file held open across the restarts read right ({} reads, {after} after the last restart)", held.len());
 
         // Nothing anywhere says the connection was lost.
         let mut logs = check_hashes(&hashes, &want).map(|_| String::new())?;

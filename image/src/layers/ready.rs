@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use veil_fusefs::access_log::AccessLog;
+use veil_fusefs::carry::{KeeperSlot, PromotedKeeper};
 use veil_fusefs::disk_cache::CachedBlob;
 use veil_fusefs::fs::{FsOptions, LayerFs};
 use veil_fusefs::handover::KernelInit;
@@ -55,6 +56,8 @@ pub(super) struct Mounted {
     pub(super) mount: LayerMount,
     /// The layer's reader (`None` for a stand-in), for its health.
     pub(super) reader: Option<Arc<ChunkReader>>,
+    /// Where its filesystem's promoted files are kept for restarts, once attached.
+    pub(super) keeper: KeeperSlot,
 }
 
 impl LiveMount for Mounted {
@@ -74,7 +77,11 @@ impl LiveMount for Mounted {
                     let state = serde_json::to_string(&init).map_err(|e| {
                         ImageError::Invalid(format!("recording the FUSE connection: {e}"))
                     })?;
-                    Ok(Handover { fd, state })
+                    Ok(Handover {
+                        fd,
+                        state,
+                        carried: Vec::new(),
+                    })
                 }),
         )
     }
@@ -91,13 +98,18 @@ impl LiveMount for Mounted {
         std::mem::forget(prefetching);
         mount.keep_mounted();
     }
+
+    fn keep_promoted(&self, keeper: Arc<dyn PromotedKeeper>) {
+        let _ = self.keeper.set(keeper);
+    }
 }
 
 impl MountableLayer for ReadyLayer {
     fn mount(self: Box<Self>, dir: &Path) -> Result<Box<dyn LiveMount>, ImageError> {
-        let fs = self.layer_fs();
+        let keeper = KeeperSlot::default();
+        let fs = self.layer_fs().with_keeper_slot(keeper.clone());
         let layer_mount = mount(fs, dir, &self.options)?;
-        Ok(self.start(layer_mount))
+        Ok(self.start(layer_mount, keeper))
     }
 
     fn resume(
@@ -112,9 +124,14 @@ impl MountableLayer for ReadyLayer {
             ))
         })?;
         // The tree is built from the same TOC as before: the same inode numbers.
-        let fs = self.layer_fs();
+        let offered = handover.carried.len();
+        let (fs, adopted) = self.layer_fs().with_carried(handover.carried);
+        if offered > 0 {
+            tracing::info!(dir = %dir.display(), offered, adopted,
+                "promoted files carried over the restart");
+        }
         let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
-        Ok(self.start(layer_mount))
+        Ok(self.start(layer_mount, KeeperSlot::default()))
     }
 }
 
@@ -134,7 +151,7 @@ impl ReadyLayer {
     }
 
     /// Starts the background fetch of a mounted layer.
-    fn start(self: Box<Self>, layer_mount: LayerMount) -> Box<dyn LiveMount> {
+    fn start(self: Box<Self>, layer_mount: LayerMount, keeper: KeeperSlot) -> Box<dyn LiveMount> {
         let reader = self.reader.clone();
         let guard = self.background.map(|bg| {
             let cancel = CancellationToken::new();
@@ -160,6 +177,7 @@ impl ReadyLayer {
             prefetching: self.prefetching,
             mount: layer_mount,
             reader: Some(reader),
+            keeper,
         })
     }
 }

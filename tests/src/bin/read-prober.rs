@@ -1,6 +1,8 @@
-//! `read-prober PATH SIZE`: reads PATH (a 64 KiB block at a moving offset, its page cache
-//! dropped first with `POSIX_FADV_DONTNEED`) until killed, printing one line per read:
-//! `START_UNIX_NANOS TOOK_NANOS ok|ERROR`. The restart test runs it as a process of its
+//! `read-prober PATH SIZE [SEED]`: reads PATH (a 64 KiB block at a moving offset, its page
+//! cache dropped first with `POSIX_FADV_DONTNEED`) until killed, printing one line per
+//! read: `START_UNIX_NANOS TOOK_NANOS ok|ERROR`. With SEED (the file is
+//! `veil_tests::lazy_image::random_bytes(SIZE, SEED)`), a block of other bytes is an
+//! error too. The restart test runs it as a process of its
 //! own: a test process holding a file of a FUSE mount open would block in every spawn
 //! (closing it on exec sends FLUSH) while the mount's daemon is down.
 
@@ -26,6 +28,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let want = args
+        .get(3)
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|seed| veil_tests::lazy_image::random_bytes(size as usize, seed));
     let mut buf = vec![0u8; BLOCK];
     let mut offset = 0u64;
     let mut out = std::io::stdout();
@@ -39,7 +45,11 @@ fn main() {
         let start = Instant::now();
         let read = file.read_exact_at(&mut buf, offset);
         let took = start.elapsed().as_nanos();
+        let at = offset as usize;
         let status = match read {
+            Ok(()) if want.as_ref().is_some_and(|w| w[at..at + BLOCK] != buf[..]) => {
+                format!("ERROR wrong bytes at {offset}")
+            }
             Ok(()) => "ok".to_string(),
             Err(e) => format!("ERROR {e}"),
         };
