@@ -20,6 +20,7 @@
 //! [`carry`] (the record that carries a promoted file over a restart, and its checks).
 
 pub mod access_log;
+mod attr;
 pub mod background;
 pub mod cache;
 pub mod carry;
