@@ -170,3 +170,21 @@ pub fn report_pauses(name: &str, restarts: &[Restart], probes: &[Probe]) -> anyh
     }
     Ok(())
 }
+
+/// Waits up to `within` until the fd store at `socket` holds `count` entries (the layer
+/// connections, then a promoted file's memfd, kept just before the first open by
+/// passthrough is answered).
+pub fn wait_for_stored(socket: &Path, count: usize, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let stored = veil_snapshotter::fdstore::FdStoreClient::new(socket).take_all()?;
+        if stored.len() == count {
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+            bail!("the fd store holds {names:?}, not the connections and the promoted file");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

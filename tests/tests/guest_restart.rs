@@ -35,7 +35,8 @@ use veil_tests::lazy_image::{
 };
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
-    confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT, SETTLE,
+    confirm_back, probes_of, report_pauses, wait_for_more, wait_for_stored, Restart, ENOTCONN_TEXT,
+    SETTLE,
 };
 use veil_tests::smaps::wait_promoted;
 
@@ -142,18 +143,7 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
     // Whole in the cache after the first hash: promoted, its memfd kept in the store.
     wait_promoted(guest.veil()?.pid(), BIG_SIZE, Duration::from_secs(60))?;
     // Kept in the store just before the first open by passthrough was answered.
-    let start = Instant::now();
-    loop {
-        let stored = FdStoreClient::new(&store_socket).take_all()?;
-        if stored.len() == layers.len() + 1 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
-            bail!("the fd store holds {names:?}, not the connections and the promoted file");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_stored(&store_socket, layers.len() + 1, Duration::from_secs(10))?;
     let work = guest.dir.join("work");
     let held_log = guest.dir.join("held-probes.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_read-prober"));

@@ -40,8 +40,8 @@ use veil_tests::lazy_image::{
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
-    check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, Restart, ENOTCONN_TEXT,
-    LOOP, SETTLE,
+    check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, wait_for_stored, Restart,
+    ENOTCONN_TEXT, LOOP, SETTLE,
 };
 use veil_tests::smaps::wait_promoted;
 
@@ -164,18 +164,7 @@ fn container_survives_kill_term_and_upgrade() {
         // memfd kept beside the connection.
         check_promoted(stack, "before the restarts")?;
         // Kept in the store just before the first open by passthrough was answered.
-        let start = Instant::now();
-        loop {
-            let stored = FdStoreClient::new(&store_socket).take_all()?;
-            if stored.len() == layers.len() + 1 {
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
-                bail!("the fd store holds {names:?}, not the connections and the promoted file");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_stored(&store_socket, layers.len() + 1, Duration::from_secs(10))?;
 
         // A prober holds the promoted file open from the host, reading it, in a process
         // of its own; another reads a file Veil serves, measuring the pauses.
