@@ -27,25 +27,7 @@ use veil_registry::{
 
 const LAYER_SIZE: usize = 300_000;
 
-fn options() -> ClientOptions {
-    ClientOptions {
-        plain_http: true,
-        credentials: CredentialsSource::Anonymous,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        operation_timeout: Duration::from_secs(30),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(200),
-            max_elapsed: Duration::from_secs(10),
-        },
-        // One round per read: these tests bound how a single round fails; riding out an
-        // outage over rounds is tested with real parts in tests/tests/outages.rs.
-        read_retry: Duration::ZERO,
-        ..Default::default()
-    }
-}
+use registry_support::client::fast_options as options;
 
 fn reference(text: &str) -> Reference {
     Reference::parse(text).expect("reference")

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use registry_support::client::fast_options;
 use registry_support::http::Server;
 use registry_support::proxy::{proxy, ProxyState};
 use registry_support::registry::{test_bytes, Pusher, Registry};
 use veil_blob::BlobSource;
 use veil_registry::blob::stream::MAX_STREAM_RESUMES;
-use veil_registry::{
-    ClientOptions, CredentialsSource, Reference, RegistryBlob, RegistryClient, RetryPolicy,
-};
+use veil_registry::{Reference, RegistryBlob, RegistryClient};
 
 const LAYER_SIZE: usize = 400_000;
 
@@ -35,22 +34,7 @@ async fn setup() -> (Registry, Arc<ProxyState>, Server, RegistryBlob, Vec<u8>) {
         ..Default::default()
     });
     let front = proxy(state.clone()).await;
-    let client = RegistryClient::new(ClientOptions {
-        plain_http: true,
-        credentials: CredentialsSource::Anonymous,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        operation_timeout: Duration::from_secs(30),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(200),
-            max_elapsed: Duration::from_secs(10),
-        },
-        read_retry: Duration::ZERO,
-        ..Default::default()
-    })
-    .unwrap();
+    let client = RegistryClient::new(fast_options()).unwrap();
     let reference = Reference::parse(&format!("{}/app:v1", front.addr)).unwrap();
     let image = client.resolve(&reference).await.unwrap();
     let blob = client.blob(&image.reference, &image.manifest.layers[0]);
