@@ -7,7 +7,7 @@
 //! failing with `ENOTCONN`. Connections of layers no root uses any more are closed.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -17,27 +17,8 @@ use veil_image::resolver::{
     parse_entry_name, CarriedFile, Handover, LayerResolver, LiveMount, RemoteLayer, Resolved,
 };
 
+pub use crate::keeper::{ConnectionKeeper, KeptConnection};
 use crate::kept_promoted::KeptPromoted;
-
-/// Keeps layer connections (fds) across restarts of the process.
-pub trait ConnectionKeeper: Send + Sync {
-    /// Keeps a copy of `fd` under `name` (replacing one kept under it), with `data`.
-    fn keep(&self, name: &str, data: &[u8], fd: BorrowedFd<'_>) -> Result<(), String>;
-
-    /// Closes the connection kept under `name`, if any.
-    fn forget(&self, name: &str) -> Result<(), String>;
-}
-
-/// A connection an earlier process kept, as the keeper gave it back.
-#[derive(Debug)]
-pub struct KeptConnection {
-    /// The name it was kept under (the layer directory's name).
-    pub name: String,
-    /// The data kept with it (a [`Record`], JSON).
-    pub data: Vec<u8>,
-    /// The connection's fd.
-    pub fd: OwnedFd,
-}
 
 /// What is kept with a layer's connection: the layer it serves and the image service's
 /// opaque state of the connection.

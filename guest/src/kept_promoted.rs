@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use veil_image::resolver::{entry_name, PromotedKeeper};
 
-use crate::handover::ConnectionKeeper;
+use crate::keeper::ConnectionKeeper;
 
 /// The promoted files kept, by connection name (the layer directory's name).
 #[derive(Clone, Default)]

@@ -56,7 +56,7 @@
 //!    work directory sweeps only what no mounted root uses, and *adopts* the roots still
 //!    in the mount table (their layer directories and writable layers), releasing them
 //!    once they are unmounted. The layer filesystems were served by the old process: with
-//!    a [`handover::ConnectionKeeper`] (the daemon's fd store: Veil's supervisor or
+//!    a [`keeper::ConnectionKeeper`] (the daemon's fd store: Veil's supervisor or
 //!    systemd's) each layer's FUSE connection is kept while it is mounted, and the next
 //!    puller serves the adopted roots' layers on those same connections
 //!    ([`GuestPuller::resume_kept`]): running containers' reads pause, never fail.
@@ -74,6 +74,7 @@
 mod adopt;
 pub mod error;
 pub mod handover;
+pub mod keeper;
 mod kept_promoted;
 pub mod options;
 pub mod policy;
@@ -83,6 +84,6 @@ pub mod spec;
 mod watch;
 
 pub use error::GuestError;
-pub use handover::{ConnectionKeeper, KeptConnection};
+pub use keeper::{ConnectionKeeper, KeptConnection};
 pub use options::{registry_options, GuestOptions};
 pub use puller::{GuestPuller, PulledImage};
