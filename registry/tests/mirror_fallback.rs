@@ -18,14 +18,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use registry_support::client::fast_options;
 use registry_support::http::Server;
-use registry_support::proxy::{proxy, ProxyState};
-use registry_support::registry::{test_bytes, Pusher, Registry};
+use registry_support::proxy::{one_image_behind_proxy, ProxyState};
+use registry_support::registry::Registry;
 use std::sync::atomic::Ordering;
 use veil_registry::blob::{COLD_MIRROR_FIRST_BYPASS, COLD_MIRROR_PREFIX};
-use veil_registry::{
-    ClientOptions, CredentialsSource, Reference, RegistryBlob, RegistryClient, RetryPolicy,
-};
+use veil_registry::{ClientOptions, Reference, RegistryBlob, RegistryClient};
 
 /// Bigger than [`COLD_MIRROR_PREFIX`], so a read can lie beyond it.
 const LAYER_SIZE: usize = 3 << 20;
@@ -38,17 +37,8 @@ async fn setup(
     ignore_range: bool,
     read_retry: Duration,
 ) -> (Registry, Arc<ProxyState>, Server, RegistryBlob, Vec<u8>) {
-    let registry = Registry::start(None).await;
-    let layer = test_bytes(LAYER_SIZE, 15);
-    Pusher::new(registry.base(), None)
-        .image("app", "v1", "amd64", std::slice::from_ref(&layer))
-        .await;
-    let state = Arc::new(ProxyState {
-        upstream: registry.base(),
-        ..Default::default()
-    });
+    let (registry, state, mirror, layer) = one_image_behind_proxy(LAYER_SIZE, 15).await;
     state.ignore_range.store(ignore_range, Ordering::SeqCst);
-    let mirror = proxy(state.clone()).await;
     let host = registry.host();
     std::fs::create_dir_all(dir.join(&host)).unwrap();
     std::fs::write(
@@ -60,18 +50,11 @@ async fn setup(
     )
     .unwrap();
     let client = RegistryClient::new(ClientOptions {
-        credentials: CredentialsSource::Anonymous,
+        plain_http: false,
+        operation_timeout: ClientOptions::default().operation_timeout,
         hosts_dir: Some(dir.to_path_buf()),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(200),
-            max_elapsed: Duration::from_secs(10),
-        },
         read_retry,
-        ..Default::default()
+        ..fast_options()
     })
     .unwrap();
     let image = client

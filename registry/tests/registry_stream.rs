@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use registry_support::client::fast_options;
 use registry_support::http::Server;
-use registry_support::proxy::{proxy, ProxyState};
-use registry_support::registry::{test_bytes, Pusher, Registry};
+use registry_support::proxy::{one_image_behind_proxy, ProxyState};
+use registry_support::registry::Registry;
 use veil_blob::BlobSource;
 use veil_registry::blob::stream::MAX_STREAM_RESUMES;
 use veil_registry::{Reference, RegistryBlob, RegistryClient};
@@ -24,16 +24,7 @@ const LAYER_SIZE: usize = 400_000;
 /// The registry with one image, the proxy in front of it, and its layer read through
 /// the proxy.
 async fn setup() -> (Registry, Arc<ProxyState>, Server, RegistryBlob, Vec<u8>) {
-    let registry = Registry::start(None).await;
-    let layer = test_bytes(LAYER_SIZE, 7);
-    Pusher::new(registry.base(), None)
-        .image("app", "v1", "amd64", std::slice::from_ref(&layer))
-        .await;
-    let state = Arc::new(ProxyState {
-        upstream: registry.base(),
-        ..Default::default()
-    });
-    let front = proxy(state.clone()).await;
+    let (registry, state, front, layer) = one_image_behind_proxy(LAYER_SIZE, 7).await;
     let client = RegistryClient::new(fast_options()).unwrap();
     let reference = Reference::parse(&format!("{}/app:v1", front.addr)).unwrap();
     let image = client.resolve(&reference).await.unwrap();

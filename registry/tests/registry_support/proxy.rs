@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::http::{serve, Handler, Request, Response, Server};
+use super::registry::{test_bytes, Pusher, Registry};
 
 /// One request as the proxy saw it.
 #[derive(Debug, Clone)]
@@ -169,4 +170,24 @@ async fn handle(state: &ProxyState, http: &reqwest::Client, req: Request) -> Res
         response.cut_after = Some(state.cut_blob_bytes.load(Ordering::SeqCst));
     }
     response
+}
+
+/// The real registry holding one image `app:v1` of one layer (`layer_size` bytes of
+/// [`test_bytes`] with `seed`), and a recording proxy in front of it: the registry, the
+/// proxy's state (its knobs), the proxy and the layer.
+pub async fn one_image_behind_proxy(
+    layer_size: usize,
+    seed: u64,
+) -> (Registry, Arc<ProxyState>, Server, Vec<u8>) {
+    let registry = Registry::start(None).await;
+    let layer = test_bytes(layer_size, seed);
+    Pusher::new(registry.base(), None)
+        .image("app", "v1", "amd64", std::slice::from_ref(&layer))
+        .await;
+    let state = Arc::new(ProxyState {
+        upstream: registry.base(),
+        ..Default::default()
+    });
+    let front = proxy(state.clone()).await;
+    (registry, state, front, layer)
 }
