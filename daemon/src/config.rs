@@ -261,6 +261,9 @@ pub struct LazyConfig {
     /// A read of a prioritized file whose prefetch request is in flight waits for it;
     /// false: it fetches the bytes again itself (as before; for comparing the two).
     pub prefetch_reads_wait: bool,
+    /// With `prefetch_reads_wait`: a prefetch request's chunks are served one by one as
+    /// its response streams in; false: when the whole request is in.
+    pub prefetch_stream: bool,
     /// Bytes read from a layer's end in the first request for its TOC: footer and TOC
     /// in one round trip when the TOC fits; 0: the footer alone first, as before.
     pub toc_tail_bytes: u64,
@@ -283,6 +286,7 @@ impl Default for LazyConfig {
             prefetch_wait_bytes: veil_fusefs::prefetch::DEFAULT_WAIT_BYTES,
             prefetch_piece_bytes: veil_fusefs::prefetch::DEFAULT_PIECE_SIZE,
             prefetch_reads_wait: true,
+            prefetch_stream: veil_fusefs::prefetch::DEFAULT_PREFETCH_STREAM,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: veil_image::layers::DEFAULT_LOOK_AHEAD_LAYERS,
         }

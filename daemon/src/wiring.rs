@@ -205,6 +205,7 @@ fn lazy_options_with(config: &Config, disk_cache: Option<Arc<DiskCache>>) -> Laz
         prefetch_wait_bytes: config.lazy.prefetch_wait_bytes,
         prefetch_piece_bytes: config.lazy.prefetch_piece_bytes,
         prefetch_reads_wait: config.lazy.prefetch_reads_wait,
+        prefetch_stream: config.lazy.prefetch_stream,
         toc_tail_bytes: config.lazy.toc_tail_bytes,
         look_ahead_layers: config.lazy.look_ahead_layers,
         // The snapshotter lets containerd unpack plain layers.

@@ -11,7 +11,8 @@
 //! copying cached chunks), [`tuning`] (the kernel's side: INIT answer, readahead),
 //! [`window`] (fetching the neighbourhood of a miss), [`window_plan`] (where its
 //! range goes: neighbourhood, the directory's small files) and [`window_stream`] (its
-//! chunks completed as the response streams in), [`handover`] and [`resume`]
+//! chunks completed as the response streams in; the streaming itself, shared with the
+//! prefetch's pieces, is `chunk_stream`), [`handover`] and [`resume`]
 //! (serving a live connection another process made, after a restart), [`access_log`]
 //! (which files a workload touched, in order), [`failed`] (the `EIO` stand-in for a layer
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
@@ -24,6 +25,7 @@ mod attr;
 pub mod background;
 pub mod cache;
 pub mod carry;
+mod chunk_stream;
 pub mod disk_cache;
 pub mod failed;
 pub mod fs;

@@ -35,9 +35,14 @@
 //!   with its own request, and the piece later leaves it out (a piece sends one
 //!   request per run of chunks it could claim, so none spans bytes a read fetched).
 //!
-//! A read thus waits at most for the rest of one piece's transfer. Smaller pieces
-//! shorten that wait but take more of the link from the start (the trade-off, measured,
-//! is at [`DEFAULT_PIECE_SIZE`]; `[lazy] prefetch_piece_bytes` sets it).
+//! - **A piece is handed on as it streams in** ([`PrefetchOptions::stream`], on by
+//!   default). A piece's request is read as a stream (`crate::chunk_stream`, as windows
+//!   do): each chunk is decoded, verified and its waiting reads woken as soon as its own
+//!   bytes are in, while the rest of the piece is still arriving. A read thus waits for
+//!   its chunk's bytes, not for the piece's last byte; off, it waits for the rest of the
+//!   piece's transfer. Smaller pieces shorten that wait too, but take more of the link
+//!   from the start (the trade-off, measured, is at [`DEFAULT_PIECE_SIZE`]; `[lazy]
+//!   prefetch_piece_bytes` sets it).
 //!
 //! [`PrefetchOptions::claim_in_flight`] off restores the previous behaviour (a piece
 //! claims its chunks only once its bytes are in; a read meanwhile fetches them again),
@@ -57,6 +62,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 pub use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use crate::background::{
@@ -65,6 +71,7 @@ pub use crate::background::{
 };
 
 use crate::cache::{ChunkKey, FetchGuard};
+use crate::chunk_stream;
 use crate::pipeline::ChunkReader;
 use veil_blob::BlobSource;
 use veil_formats::codec;
@@ -88,6 +95,10 @@ const MAX_PREFETCH_GAP: u64 = 256 << 10;
 /// Default bytes of the prioritized region fetched before [`spawn_prefetch`] says the
 /// layer is ready: 1 MiB.
 pub const DEFAULT_WAIT_BYTES: u64 = 1 << 20;
+
+/// Whether prefetch pieces hand their chunks on as they stream in by default (see
+/// [`PrefetchOptions::stream`]).
+pub const DEFAULT_PREFETCH_STREAM: bool = true;
 
 /// Smallest prefetch piece while fetching the bytes waited for.
 const MIN_FIRST_PIECE: u64 = 64 << 10;
@@ -113,6 +124,9 @@ pub struct PrefetchOptions {
     /// for the piece rather than fetching it again; off: claim them once the bytes are
     /// in (a read meanwhile fetches them itself), as before.
     pub claim_in_flight: bool,
+    /// With `claim_in_flight`: read each piece as a stream and complete each chunk as
+    /// soon as its bytes are in; off: when the whole piece is in.
+    pub stream: bool,
 }
 
 impl Default for PrefetchOptions {
@@ -124,6 +138,7 @@ impl Default for PrefetchOptions {
             fetch_all: false,
             wait_bytes: DEFAULT_WAIT_BYTES,
             claim_in_flight: true,
+            stream: DEFAULT_PREFETCH_STREAM,
         }
     }
 }
@@ -312,7 +327,7 @@ async fn prefetch_signalling(
     signal(0);
 
     let mut results = stream::iter(pieces)
-        .map(|piece| fetch_piece(reader, source, piece, options.claim_in_flight))
+        .map(|piece| fetch_piece(reader, source, piece, options))
         .buffered(concurrency);
     let mut pieces_done = 0;
     while let Some(result) = results.next().await {
@@ -351,7 +366,7 @@ struct PieceDone {
 
 /// A chunk of a piece this prefetch owns the fetch of: its index, whether it goes to
 /// the plaintext cache in any case, and the claim.
-type Claimed = (usize, bool, FetchGuard<'static>);
+type Claimed = chunk_stream::Claim;
 
 /// Claims the chunks of `piece` nobody has cached or claimed (with `all` false only
 /// those that go to the plaintext cache), in runs: a chunk someone else has ends a run,
@@ -387,17 +402,17 @@ fn run_range(chunks: &[Chunk], run: &[Claimed]) -> Range<u64> {
 }
 
 /// Fetches one piece and caches its chunks: with `claim_in_flight`, one request per run
-/// of chunks it could claim (before the requests go out), all at once; else one for the
-/// whole piece, claiming its chunks once the bytes are in. Claims are released
-/// unresolved (the reads waiting for them fetch the chunks themselves) when it fails
-/// or is dropped.
+/// of chunks it could claim (before the requests go out), all at once, each streamed
+/// with `stream`; else one for the whole piece, claiming its chunks once the bytes are
+/// in. Claims are released unresolved (the reads waiting for them fetch the chunks
+/// themselves) when it fails or is dropped.
 async fn fetch_piece(
     reader: &ChunkReader,
     source: &dyn BlobSource,
     piece: Piece,
-    claim_in_flight: bool,
+    options: &PrefetchOptions,
 ) -> io::Result<PieceDone> {
-    if !claim_in_flight {
+    if !options.claim_in_flight {
         let cached = |&i: &usize| {
             reader.cache().contains(ChunkKey {
                 layer: reader.layer_id(),
@@ -413,7 +428,11 @@ async fn fetch_piece(
     let runs = claim_runs(reader, &piece, true);
     let fetches = runs.into_iter().map(|run| {
         let range = run_range(chunks, &run);
-        fetch_run(reader, source, range, Some(run), &piece)
+        if options.stream {
+            stream_run(reader, source, range, run).boxed()
+        } else {
+            fetch_run(reader, source, range, Some(run), &piece).boxed()
+        }
     });
     let mut done = PieceDone::default();
     for result in futures::future::join_all(fetches).await {
@@ -486,29 +505,87 @@ async fn fetch_run(
     })
     .await
     .map_err(|e| io::Error::other(format!("prefetch decoding task failed: {e}")))?;
+    let layer = reader.layer_name();
     for ((i, _, guard), result) in claims.into_iter().zip(decoded) {
-        match result {
-            Ok(data) => {
-                done.cached += 1;
-                done.plaintext += data.len() as u64;
-                guard.complete(data);
-            }
-            Err(err) => {
-                let c = &chunks[i];
-                tracing::error!(
-                    layer = reader.layer_name(),
-                    chunk = i,
-                    blob_range = ?(c.blob_offset..c.blob_end),
-                    error = %err,
-                    "prefetched chunk failed verification; not cached"
-                );
-                done.failures.push(c.blob_offset..c.blob_end);
-                // Released unresolved: a read that waited fetches it itself.
-                drop(guard);
-            }
-        }
+        settle(&mut done, layer, chunks, i, guard, result);
     }
     Ok(done)
+}
+
+/// Fetches `range` with one streamed request and completes each chunk of `run` (its
+/// claims) as soon as its bytes are in (`crate::chunk_stream`): decoded and cached when
+/// it goes to the plaintext cache or a read waits for it, else released (its bytes are
+/// in the source's disk cache). A break fails the piece; the chunks complete by then
+/// stay cached.
+async fn stream_run(
+    reader: &ChunkReader,
+    source: &dyn BlobSource,
+    range: Range<u64>,
+    run: Vec<Claimed>,
+) -> io::Result<PieceDone> {
+    let tree = reader.tree().clone();
+    let layer: Arc<str> = reader.layer_name().into();
+    let mut decodes = Vec::new();
+    let (result, received) =
+        chunk_stream::stream_claims(source, tree.chunks(), range, run, |arrived| {
+            let tree = tree.clone();
+            let layer = layer.clone();
+            decodes.push(tokio::task::spawn_blocking(move || {
+                let mut part = PieceDone::default();
+                for (i, guard, bytes) in arrived {
+                    let result = codec::decode_chunk(&tree.chunks()[i], &bytes, tree.limits());
+                    settle(&mut part, &layer, tree.chunks(), i, guard, result);
+                }
+                part
+            }));
+        })
+        .await;
+    let mut done = PieceDone {
+        requests: 1,
+        bytes: received,
+        ..PieceDone::default()
+    };
+    for decode in decodes {
+        // A decode task that died dropped its guards: their waiters fetch themselves.
+        if let Ok(part) = decode.await {
+            done.cached += part.cached;
+            done.plaintext += part.plaintext;
+            done.failures.extend(part.failures);
+        }
+    }
+    result.map(|()| done)
+}
+
+/// Completes chunk `i`'s claim with its decoded bytes and counts it in `done`, or, when
+/// it failed decoding or verification, logs it, counts it as a failure and releases the
+/// claim unresolved (a read that waited fetches it itself).
+fn settle(
+    done: &mut PieceDone,
+    layer: &str,
+    chunks: &[Chunk],
+    i: usize,
+    guard: FetchGuard<'static>,
+    result: Result<Vec<u8>, codec::CodecError>,
+) {
+    match result {
+        Ok(data) => {
+            done.cached += 1;
+            done.plaintext += data.len() as u64;
+            guard.complete(data);
+        }
+        Err(err) => {
+            let c = &chunks[i];
+            tracing::error!(
+                layer,
+                chunk = i,
+                blob_range = ?(c.blob_offset..c.blob_end),
+                error = %err,
+                "prefetched chunk failed verification; not cached"
+            );
+            done.failures.push(c.blob_offset..c.blob_end);
+            drop(guard);
+        }
+    }
 }
 
 #[cfg(test)]

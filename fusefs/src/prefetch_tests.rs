@@ -256,13 +256,15 @@ impl Fixture {
 }
 
 /// A source that holds back every request longer than `gate_above` bytes starting at or
-/// after `gate_from` until released, and then fails it if told to.
+/// after `gate_from` until released, and then fails it if told to. With `split`, such a
+/// request streamed hands up its first half at once and holds back only the rest.
 struct Gated {
     inner: Arc<Counting>,
     gate_above: u64,
     gate_from: u64,
     open: tokio::sync::Semaphore,
     fail: std::sync::atomic::AtomicBool,
+    split: std::sync::atomic::AtomicBool,
 }
 
 impl Gated {
@@ -273,6 +275,7 @@ impl Gated {
             gate_from,
             open: tokio::sync::Semaphore::new(0),
             fail: Default::default(),
+            split: Default::default(),
         })
     }
 }
@@ -291,6 +294,38 @@ impl BlobSource for Gated {
                 }
             }
             self.inner.read_range(range).await
+        })
+    }
+
+    fn stream_range(&self, range: Range<u64>) -> veil_blob::RangeStream<'_> {
+        let gated = range.end - range.start > self.gate_above && range.start >= self.gate_from;
+        if !(gated && self.split.load(Ordering::SeqCst)) {
+            return Box::pin(futures::stream::once(async move {
+                self.read_range(range).await.map(bytes::Bytes::from)
+            }));
+        }
+        veil_blob::stream::generate(move |mut out| async move {
+            let all = match self.inner.read_range(range).await {
+                Ok(all) => all,
+                Err(err) => {
+                    out.send(Err(err)).await;
+                    return;
+                }
+            };
+            let (front, rest) = all.split_at(all.len() / 2);
+            if !out.send(Ok(bytes::Bytes::copy_from_slice(front))).await {
+                return;
+            }
+            let _permit = self.open.acquire().await;
+            if self.fail.load(Ordering::SeqCst) {
+                out.send(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "registry went away",
+                )))
+                .await;
+                return;
+            }
+            out.send(Ok(bytes::Bytes::copy_from_slice(rest))).await;
         })
     }
 }
@@ -577,4 +612,118 @@ async fn a_cancelled_prefetch_releases_its_claims() {
         chunk: f06 as u64,
     };
     assert!(s.reader.cache().claim(key).is_some());
+}
+
+impl Streaming {
+    /// Starts the prefetch (one piece in flight, `stream` as given) with the gated
+    /// pieces handing up their first half at once when streamed.
+    async fn start_split(&self, stream: bool) -> RunningPrefetch {
+        self.gated.split.store(true, Ordering::SeqCst);
+        let options = PrefetchOptions {
+            range_size: 128 << 10,
+            concurrency: 1,
+            wait_bytes: 64 << 10,
+            stream,
+            ..PrefetchOptions::default()
+        };
+        let mut running = spawn_prefetch(
+            &tokio::runtime::Handle::current(),
+            self.reader.clone(),
+            self.gated.clone(),
+            self.end,
+            options,
+            CancellationToken::new(),
+        );
+        tokio::time::timeout(HANG, running.ready()).await.unwrap();
+        if stream {
+            // The set-up the tests rely on: f05 in the first half of the piece in
+            // flight (handed up), f10 in its rest (held back).
+            let f05 = self.blob_range(5);
+            let f10 = self.blob_range(10);
+            let piece = self
+                .gated
+                .inner
+                .requests()
+                .into_iter()
+                .find(|r| r.start <= f05.start && f05.end <= r.end && r.end - r.start > 20_000)
+                .expect("f05's piece is in flight");
+            let middle = piece.start + (piece.end - piece.start) / 2;
+            assert!(f05.end <= middle && f10.start >= middle && f10.end <= piece.end);
+        }
+        running
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_piece_serves_its_first_chunks_before_its_end() {
+    let s = streaming();
+    let running = s.start_split(true).await;
+    // f05's bytes are in, the rest of its piece is held back: it is served now.
+    let f05 = tokio::time::timeout(HANG, s.read(5))
+        .await
+        .expect("a chunk of a piece is served as soon as its bytes are in")
+        .unwrap();
+    assert_eq!(f05.unwrap(), s.files[5].1);
+    // f10's bytes are held back: its read waits for the piece, and asks for nothing.
+    let waits = s.reader.cache().stats().shared_waits;
+    let f10 = s.read(10);
+    s.until_waiting(waits + 2).await;
+    assert!(!f10.is_finished());
+    s.gated.open.add_permits(1000);
+    let data = tokio::time::timeout(HANG, f10).await.unwrap().unwrap();
+    assert_eq!(data.unwrap(), s.files[10].1);
+    let stats = s.reader.stats();
+    assert_eq!(
+        stats.range_requests, 0,
+        "every read was served by the prefetch"
+    );
+    let report = running.finish().await.unwrap();
+    assert_eq!(report.chunks_cached, 80, "{report:?}");
+    s.all_read_right().await;
+    s.each_byte_requested_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstreamed_piece_serves_nothing_before_its_end() {
+    // The same with `stream` off: f05's read waits for the whole piece.
+    let s = streaming();
+    let running = s.start_split(false).await;
+    let f05 = s.read(5);
+    s.until_waiting(2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!f05.is_finished(), "served before its piece was in");
+    s.gated.open.add_permits(1000);
+    let data = tokio::time::timeout(HANG, f05).await.unwrap().unwrap();
+    assert_eq!(data.unwrap(), s.files[5].1);
+    assert_eq!(running.finish().await.unwrap().chunks_cached, 80);
+    s.each_byte_requested_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_piece_that_breaks_keeps_what_came_and_its_readers_fetch_the_rest() {
+    let s = streaming();
+    let running = s.start_split(true).await;
+    let f10 = s.read(10);
+    s.until_waiting(2).await;
+    s.gated.fail.store(true, Ordering::SeqCst);
+    s.gated.open.add_permits(1000);
+    // The piece broke after its first half: f10's read fetches it itself.
+    let data = tokio::time::timeout(HANG, f10).await.unwrap().unwrap();
+    assert_eq!(data.unwrap(), s.files[10].1);
+    assert!(
+        s.reader.stats().range_requests > 0,
+        "f10 was fetched by its read"
+    );
+    assert!(
+        running.finish().await.is_err(),
+        "a broken piece fails the prefetch"
+    );
+    // The chunks of the first half stay cached: f05 needs no request.
+    let before = s.reader.stats().range_requests;
+    let f05 = tokio::time::timeout(HANG, s.read(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f05.unwrap(), s.files[5].1);
+    assert_eq!(s.reader.stats().range_requests, before);
 }

@@ -12,7 +12,9 @@
 //!   keeps each piece before handing it up), so a later read of it is a local read.
 //!
 //! Only the bytes of chunks not complete yet are held (from the first such chunk's
-//! start to the last byte in), so memory stays within one window.
+//! start to the last byte in), so memory stays within one window. The streaming is
+//! `crate::chunk_stream`'s (shared with the prefetch's pieces); this file is what a
+//! window does with each chunk.
 //!
 //! **Failures.** A chunk that fails verification fails only the reads waiting for it, as
 //! in a whole window ([`WindowJob::finish`]). When the transfer breaks midway, the
@@ -23,18 +25,16 @@
 //! [`WindowOptions::stream`]: crate::window::WindowOptions::stream
 //! [`WindowOptions::keep_plaintext`]: crate::window::WindowOptions::keep_plaintext
 
-use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use veil_blob::stream::Exact;
 #[cfg(doc)]
 use veil_blob::BlobSource;
 use veil_formats::codec;
 
 use crate::cache::FetchGuard;
+use crate::chunk_stream;
 use crate::window::{InFlight, WindowJob};
 
 /// Streams `range` of `job`'s source and completes each chunk of `claims` (layer-wide
@@ -45,53 +45,21 @@ use crate::window::{InFlight, WindowJob};
 pub(crate) async fn fetch(
     job: Arc<WindowJob>,
     range: Range<u64>,
-    mut claims: Vec<(usize, FetchGuard<'static>)>,
+    claims: Vec<(usize, FetchGuard<'static>)>,
     in_flight: InFlight,
 ) -> io::Result<()> {
-    let chunks = job.tree.chunks();
-    claims.sort_by_key(|(i, _)| chunks[*i].blob_offset);
-    let mut pending: VecDeque<_> = claims.into();
     let keep_all = job.state.options.keep_plaintext;
-    let mut stream = Exact::new(job.source.stream_range(range.clone()), range.clone());
-    // The bytes from `held_from` up to the last byte in.
-    let mut held: Vec<u8> = Vec::new();
-    let mut held_from = range.start;
+    let claims = claims
+        .into_iter()
+        .map(|(i, guard)| (i, keep_all, guard))
+        .collect();
     let mut decodes = Vec::new();
-    let mut result = Ok(());
-    while let Some(piece) = stream.next().await {
-        let piece = match piece {
-            Ok(piece) => piece,
-            Err(err) => {
-                result = Err(err);
-                break;
-            }
-        };
-        let at = stream.at();
-        held.extend_from_slice(&piece);
-        let mut done = Vec::new();
-        while let Some((i, _)) = pending.front() {
-            let c = &chunks[*i];
-            if c.blob_end > at {
-                break;
-            }
-            let Some((i, guard)) = pending.pop_front() else {
-                break;
-            };
-            if keep_all || guard.has_waiters() {
-                let from = (c.blob_offset - held_from) as usize;
-                let to = (c.blob_end - held_from) as usize;
-                done.push((i, guard, held[from..to].to_vec()));
-            }
-            // Otherwise the claim is released here: the bytes are kept below.
-        }
-        let keep_from = pending
-            .front()
-            .map_or(at, |(i, _)| chunks[*i].blob_offset.min(at));
-        if keep_from > held_from {
-            held.drain(..(keep_from - held_from) as usize);
-            held_from = keep_from;
-        }
-        if !done.is_empty() {
+    let (result, received) = chunk_stream::stream_claims(
+        job.source.as_ref(),
+        job.tree.chunks(),
+        range,
+        claims,
+        |done| {
             let job = job.clone();
             decodes.push(tokio::task::spawn_blocking(move || {
                 for (i, guard, bytes) in done {
@@ -100,11 +68,9 @@ pub(crate) async fn fetch(
                     job.finish(i, guard, result);
                 }
             }));
-        }
-    }
-    // The claims left (a broken transfer) are dropped unresolved with `pending`.
-    drop(pending);
-    let received = stream.at() - range.start;
+        },
+    )
+    .await;
     job.state
         .counters
         .bytes

@@ -117,6 +117,9 @@ pub struct LazyOptions {
     /// Reads of prioritized chunks whose prefetch request is in flight wait for it
     /// ([`PrefetchOptions::claim_in_flight`]).
     pub prefetch_reads_wait: bool,
+    /// Prefetch pieces complete each chunk as its bytes stream in
+    /// ([`PrefetchOptions::stream`]).
+    pub prefetch_stream: bool,
     /// Bytes read from a layer's end in the first request for its TOC (footer and TOC
     /// in one round trip; 0: the footer alone, the TOC in a second request).
     pub toc_tail_bytes: u64,
@@ -171,6 +174,7 @@ impl Default for LazyOptions {
             prefetch_wait_bytes: u64::MAX,
             prefetch_piece_bytes: veil_fusefs::prefetch::DEFAULT_PIECE_SIZE,
             prefetch_reads_wait: true,
+            prefetch_stream: veil_fusefs::prefetch::DEFAULT_PREFETCH_STREAM,
             toc_tail_bytes: veil_formats::estargz::DEFAULT_TOC_TAIL_BYTES,
             look_ahead_layers: DEFAULT_LOOK_AHEAD_LAYERS,
         }
@@ -636,6 +640,7 @@ impl LazyLayers {
             wait_bytes: self.options.prefetch_wait_bytes,
             range_size: self.options.prefetch_piece_bytes.max(1),
             claim_in_flight: self.options.prefetch_reads_wait,
+            stream: self.options.prefetch_stream,
             ..PrefetchOptions::default()
         };
         let started = std::time::Instant::now();
