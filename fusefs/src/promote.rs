@@ -51,11 +51,17 @@
 //! kept for a restart), each promoted file is kept beside the connection before any open
 //! is answered with it, and forgotten before its backing id is closed
 //! ([`crate::carry`]); nothing is promoted until a keeper is attached. A session served
-//! through a socket after a restart ([`crate::resume`]) promotes nothing new but takes
-//! over the files the previous process kept ([`Promoter::adopt`]): re-mapped, locked,
-//! charged to the cache, answered by passthrough with the same backing id (the kernel
-//! refuses a normal open, or one with another backing file, beside a passthrough handle
-//! still open from before), never dropped to make room.
+//! through a socket after a restart ([`crate::resume`]) takes over the files the
+//! previous process kept ([`Promoter::adopt`]): re-mapped, locked, charged to the cache,
+//! answered by passthrough with the same backing id (the kernel refuses a normal open,
+//! or one with another backing file, beside a passthrough handle still open from
+//! before), never dropped to make room. It promotes new files as any mount does, but
+//! fuser's `ReplyOpen::open_backing` cannot work on its socket: their backing files are
+//! registered, and closed, through a copy of the connection's `/dev/fuse` fd
+//! ([`Promoter::registering_through`], [`crate::backing`]). Its keeper is attached
+//! again after the resume, so a file promoted there is carried over the next restart.
+//! A connection whose first INIT answer had no `FUSE_PASSTHROUGH` refuses the
+//! registration: the usual fallback, logged once, reads served by Veil.
 
 use std::collections::HashMap;
 use std::io;
