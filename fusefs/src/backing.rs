@@ -133,6 +133,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // `libc::Ioctl` is u64 on glibc, i32 on musl: the casts are needed on one of them.
+    #[allow(clippy::unnecessary_cast)]
     fn the_ioctl_numbers_are_the_kernels() {
         // _IOW(229, 1, 16 bytes) and _IOW(229, 2, 4 bytes), asm-generic encoding (x86-64,
         // arm64): direction write (1) << 30 | size << 16 | type << 8 | number.
