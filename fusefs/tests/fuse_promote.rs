@@ -1,7 +1,9 @@
 //! Promotion of files whole in the plaintext cache to FUSE passthrough from a memfd
 //! (`veil_fusefs::promote`), through real mounts: what the kernel reads, what reaches
 //! Veil, where the plaintext is (locked, out of core dumps, nowhere on disk) and that the
-//! cache's budget holds.
+//! cache's budget holds; and in a session resumed through a socketpair
+//! (`veil_fusefs::resume`), registration through a copy of the connection's device fd
+//! (`veil_fusefs::backing`), with and without `FUSE_PASSTHROUGH` negotiated.
 //!
 //! Needs root, `/dev/fuse` and a kernel with FUSE passthrough (Linux 6.9+); skipped with
 //! a message otherwise. Every mount is undone by a guard, also when an assertion fails.
