@@ -21,6 +21,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use tokio::runtime::Handle;
 use crate::access_log::AccessLog;
 pub use crate::attr::file_attr;
 use crate::attr::{file_type, may_access, BLOCK_SIZE};
+use crate::backing::BackingRegistrar;
 use crate::carry::{CarriedFile, KeeperSlot};
 use crate::handover::{KernelInit, KernelInitSlot};
 use crate::pipeline::{ChunkReader, ReadError};
@@ -126,13 +128,28 @@ impl LayerFs {
         self
     }
 
-    /// The same, serving the promoted files an earlier process kept (a resumed session:
-    /// it promotes nothing new). Returns how many were taken over.
-    pub fn with_carried(mut self, carried: Vec<CarriedFile>) -> (Self, usize) {
+    /// The same, for a session resumed on a live connection after a restart
+    /// ([`crate::resume`]): serving the promoted files an earlier process kept
+    /// (`carried`, never dropped to make room), and promoting new files as `options` say,
+    /// registered with the kernel through `dev` (a copy of the connection's `/dev/fuse`
+    /// fd: fuser's channel is a socket there, [`crate::backing`]). Without `dev` nothing
+    /// new is promoted. Call [`Self::with_keeper_slot`] first when promoted files are
+    /// kept for restarts. Returns how many carried files were taken over.
+    pub fn with_resumed_promotion(
+        mut self,
+        options: PromoteOptions,
+        dev: Option<OwnedFd>,
+        carried: Vec<CarriedFile>,
+    ) -> (Self, usize) {
         let (reader, keeper) = (self.reader.clone(), self.keeper.clone());
-        let promoter = Promoter::new(reader, PromoteOptions::off(), keeper);
+        let promoter = match dev {
+            Some(dev) if options.enabled => Promoter::new(reader, options, keeper)
+                .registering_through(BackingRegistrar::new(dev)),
+            _ => Promoter::new(reader, PromoteOptions::off(), keeper),
+        };
         let adopted = promoter.adopt(carried);
-        self.promoter = (adopted > 0).then(|| Arc::new(promoter));
+        let needed = adopted > 0 || promoter.promotes();
+        self.promoter = needed.then(|| Arc::new(promoter));
         (self, adopted)
     }
 

@@ -18,11 +18,13 @@
 //! that cannot be mounted), [`no_dump`] (plaintext buffers left out
 //! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount),
 //! [`promote`] (files whole in the cache served by FUSE passthrough from a memfd),
-//! [`carry`] (the record that carries a promoted file over a restart, and its checks).
+//! [`carry`] (the record that carries a promoted file over a restart, and its checks),
+//! [`backing`] (registering backing files on a `/dev/fuse` fd, for a resumed session).
 
 pub mod access_log;
 mod attr;
 pub mod background;
+pub mod backing;
 pub mod cache;
 pub mod carry;
 mod chunk_stream;

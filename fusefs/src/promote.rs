@@ -51,11 +51,17 @@
 //! kept for a restart), each promoted file is kept beside the connection before any open
 //! is answered with it, and forgotten before its backing id is closed
 //! ([`crate::carry`]); nothing is promoted until a keeper is attached. A session served
-//! through a socket after a restart ([`crate::resume`]) promotes nothing new but takes
-//! over the files the previous process kept ([`Promoter::adopt`]): re-mapped, locked,
-//! charged to the cache, answered by passthrough with the same backing id (the kernel
-//! refuses a normal open, or one with another backing file, beside a passthrough handle
-//! still open from before), never dropped to make room.
+//! through a socket after a restart ([`crate::resume`]) takes over the files the
+//! previous process kept ([`Promoter::adopt`]): re-mapped, locked, charged to the cache,
+//! answered by passthrough with the same backing id (the kernel refuses a normal open,
+//! or one with another backing file, beside a passthrough handle still open from
+//! before), never dropped to make room. It promotes new files as any mount does, but
+//! fuser's `ReplyOpen::open_backing` cannot work on its socket: their backing files are
+//! registered, and closed, through a copy of the connection's `/dev/fuse` fd
+//! ([`Promoter::registering_through`], [`crate::backing`]). Its keeper is attached
+//! again after the resume, so a file promoted there is carried over the next restart.
+//! A connection whose first INIT answer had no `FUSE_PASSTHROUGH` refuses the
+//! registration: the usual fallback, logged once, reads served by Veil.
 
 use std::collections::HashMap;
 use std::io;
@@ -65,6 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use fuser::{BackingId, Errno, FileHandle, FopenFlags, ReplyOpen};
 
+use crate::backing::{BackingRegistrar, RegisteredBacking};
 use crate::cache::{ChunkCache, ChunkKey, PromotionRefused};
 use crate::carry::{
     check_memfd, check_node, CarriedFile, CarryError, KeeperSlot, PromotedKeeper, PromotedRecord,
@@ -230,15 +237,26 @@ impl Drop for MemFile {
     }
 }
 
+/// Who closes a promoted file's backing id.
+enum Backing {
+    /// Registered through fuser's channel (a session reading `/dev/fuse` itself): closed
+    /// when dropped.
+    Session(BackingId),
+    /// Registered through a copy of the connection's `/dev/fuse` fd (a resumed session,
+    /// [`Promoter::registering_through`]): closed through it when dropped.
+    Device(RegisteredBacking),
+    /// Carried over a restart: this process never closes it (handles from before may use
+    /// it; it lives as long as the connection).
+    Carried,
+}
+
 /// A promoted file: its memfd and backing id, its bytes charged against the cache.
 struct Promoted {
     ino: u64,
     /// Its backing id on the connection.
     id: u32,
-    /// The id, closed when dropped; `None` for a file carried over a restart, whose id
-    /// this process never closes (handles from before may use it; it lives as long as
-    /// the connection).
-    backing: Option<BackingId>,
+    /// The id, closed when dropped unless carried.
+    backing: Backing,
     /// Dropped after the backing id (declaration order): the kernel holds its own
     /// reference to the memfd for as long as it uses it.
     file: MemFile,
@@ -254,17 +272,19 @@ impl Promoted {
     /// Answers `reply` by passthrough with this file.
     fn answer(&self, reply: ReplyOpen) {
         let fh = FileHandle(PASSTHROUGH_FH);
-        match &self.backing {
-            Some(backing) => reply.opened_passthrough(fh, FopenFlags::empty(), backing),
-            None => {
-                // SAFETY: the id is registered on this connection (by the process before
-                // a restart) and stays so; the wrapper is given back with into_raw, so
-                // it never closes it.
-                let backing = unsafe { reply.wrap_backing(self.id) };
-                reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
-                let _ = backing.into_raw();
+        let id = match &self.backing {
+            Backing::Session(backing) => {
+                return reply.opened_passthrough(fh, FopenFlags::empty(), backing)
             }
-        }
+            Backing::Device(registered) => registered.id(),
+            Backing::Carried => self.id,
+        };
+        // SAFETY: the id is registered on this connection (through its device fd, by this
+        // process or the one before a restart) and stays so while `self` lives; the
+        // wrapper is given back with into_raw, so it never closes it.
+        let backing = unsafe { reply.wrap_backing(id) };
+        reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
+        let _ = backing.into_raw();
     }
 }
 
@@ -309,6 +329,9 @@ pub(crate) struct Promoter {
     clock: AtomicU64,
     /// Where promoted files are kept for restarts ([`PromoteOptions::keep_for_restart`]).
     keeper: KeeperSlot,
+    /// Registers backing files through the connection's device fd instead of fuser's
+    /// channel (a resumed session, whose channel is a socket).
+    registrar: Option<Arc<BackingRegistrar>>,
 }
 
 impl Promoter {
@@ -325,7 +348,22 @@ impl Promoter {
             off: OnceLock::new(),
             clock: AtomicU64::new(0),
             keeper,
+            registrar: None,
         }
+    }
+
+    /// The same, registering the backing files it promotes through `registrar` (a copy
+    /// of the connection's `/dev/fuse` fd) and closing them through it: for a session
+    /// resumed after a restart ([`crate::resume`]), served through a socket on which
+    /// fuser's `ReplyOpen::open_backing` cannot work.
+    pub(crate) fn registering_through(mut self, registrar: BackingRegistrar) -> Self {
+        self.registrar = Some(Arc::new(registrar));
+        self
+    }
+
+    /// Whether it promotes new files (promotion on in its options).
+    pub(crate) fn promotes(&self) -> bool {
+        self.options.enabled
     }
 
     /// Takes over the promoted files an earlier process kept (after a restart): each one
@@ -369,7 +407,7 @@ impl Promoter {
         Ok(Promoted {
             ino: record.ino,
             id: record.backing_id,
-            backing: None,
+            backing: Backing::Carried,
             file: mem,
             cache: cache.clone(),
             kept: None,
@@ -493,17 +531,28 @@ impl Promoter {
         }
     }
 
-    /// Makes the promoted file of `node` (registering it through `reply`'s channel).
+    /// Makes the promoted file of `node` (registering it through the registrar when
+    /// there is one, else through `reply`'s channel).
     fn build(&self, node: &Node, reply: &ReplyOpen) -> Result<Promoted, PromoteError> {
         let cannot = |what: &str, e: io::Error| PromoteError::Cannot(format!("{what}: {e}"));
         let mut file = MemFile::create(node.size).map_err(|e| cannot("memfd_create", e))?;
-        let backing = reply
-            .open_backing(&file.fd)
-            .map_err(|e| cannot("registering a backing file with the kernel", e))?;
-        let id = backing.into_raw();
-        // SAFETY: the id was just registered on this connection and is owned by nothing
-        // else: the wrapper closes it when dropped.
-        let backing = unsafe { reply.wrap_backing(id) };
+        let registering = "registering a backing file with the kernel";
+        let (id, backing) = match &self.registrar {
+            Some(registrar) => {
+                let backing = RegisteredBacking::open(registrar.clone(), file.fd.as_fd())
+                    .map_err(|e| cannot(registering, e))?;
+                (backing.id(), Backing::Device(backing))
+            }
+            None => {
+                let backing = reply
+                    .open_backing(&file.fd)
+                    .map_err(|e| cannot(registering, e))?;
+                let id = backing.into_raw();
+                // SAFETY: the id was just registered on this connection and is owned by
+                // nothing else: the wrapper closes it when dropped.
+                (id, Backing::Session(unsafe { reply.wrap_backing(id) }))
+            }
+        };
         let keys: Vec<ChunkKey> = self.keys(node).collect();
         let cache = self.reader.cache();
         let chunks = loop {
@@ -530,7 +579,7 @@ impl Promoter {
         let mut promoted = Promoted {
             ino: node.ino,
             id,
-            backing: Some(backing),
+            backing,
             file,
             cache: cache.clone(),
             kept: None,

@@ -14,7 +14,10 @@
 //! stay unanswered (the reads that made them hang), which is logged.
 //!
 //! The filesystem must answer as the one before it did (same inode numbers, same file
-//! handles): that is the caller's business. This module knows nothing of layers.
+//! handles): that is the caller's business. This module knows nothing of layers. fuser's
+//! calls that need `/dev/fuse` itself (`ReplyOpen::open_backing`: an ioctl) fail on the
+//! socket; a filesystem that registers backing files for passthrough does it through a
+//! copy of `dev` ([`crate::backing`], [`crate::fs::LayerFs::with_resumed_promotion`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -18,8 +18,9 @@
 //! The answer to `FUSE_INIT` depends on the kernel's offer and on whether the mount
 //! promotes files to passthrough, nothing else: a restarted daemon replays the recorded
 //! offer to a new session ([`crate::resume`]) and the kernel keeps what the first answer
-//! said (a resumed session promotes nothing, so its own answer's passthrough bit does not
-//! matter).
+//! said (a resumed session's own answer, passthrough bit included, goes nowhere: it
+//! promotes only when the first answer had `FUSE_PASSTHROUGH`, else the kernel refuses
+//! its backing files and it reads normally, [`crate::promote`]).
 
 use std::io;
 use std::path::Path;
@@ -57,8 +58,8 @@ pub fn answer_init(config: &mut KernelConfig, passthrough: bool) {
     // makes the mount a stacked filesystem of depth 1, which leaves room for one overlay
     // on top (containerd's, the guest's root) but not for an overlay over an overlay of
     // layers (`veil optimize`'s container over its image: EINVAL). Depth 1: the backing
-    // memfd is on a filesystem of depth 0. A resumed session's answer is not the
-    // kernel's (it kept the first one), and a resumed session promotes nothing.
+    // memfd is on a filesystem of depth 0. A resumed session's answer never reaches the
+    // kernel (it kept the first one).
     if passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
         let _ = config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH);
     }

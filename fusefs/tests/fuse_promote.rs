@@ -1,30 +1,36 @@
 //! Promotion of files whole in the plaintext cache to FUSE passthrough from a memfd
 //! (`veil_fusefs::promote`), through real mounts: what the kernel reads, what reaches
 //! Veil, where the plaintext is (locked, out of core dumps, nowhere on disk) and that the
-//! cache's budget holds.
+//! cache's budget holds; and in a session resumed through a socketpair
+//! (`veil_fusefs::resume`), registration through a copy of the connection's device fd
+//! (`veil_fusefs::backing`), with and without `FUSE_PASSTHROUGH` negotiated.
 //!
 //! Needs root, `/dev/fuse` and a kernel with FUSE passthrough (Linux 6.9+); skipped with
 //! a message otherwise. Every mount is undone by a guard, also when an assertion fails.
 
 use std::fs::{self, File};
-use std::io::{Cursor, Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use sha2::{Digest, Sha256};
 use veil_blob::{BlobSource, MemoryBlob};
 use veil_formats::estargz;
+use veil_fusefs::backing::BackingRegistrar;
 use veil_fusefs::cache::{ChunkCache, ChunkKey};
 use veil_fusefs::disk_cache::DiskCache;
 use veil_fusefs::fs::{FsOptions, LayerFs};
+use veil_fusefs::handover::KernelInit;
 use veil_fusefs::mount::{self, LayerMount, MountOptions};
 use veil_fusefs::pipeline::{ChunkReader, ReaderOptions};
 use veil_fusefs::promote::{PromoteOptions, MAX_PROMOTED_PERCENT};
+use veil_fusefs::resume::resume;
 use veil_fusefs::tree::LayerTree;
+use veil_fusefs::tuning::answer_init;
 
 const MIB: usize = 1 << 20;
 /// Chunk size of the test layers: several chunks per file.
@@ -52,6 +58,9 @@ struct Guard {
     overlays: Vec<PathBuf>,
     mount: Option<LayerMount>,
     path: PathBuf,
+    /// For a resumed mount: the session that made the connection (never run), dropped
+    /// once the mount is gone.
+    first: Option<fuser::Session<FirstSession>>,
 }
 
 impl Drop for Guard {
@@ -62,6 +71,7 @@ impl Drop for Guard {
         if let Some(m) = self.mount.take() {
             let _ = m.unmount();
         }
+        drop(self.first.take());
         if mount::is_mountpoint(&self.path).unwrap_or(false) {
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
@@ -76,52 +86,66 @@ struct Mounted {
     guard: Guard,
 }
 
+/// A layer of `files` (name, bytes) read through a disk cache into a plaintext cache of
+/// `budget` bytes: its reader, cache, directory and filesystem (not mounted).
+fn layer(
+    files: &[(&str, &[u8])],
+    budget: u64,
+) -> (
+    Arc<ChunkReader>,
+    Arc<ChunkCache>,
+    tempfile::TempDir,
+    LayerFs,
+) {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, name, *data).unwrap();
+    }
+    let opts = estargz::BuildOptions {
+        chunk_size: CHUNK,
+        ..Default::default()
+    };
+    let (blob, out) = estargz::build_to_vec(Cursor::new(tar.into_inner().unwrap()), &opts).unwrap();
+    let toc = block_on(estargz::read_toc(
+        &MemoryBlob(blob.clone()),
+        Some(&out.toc_digest),
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Blob bytes go through a disk cache, as in the daemon.
+    let disk = DiskCache::open(tmp.path().join("cache"), 1 << 30).unwrap();
+    let source: Arc<dyn BlobSource> = disk.wrap("sha256:promote", Arc::new(MemoryBlob(blob)));
+    let cache = Arc::new(ChunkCache::new(budget));
+    let tree = LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap();
+    let reader = Arc::new(ChunkReader::new(
+        "sha256:promote",
+        Arc::new(tree),
+        source,
+        cache.clone(),
+        ReaderOptions::default(),
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fs = LayerFs::new(
+        reader.clone(),
+        runtime.handle().clone(),
+        FsOptions::default(),
+    );
+    // The runtime lives as long as the test process: the mount's reads run on it.
+    std::mem::forget(runtime);
+    (reader, cache, tmp, fs)
+}
+
 impl Mounted {
     fn new(files: &[(&str, &[u8])], budget: u64, promote: PromoteOptions) -> Self {
-        let mut tar = tar::Builder::new(Vec::new());
-        for (name, data) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o644);
-            h.set_size(data.len() as u64);
-            tar.append_data(&mut h, name, *data).unwrap();
-        }
-        let opts = estargz::BuildOptions {
-            chunk_size: CHUNK,
-            ..Default::default()
-        };
-        let (blob, out) =
-            estargz::build_to_vec(Cursor::new(tar.into_inner().unwrap()), &opts).unwrap();
-        let toc = block_on(estargz::read_toc(
-            &MemoryBlob(blob.clone()),
-            Some(&out.toc_digest),
-        ))
-        .unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        // Blob bytes go through a disk cache, as in the daemon.
-        let disk = DiskCache::open(tmp.path().join("cache"), 1 << 30).unwrap();
-        let source: Arc<dyn BlobSource> = disk.wrap("sha256:promote", Arc::new(MemoryBlob(blob)));
-        let cache = Arc::new(ChunkCache::new(budget));
-        let tree = LayerTree::build(&toc, &veil_formats::limits::Limits::default()).unwrap();
-        let reader = Arc::new(ChunkReader::new(
-            "sha256:promote",
-            Arc::new(tree),
-            source,
-            cache.clone(),
-            ReaderOptions::default(),
-        ));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let fs = LayerFs::new(
-            reader.clone(),
-            runtime.handle().clone(),
-            FsOptions::default(),
-        );
-        // The runtime lives as long as the test process: the mount's reads run on it.
-        std::mem::forget(runtime);
+        let (reader, cache, tmp, fs) = layer(files, budget);
         let mnt = tmp.path().join("layer");
         fs::create_dir(&mnt).unwrap();
         let options = MountOptions {
@@ -132,6 +156,7 @@ impl Mounted {
             overlays: Vec::new(),
             mount: Some(mount::mount(fs, &mnt, &options).unwrap()),
             path: mnt,
+            first: None,
         };
         Self {
             reader,
@@ -139,6 +164,61 @@ impl Mounted {
             tmp,
             guard,
         }
+    }
+
+    /// The same, served as after a restart: a first session makes the connection (with
+    /// `FUSE_PASSTHROUGH` in its INIT answer when `passthrough`) and is never run; the
+    /// layer's filesystem resumes it through a socketpair (`veil_fusefs::resume`),
+    /// promoting as `promote` says through a copy of the connection's fd.
+    fn resumed(
+        files: &[(&str, &[u8])],
+        budget: u64,
+        promote: PromoteOptions,
+        passthrough: bool,
+    ) -> Self {
+        let (reader, cache, tmp, fs) = layer(files, budget);
+        let mnt = tmp.path().join("layer");
+        fs::create_dir(&mnt).unwrap();
+        let offer = Arc::new(Mutex::new(None));
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::RO,
+            fuser::MountOption::FSName("veil-test".to_string()),
+            fuser::MountOption::CUSTOM("subtype=veil".to_string()),
+        ];
+        let first = FirstSession {
+            passthrough,
+            offer: offer.clone(),
+        };
+        // The handshake is over once the session is made.
+        let first = fuser::Session::new(first, &mnt, &config).unwrap();
+        let init = offer
+            .lock()
+            .unwrap()
+            .expect("the first session saw no INIT");
+        let dev = first.as_fd().try_clone_to_owned().unwrap();
+        let (fs, adopted) =
+            fs.with_resumed_promotion(promote, Some(dev.try_clone().unwrap()), Vec::new());
+        assert_eq!(adopted, 0);
+        let mut guard = Guard {
+            overlays: Vec::new(),
+            mount: None,
+            path: mnt.clone(),
+            first: Some(first),
+        };
+        guard.mount = Some(resume(fs, dev, &init, &mnt, &MountOptions::default()).unwrap());
+        Self {
+            reader,
+            cache,
+            tmp,
+            guard,
+        }
+    }
+
+    /// A copy of the connection's `/dev/fuse` fd (a resumed mount's).
+    fn device(&self) -> OwnedFd {
+        let first = self.guard.first.as_ref().expect("not a resumed mount");
+        first.as_fd().try_clone_to_owned().unwrap()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -194,6 +274,32 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The session that makes a connection for [`Mounted::resumed`]: it answers INIT (as
+/// a mount that promotes when `passthrough`) and records the kernel's offer.
+struct FirstSession {
+    passthrough: bool,
+    offer: Arc<Mutex<Option<KernelInit>>>,
+}
+
+impl fuser::Filesystem for FirstSession {
+    fn init(&mut self, _req: &fuser::Request, config: &mut fuser::KernelConfig) -> io::Result<()> {
+        *self.offer.lock().unwrap() = Some(KernelInit::from_config(config));
+        answer_init(config, self.passthrough);
+        Ok(())
+    }
+}
+
+/// A sealed memfd holding `data`.
+fn memfd_of(data: &[u8]) -> File {
+    // SAFETY: a NUL-terminated name and valid flags; the fd returned is ours.
+    let fd = unsafe { libc::memfd_create(c"veil-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "{}", io::Error::last_os_error());
+    // SAFETY: memfd_create returned a fresh fd nobody else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(data).unwrap();
+    file
 }
 
 fn available() -> bool {
@@ -528,4 +634,83 @@ fn a_layer_marked_bad_stops_serving_its_promoted_files() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_resumed_session_registers_through_the_device_fd_and_promotes_new_files() {
+    if !available() {
+        return;
+    }
+    let big = letters(3 * MIB, 20);
+    let m = Mounted::resumed(
+        &[("big.bin", &big)],
+        64 << 20,
+        PromoteOptions::default(),
+        true,
+    );
+    // The registrar on a copy of the connection's fd: an id registered, closed, and
+    // refused when closed again.
+    let registrar = BackingRegistrar::new(m.device());
+    let memfd = memfd_of(b"registered");
+    let id = registrar.open(memfd.as_fd()).unwrap();
+    assert!(id >= 1);
+    registrar.close(id).unwrap();
+    assert!(registrar.close(id).is_err());
+
+    // Read whole through Veil (served through the socketpair), then promoted on the
+    // next open: registered through the device fd, read by the kernel from the memfd.
+    assert_eq!(sha(&read_and_drop_pages(&m, "big.bin")), sha(&big));
+    assert_eq!(m.promoted(), 0);
+    let served = m.served();
+    let mut file = m.open_promoted("big.bin", big.len() as u64);
+    assert_eq!(sha(&read_all(&mut file)), sha(&big));
+    assert_eq!(m.served(), served, "a FUSE read reached Veil");
+    let mut again = File::open(m.path("big.bin")).unwrap();
+    assert_eq!(sha(&read_all(&mut again)), sha(&big));
+    assert_eq!(m.served(), served);
+    let mappings = promoted_mappings();
+    assert!(
+        mappings
+            .iter()
+            .any(|(size, locked, _)| *size == (big.len() >> 10) as u64 && locked == size),
+        "{mappings:?}"
+    );
+    m.assert_within_budget();
+}
+
+#[test]
+fn a_resumed_session_of_a_connection_without_passthrough_reads_normally() {
+    if !available() {
+        return;
+    }
+    let big = letters(3 * MIB, 21);
+    let m = Mounted::resumed(
+        &[("big.bin", &big)],
+        64 << 20,
+        PromoteOptions::default(),
+        false,
+    );
+    // The kernel refuses the registration: the connection did not negotiate it.
+    let memfd = memfd_of(b"refused");
+    let err = BackingRegistrar::new(m.device())
+        .open(memfd.as_fd())
+        .unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)),
+        "{err}"
+    );
+    // So the open that would promote is answered normally, and so are the next ones:
+    // every read served by Veil, right.
+    assert_eq!(sha(&read_and_drop_pages(&m, "big.bin")), sha(&big));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(100));
+        let served = m.served();
+        let mut file = File::open(m.path("big.bin")).unwrap();
+        drop_pages(&file);
+        assert_eq!(sha(&read_all(&mut file)), sha(&big));
+        assert!(m.served() > served, "not served by Veil");
+    }
+    assert_eq!(m.promoted(), 0);
+    // Its chunks stayed in the cache.
+    assert!(m.cache.contains_all(m.keys("big.bin")));
 }

@@ -174,6 +174,11 @@ impl Kept {
             };
             match resume_one(lazy, dir, &record, conn.fd, files).await {
                 Ok(live) => {
+                    // Its connection is still kept: files it promotes from now on are
+                    // kept beside it (as are those carried over).
+                    if let Some(keeper) = &self.keeper {
+                        live.keep_promoted(self.promoted.keeper(keeper.clone(), &conn.name));
+                    }
                     tracing::info!(layer = %record.layer.layer_digest, dir = %dir.display(),
                         "serving a running container's layer again on its kept connection");
                     self.resumed

@@ -70,7 +70,8 @@ pub trait LiveMount: Send {
     fn keep_mounted(self: Box<Self>);
 
     /// Has `keeper` keep the files the mount promotes to FUSE passthrough beside its
-    /// connection (call once the connection is kept): with
+    /// connection (call once the connection is kept, and again on a mount resumed on a
+    /// connection still kept, so what it promotes is carried over the next restart): with
     /// `PromoteOptions::keep_for_restart` nothing is promoted before. The default (a
     /// mount that promotes nothing) does nothing.
     fn keep_promoted(&self, _keeper: std::sync::Arc<dyn PromotedKeeper>) {}

@@ -371,6 +371,11 @@ impl OverlaySnapshotter {
         self.note_carried(id, &handover);
         match layer.resume(&dir, handover) {
             Ok(m) => {
+                // Its connection is still in the fd store: files it promotes from now on
+                // are kept beside it (as are those carried over).
+                if let Some(store) = &self.fd_store {
+                    m.keep_promoted(self.promoted.keeper(store.clone(), id));
+                }
                 self.live_mounts().insert(id, m);
                 self.unavailable_layers().remove(&id);
                 Ok(())

@@ -78,3 +78,50 @@ pub fn wait_promoted(pid: u32, bytes: usize, within: std::time::Duration) -> any
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Reads the file at `path` whole, again and again, until process `pid` has promoted it
+/// (a promoted file of `want.len()` bytes mapped): the first read fills the plaintext
+/// cache through Veil, a later open is answered by passthrough once the kernel's
+/// `RELEASE` of the earlier handle has arrived. Every read must give exactly `want`.
+/// Then checks the mapping as [`wait_promoted`] does and reads the file once more (by
+/// passthrough now).
+pub fn promote_by_reading(
+    pid: u32,
+    path: &std::path::Path,
+    want: &[u8],
+    within: std::time::Duration,
+) -> anyhow::Result<()> {
+    let read_right = || -> anyhow::Result<()> {
+        let got = std::fs::read(path)?;
+        if got != want {
+            anyhow::bail!(
+                "{} read other bytes ({} bytes, {} wanted)",
+                path.display(),
+                got.len(),
+                want.len()
+            );
+        }
+        Ok(())
+    };
+    let want_kib = (want.len() >> 10) as u64;
+    let start = std::time::Instant::now();
+    loop {
+        read_right()?;
+        if promoted_mappings(pid)
+            .iter()
+            .any(|m| m.size_kib == want_kib)
+        {
+            break;
+        }
+        if start.elapsed() > within {
+            anyhow::bail!(
+                "process {pid} never promoted {} (read whole {:?} long)",
+                path.display(),
+                within
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    wait_promoted(pid, want.len(), within)?;
+    read_right()
+}

@@ -14,7 +14,10 @@
 //! passthrough before a second prober opens it and holds it across the restarts: its
 //! memfd is kept in the fd store beside the connection, the held handle and new opens
 //! read right after each restart, and each new veil-guest has the memfd locked whole
-//! and left out of core dumps. At the end the container
+//! and left out of core dumps. A second large file, first read after the SIGKILL
+//! restart, is promoted by the resumed veil-guest (its backing file registered through
+//! the connection's `/dev/fuse` fd), kept in the fd store, and carried over the SIGTERM
+//! restart. At the end the container
 //! goes and its root is unmounted (as kata-agent does): the adopted layers are released
 //! and the fd store holds nothing any more.
 //!
@@ -38,7 +41,7 @@ use veil_tests::restart_watch::{
     confirm_back, probes_of, report_pauses, wait_for_more, wait_for_stored, Restart, ENOTCONN_TEXT,
     SETTLE,
 };
-use veil_tests::smaps::wait_promoted;
+use veil_tests::smaps::{promote_by_reading, wait_promoted};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
@@ -51,6 +54,14 @@ const BIG_SEED: u64 = 0x6e57_2e57;
 const LAZY_PATH: &str = "data/lazy.bin";
 const LAZY_SIZE: usize = 8 << 20;
 const LAZY_SEED: u64 = 0x1a2b_3c4d;
+
+/// A second file above the promotion threshold, first read after the first restart
+/// (promoted by the resumed veil-guest), its size (not the big file's: the mappings are
+/// told apart by size; both fit in the promoted files' half of the default 64 MiB cache)
+/// and the seed of its bytes.
+const SECOND_PATH: &str = "data/second.bin";
+const SECOND_SIZE: usize = 13 << 20;
+const SECOND_SEED: u64 = 0x0005_ec0e;
 
 /// The test's `[cache]`: the big file is promoted, not the other.
 const CACHE_CONFIG: &str = "\n[cache]\npassthrough_min_bytes = 12582912\n";
@@ -113,6 +124,8 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
         random_bytes(LAZY_SIZE, LAZY_SEED),
         0o644,
     ));
+    let second = random_bytes(SECOND_SIZE, SECOND_SEED);
+    top.push(Entry::File(SECOND_PATH.into(), second.clone(), 0o644));
     let layers = vec![
         pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
         pack(tar_of(&top)?, LayerFormat::Estargz)?,
@@ -189,6 +202,22 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
             .with_context(|| format!("after the {what} restart"))?;
         if sha256_hex(&std::fs::read(big_file(&work)?)?) != want {
             bail!("after the {what} restart a new open of the big file read other bytes");
+        }
+        let pid = guest.veil()?.pid();
+        let second_file = layer_file(&work, SECOND_PATH)?;
+        if signal == libc::SIGKILL {
+            // Promoted by the resumed veil-guest, and kept beside the connection.
+            promote_by_reading(pid, &second_file, &second, Duration::from_secs(60))
+                .context("the second file after the first restart")?;
+            wait_for_stored(&store_socket, layers.len() + 2, Duration::from_secs(10))?;
+            eprintln!("[{name}] the second file is promoted by the resumed veil-guest {pid}");
+        } else {
+            // Carried over this restart too.
+            wait_promoted(pid, SECOND_SIZE, Duration::from_secs(60))
+                .with_context(|| format!("the second file after the {what} restart"))?;
+            if std::fs::read(&second_file)? != second {
+                bail!("after the {what} restart the second file read other bytes");
+            }
         }
     }
     prober.check_running()?;

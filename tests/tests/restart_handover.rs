@@ -24,6 +24,12 @@
 //! pauses are measured on another file, below the promotion threshold, whose reads
 //! Veil serves.
 //!
+//! A second large file, never read before, is read whole after the first restart and
+//! opened again: the resumed daemon promotes it (registering its backing file through
+//! the connection's `/dev/fuse` fd, as the socketpair it serves cannot), keeps it in the
+//! fd store, and the daemons after the next restarts have it mapped too, its bytes
+//! right.
+//!
 //! Needs root, docker-registry, busybox-static, FUSE, overlayfs, containerd and runc.
 //! Run with `cargo test -p veil-tests --test restart_handover -- --nocapture`.
 
@@ -43,7 +49,7 @@ use veil_tests::restart_watch::{
     check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, wait_for_stored, Restart,
     ENOTCONN_TEXT, LOOP, SETTLE,
 };
-use veil_tests::smaps::wait_promoted;
+use veil_tests::smaps::{promote_by_reading, wait_promoted};
 
 /// Size of the big random file.
 const BIG_SIZE: usize = 16 << 20;
@@ -59,6 +65,14 @@ const LAZY_SIZE: usize = 8 << 20;
 
 /// Seed of its bytes.
 const LAZY_SEED: u64 = 0x1a2b_3c4d;
+
+/// A second file above the promotion threshold, first read after the first restart
+/// (promoted by the resumed daemon), its size (not the big file's: the mappings are told
+/// apart by size; both fit in the promoted files' half of the default 64 MiB cache) and
+/// the seed of its bytes.
+const SECOND_PATH: &str = "data/second.bin";
+const SECOND_SIZE: usize = 13 << 20;
+const SECOND_SEED: u64 = 0x0005_ec0d;
 
 /// `[cache] passthrough_min_bytes` of the test: the big file is promoted, not the other.
 const PROMOTE_FROM: usize = 12 << 20;
@@ -117,6 +131,8 @@ fn container_survives_kill_term_and_upgrade() {
             random_bytes(LAZY_SIZE, LAZY_SEED),
             0o644,
         ));
+        let second = random_bytes(SECOND_SIZE, SECOND_SEED);
+        top.push(Entry::File(SECOND_PATH.into(), second.clone(), 0o644));
         let layers = vec![
             pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
             pack(tar_of(&top)?, LayerFormat::Estargz)?,
@@ -220,6 +236,22 @@ fn container_survives_kill_term_and_upgrade() {
             let again = sha256_hex(&std::fs::read(big_file(stack)?)?);
             if again != want {
                 bail!("after the {what} restart a new open of the big file read other bytes");
+            }
+            let pid = *stack.veil.pids.last().context("no daemon started")?;
+            let second_file = layer_file(stack, SECOND_PATH)?;
+            if what == "SIGKILL" {
+                // Promoted by the resumed daemon, and kept beside the connection.
+                promote_by_reading(pid, &second_file, &second, Duration::from_secs(60))
+                    .context("the second file after the first restart")?;
+                wait_for_stored(&store_socket, layers.len() + 2, Duration::from_secs(10))?;
+                eprintln!("[{name}] the second file is promoted by the resumed daemon {pid}");
+            } else {
+                // Carried over this restart too.
+                wait_promoted(pid, SECOND_SIZE, Duration::from_secs(60))
+                    .with_context(|| format!("the second file after the {what} restart"))?;
+                if std::fs::read(&second_file)? != second {
+                    bail!("after the {what} restart the second file read other bytes");
+                }
             }
         }
         prober.check_running()?;

@@ -125,13 +125,27 @@ impl MountableLayer for ReadyLayer {
         })?;
         // The tree is built from the same TOC as before: the same inode numbers.
         let offered = handover.carried.len();
-        let (fs, adopted) = self.layer_fs().with_carried(handover.carried);
+        // New files are promoted through a copy of the connection's fd (the session is
+        // served through a socket); without one, the carried files only.
+        let dev = match handover.fd.try_clone() {
+            Ok(dev) => Some(dev),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "copying the FUSE fd failed: this resumed mount promotes no new files");
+                None
+            }
+        };
+        let keeper = KeeperSlot::default();
+        let (fs, adopted) = self
+            .layer_fs()
+            .with_keeper_slot(keeper.clone())
+            .with_resumed_promotion(self.options.promote, dev, handover.carried);
         if offered > 0 {
             tracing::info!(dir = %dir.display(), offered, adopted,
                 "promoted files carried over the restart");
         }
         let layer_mount = resume(fs, handover.fd, &init, dir, &self.options)?;
-        Ok(self.start(layer_mount, KeeperSlot::default()))
+        Ok(self.start(layer_mount, keeper))
     }
 }
 
