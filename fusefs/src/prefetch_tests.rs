@@ -265,6 +265,8 @@ struct Gated {
     open: tokio::sync::Semaphore,
     fail: std::sync::atomic::AtomicBool,
     split: std::sync::atomic::AtomicBool,
+    /// Every range asked for, when asked (held back or not).
+    asked: std::sync::Mutex<Vec<Range<u64>>>,
 }
 
 impl Gated {
@@ -276,6 +278,7 @@ impl Gated {
             open: tokio::sync::Semaphore::new(0),
             fail: Default::default(),
             split: Default::default(),
+            asked: Default::default(),
         })
     }
 }
@@ -286,6 +289,7 @@ impl BlobSource for Gated {
     }
 
     fn read_range(&self, range: Range<u64>) -> futures::future::BoxFuture<'_, io::Result<Vec<u8>>> {
+        self.asked.lock().unwrap().push(range.clone());
         Box::pin(async move {
             if range.end - range.start > self.gate_above && range.start >= self.gate_from {
                 let _permit = self.open.acquire().await;
@@ -304,6 +308,7 @@ impl BlobSource for Gated {
                 self.read_range(range).await.map(bytes::Bytes::from)
             }));
         }
+        self.asked.lock().unwrap().push(range.clone());
         veil_blob::stream::generate(move |mut out| async move {
             let all = match self.inner.read_range(range).await {
                 Ok(all) => all,
@@ -472,6 +477,8 @@ impl Streaming {
             cancel,
         );
         tokio::time::timeout(HANG, running.ready()).await.unwrap();
+        // The piece after the waited-for bytes (f04 onward) goes out right after.
+        self.until_asked(5).await;
         running
     }
 
@@ -498,6 +505,33 @@ impl Streaming {
             }
         };
         tokio::time::timeout(HANG, waiting).await.unwrap();
+    }
+
+    /// Waits until the prefetch piece holding file `n` has been asked of the source (its
+    /// chunks are claimed before), and returns its range.
+    async fn until_asked(&self, n: usize) -> Range<u64> {
+        let file = self.blob_range(n);
+        let asked = async {
+            loop {
+                let piece = self
+                    .gated
+                    .asked
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|r| {
+                        r.start <= file.start && file.end <= r.end && r.end - r.start > 20_000
+                    })
+                    .cloned();
+                match piece {
+                    Some(piece) => break piece,
+                    None => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        };
+        tokio::time::timeout(HANG, asked)
+            .await
+            .expect("the file's prefetch piece is never asked for")
     }
 
     /// The blob range of file `n`'s chunks.
@@ -635,21 +669,14 @@ impl Streaming {
             CancellationToken::new(),
         );
         tokio::time::timeout(HANG, running.ready()).await.unwrap();
-        if stream {
-            // The set-up the tests rely on: f05 in the first half of the piece in
-            // flight (handed up), f10 in its rest (held back).
-            let f05 = self.blob_range(5);
-            let f10 = self.blob_range(10);
-            let piece = self
-                .gated
-                .inner
-                .requests()
-                .into_iter()
-                .find(|r| r.start <= f05.start && f05.end <= r.end && r.end - r.start > 20_000)
-                .expect("f05's piece is in flight");
-            let middle = piece.start + (piece.end - piece.start) / 2;
-            assert!(f05.end <= middle && f10.start >= middle && f10.end <= piece.end);
-        }
+        // Ready says the first pieces are in; the next one (f04 onward) is asked for
+        // right after.
+        let (f05, f10) = (self.blob_range(5), self.blob_range(10));
+        let piece = self.until_asked(5).await;
+        // The set-up the tests rely on: f05 in the first half of the piece (handed up
+        // at once when streamed), f10 in its rest (held back).
+        let middle = piece.start + (piece.end - piece.start) / 2;
+        assert!(f05.end <= middle && f10.start >= middle && f10.end <= piece.end);
         running
     }
 }
