@@ -19,6 +19,7 @@
 //! of core dumps), [`status_dir`] (the hidden read-only status file in a layer's mount),
 //! [`promote`] (files whole in the cache served by FUSE passthrough from a memfd),
 //! [`carry`] (the record that carries a promoted file over a restart, and its checks),
+//! [`kept_entries`] (which promoted files of each connection a keeper of fds holds),
 //! [`backing`] (registering backing files on a `/dev/fuse` fd, for a resumed session).
 
 pub mod access_log;
@@ -32,6 +33,7 @@ pub mod disk_cache;
 pub mod failed;
 pub mod fs;
 pub mod handover;
+pub mod kept_entries;
 pub mod metrics;
 pub mod mount;
 pub mod no_dump;

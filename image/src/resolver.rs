@@ -17,6 +17,7 @@ use crate::error::ImageError;
 use crate::status::{AccessOrder, StatusReport};
 
 pub use veil_fusefs::carry::{entry_name, parse_entry_name, CarriedFile, PromotedKeeper};
+pub use veil_fusefs::kept_entries::{EntryStore, KeptEntries};
 
 /// Which layer of which image a remote snapshot serves; recorded with the snapshot so a
 /// restarted daemon can mount it again.

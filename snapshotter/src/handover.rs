@@ -6,14 +6,15 @@
 //! not resume another layer's connection) and the image service's opaque state. Each file
 //! the layer's mount promoted to FUSE passthrough is stored beside it, its memfd under
 //! [`entry_name`] of the snapshot id and its inode, with the record its mount made
-//! ([`PromotedEntries`]); they go with the snapshot.
+//! ([`KeptEntries`]); they go with the snapshot.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use veil_image::resolver::{entry_name, parse_entry_name, CarriedFile, Handover, PromotedKeeper};
+#[cfg(doc)]
+use veil_image::resolver::{entry_name, KeptEntries};
+use veil_image::resolver::{parse_entry_name, CarriedFile, EntryStore, Handover};
 
 use crate::fdstore::{FdKeeper, StoredFd};
 
@@ -96,76 +97,16 @@ pub fn decode(stored: Vec<StoredFd>) -> (HashMap<u64, HandedLayer>, Vec<String>)
 }
 
 /// Where the promoted files of remote snapshots are kept beside their connections
-/// ([`veil_image::resolver::LiveMount::keep_promoted`]), by snapshot id: the names held,
-/// so that removing a snapshot removes them all.
-#[derive(Debug, Clone, Default)]
-pub struct PromotedEntries {
-    held: Arc<Mutex<HashMap<u64, BTreeSet<u64>>>>,
-}
-
-impl PromotedEntries {
-    /// A keeper of snapshot `id`'s promoted files in `store`.
-    pub fn keeper(&self, store: Arc<dyn FdKeeper>, id: u64) -> Arc<dyn PromotedKeeper> {
-        Arc::new(SnapshotPromoted {
-            store,
-            id,
-            held: self.held.clone(),
-        })
+/// ([`veil_image::resolver::LiveMount::keep_promoted`]): the fd store, under
+/// [`entry_name`] of the snapshot id ([`KeptEntries`] holds which, so that removing a
+/// snapshot removes them all).
+impl EntryStore for dyn FdKeeper {
+    fn keep_entry(&self, name: &str, data: &[u8], memfd: BorrowedFd<'_>) -> Result<(), String> {
+        self.store(name, data, memfd).map_err(|e| e.to_string())
     }
 
-    /// Notes that the store holds snapshot `id`'s promoted files of `inos` (handed over
-    /// by an earlier process).
-    pub fn note(&self, id: u64, inos: impl IntoIterator<Item = u64>) {
-        self.lock().entry(id).or_default().extend(inos);
-    }
-
-    /// Removes from `store` every promoted file of snapshot `id`.
-    pub fn remove_all(&self, store: &dyn FdKeeper, id: u64) {
-        let inos = self.lock().remove(&id).unwrap_or_default();
-        for ino in inos {
-            if let Err(e) = store.remove(&entry_name(&id.to_string(), ino)) {
-                tracing::warn!(id, ino, error = %e, "could not remove a promoted file from the fd store");
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, BTreeSet<u64>>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Keeps one snapshot's promoted files in the fd store.
-struct SnapshotPromoted {
-    store: Arc<dyn FdKeeper>,
-    id: u64,
-    held: Arc<Mutex<HashMap<u64, BTreeSet<u64>>>>,
-}
-
-impl PromotedKeeper for SnapshotPromoted {
-    fn keep(&self, ino: u64, data: &[u8], memfd: BorrowedFd<'_>) -> Result<(), String> {
-        let name = entry_name(&self.id.to_string(), ino);
-        // Noted first: a snapshot removed meanwhile removes it too.
-        let entries = PromotedEntries {
-            held: self.held.clone(),
-        };
-        entries.note(self.id, [ino]);
-        self.store
-            .store(&name, data, memfd)
-            .map_err(|e| e.to_string())
-    }
-
-    fn forget(&self, ino: u64) {
-        if let Some(inos) = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&self.id)
-        {
-            inos.remove(&ino);
-        }
-        if let Err(e) = self.store.remove(&entry_name(&self.id.to_string(), ino)) {
-            tracing::warn!(id = self.id, ino, error = %e, "could not remove a promoted file from the fd store");
-        }
+    fn forget_entry(&self, name: &str) -> Result<(), String> {
+        self.remove(name).map_err(|e| e.to_string())
     }
 }
 

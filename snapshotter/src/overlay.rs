@@ -51,7 +51,7 @@ pub struct OverlaySnapshotter {
     /// Where each layer's FUSE connection is kept across restarts, when configured.
     fd_store: Option<Arc<dyn FdKeeper>>,
     /// The promoted files kept beside those connections.
-    promoted: handover::PromotedEntries,
+    promoted: veil_image::resolver::KeptEntries,
 }
 
 impl OverlaySnapshotter {
@@ -132,7 +132,7 @@ impl OverlaySnapshotter {
             Some(Ok(h)) => {
                 // Promoted files kept beside an earlier connection under this id are
                 // not this one's: their backing ids mean nothing on it.
-                self.promoted.remove_all(store.as_ref(), id);
+                self.promoted.forget_all(store.as_ref(), &id.to_string());
                 let data = handover::encode(layer_digest, &h.state);
                 store
                     .store(&id.to_string(), &data, h.fd.as_fd())
@@ -146,7 +146,7 @@ impl OverlaySnapshotter {
                     layer = layer_digest,
                     "FUSE connection kept in the fd store"
                 );
-                mount.keep_promoted(self.promoted.keeper(store.clone(), id));
+                mount.keep_promoted(self.promoted.keeper(store.clone(), &id.to_string()));
             }
             Err(e) => tracing::warn!(id, layer = layer_digest, error = %e,
                 "could not keep the layer's FUSE connection in the fd store: a restart will \
@@ -160,7 +160,7 @@ impl OverlaySnapshotter {
             if let Err(e) = store.remove(&id.to_string()) {
                 tracing::warn!(id, error = %e, "could not remove the layer's FUSE connection from the fd store");
             }
-            self.promoted.remove_all(store.as_ref(), id);
+            self.promoted.forget_all(store.as_ref(), &id.to_string());
         }
     }
 
@@ -374,7 +374,7 @@ impl OverlaySnapshotter {
                 // Its connection is still in the fd store: files it promotes from now on
                 // are kept beside it (as are those carried over).
                 if let Some(store) = &self.fd_store {
-                    m.keep_promoted(self.promoted.keeper(store.clone(), id));
+                    m.keep_promoted(self.promoted.keeper(store.clone(), &id.to_string()));
                 }
                 self.live_mounts().insert(id, m);
                 self.unavailable_layers().remove(&id);
@@ -394,7 +394,7 @@ impl OverlaySnapshotter {
     /// `id`, so that they go with it.
     pub fn note_carried(&self, id: u64, handover: &Handover) {
         self.promoted
-            .note(id, handover.carried.iter().map(|c| c.ino));
+            .note(&id.to_string(), handover.carried.iter().map(|c| c.ino));
     }
 
     /// Gives up a handed-over connection of remote snapshot `id` that will not be served
