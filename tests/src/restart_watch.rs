@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 
-use crate::lazy_image::BIG_PATH;
+use crate::lazy_image::{
+    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, Layer, LayerFormat,
+    BIG_PATH,
+};
 
 /// How long the container keeps hashing between restarts.
 pub const SETTLE: Duration = Duration::from_secs(3);
@@ -187,4 +190,61 @@ pub fn wait_for_stored(socket: &Path, count: usize, within: Duration) -> anyhow:
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The restart tests' file the pauses are measured on (below their
+/// `passthrough_min_bytes`: never promoted), its size and the seed of its bytes.
+pub const LAZY_PATH: &str = "data/lazy.bin";
+/// Size of [`LAZY_PATH`].
+pub const LAZY_SIZE: usize = 8 << 20;
+/// Seed of [`LAZY_PATH`]'s bytes.
+pub const LAZY_SEED: u64 = 0x1a2b_3c4d;
+
+/// Size of the big file the restart tests' containers hash ([`BIG_PATH`]).
+pub const BIG_SIZE: usize = 16 << 20;
+
+/// A second file above the promotion threshold, first read after the first restart
+/// (promoted by the resumed process).
+pub const SECOND_PATH: &str = "data/second.bin";
+/// Size of [`SECOND_PATH`]: not the big file's (the mappings are told apart by size);
+/// both fit in the promoted files' half of the default 64 MiB cache.
+pub const SECOND_SIZE: usize = 13 << 20;
+
+/// The restart tests' `passthrough_min_bytes`: the big and second files are promoted,
+/// the lazy one is not.
+pub const PROMOTE_FROM: usize = 12 << 20;
+
+/// The restart tests' image: its two eStargz layers (the base, then the big file, the
+/// lazy file and the second file, their bytes from the seeds given), the big file's
+/// SHA-256 (hex) and the second file's bytes.
+pub fn restart_image(big_seed: u64, second_seed: u64) -> anyhow::Result<RestartImage> {
+    let big = random_bytes(BIG_SIZE, big_seed);
+    let big_sha = sha256_hex(&big);
+    let mut top = top_entries(big);
+    top.push(Entry::File(
+        LAZY_PATH.into(),
+        random_bytes(LAZY_SIZE, LAZY_SEED),
+        0o644,
+    ));
+    let second = random_bytes(SECOND_SIZE, second_seed);
+    top.push(Entry::File(SECOND_PATH.into(), second.clone(), 0o644));
+    let layers = vec![
+        pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
+        pack(tar_of(&top)?, LayerFormat::Estargz)?,
+    ];
+    Ok(RestartImage {
+        layers,
+        big_sha,
+        second,
+    })
+}
+
+/// What [`restart_image`] built.
+pub struct RestartImage {
+    /// The layer blobs, bottom first.
+    pub layers: Vec<Layer>,
+    /// The big file's SHA-256, hex.
+    pub big_sha: String,
+    /// The second file's bytes.
+    pub second: Vec<u8>,
 }

@@ -33,38 +33,18 @@ use anyhow::{bail, Context};
 use veil_snapshotter::fdstore::FdStoreClient;
 use veil_tests::bundle::{runc_kill_remove, runc_run_detached, unmount_rootfs};
 use veil_tests::guest_stack::GuestStack;
-use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, LayerFormat, BIG_PATH,
-};
+use veil_tests::lazy_image::{sha256_hex, BIG_PATH};
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
-    confirm_back, probes_of, report_pauses, wait_for_more, wait_for_stored, Restart, ENOTCONN_TEXT,
-    SETTLE,
+    confirm_back, probes_of, report_pauses, restart_image, wait_for_more, wait_for_stored, Restart,
+    RestartImage, BIG_SIZE, ENOTCONN_TEXT, LAZY_PATH, LAZY_SEED, LAZY_SIZE, PROMOTE_FROM,
+    SECOND_PATH, SECOND_SIZE, SETTLE,
 };
 use veil_tests::smaps::{promote_by_reading, wait_promoted};
 
-/// Size of the big random file.
-const BIG_SIZE: usize = 16 << 20;
-
-/// Seed of its bytes.
+/// Seeds of the big and the second file's bytes.
 const BIG_SEED: u64 = 0x6e57_2e57;
-
-/// The file the pauses are measured on (below `passthrough_min_bytes`: never promoted),
-/// its size and the seed of its bytes.
-const LAZY_PATH: &str = "data/lazy.bin";
-const LAZY_SIZE: usize = 8 << 20;
-const LAZY_SEED: u64 = 0x1a2b_3c4d;
-
-/// A second file above the promotion threshold, first read after the first restart
-/// (promoted by the resumed veil-guest), its size (not the big file's: the mappings are
-/// told apart by size; both fit in the promoted files' half of the default 64 MiB cache)
-/// and the seed of its bytes.
-const SECOND_PATH: &str = "data/second.bin";
-const SECOND_SIZE: usize = 13 << 20;
 const SECOND_SEED: u64 = 0x0005_ec0e;
-
-/// The test's `[cache]`: the big file is promoted, not the other.
-const CACHE_CONFIG: &str = "\n[cache]\npassthrough_min_bytes = 12582912\n";
 
 /// How long one `PullImage` may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -104,7 +84,8 @@ fn guest_container_survives_kill_and_term() {
 
 fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
     let store_socket = guest.dir.join("fdstore.sock");
-    guest.write_config_with(&[], None, CACHE_CONFIG)?;
+    let cache = format!("\n[cache]\npassthrough_min_bytes = {PROMOTE_FROM}\n");
+    guest.write_config_with(&[], None, &cache)?;
     // fd_store_socket is a top-level key: before every section.
     let config = std::fs::read_to_string(&guest.config)?;
     std::fs::write(
@@ -116,20 +97,11 @@ fn run(name: &str, guest: &mut GuestStack) -> anyhow::Result<()> {
     let mut supervisor = ChildGuard::spawn("veil fd-store", cmd, &guest.dir.join("fdstore.log"))?;
     supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
-    let big = random_bytes(BIG_SIZE, BIG_SEED);
-    let want = sha256_hex(&big);
-    let mut top = top_entries(big);
-    top.push(Entry::File(
-        LAZY_PATH.into(),
-        random_bytes(LAZY_SIZE, LAZY_SEED),
-        0o644,
-    ));
-    let second = random_bytes(SECOND_SIZE, SECOND_SEED);
-    top.push(Entry::File(SECOND_PATH.into(), second.clone(), 0o644));
-    let layers = vec![
-        pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-        pack(tar_of(&top)?, LayerFormat::Estargz)?,
-    ];
+    let RestartImage {
+        layers,
+        big_sha: want,
+        second,
+    } = restart_image(BIG_SEED, SECOND_SEED)?;
     let (image, _) = guest.push("restart", &layers)?;
     guest.start()?;
     let bundle = guest.bundle(name)?;

@@ -40,42 +40,19 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use veil_snapshotter::fdstore::FdStoreClient;
 use veil_tests::containerd::SNAPSHOTTER;
-use veil_tests::lazy_image::{
-    base_entries, pack, random_bytes, sha256_hex, tar_of, top_entries, Entry, LayerFormat, BIG_PATH,
-};
+use veil_tests::lazy_image::{sha256_hex, BIG_PATH};
 use veil_tests::lazy_stack::{lines_with, text, with_stack, LazyStack};
 use veil_tests::process::ChildGuard;
 use veil_tests::restart_watch::{
-    check_hashes, confirm_back, probes_of, report_pauses, wait_for_more, wait_for_stored, Restart,
-    ENOTCONN_TEXT, LOOP, SETTLE,
+    check_hashes, confirm_back, probes_of, report_pauses, restart_image, wait_for_more,
+    wait_for_stored, Restart, RestartImage, BIG_SIZE, ENOTCONN_TEXT, LAZY_PATH, LAZY_SEED,
+    LAZY_SIZE, LOOP, PROMOTE_FROM, SECOND_PATH, SECOND_SIZE, SETTLE,
 };
 use veil_tests::smaps::{promote_by_reading, wait_promoted};
 
-/// Size of the big random file.
-const BIG_SIZE: usize = 16 << 20;
-
-/// Seed of the big random file's bytes.
+/// Seeds of the big and the second file's bytes.
 const BIG_SEED: u64 = 0x005e_5510;
-
-/// The file the pauses are measured on: never promoted (below `passthrough_min_bytes`).
-const LAZY_PATH: &str = "data/lazy.bin";
-
-/// Its size.
-const LAZY_SIZE: usize = 8 << 20;
-
-/// Seed of its bytes.
-const LAZY_SEED: u64 = 0x1a2b_3c4d;
-
-/// A second file above the promotion threshold, first read after the first restart
-/// (promoted by the resumed daemon), its size (not the big file's: the mappings are told
-/// apart by size; both fit in the promoted files' half of the default 64 MiB cache) and
-/// the seed of its bytes.
-const SECOND_PATH: &str = "data/second.bin";
-const SECOND_SIZE: usize = 13 << 20;
 const SECOND_SEED: u64 = 0x0005_ec0d;
-
-/// `[cache] passthrough_min_bytes` of the test: the big file is promoted, not the other.
-const PROMOTE_FROM: usize = 12 << 20;
 
 /// Waits until the current daemon has the big file's memfd mapped, and checks that it is
 /// locked whole and left out of core dumps.
@@ -123,20 +100,11 @@ fn container_survives_kill_term_and_upgrade() {
             ChildGuard::spawn("veil fd-store", cmd, &stack.dir.join("fdstore.log"))?;
         supervisor.wait_for_path(&store_socket, Duration::from_secs(10))?;
 
-        let big = random_bytes(BIG_SIZE, BIG_SEED);
-        let want = sha256_hex(&big);
-        let mut top = top_entries(big);
-        top.push(Entry::File(
-            LAZY_PATH.into(),
-            random_bytes(LAZY_SIZE, LAZY_SEED),
-            0o644,
-        ));
-        let second = random_bytes(SECOND_SIZE, SECOND_SEED);
-        top.push(Entry::File(SECOND_PATH.into(), second.clone(), 0o644));
-        let layers = vec![
-            pack(tar_of(&base_entries()?)?, LayerFormat::Estargz)?,
-            pack(tar_of(&top)?, LayerFormat::Estargz)?,
-        ];
+        let RestartImage {
+            layers,
+            big_sha: want,
+            second,
+        } = restart_image(BIG_SEED, SECOND_SEED)?;
         stack.push("handover", "1", &layers)?;
         stack.start()?;
         let reference = stack.image_ref("handover", "1");
