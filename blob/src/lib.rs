@@ -34,9 +34,7 @@ pub trait BlobSource: Send + Sync {
     /// one piece, [`BlobSource::read_range`]; sources that can do better (the registry,
     /// the disk cache, the decrypting source) hand up each piece as it comes.
     fn stream_range(&self, range: Range<u64>) -> RangeStream<'_> {
-        Box::pin(futures::stream::once(async move {
-            self.read_range(range).await.map(bytes::Bytes::from)
-        }))
+        stream::whole(self, range)
     }
 
     /// The bytes in `range` failed verification after they were read: a source that keeps

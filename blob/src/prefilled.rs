@@ -101,9 +101,7 @@ impl BlobSource for Prefilled {
         let held_end = self.held().map(|held| self.at + held.len() as u64);
         match held_end {
             Some(end) if range.start < end && range.end > self.at => {
-                Box::pin(futures::stream::once(async move {
-                    self.read_range(range).await.map(bytes::Bytes::from)
-                }))
+                crate::stream::whole(self, range)
             }
             _ => self.inner.stream_range(range),
         }

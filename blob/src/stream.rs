@@ -49,6 +49,16 @@ where
     Box::pin(futures::stream::select(rx, body))
 }
 
+/// `range` of `source` as one piece, [`BlobSource::read_range`]: the stream of a source
+/// that cannot do better, or of a reader that wants the range whole.
+///
+/// [`BlobSource::read_range`]: crate::BlobSource::read_range
+pub fn whole(source: &(impl crate::BlobSource + ?Sized), range: Range<u64>) -> RangeStream<'_> {
+    Box::pin(futures::stream::once(async move {
+        source.read_range(range).await.map(Bytes::from)
+    }))
+}
+
 /// The whole of `range` from `stream` in one buffer, or an error (also when the stream
 /// ends early or runs past the range).
 pub async fn collect(stream: RangeStream<'_>, range: Range<u64>) -> io::Result<Vec<u8>> {

@@ -39,18 +39,26 @@ pub(crate) type Arrived = (usize, FetchGuard<'static>, Vec<u8>);
 
 /// Streams `range` of `source` and hands the claimed chunks of `claims` (indices into
 /// `chunks`, all inside `range`) to `arrived` as their bytes come in, in batches (the
-/// chunks one piece of the response completed); see the module documentation. Returns
-/// how the transfer ended and how many bytes of the range arrived.
+/// chunks one piece of the response completed); see the module documentation. With
+/// `whole`, the range is read as one piece (every chunk handed on once all are in: the
+/// behaviour before streaming, kept for side-by-side runs). Returns how the transfer
+/// ended and how many bytes of the range arrived.
 pub(crate) async fn stream_claims(
     source: &dyn BlobSource,
     chunks: &[Chunk],
     range: Range<u64>,
     mut claims: Vec<Claim>,
+    whole: bool,
     mut arrived: impl FnMut(Vec<Arrived>),
 ) -> (io::Result<()>, u64) {
     claims.sort_by_key(|(i, _, _)| chunks[*i].blob_offset);
     let mut pending: VecDeque<Claim> = claims.into();
-    let mut stream = Exact::new(source.stream_range(range.clone()), range.clone());
+    let pieces = if whole {
+        veil_blob::stream::whole(source, range.clone())
+    } else {
+        source.stream_range(range.clone())
+    };
+    let mut stream = Exact::new(pieces, range.clone());
     // The bytes from `held_from` up to the last byte in.
     let mut held: Vec<u8> = Vec::new();
     let mut held_from = range.start;

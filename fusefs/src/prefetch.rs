@@ -62,7 +62,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
-use futures::FutureExt;
 pub use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use crate::background::{
@@ -407,7 +406,7 @@ fn run_range(chunks: &[Chunk], run: &[Claimed]) -> Range<u64> {
 
 /// Fetches one piece and caches its chunks: with `claim_in_flight`, one request per run
 /// of chunks it could claim (before the requests go out), all at once, each streamed
-/// with `stream`; else one for the whole piece, claiming its chunks once the bytes are
+/// unless `stream` is off; else one for the whole piece, claiming its chunks once the bytes are
 /// in. Claims are released unresolved (the reads waiting for them fetch the chunks
 /// themselves) when it fails or is dropped.
 async fn fetch_piece(
@@ -426,17 +425,13 @@ async fn fetch_piece(
         if piece.chunks.iter().all(cached) {
             return Ok(PieceDone::default());
         }
-        return fetch_run(reader, source, piece.range.clone(), None, &piece).await;
+        return fetch_whole(reader, source, &piece).await;
     }
     let chunks = reader.tree().chunks();
     let runs = claim_runs(reader, &piece, true);
     let fetches = runs.into_iter().map(|run| {
         let range = run_range(chunks, &run);
-        if options.stream {
-            stream_run(reader, source, range, run).boxed()
-        } else {
-            fetch_run(reader, source, range, Some(run), &piece).boxed()
-        }
+        stream_run(reader, source, range, run, !options.stream)
     });
     let mut done = PieceDone::default();
     for result in futures::future::join_all(fetches).await {
@@ -450,17 +445,15 @@ async fn fetch_piece(
     Ok(done)
 }
 
-/// Fetches `range` of `piece` with one request and caches the chunks of `early` (the
-/// run's claims, taken before the request) or, without them, those it can claim once
-/// the bytes are in.
-async fn fetch_run(
+/// Fetches `piece` with one request and caches the chunks it can claim once the bytes
+/// are in (without [`PrefetchOptions::claim_in_flight`]).
+async fn fetch_whole(
     reader: &ChunkReader,
     source: &dyn BlobSource,
-    range: Range<u64>,
-    early: Option<Vec<Claimed>>,
     piece: &Piece,
 ) -> io::Result<PieceDone> {
     let chunks = reader.tree().chunks();
+    let range = piece.range.clone();
     let bytes = source.read_range(range.clone()).await?;
     if bytes.len() as u64 != range.end - range.start {
         return Err(io::Error::new(
@@ -477,14 +470,12 @@ async fn fetch_run(
         bytes: bytes.len() as u64,
         ..PieceDone::default()
     };
-    // Without early claims: claim now what the plaintext cache should get and nobody
-    // has (a read that could not wait for this piece fetched its chunks itself).
-    let claims = early.unwrap_or_else(|| {
-        claim_runs(reader, piece, false)
-            .into_iter()
-            .flatten()
-            .collect()
-    });
+    // Claim now what the plaintext cache should get and nobody has (a read that could
+    // not wait for this piece fetched its chunks itself).
+    let claims: Vec<Claimed> = claim_runs(reader, piece, false)
+        .into_iter()
+        .flatten()
+        .collect();
     // Decoded: the chunks the plaintext cache gets and those a read waits for; the
     // others are released (their bytes are in the source's disk cache).
     let (claims, released): (Vec<Claimed>, Vec<Claimed>) = claims
@@ -516,22 +507,23 @@ async fn fetch_run(
     Ok(done)
 }
 
-/// Fetches `range` with one streamed request and completes each chunk of `run` (its
-/// claims) as soon as its bytes are in (`crate::chunk_stream`): decoded and cached when
-/// it goes to the plaintext cache or a read waits for it, else released (its bytes are
-/// in the source's disk cache). A break fails the piece; the chunks complete by then
-/// stay cached.
+/// Fetches `range` with one request and completes each chunk of `run` (its claims) as
+/// soon as its bytes are in (`crate::chunk_stream`; with `whole`, once all are in):
+/// decoded and cached when it goes to the plaintext cache or a read waits for it, else
+/// released (its bytes are in the source's disk cache). A break fails the piece; the
+/// chunks complete by then stay cached.
 async fn stream_run(
     reader: &ChunkReader,
     source: &dyn BlobSource,
     range: Range<u64>,
     run: Vec<Claimed>,
+    whole: bool,
 ) -> io::Result<PieceDone> {
     let tree = reader.tree().clone();
     let layer: Arc<str> = reader.layer_name().into();
     let mut decodes = Vec::new();
     let (result, received) =
-        chunk_stream::stream_claims(source, tree.chunks(), range, run, |arrived| {
+        chunk_stream::stream_claims(source, tree.chunks(), range, run, whole, |arrived| {
             let tree = tree.clone();
             let layer = layer.clone();
             decodes.push(tokio::task::spawn_blocking(move || {

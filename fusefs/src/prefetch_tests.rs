@@ -304,9 +304,7 @@ impl BlobSource for Gated {
     fn stream_range(&self, range: Range<u64>) -> veil_blob::RangeStream<'_> {
         let gated = range.end - range.start > self.gate_above && range.start >= self.gate_from;
         if !(gated && self.split.load(Ordering::SeqCst)) {
-            return Box::pin(futures::stream::once(async move {
-                self.read_range(range).await.map(bytes::Bytes::from)
-            }));
+            return veil_blob::stream::whole(self, range);
         }
         self.asked.lock().unwrap().push(range.clone());
         veil_blob::stream::generate(move |mut out| async move {

@@ -59,6 +59,7 @@ pub(crate) async fn fetch(
         job.tree.chunks(),
         range,
         claims,
+        false,
         |done| {
             let job = job.clone();
             decodes.push(tokio::task::spawn_blocking(move || {

@@ -71,9 +71,7 @@ impl BlobSource for Trickle {
 
     fn stream_range(&self, range: Range<u64>) -> RangeStream<'_> {
         if range.end - range.start <= self.gate_above {
-            return Box::pin(futures::stream::once(async move {
-                self.read_range(range).await.map(Bytes::from)
-            }));
+            return veil_blob::stream::whole(self, range);
         }
         generate(move |mut out| async move {
             let all = match self.inner.read_range(range.clone()).await {
