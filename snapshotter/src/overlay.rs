@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use containerd_snapshots::api::types::Mount;
 
@@ -52,6 +52,10 @@ pub struct OverlaySnapshotter {
     fd_store: Option<Arc<dyn FdKeeper>>,
     /// The promoted files kept beside those connections.
     promoted: veil_image::resolver::KeptEntries,
+    /// Held shared while a snapshot's directory is made and its record committed, and
+    /// exclusively by [`Self::cleanup`]: a directory whose record is not committed yet
+    /// is not an orphan.
+    making: RwLock<()>,
 }
 
 impl OverlaySnapshotter {
@@ -96,6 +100,7 @@ impl OverlaySnapshotter {
             unavailable: Mutex::new(HashMap::new()),
             fd_store: None,
             promoted: Default::default(),
+            making: RwLock::new(()),
         };
         let removed = sn.cleanup()?;
         if removed > 0 {
@@ -237,6 +242,7 @@ impl OverlaySnapshotter {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        let _making = self.making.read().unwrap_or_else(|p| p.into_inner());
         let made = self
             .store
             .create(kind, key, parent, labels, |id, parent_ids| {
@@ -300,6 +306,7 @@ impl OverlaySnapshotter {
     ) -> Result<()> {
         let mut mounted = None;
         let digest = remote.layer_digest.clone();
+        let making = self.making.read().unwrap_or_else(|p| p.into_inner());
         let made = self
             .store
             .create_remote(name, parent, labels, remote, |id, parent_ids| {
@@ -307,6 +314,7 @@ impl OverlaySnapshotter {
                 mounted = Some(self.mount_layer(id, layer)?);
                 Ok(())
             })?;
+        drop(making);
         if let Some(m) = mounted {
             self.keep_connection(made.record.id, &digest, m.as_ref());
             self.live_mounts().insert(made.record.id, m);
@@ -569,6 +577,9 @@ impl OverlaySnapshotter {
     /// Removes directories under `snapshots/` that no record refers to. Returns how
     /// many were removed.
     pub fn cleanup(&self) -> Result<usize> {
+        // No snapshot is being made meanwhile: every directory without a committed
+        // record is an orphan.
+        let _making = self.making.write().unwrap_or_else(|p| p.into_inner());
         let ids = self.store.ids()?;
         let dir = self.root.join("snapshots");
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
@@ -636,4 +647,35 @@ fn overlay_index_enabled() -> bool {
     std::fs::read_to_string("/sys/module/overlay/parameters/index")
         .map(|s| s.trim() == "Y")
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn cleanup_never_removes_a_snapshot_being_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(OverlaySnapshotter::open(dir.path()).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let cleaner = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    s.cleanup().unwrap();
+                }
+            })
+        };
+        for i in 0..200 {
+            let mounts = s
+                .create(Kind::Active, &format!("active-{i}"), "", HashMap::new())
+                .unwrap();
+            let upper = Path::new(&mounts[0].source);
+            assert!(upper.is_dir(), "snapshot {i}'s directory was removed");
+        }
+        stop.store(true, Ordering::SeqCst);
+        cleaner.join().unwrap();
+    }
 }
